@@ -202,6 +202,8 @@ def module_sources(root_module: str) -> dict[str, Path]:
             continue
         found[name] = path
         pending.extend(_imported_modules(path, name))
+        parts = name.split(".")
+        pending.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # importing a.b runs a/__init__
         if path.name == "__init__.py" and name != "recsys_core":
             for sub in sorted(path.parent.rglob("*.py")):
                 rel = sub.relative_to(path.parent).with_suffix("")
