@@ -45,7 +45,8 @@ def generate(out_dir: Path, scale: float, seed: int, chunk_items: int = 1000) ->
     join = np.searchsorted(day_cdf, rng.random(n_users)) - rng.exponential(365, n_users)
     user_join = np.clip(join, 0, len(t) - 1).astype(np.int32)
     item_weight = rng.lognormal(0.0, 1.5, n_items)
-    per_item = rng.multinomial(n_ratings, item_weight / item_weight.sum())
+    # draw ~12% more: repeats of a (user, item) pair are dropped below
+    per_item = rng.multinomial(round(n_ratings * 1.125), item_weight / item_weight.sum())
     with atomic_dir(out_dir) as tmp:
         writer = pq.ParquetWriter(tmp / "ratings.parquet", RATINGS_SCHEMA, compression="zstd")
         first = last = None
