@@ -756,7 +756,9 @@ def _run_cli(args) -> int:
     foreign = sorted(given - set(options))
     if foreign:
         flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
-        raise RecsysError(f"{flags} do(es) not apply to --protocol {args.protocol}")
+        plural = len(foreign) > 1
+        raise RecsysError(f"option{'s' if plural else ''} {flags} {'do' if plural else 'does'} not apply to "
+                          f"--protocol {args.protocol}")
     started = time.perf_counter()
     all_stats = split(args.ratings_dir, args.out_dir, args.protocol, **options)
     print(stats_table(all_stats), end="")
