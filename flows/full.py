@@ -11,7 +11,7 @@ second run with nothing changed computes nothing and reports every stage as Cach
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +28,7 @@ from recsys_core.errors import RecsysError  # noqa: E402
 from tasks import plan, report  # noqa: E402
 from tasks.caching import hash_memo  # noqa: E402
 from tasks.logs import forward_library_logs, quiet_user_error_tracebacks  # noqa: E402
-from tasks.stages import convert_task, matrices_task, recommend_task, split_task, synth_task, train_task  # noqa: E402
+from tasks.stages import convert_task, matrices_task, split_task, synth_task, train_task  # noqa: E402
 
 UNTIL = ("convert", "split", "matrices", "train")
 PROTOCOLS = ("netflix-time", "time", "leave-one-out", "random")
@@ -99,14 +99,14 @@ def full_pipeline(
         return run.finish()
 
     # Stage 3: CSR matrices, one index per split.
-    matrices = plan.matrices_spec(data, splits_spec, memo)
+    matrices = plan.matrices_spec(data, splits_spec, memo, protocol)
     run.stage(matrices_task, matrices, "matrices", split_root=splits_spec.out_dir)
     run.artifacts["matrices"] = matrices.out_dir
     report.publish_table("recsys-matrices", _matrices_rows(matrices.path), "stage 3: matrix shapes")
     if until == "matrices":
         return run.finish()
 
-    # Stage 4: train + evaluate every model on every split, then top-K recommendations.
+    # Stage 4: per split and model: train, evaluate beside the baselines, write top-K recommendations.
     hyper = dict(epochs=epochs, batch_size=batch_size, lr=lr, layers=layers, dropout=dropout,
                  weight_decay=weight_decay, optimizer=optimizer, patience=patience)
     runs = []
@@ -117,8 +117,6 @@ def full_pipeline(
             trained = plan.train_spec(data, matrices, memo, split_name, model, config)
             label = f"train {split_name}/{model}"
             run.stage(train_task, trained, label, split_dir=split_dir, model=model, config=config)
-            recommended = plan.recommend_spec(trained, memo, top_k)
-            run.stage(recommend_task, recommended, f"recommend {split_name}/{model}", run_dir=trained.out_dir, k=top_k)
             run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
             runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
             curve = trained.path / "learning_curve.png"
@@ -173,15 +171,10 @@ def resolve_device(device: str) -> str:
 
 
 def _dataset_row(converted: Path) -> dict:
-    meta = (converted / "meta.json").read_text()
-    import json
-
-    return {k: v for k, v in json.loads(meta).items()}
+    return json.loads((converted / "meta.json").read_text())
 
 
 def _matrices_rows(root: Path) -> list[dict]:
-    import json
-
     rows = []
     for meta_file in sorted(root.glob("*/meta.json")):
         meta = json.loads(meta_file.read_text())
@@ -240,35 +233,51 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     g.add_argument("--top-k", type=int, default=10, help="length of the recommendation lists and cut-off of HR/NDCG")
     p.add_argument("--until", choices=UNTIL, default="train", help="last stage to run")
+    p.add_argument("--report-json", metavar="FILE",
+                   help="also write the run's report (stage statuses, stats, metrics, paths) as JSON (not a flow parameter)")
     return p
 
 
 def print_summary(result: dict) -> None:
     from rich.console import Console
 
-    console = Console()
-    console.print(report.rich_table("Stages", result["stages"]))
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    data = Path(result["data_dir"])
+    stages = [{**s, "output": _relative(s["output"], data)} for s in result["stages"]]
+    console.print(f"[bold]Data dir[/bold] {data}")
+    console.print(report.rich_table("Stages", stages))
     if result.get("split_stats"):
         console.print(report.rich_table("Split statistics", result["split_stats"]))
     if result.get("metrics"):
-        rows = [{k: v for k, v in r.items() if k != "run_dir"} for r in result["metrics"]]
+        hidden = ("run_dir", "n", "n_recall_users")
+        rows = [{k: v for k, v in r.items() if k not in hidden} for r in result["metrics"]]
         console.print(report.rich_table("Test metrics (a model beaten by a baseline is flagged)", rows))
     console.print("[bold]Artifacts[/bold]")
     for what, where in result.get("artifacts", {}).items():
-        console.print(f"  {what}: {where}")
+        console.print(f"  {what}: {where}", soft_wrap=True)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = vars(build_parser().parse_args(argv))
+    report_json = args.pop("report_json")
     quiet_user_error_tracebacks()
     try:
-        result = full_pipeline(**vars(args))
+        result = full_pipeline(**args)
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed stages stay cached, the interrupted one will run again", file=sys.stderr)
         return 130
+    if report_json:
+        Path(report_json).write_text(json.dumps(result, indent=2) + "\n")
     print_summary(result)
     return 0
 

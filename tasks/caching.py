@@ -123,8 +123,6 @@ def _is_temporary(name: str) -> bool:
     return name.startswith(".") or name.endswith(".lock")
 
 
-def is_manifest(name: str) -> bool:
-    return name.startswith("manifest") and name.endswith(".json")
 
 
 def list_files(root: Path) -> list[Path]:
@@ -136,7 +134,7 @@ def list_files(root: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not _is_temporary(d))
         for name in sorted(filenames):
-            if not _is_temporary(name) and not is_manifest(name):
+            if not _is_temporary(name) and name != MANIFEST_NAME:
                 found.append(Path(dirpath) / name)
     return found
 
@@ -245,8 +243,6 @@ class StageSpec:
     out_dir: str
     key: str
     description: dict  # what went into the key (inputs, params, code), kept in the manifest
-    manifest_name: str = MANIFEST_NAME  # stages sharing a folder (train, recommend) keep one each
-    exclude: tuple[str, ...] = ()  # files in the folder that belong to another stage
 
     @property
     def path(self) -> Path:
@@ -265,18 +261,17 @@ def make_spec(
     out_dir: str | Path | None = None,
     parent: str | Path | None = None,
     prefix: str | None = None,
-    **options,
 ) -> StageSpec:
     """The spec of a stage; the output folder is ``out_dir`` or ``parent/<prefix>-<short key>``."""
     description = {"stage": stage, "inputs": inputs, "params": params, "code": code}
     key = digest(description)
     if out_dir is None:
         out_dir = Path(parent) / f"{prefix}-{key[:10]}"
-    return StageSpec(stage=stage, out_dir=str(Path(out_dir).resolve()), key=key, description=description, **options)
+    return StageSpec(stage=stage, out_dir=str(Path(out_dir).resolve()), key=key, description=description)
 
 
 def manifest_path(spec: StageSpec) -> Path:
-    return spec.path / spec.manifest_name
+    return spec.path / MANIFEST_NAME
 
 
 def read_manifest(spec: StageSpec) -> dict | None:
@@ -319,18 +314,12 @@ def write_manifest(
     memo: HashMemo,
     elapsed_s: float,
     result: Any = None,
-    files: Iterable[Path] | None = None,
     cache_key: str | None = None,
 ) -> dict:
-    """Hash the output files and write the manifest (the very last write of a stage).
-
-    ``files`` defaults to every file of the folder except manifests, temporaries and ``spec.exclude``.
-    """
-    if files is None:
-        files = [p for p in list_files(spec.path) if p.relative_to(spec.path).as_posix() not in spec.exclude]
+    """Hash every output file (all but temporaries) and write the manifest: the last write of a stage."""
     files = [
         {"path": p.relative_to(spec.path).as_posix(), "size": p.stat().st_size, "sha256": memo.file_hash(p)}
-        for p in (Path(f) for f in files)
+        for p in list_files(spec.path)
     ]
     if not files:
         raise RuntimeError(f"stage {spec.stage} wrote no files into {spec.out_dir}")

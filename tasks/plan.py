@@ -7,7 +7,7 @@ never overwrite each other)::
     converted/<source>-<key>/                  stage 1
     splits/<source>-<key>/<protocol>-<key>/    stage 2, one folder per split inside
     matrices/<source>-<key>/<protocol>-<key>/  stage 3, one folder per split inside
-    runs/<source>-<key>/<protocol>-<key>/<split>/<model>-<key>/   stage 4 (+ recommendations)
+    runs/<source>-<key>/<protocol>-<key>/<split>/<model>-<key>/   stage 4: model, metrics, top-K
     .cache/file-hashes.json                    memo of file hashes (path, size, mtimes, inode -> sha256)
 """
 
@@ -20,8 +20,6 @@ from recsys_core.errors import RecsysError
 from tasks.caching import HashMemo, StageSpec, code_version, digest, make_spec, output_hashes, tree_hashes
 
 SAMPLE = "sample"
-RECOMMEND_MANIFEST = "manifest-recommend.json"
-RECOMMENDATIONS_FILE = "recommendations.parquet"
 
 
 def _slug(text: str) -> str:
@@ -92,14 +90,14 @@ def split_spec(data_dir: Path, converted: StageSpec, memo: HashMemo, protocol: s
     )
 
 
-def matrices_spec(data_dir: Path, splits: StageSpec, memo: HashMemo) -> StageSpec:
+def matrices_spec(data_dir: Path, splits: StageSpec, memo: HashMemo, protocol: str) -> StageSpec:
     return make_spec(
         "matrices",
         inputs={"splits": digest(output_hashes(splits, memo))},
         params={},
         code=code_version("recsys_core.matrices"),
         parent=Path(data_dir) / "matrices" / splits.path.parent.name,
-        prefix=splits.path.name,
+        prefix=_slug(protocol),
     )
 
 
@@ -120,16 +118,4 @@ def train_spec(data_dir: Path, matrices: StageSpec, memo: HashMemo, split: str, 
         code=code_version("recsys_core.train"),
         parent=Path(data_dir) / "runs" / matrices.path.parent.name / matrices.path.name / split,
         prefix=_slug(model),
-        exclude=(RECOMMENDATIONS_FILE,),
-    )
-
-
-def recommend_spec(trained: StageSpec, memo: HashMemo, k: int) -> StageSpec:
-    return make_spec(
-        "recommend",
-        inputs={"run": digest(output_hashes(trained, memo))},
-        params={"k": k},
-        code=code_version("recsys_core.train"),
-        out_dir=trained.out_dir,
-        manifest_name=RECOMMEND_MANIFEST,
     )

@@ -13,13 +13,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-# Metrics where lower is better; all others (hit rate, NDCG, recall, ...) are higher-is-better.
-LOWER_IS_BETTER = ("rmse", "mae", "mse", "loss")
 MAX_EMBEDDED_IMAGE = 1 << 20
-
-
-def is_lower_better(metric: str) -> bool:
-    return metric.lower().split("@")[0].split("_")[0] in LOWER_IS_BETTER
 
 
 def _fmt(value: Any) -> Any:
@@ -53,44 +47,29 @@ def split_stat_rows(split_root: Path) -> list[dict]:
 # --------------------------------------------------------------------------- metrics
 
 
-def headline_metric(metrics: dict) -> str | None:
-    """The metric a model is judged by: RMSE for rating prediction, else the first ranking metric."""
-    for name in metrics:
-        if name.lower() == "rmse":
-            return name
-    for prefix in ("ndcg", "hr", "hit", "recall", "map", "precision"):
-        for name in metrics:
-            if name.lower().startswith(prefix):
-                return name
-    numeric = [n for n, v in metrics.items() if isinstance(v, (int, float))]
-    return numeric[0] if numeric else None
+def _test_metrics(metrics: dict) -> dict:
+    test = metrics.get("test") or {}
+    return {k: _fmt(v) for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def metric_rows(runs: list[dict], baselines: set[str]) -> list[dict]:
-    """One row per (split, model): test metrics, kind, and a flag when a baseline beats the model.
+def metric_rows(runs: list[dict]) -> list[dict]:
+    """Test metrics, one row per trained model and per baseline of its split (baselines shown once).
 
-    ``runs`` items: {"split", "model", "metrics": {name: value}, "run_dir"}.
+    ``runs`` items: {"split", "model", "run_dir"}; each run_dir holds the library's metrics.json with the
+    model's metrics, its baselines' and ``beaten_by`` (the baselines that beat it on its primary metric).
     """
-    rows = []
+    rows: list[dict] = []
+    baselines_shown: set[tuple[str, str]] = set()
     for run in runs:
-        test = run["metrics"].get("test", run["metrics"]) if isinstance(run["metrics"], dict) else {}
-        test = {k: v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        rows.append({"split": run["split"], "model": run["model"],
-                     "kind": "baseline" if run["model"] in baselines else "model",
-                     **{k: _fmt(v) for k, v in test.items()}, "note": "", "run_dir": run["run_dir"]})
-    for row in rows:
-        if row["kind"] != "model":
-            continue
-        metric = headline_metric({k: v for k, v in row.items() if isinstance(v, (int, float))})
-        if metric is None:
-            continue
-        for other in rows:
-            if other["kind"] != "baseline" or other["split"] != row["split"] or metric not in other:
-                continue
-            better = other[metric] < row[metric] if is_lower_better(metric) else other[metric] > row[metric]
-            if better:
-                row["note"] = f"BEATEN by {other['model']} on {metric}"
-                break
+        metrics = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
+        beaten = metrics.get("beaten_by") or []
+        rows.append({"split": run["split"], "model": run["model"], "kind": "model", **_test_metrics(metrics),
+                     "note": f"BEATEN by {', '.join(beaten)}" if beaten else "", "run_dir": run["run_dir"]})
+        for name, baseline in (metrics.get("baselines") or {}).items():
+            if (run["split"], name) not in baselines_shown:
+                baselines_shown.add((run["split"], name))
+                rows.append({"split": run["split"], "model": name, "kind": "baseline", **_test_metrics(baseline),
+                             "note": "", "run_dir": run["run_dir"]})
     return rows
 
 

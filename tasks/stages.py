@@ -137,24 +137,21 @@ def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep
         if reason is None:
             manifest = read_manifest(spec)
             log.info("%s: reusing %s (completed by another run)", spec.stage, spec.out_dir)
-            return {"stage": spec.stage, "out_dir": spec.out_dir, "key": spec.key, "status": "reused",
-                    "result": manifest.get("result"), "elapsed_s": manifest.get("elapsed_s")}
+            return {"stage": spec.stage, "key": spec.key, "status": "reused", "elapsed_s": manifest.get("elapsed_s")}
         invalidate(spec)
         remove_temporaries(spec)
-        if not keep_partial and spec.manifest_name == "manifest.json" and spec.path.exists():
+        if not keep_partial and spec.path.exists():
             shutil.rmtree(spec.path)
         log.info("%s: building %s", spec.stage, spec.out_dir)
         started = time.perf_counter()
         result = build(spec.path)
         elapsed = time.perf_counter() - started
-        files = result.pop("__files__", None) if isinstance(result, dict) else None
         txn = get_transaction()
-        write_manifest(spec, memo, elapsed, result=_jsonable(result), files=files,
+        write_manifest(spec, memo, elapsed, result=_jsonable(result),
                        cache_key=txn.key if txn is not None and txn.key else None)
         memo.save()
         log.info("%s: done in %.1f s", spec.stage, elapsed)
-        return {"stage": spec.stage, "out_dir": spec.out_dir, "key": spec.key, "status": "built",
-                "result": _jsonable(result), "elapsed_s": round(elapsed, 3)}
+        return {"stage": spec.stage, "key": spec.key, "status": "built", "elapsed_s": round(elapsed, 3)}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -202,24 +199,25 @@ def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> dict:
 
 @stage_task("train")
 def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, config: dict) -> dict:
-    """Train and evaluate one model; the run folder keeps its checkpoint so a failed run resumes."""
-    from recsys_core.train import evaluate, train
+    """Train, evaluate (model + baselines) and write top-K recommendations of one model.
+
+    The run folder keeps ``checkpoint.pt`` when a run fails or is killed; the next run of the same key
+    resumes from it (the library guarantees the result of an uninterrupted run).
+    """
+    from recsys_core.train import train
+    from recsys_core.training import CHECKPOINT
+
+    options = dict(config)
+    device = options.pop("device", None)
 
     def build(out: Path) -> dict:
-        metrics = train(split_dir, out, model=model, **config)
-        if not (out / "metrics.json").exists():
-            metrics = evaluate(out)
-        return metrics
-
-    return run_stage(spec, data_dir, build, keep_partial=True)
-
-
-@stage_task("recommend")
-def recommend_task(spec: StageSpec, data_dir: str, run_dir: str, k: int) -> dict:
-    from recsys_core.train import recommend
-
-    def build(out: Path) -> dict:
-        path = Path(recommend(run_dir, k=k))
-        return {"path": str(path), "k": k, "__files__": [path]}
+        if (out / CHECKPOINT).exists() and (out / "config.json").exists():
+            try:
+                log.info("train: resuming %s from its checkpoint", out)
+                return train(split_dir, out, model=model, resume=True, device=device, **options)
+            except RecsysError as err:  # a checkpoint it cannot continue from: start again
+                log.warning("train: cannot resume (%s); training from scratch", err)
+        shutil.rmtree(out, ignore_errors=True)
+        return train(split_dir, out, model=model, device=device, **options)
 
     return run_stage(spec, data_dir, build, keep_partial=True)
