@@ -164,8 +164,19 @@ def _module_file(name: str) -> Path | None:
     return Path(spec.origin)
 
 
+_IMPORTS_MEMO: dict[tuple, set[str]] = {}
+
+
 def _imported_modules(path: Path, module: str) -> set[str]:
-    """recsys_core modules named by the import statements of one source file."""
+    """recsys_core modules named by the import statements of one source file (memoized per file version)."""
+    st = path.stat()
+    memo_key = (str(path), module, st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo_key not in _IMPORTS_MEMO:
+        _IMPORTS_MEMO[memo_key] = _parse_imports(path, module)
+    return _IMPORTS_MEMO[memo_key]
+
+
+def _parse_imports(path: Path, module: str) -> set[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):

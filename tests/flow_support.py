@@ -13,18 +13,29 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough for a run of every stage in seconds on 2 cores, big enough for every split to be non-empty.
-TINY = dict(sample_scale=0.001, epochs=2, layers=[32], batch_size=64)
+TINY = dict(sample_scale=0.002, epochs=4)
 
 
 @contextlib.contextmanager
 def prefect_sandbox(home: Path) -> Iterator[str]:
-    """A throw-away PREFECT_HOME (results, cache records) and a local test API; yields the API URL."""
+    """A throw-away PREFECT_HOME (results, cache records) and a local test API; yields the API URL.
+
+    Flow-run heartbeats are off, as in a local ``python flows/full.py`` run (see ``local_run_settings``).
+    """
     os.environ["RECSYS_PROGRESS"] = "0"
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with temporary_settings({PREFECT_HOME: str(home), PREFECT_LOCAL_STORAGE_PATH: str(home / "storage")}):
+    settings = {PREFECT_HOME: str(home), PREFECT_LOCAL_STORAGE_PATH: str(home / "storage"),
+                PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with temporary_settings(settings):
         with prefect_test_harness(server_startup_timeout=60):
             yield PREFECT_API_URL.value()
 

@@ -180,10 +180,11 @@ KILL_DRIVER = """
 import runpy, sys, time
 from pathlib import Path
 import recsys_core.split as split_module
+marker = Path(sys.argv.pop(1))
 real_split = split_module.split
 def split_then_wait(*args, **kwargs):
     result = real_split(*args, **kwargs)
-    Path(sys.argv.pop(1)).write_text("in split")
+    marker.write_text("in split")
     time.sleep(120)
     return result
 split_module.split = split_then_wait
@@ -210,8 +211,10 @@ def test_sigkill_mid_stage_leaves_nothing_taken_as_complete(sandbox, golden, net
             assert time.time() < deadline, "the run did not reach the split stage"
             time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
 
     report = full_pipeline(**params)
     assert statuses(report) == {"convert": "cached", "split": "built", "matrices": "built", TRAIN: "built"}
