@@ -36,7 +36,7 @@ PROTOCOLS = ("netflix-time", "time", "leave-one-out", "random")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MODELS = ["autoencoder"]
 # Embedded default sample: small enough for the whole run to take well under 3 minutes on 2 CPU cores.
-DEFAULT_SCALE = 0.005
+DEFAULT_SCALE = 0.01
 
 # Training options forwarded to recsys_core.train when given (None = the model's own default).
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "layers", "dropout", "weight_decay", "optimizer", "patience")
@@ -119,6 +119,9 @@ def full_pipeline(
             label = f"train {split_name}/{model}"
             run.stage(train_task, trained, label, split_dir=split_dir, model=model, config=config)
             run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
+            for what, name in (("metrics", "metrics.json"), ("recommendations", "recommendations.parquet"),
+                               ("learning curve", "learning_curve.png")):
+                run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
             runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
             curve = trained.path / "learning_curve.png"
             if curve.exists():
