@@ -735,8 +735,8 @@ def add_cli(subparsers) -> None:
         default=0.01,
         help=(
             "size relative to the real data set: movies = round(17770*sqrt(S)), customers = "
-            "round(480189*S), ratings ~ 100,480,507*S. 1.0 is the real shape (~2 GB of text, about two "
-            f"minutes); 0.01 gives ~1M ratings. Allowed {MIN_SCALE}..{MAX_SCALE} (default: %(default)s)"
+            "round(480189*S), ratings ~ 100,480,507*S. 1.0 is the real shape (~2 GB of text, under a minute on two "
+            f"cores); 0.01 gives ~1M ratings. Allowed {MIN_SCALE}..{MAX_SCALE} (default: %(default)s)"
         ),
     )
     parser.add_argument(
