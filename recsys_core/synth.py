@@ -453,8 +453,14 @@ class Oracle:
         """Noise-free score mu + b_u + b_i + p_u . q_i (float64)."""
         u = self._index(self.user_ids, user_ids, "customer")
         i = self._index(self.item_ids, item_ids, "movie")
-        dot = np.einsum("nk,nk->n", self.user_factors[u].astype(np.float64), self.item_factors[i].astype(np.float64))
-        return self.mu + self.user_bias[u].astype(np.float64) + self.item_bias[i].astype(np.float64) + dot
+        if u.shape != i.shape:
+            raise RecsysError(f"got {u.size} customer ids but {i.size} movie ids")
+        scores = self.mu + self.user_bias[u].astype(np.float64) + self.item_bias[i]
+        step = 1 << 20  # bounded memory for the factor gathers, even for 100M pairs
+        for a in range(0, u.size, step):
+            p = self.user_factors[u.flat[a : a + step]].astype(np.float64)
+            scores.flat[a : a + step] += np.einsum("nk,nk->n", p, self.item_factors[i.flat[a : a + step]])
+        return scores
 
     def predict(self, user_ids, item_ids) -> np.ndarray:
         """Bayes-optimal E[rating | score] of clip(round(score + noise), 1, 5)."""

@@ -83,7 +83,7 @@ def test_layout_every_movie_file_and_line_format(generated, parsed):
 def test_counts_match_synth_json(generated, parsed):
     out, meta = generated
     files, users, movies, ratings, days = parsed
-    assert read_json(out / "synth.json") == {k: v for k, v in meta.items() if k != "phase_seconds"}
+    assert synth.read_synth_meta(out) == {k: v for k, v in meta.items() if k != "phase_seconds"}
     assert meta["ratings"] == len(ratings)
     assert meta["rating_customers"] == len(np.unique(users)) == meta["customers"]
     assert meta["rated_movies"] == len(np.unique(movies))
@@ -228,6 +228,9 @@ def test_oracle_on_generated_data(generated, parsed):
     # The low-rank part carries signal: the oracle clearly beats user + item biases alone.
     bias_only = np.clip(oracle.mu + oracle.user_bias[u] + oracle.item_bias[i], 1, 5)
     assert np.sqrt(np.mean((bias_only - ratings) ** 2)) > rmse + 0.05
+    np.testing.assert_allclose(oracle.score(users[:6].reshape(2, 3), movies[:6].reshape(2, 3)).ravel(), manual[:6])
+    with pytest.raises(RecsysError, match="customer ids but"):
+        oracle.score(users[:3], movies[:2])
     with pytest.raises(RecsysError, match="customer id"):
         oracle.score([users.max() + 1 if users.max() < synth.MAX_CUSTOMER_ID else 0], [1])
 
@@ -262,3 +265,5 @@ def test_cli_help_run_and_errors(tmp_path, capsys):
     assert cli_main(["synth", str(tmp_path / "file")]) == 2
     with pytest.raises(RecsysError, match="oracle.npz"):
         load_oracle(tmp_path / "bad")
+    with pytest.raises(RecsysError, match="synth.json"):
+        synth.read_synth_meta(tmp_path / "bad")
