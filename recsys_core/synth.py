@@ -180,6 +180,10 @@ def _water_fill(weights, total, low, high):
 
 
 def _build_world(n_movies, n_users, target, params: SynthParams, seed) -> _World:
+    """Draw everything that is per customer or per movie: ids, activity, windows, biases, factors.
+
+    Activity windows live in "activity time" y in [0, 1]; ``_activity_to_calendar`` maps y to dates.
+    """
     rng = np.random.default_rng([seed, 1])
     user_ids = np.sort(rng.choice(MAX_CUSTOMER_ID, size=n_users, replace=False) + 1).astype(np.int32)
 
@@ -662,7 +666,6 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     )
     n_ratings = int(len(users))
     days = np.flatnonzero(day_hist)
-    months, _ = target_month_weights()
     month_counts = {}
     for d, count in zip(days, day_hist[days]):
         key = (FIRST_DATE + dt.timedelta(days=int(d))).strftime("%Y-%m")
