@@ -149,7 +149,7 @@ def _open_tar(label: str, **kwargs) -> tarfile.TarFile:
     try:
         archive = tarfile.open(tarinfo=_CheckedTarInfo, **kwargs)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise InputError(label, f"is not a readable tar archive ({err})") from None
+        raise InputError(label, f"is truncated or not a tar archive ({err})") from None
     return archive
 
 
