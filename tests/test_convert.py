@@ -461,3 +461,23 @@ def test_cli_converts_and_reports_bad_input_in_one_sentence(tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "mv_0000002.txt, line 2: rating 9 is outside" in err[-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# A generated set (recsys_core.synth): counts agree with its synth.json, in every input form.
+
+
+def test_generated_netflix_set_matches_its_synth_json(tmp_path):
+    from recsys_core.synth import generate_netflix
+
+    synth = generate_netflix(tmp_path / "synth", scale=0.001, seed=3, tar=True)
+    meta = convert(tmp_path / "synth", tmp_path / "out")
+    assert meta["source"] == "netflix"
+    assert (meta["ratings"], meta["users"], meta["items"], meta["catalog_items"]) == (
+        synth["ratings"], synth["rating_customers"], synth["rated_movies"], synth["movies"])
+    assert (meta["first_date"], meta["last_date"]) == (synth["first_date"], synth["last_date"])
+    rows = read_rows(tmp_path / "out")
+    assert convert(tmp_path / "synth" / "training_set.tar", tmp_path / "out-tar") == meta
+    assert read_rows(tmp_path / "out-tar") == rows
+    titles = pq.read_table(tmp_path / "out" / "items.parquet")
+    assert titles.num_rows == synth["movies"] and titles.column("title").null_count == 0
