@@ -126,7 +126,7 @@ def hash_unit_scalar(seed: int, salt: int, user_id: int, item_id: int) -> float:
 
 
 class IdSet:
-    """A growing set of non-negative int32 ids: a bitmap indexed by id (fast), or sorted uniques for huge ids."""
+    """A growing set of int32 ids: a bitmap indexed by id (fast), or sorted uniques once an id is huge or negative."""
 
     def __init__(self) -> None:
         self._bits = np.zeros(0, dtype=bool)
@@ -136,7 +136,7 @@ class IdSet:
         if len(ids) == 0:
             return
         top = int(ids.max())
-        if self._sorted is None and top <= MAX_BITMAP_ID:
+        if self._sorted is None and top <= MAX_BITMAP_ID and int(ids.min()) >= 0:
             if top >= len(self._bits):
                 grown = np.zeros(max(top + 1, 2 * len(self._bits)), dtype=bool)
                 grown[: len(self._bits)] = self._bits
@@ -151,7 +151,7 @@ class IdSet:
     def contains(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted is not None:
             return np.isin(ids, self._sorted)
-        inside = ids < len(self._bits)
+        inside = (ids >= 0) & (ids < len(self._bits))
         result = np.zeros(len(ids), dtype=bool)
         result[inside] = self._bits[ids[inside]]
         return result
@@ -645,8 +645,12 @@ def split_random(ratings_dir: Path, out_dir: Path, fraction: float = 0.1, valid_
         raise RecsysError(f"need 0 < --fraction and --fraction + --valid-fraction < 1, got {fraction} + {valid_fraction}")
     held_share = fraction + valid_fraction
 
+    last: dict[str, np.ndarray] = {}
+
     def held(t, u, i):
-        return hash_unit(seed, SALT_RANDOM_HOLDOUT, u, i) < held_share
+        if last.get("users") is not u:  # train_mask and heldout_mask of one batch share the draw
+            last["users"], last["held"] = u, hash_unit(seed, SALT_RANDOM_HOLDOUT, u, i) < held_share
+        return last["held"]
 
     route = _Route(
         name="random",

@@ -57,6 +57,19 @@ def test_vectorised_hash_equals_the_plain_python_hash():
     assert not np.array_equal(hash_unit(0, 1, users, items), hash_unit(1, 1, users, items))
 
 
+@pytest.mark.parametrize("bitmap_limit", [split_mod.MAX_BITMAP_ID, 100])
+def test_id_set_bitmap_and_sorted_paths(monkeypatch, bitmap_limit):
+    monkeypatch.setattr(split_mod, "MAX_BITMAP_ID", bitmap_limit)
+    ids = split_mod.IdSet()
+    ids.add(np.array([5, 90, 5], np.int32))
+    ids.add(np.array([3000, 7], np.int32))
+    ids.add(np.array([], np.int32))
+    assert len(ids) == 4
+    assert ids.contains(np.array([5, 7, 90, 3000, 6, 4000, -5], np.int32)).tolist() == [True] * 4 + [False] * 3
+    ids.add(np.array([-2], np.int32))  # a negative id switches to the sorted path
+    assert ids.contains(np.array([-2, 5, -5], np.int32)).tolist() == [True, True, False] and len(ids) == 5
+
+
 # ------------------------------------------------------------------------------------------- netflix-time
 
 
