@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
+from numpy.lib import format as npy_format
 from scipy.sparse import _sparsetools
 
 from recsys_core.errors import InputError, RecsysError
@@ -101,12 +103,43 @@ def csr_from_coo(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: 
     return matrix
 
 
-def transpose_csr(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    """The transposed matrix as CSR with sorted indices (csr -> csc is a stable counting sort)."""
-    csc = matrix.tocsc()
-    out = sp.csr_matrix((csc.data, csc.indices, csc.indptr), shape=(matrix.shape[1], matrix.shape[0]), copy=False)
+def transpose_csr(matrix: sp.csr_matrix, indices_out: np.ndarray | None = None,
+                  data_out: np.ndarray | None = None) -> sp.csr_matrix:
+    """The transposed matrix as CSR with sorted indices (csr -> csc is a stable counting sort).
+
+    ``indices_out`` / ``data_out`` (int32 / float32, length nnz) may be handed in to be filled
+    instead of fresh arrays: memory that is already mapped is much cheaper than new pages.
+    """
+    n_rows, n_cols = matrix.shape
+    nnz = matrix.nnz
+    indptr = np.empty(n_cols + 1, dtype=np.int32)
+    indices = indices_out[:nnz] if indices_out is not None and len(indices_out) >= nnz else np.empty(nnz, np.int32)
+    data = data_out[:nnz] if data_out is not None and len(data_out) >= nnz else np.empty(nnz, np.float32)
+    _sparsetools.csr_tocsc(n_rows, n_cols, matrix.indptr, matrix.indices, matrix.data, indptr, indices, data)
+    out = sp.csr_matrix((data, indices, indptr), shape=(n_cols, n_rows), copy=False)
     out.has_sorted_indices = True
     return out
+
+
+def save_npz_uncompressed(dest: Path, matrix: sp.csr_matrix) -> None:
+    """What ``scipy.sparse.save_npz(dest, matrix, compressed=False)`` writes, without its copies.
+
+    ``np.savez`` copies every array through 16 MB ``tobytes`` chunks; here each array's buffer goes to
+    the zip member as it is (same members, same .npy headers, so ``scipy.sparse.load_npz`` reads it).
+    """
+    arrays = {
+        "indices": matrix.indices,
+        "indptr": matrix.indptr,
+        "format": np.asarray(matrix.format.encode("ascii")),
+        "shape": np.asarray(matrix.shape),
+        "data": matrix.data,
+    }
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            array = np.ascontiguousarray(array)
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                npy_format.write_array_header_1_0(member, npy_format.header_data_from_array_1_0(array))
+                member.write(memoryview(array.reshape(-1).view(np.uint8)))
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -125,8 +158,7 @@ def _split_folders(split_root: Path) -> list[Path]:
     return folders
 
 
-def _read_part(path: Path) -> dict[str, np.ndarray]:
-    """user_id, item_id (int32) and rating (float32) of one part, one column at a time to bound memory."""
+def _open_part(path: Path) -> pq.ParquetFile:
     if not path.is_file():
         raise InputError(path, "not found; each split folder holds train, valid and test Parquet files")
     try:
@@ -136,18 +168,30 @@ def _read_part(path: Path) -> dict[str, np.ndarray]:
     missing = [c for c in ("user_id", "item_id", "rating") if c not in parquet.schema_arrow.names]
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)}")
-    arrays = {}
-    for name, dtype in (("user_id", np.int32), ("item_id", np.int32), ("rating", np.float32)):
-        column = parquet.read(columns=[name], use_threads=True).column(0)
-        if column.null_count:
-            raise InputError(path, f"column {name} holds null values")
-        arrays[name] = column.to_numpy().astype(dtype, copy=False)
-    return arrays
+    return parquet
 
 
-def _rating_scale(parts: list[dict[str, np.ndarray]]) -> tuple[float | None, float | None, float | None]:
-    distinct = [pc.unique(pa.array(p["rating"])).to_numpy() for p in parts]
-    values = np.unique(np.concatenate(distinct))
+def _read_chunks(parquet: pq.ParquetFile, path: Path, name: str, dtype) -> list[np.ndarray]:
+    """One column as zero-copy numpy chunks (one per row group), so no concatenated copy is made."""
+    column = parquet.read(columns=[name], use_threads=True).column(0)
+    if column.null_count:
+        raise InputError(path, f"column {name} holds null values")
+    return [np.asarray(c.to_numpy(zero_copy_only=False)).astype(dtype, copy=False) for c in column.chunks]
+
+
+def _fill(chunks: list[np.ndarray], convert=None, dtype=np.int32) -> np.ndarray:
+    """Concatenate chunks (each optionally converted) into one fresh array."""
+    out = np.empty(sum(len(c) for c in chunks), dtype=dtype)
+    start = 0
+    for chunk in chunks:
+        out[start:start + len(chunk)] = convert(chunk) if convert is not None else chunk
+        start += len(chunk)
+    return out
+
+
+def _rating_scale(chunks: list[np.ndarray]) -> tuple[float | None, float | None, float | None]:
+    distinct = [pc.unique(pa.array(c)).to_numpy() for c in chunks]
+    values = np.unique(np.concatenate(distinct)) if distinct else np.zeros(0)
     if len(values) == 0:
         return None, None, None
     steps = np.diff(values)
@@ -194,29 +238,40 @@ def build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
 
     def lap(name: str) -> None:
         now = time.perf_counter()
-        timings[name] = round(now - clock[0], 3)
+        timings[name] = round(timings.get(name, 0.0) + now - clock[0], 3)
         clock[0] = now
 
-    parts = {part: _read_part(split_dir / f"{part}.parquet") for part in PARTS}
+    files = {part: _open_part(split_dir / f"{part}.parquet") for part in PARTS}
+    # ids: read one column of the three parts, build the index, map into row/column numbers, drop it
+    user_chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", "user_id", np.int32) for part in PARTS}
     lap("read")
-    users = DenseIndex([parts[p]["user_id"] for p in PARTS])
-    items = DenseIndex([parts[p]["item_id"] for p in PARTS])
-    rating_min, rating_max, rating_step = _rating_scale(list(parts.values()))
+    users = DenseIndex([c for part in PARTS for c in user_chunks[part]])
     lap("index")
+    rows = {part: _fill(user_chunks.pop(part), users.positions) for part in PARTS}
+    lap("map")
+    item_chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", "item_id", np.int32) for part in PARTS}
+    lap("read")
+    items = DenseIndex([c for part in PARTS for c in item_chunks[part]])
+    lap("index")
+    cols = {part: _fill(item_chunks.pop(part), items.positions) for part in PARTS}
+    lap("map")
+    rating_chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", "rating", np.float32) for part in PARTS}
+    lap("read")
+    rating_min, rating_max, rating_step = _rating_scale([c for part in PARTS for c in rating_chunks[part]])
+    values = {part: _fill(rating_chunks.pop(part), dtype=np.float32) for part in PARTS}
+    lap("map")
     shape = (len(users), len(items))
     matrices: dict[str, sp.csr_matrix] = {}
     for part in PARTS:
-        arrays = parts.pop(part)
-        rows = users.positions(arrays.pop("user_id"))
-        cols = items.positions(arrays.pop("item_id"))
-        values = arrays.pop("rating")
         try:
-            matrices[part] = csr_from_coo(rows, cols, values, shape)
+            matrices[part] = csr_from_coo(rows.pop(part), cols[part], values[part], shape)
         except ValueError as err:
             raise InputError(split_dir / f"{part}.parquet", f"holds {err}; each user rates an item at most once") from None
-        del rows, cols, values
     lap("csr")
-    train_by_item = transpose_csr(matrices["train"])
+    # the coordinate arrays of train are free now: the transpose fills them instead of new memory
+    train_by_item = transpose_csr(matrices["train"], cols.pop("train"), values.pop("train"))
+    cols.clear()
+    values.clear()
     lap("transpose")
     meta_path = split_dir / "split.json"
     split_info = read_json(meta_path) if meta_path.is_file() else {}
@@ -233,8 +288,8 @@ def build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
     negatives = _negatives(split_dir, users, items)
     with atomic_dir(out_dir) as tmp:
         for part in PARTS:
-            sp.save_npz(tmp / f"{part}.npz", matrices[part], compressed=False)
-        sp.save_npz(tmp / "train_by_item.npz", train_by_item, compressed=False)
+            save_npz_uncompressed(tmp / f"{part}.npz", matrices[part])
+        save_npz_uncompressed(tmp / "train_by_item.npz", train_by_item)
         pq.write_table(pa.table({"row": pa.array(np.arange(len(users), dtype=np.int32)), "user_id": pa.array(users.ids)}),
                        tmp / "users.parquet")
         pq.write_table(_items_table(split_dir, items), tmp / "items.parquet")

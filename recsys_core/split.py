@@ -45,8 +45,10 @@ log = logging.getLogger("recsys_core")
 PROTOCOLS = ("netflix-time", "time", "leave-one-out", "random")
 RATING_COLUMNS = tuple(RATINGS_SCHEMA.names)
 SECONDS_PER_DAY = 86400
-# Output Parquet: lz4 is the cheapest codec to write that still shrinks ids/dates well.
+# Output Parquet: lz4 is cheap to write; dictionary encoding pays for the few distinct items, ratings
+# and days but not for the ~500K user ids (it costs a third of the write time there for nothing).
 PARQUET_COMPRESSION = "lz4"
+PARQUET_DICTIONARY = ["item_id", "rating", "timestamp"]
 READ_BATCH_ROWS = 1 << 22
 # Bitmaps indexed by raw id are used up to this id; larger ids go through sorted unique arrays.
 MAX_BITMAP_ID = 1 << 28
@@ -124,7 +126,7 @@ def hash_unit_scalar(seed: int, salt: int, user_id: int, item_id: int) -> float:
 
 
 class IdSet:
-    """A growing set of non-negative int32 ids: a bitmap indexed by id (fast), or sorted uniques for huge ids."""
+    """A growing set of int32 ids: a bitmap indexed by id (fast), or sorted uniques once an id is huge or negative."""
 
     def __init__(self) -> None:
         self._bits = np.zeros(0, dtype=bool)
@@ -134,7 +136,7 @@ class IdSet:
         if len(ids) == 0:
             return
         top = int(ids.max())
-        if self._sorted is None and top <= MAX_BITMAP_ID:
+        if self._sorted is None and top <= MAX_BITMAP_ID and int(ids.min()) >= 0:
             if top >= len(self._bits):
                 grown = np.zeros(max(top + 1, 2 * len(self._bits)), dtype=bool)
                 grown[: len(self._bits)] = self._bits
@@ -149,7 +151,7 @@ class IdSet:
     def contains(self, ids: np.ndarray) -> np.ndarray:
         if self._sorted is not None:
             return np.isin(ids, self._sorted)
-        inside = ids < len(self._bits)
+        inside = (ids >= 0) & (ids < len(self._bits))
         result = np.zeros(len(ids), dtype=bool)
         result[inside] = self._bits[ids[inside]]
         return result
@@ -183,33 +185,53 @@ def _check_columns(path: Path) -> pq.ParquetFile:
     return parquet
 
 
-def _to_schema(batch: pa.RecordBatch, path: Path) -> pa.RecordBatch:
+_TICKS_PER_SECOND = {"s": 1, "ms": 1000, "us": 10**6, "ns": 10**9}
+
+
+def working_schema(parquet: pq.ParquetFile) -> pa.Schema:
+    """RATINGS_SCHEMA with the timestamp unit found in the file.
+
+    Parquet has no seconds unit (timestamp[s] is stored as ms), so keeping the file's unit saves a
+    division per row on reading and a multiplication on writing; the values are the same instants.
+    """
+    unit = parquet.schema_arrow.field("timestamp").type.unit
+    return RATINGS_SCHEMA.set(3, pa.field("timestamp", pa.timestamp(unit, tz="UTC"), nullable=False))
+
+
+def ticks_per_second(schema: pa.Schema) -> int:
+    return _TICKS_PER_SECOND[schema.field("timestamp").type.unit]
+
+
+def _to_schema(batch: pa.RecordBatch, path: Path, schema: pa.Schema) -> pa.RecordBatch:
     for name in RATING_COLUMNS:
         if batch.column(name).null_count:
             raise InputError(path, f"column {name} holds null values")
-    if batch.schema.equals(RATINGS_SCHEMA, check_metadata=False):
+    if batch.schema.equals(schema, check_metadata=False):
         return batch
     try:
-        return batch.select(list(RATING_COLUMNS)).cast(RATINGS_SCHEMA)
+        return batch.select(list(RATING_COLUMNS)).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
         raise InputError(path, f"columns do not convert to the ratings schema ({err})") from None
 
 
-def _iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
+def _iter_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     parquet = _check_columns(path)
     for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=list(RATING_COLUMNS), use_threads=True):
-        yield _to_schema(batch, path)
+        yield _to_schema(batch, path, schema)
 
 
 def _read_all(path: Path) -> pa.Table:
-    _check_columns(path)
-    table = pq.read_table(path, columns=list(RATING_COLUMNS))
-    return pa.Table.from_batches([_to_schema(b, path) for b in table.to_batches()], schema=RATINGS_SCHEMA)
+    parquet = _check_columns(path)
+    schema = working_schema(parquet)
+    table = parquet.read(columns=list(RATING_COLUMNS), use_threads=True)
+    return pa.Table.from_batches([_to_schema(b, path, schema) for b in table.to_batches()], schema=schema)
 
 
-def _seconds(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Epoch seconds of a timestamp[s] column as int64 (zero copy where possible)."""
-    return np.asarray(column.to_numpy()).view(np.int64)
+def _ticks(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The int64 values of a timestamp column (zero copy where possible)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return np.asarray(column.to_numpy(zero_copy_only=False)).view(np.int64)
 
 
 def _time_range(parquet_path: Path) -> tuple[int, int] | None:
@@ -240,6 +262,10 @@ def _iso(seconds: int) -> str:
     return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc).date().isoformat()
 
 
+def _iso_ticks(value: int, per_second: int) -> str:
+    return _iso(int(value) // per_second)
+
+
 # --------------------------------------------------------------------------------------------- stats
 
 
@@ -247,13 +273,14 @@ def part_stats(table: pa.Table) -> dict:
     """ratings, users, items, first_date, last_date of one part."""
     if table.num_rows == 0:
         return {"ratings": 0, "users": 0, "items": 0, "first_date": None, "last_date": None}
-    seconds = _seconds(table.column("timestamp"))
+    low_high = pc.min_max(table.column("timestamp").cast(pa.int64()))
+    per_second = ticks_per_second(table.schema)
     return {
         "ratings": table.num_rows,
         "users": len(pc.unique(table.column("user_id"))),
         "items": len(pc.unique(table.column("item_id"))),
-        "first_date": _iso(seconds.min()),
-        "last_date": _iso(seconds.max()),
+        "first_date": _iso_ticks(low_high["min"].as_py(), per_second),
+        "last_date": _iso_ticks(low_high["max"].as_py(), per_second),
     }
 
 
@@ -282,17 +309,16 @@ def stats_table(all_stats: dict[str, dict]) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _write_parquet(table: pa.Table | pa.RecordBatch, dest: Path) -> None:
-    if isinstance(table, pa.RecordBatch):
-        table = pa.Table.from_batches([table])
-    pq.write_table(table.cast(RATINGS_SCHEMA), dest, compression=PARQUET_COMPRESSION)
+def _write_parquet(table: pa.Table, dest: Path) -> None:
+    pq.write_table(table, dest, compression=PARQUET_COMPRESSION, use_dictionary=PARQUET_DICTIONARY)
 
 
 class _TrainWriter:
     """Appends batches to one train.parquet on its own thread (the Parquet encoder releases the GIL)."""
 
-    def __init__(self, dest: Path):
-        self._writer = pq.ParquetWriter(dest, RATINGS_SCHEMA, compression=PARQUET_COMPRESSION)
+    def __init__(self, dest: Path, schema: pa.Schema):
+        self._writer = pq.ParquetWriter(dest, schema, compression=PARQUET_COMPRESSION,
+                                        use_dictionary=PARQUET_DICTIONARY)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-writer")
         self._pending: Future | None = None
 
@@ -302,8 +328,8 @@ class _TrainWriter:
 
     def wait(self) -> None:
         if self._pending is not None:
-            self._pending.result()
-            self._pending = None
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def close(self) -> None:
         try:
@@ -334,9 +360,10 @@ def _items_path(ratings_dir: Path) -> Path:
 class _Route:
     """How the streaming engine routes rows for one split.
 
-    ``train_mask(seconds, users, items)`` picks train rows of a batch, ``heldout_mask`` the candidates for
-    valid/test; ``finish(heldout, train_users, train_items)`` turns the held-out candidates into
-    (valid, test, extra stats) once the train part is complete.
+    ``train_mask(ticks, users, items)`` picks the train rows of a batch and ``heldout_mask`` the
+    candidates for valid/test (``ticks``: the timestamps as int64 in the file's unit); routes with the
+    same ``heldout_key`` share one copy of their candidates. ``finish(heldout, train_users,
+    train_items)`` turns the candidates into (valid, test, extra stats) once train is complete.
     """
 
     name: str
@@ -344,79 +371,121 @@ class _Route:
     heldout_mask: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
     finish: Callable[[pa.Table, IdSet, IdSet], tuple[pa.Table, pa.Table, dict]]
     params: dict
+    heldout_key: object = None
 
 
 def _take(table: pa.Table, mask: np.ndarray) -> pa.Table:
     return table.filter(pa.array(mask, type=pa.bool_()))
 
 
-def _stream_split(ratings_dir: Path, out_dir: Path, protocol: str, routes: list[_Route]) -> dict[str, dict]:
-    """One pass over the ratings for all routes; writes one folder per route (all or nothing)."""
+class _Phases:
+    """Wall seconds per phase of a run, for the log and the benchmarks."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._clock, 3)
+        self._clock = now
+
+
+# Phase breakdown of the latest _stream_split run in this process (read by bench/bench_split.py).
+last_phases: dict[str, float] = {}
+
+
+def _stream_split(ratings_dir: Path, out_dir: Path, protocol: str,
+                  make_routes: Callable[[int], list[_Route]]) -> dict[str, dict]:
+    """One pass over the ratings for all routes; writes one folder per route (all or nothing).
+
+    ``make_routes(ticks_per_second)`` builds the routes for the timestamp unit of the file.
+    """
     path = _ratings_path(ratings_dir)
     items_src = _items_path(ratings_dir)
-    total_rows = _check_columns(path).metadata.num_rows
-    started = time.perf_counter()
+    parquet = _check_columns(path)
+    schema = working_schema(parquet)
+    per_second = ticks_per_second(schema)
+    routes = make_routes(per_second)
+    total_rows = parquet.metadata.num_rows
+    phases = _Phases()
     with contextlib.ExitStack() as stack:
         folders = {r.name: stack.enter_context(atomic_dir(Path(out_dir) / r.name)) for r in routes}
-        writers = {r.name: _TrainWriter(folders[r.name] / "train.parquet") for r in routes}
+        writers = {r.name: _TrainWriter(folders[r.name] / "train.parquet", schema) for r in routes}
         for w in writers.values():
             stack.callback(w.close)
         users = {r.name: IdSet() for r in routes}
         items = {r.name: IdSet() for r in routes}
         train_rows = {r.name: 0 for r in routes}
-        train_range = {r.name: [None, None] for r in routes}
-        heldout: dict[str, list[pa.RecordBatch]] = {r.name: [] for r in routes}
+        train_low: dict[str, int | None] = {r.name: None for r in routes}
+        train_high: dict[str, int | None] = {r.name: None for r in routes}
+        heldout_keys = {r.name: (r.heldout_key if r.heldout_key is not None else ("route", r.name)) for r in routes}
+        heldout: dict[object, list[pa.RecordBatch]] = {key: [] for key in heldout_keys.values()}
+        phases.lap("open")
         with progress_bar("split: reading ratings", total_rows, "ratings") as bar:
-            for batch in _iter_batches(path):
-                seconds = _seconds(batch.column(3))
+            batches = _iter_batches(path, schema)
+            while True:
+                batch = next(batches, None)
+                phases.lap("read")
+                if batch is None:
+                    break
+                ticks = _ticks(batch.column(3))
                 user_ids = batch.column(0).to_numpy()
                 item_ids = batch.column(1).to_numpy()
+                held_done = set()
                 for route in routes:
-                    mask = route.train_mask(seconds, user_ids, item_ids)
+                    name = route.name
+                    mask = route.train_mask(ticks, user_ids, item_ids)
                     kept = int(np.count_nonzero(mask))
                     if kept:
                         part = batch if kept == len(mask) else batch.filter(pa.array(mask))
-                        writers[route.name].write(part)
-                        users[route.name].add(user_ids[mask] if kept < len(mask) else user_ids)
-                        items[route.name].add(item_ids[mask] if kept < len(mask) else item_ids)
-                        train_rows[route.name] += kept
-                        chosen = seconds[mask]
-                        low, high = train_range[route.name]
-                        train_range[route.name] = [
-                            chosen.min() if low is None else min(low, chosen.min()),
-                            chosen.max() if high is None else max(high, chosen.max()),
-                        ]
-                    held = route.heldout_mask(seconds, user_ids, item_ids)
-                    if held.any():
-                        heldout[route.name].append(batch.filter(pa.array(held)))
+                        writers[name].write(part)
+                        users[name].add(part.column(0).to_numpy())
+                        items[name].add(part.column(1).to_numpy())
+                        train_rows[name] += kept
+                        low_high = pc.min_max(part.column(3).cast(pa.int64()))
+                        low, high = low_high["min"].as_py(), low_high["max"].as_py()
+                        train_low[name] = low if train_low[name] is None else min(train_low[name], low)
+                        train_high[name] = high if train_high[name] is None else max(train_high[name], high)
+                    key = heldout_keys[name]
+                    if key not in held_done:
+                        held_done.add(key)
+                        held = route.heldout_mask(ticks, user_ids, item_ids)
+                        if held.any():
+                            heldout[key].append(batch.filter(pa.array(held)))
+                phases.lap("route")
                 bar.advance(batch.num_rows)
         for w in writers.values():
             w.wait()
-        log.info("split: streamed %d ratings in %.1f s", total_rows, time.perf_counter() - started)
+        phases.lap("write_wait")
         all_stats = {}
         for route in routes:
             name = route.name
             if train_rows[name] == 0:
                 raise RecsysError(f"{path}: split {name} would have an empty train part; check its dates")
-            held_table = pa.Table.from_batches(heldout.pop(name), schema=RATINGS_SCHEMA)
+            held_table = pa.Table.from_batches(heldout[heldout_keys[name]], schema=schema)
             valid, test, extra = route.finish(held_table, users[name], items[name])
             if test.num_rows == 0:
                 raise RecsysError(f"{path}: split {name} would have an empty test part; check its dates or fractions")
             _write_parquet(valid, folders[name] / "valid.parquet")
             _write_parquet(test, folders[name] / "test.parquet")
-            low, high = train_range[name]
             stats = {
                 "split": name,
                 "protocol": protocol,
                 "train": {"ratings": train_rows[name], "users": len(users[name]), "items": len(items[name]),
-                          "first_date": _iso(low), "last_date": _iso(high)},
+                          "first_date": _iso_ticks(train_low[name], per_second),
+                          "last_date": _iso_ticks(train_high[name], per_second)},
                 "valid": part_stats(valid),
                 "test": part_stats(test),
                 **extra,
             }
             all_stats[name] = stats
             _finish_folder(folders[name], items_src, name, protocol, route.params, stats)
-    log.info("split: %s done in %.1f s", protocol, time.perf_counter() - started)
+        phases.lap("heldout")
+    phases.lap("close")
+    last_phases.clear()
+    last_phases.update(phases.seconds)
+    log.info("split %s: %d ratings, phases (s) %s", protocol, total_rows, phases.seconds)
     return all_stats
 
 
@@ -470,16 +539,21 @@ def _check_time_split(spec: TimeSplit, data_range: tuple[int, int] | None, path:
                                   f"({first}..{last})")
 
 
-def _time_route(spec: TimeSplit, seed: int, valid_share: float, params: dict) -> _Route:
-    train_lo, train_hi = day_seconds(spec.train_start), day_seconds(spec.train_end) + SECONDS_PER_DAY
-    test_lo, test_hi = day_seconds(spec.test_start), day_seconds(spec.test_end) + SECONDS_PER_DAY
+def _time_route(spec: TimeSplit, seed: int, valid_share: float, params: dict, per_second: int) -> _Route:
+    """Route of one date split; bounds are [first day 00:00, day after the last day 00:00) in file ticks."""
+    def bounds(first: dt.date, last: dt.date) -> tuple[int, int]:
+        return day_seconds(first) * per_second, (day_seconds(last) + SECONDS_PER_DAY) * per_second
+
+    train_lo, train_hi = bounds(spec.train_start, spec.train_end)
+    test_lo, test_hi = bounds(spec.test_start, spec.test_end)
     return _Route(
         name=spec.name,
-        train_mask=lambda s, u, i: (s >= train_lo) & (s < train_hi),
-        heldout_mask=lambda s, u, i: (s >= test_lo) & (s < test_hi),
+        train_mask=lambda t, u, i: (t >= train_lo) & (t < train_hi),
+        heldout_mask=lambda t, u, i: (t >= test_lo) & (t < test_hi),
         finish=_heldout_finish(seed, valid_share, require_item=True, require_user=True),
         params={"train_start": spec.train_start.isoformat(), "train_end": spec.train_end.isoformat(),
                 "test_start": spec.test_start.isoformat(), "test_end": spec.test_end.isoformat(), **params},
+        heldout_key=("period", test_lo, test_hi),
     )
 
 
@@ -502,16 +576,19 @@ def split_netflix_time(ratings_dir: Path, out_dir: Path, splits: list[str] | Non
     for name in names:
         _check_time_split(NETFLIX_SPLITS[name], data_range, path)
     params = {"seed": seed, "valid_share": valid_share}
-    routes = [_time_route(NETFLIX_SPLITS[n], seed, valid_share, params) for n in names]
-    return _stream_split(ratings_dir, out_dir, "netflix-time", routes)
+    return _stream_split(ratings_dir, out_dir, "netflix-time",
+                         lambda per_second: [_time_route(NETFLIX_SPLITS[n], seed, valid_share, params, per_second)
+                                             for n in names])
 
 
-def _timestamp_quantile(path: Path, q: float) -> int:
+def _timestamp_quantile(path: Path, q: float) -> tuple[int, int]:
+    """(the q-quantile of the timestamps in file ticks, ticks per second)."""
     parquet = _check_columns(path)
-    seconds = _seconds(parquet.read(columns=["timestamp"]).column(0).cast(pa.timestamp("s", tz="UTC")))
-    if len(seconds) == 0:
+    column = parquet.read(columns=["timestamp"]).column(0)
+    ticks = _ticks(column)
+    if len(ticks) == 0:
         raise InputError(path, "holds no ratings")
-    return int(np.quantile(seconds, q, method="lower"))
+    return int(np.quantile(ticks, q, method="lower")), _TICKS_PER_SECOND[column.type.unit]
 
 
 def split_time(ratings_dir: Path, out_dir: Path, train_start: str | None = None, train_end: str | None = None,
@@ -528,16 +605,20 @@ def split_time(ratings_dir: Path, out_dir: Path, train_start: str | None = None,
             raise RecsysError("give either --quantile or the four dates, not both")
         if not 0.0 < quantile < 1.0:
             raise RecsysError(f"--quantile must be strictly between 0 and 1, got {quantile}")
-        cut = _timestamp_quantile(path, quantile)
-        route = _Route(
-            name="time",
-            train_mask=lambda s, u, i: s < cut,
-            heldout_mask=lambda s, u, i: s >= cut,
-            finish=_heldout_finish(seed, valid_share, require_item=True, require_user=True),
-            params={"quantile": quantile, "cut": dt.datetime.fromtimestamp(cut, dt.timezone.utc).isoformat(),
-                    **params},
-        )
-        return _stream_split(ratings_dir, out_dir, "time", [route])
+        cut, cut_per_second = _timestamp_quantile(path, quantile)
+
+        def routes(per_second: int) -> list[_Route]:
+            at = cut * per_second // cut_per_second  # the same instant in the unit the stream reads
+            return [_Route(
+                name="time",
+                train_mask=lambda t, u, i: t < at,
+                heldout_mask=lambda t, u, i: t >= at,
+                finish=_heldout_finish(seed, valid_share, require_item=True, require_user=True),
+                params={"quantile": quantile, **params,
+                        "cut": dt.datetime.fromtimestamp(cut / cut_per_second, dt.timezone.utc).isoformat()},
+            )]
+
+        return _stream_split(ratings_dir, out_dir, "time", routes)
     missing = [f"--{k.replace('_', '-')}" for k, v in dates.items() if v is None]
     if missing:
         raise RecsysError(f"protocol time needs --quantile or all four dates; missing {', '.join(missing)}")
@@ -547,7 +628,8 @@ def split_time(ratings_dir: Path, out_dir: Path, train_start: str | None = None,
         raise RecsysError(f"dates must be YYYY-MM-DD ({err})") from None
     spec = TimeSplit("time", **parsed)
     _check_time_split(spec, _time_range(path), path)
-    return _stream_split(ratings_dir, out_dir, "time", [_time_route(spec, seed, valid_share, params)])
+    return _stream_split(ratings_dir, out_dir, "time",
+                         lambda per_second: [_time_route(spec, seed, valid_share, params, per_second)])
 
 
 def split_random(ratings_dir: Path, out_dir: Path, fraction: float = 0.1, valid_fraction: float = 0.0,
@@ -563,19 +645,23 @@ def split_random(ratings_dir: Path, out_dir: Path, fraction: float = 0.1, valid_
         raise RecsysError(f"need 0 < --fraction and --fraction + --valid-fraction < 1, got {fraction} + {valid_fraction}")
     held_share = fraction + valid_fraction
 
-    def held(s, u, i):
-        return hash_unit(seed, SALT_RANDOM_HOLDOUT, u, i) < held_share
+    last: dict[str, np.ndarray] = {}
+
+    def held(t, u, i):
+        if last.get("users") is not u:  # train_mask and heldout_mask of one batch share the draw
+            last["users"], last["held"] = u, hash_unit(seed, SALT_RANDOM_HOLDOUT, u, i) < held_share
+        return last["held"]
 
     route = _Route(
         name="random",
-        train_mask=lambda s, u, i: ~held(s, u, i),
+        train_mask=lambda t, u, i: ~held(t, u, i),
         heldout_mask=held,
         # the same hash decides valid (the first valid_fraction of the held-out interval) vs test
         finish=_heldout_finish(seed, 0.0, require_item=not keep_unseen, require_user=not keep_unseen,
                                valid_salt=SALT_RANDOM_HOLDOUT, valid_below=lambda h: h < valid_fraction),
         params={"seed": seed, "fraction": fraction, "valid_fraction": valid_fraction, "keep_unseen": keep_unseen},
     )
-    return _stream_split(ratings_dir, out_dir, "random", [route])
+    return _stream_split(ratings_dir, out_dir, "random", lambda per_second: [route])
 
 
 # --------------------------------------------------------------------------------------------- leave-one-out
@@ -659,7 +745,7 @@ def split_leave_one_out(ratings_dir: Path, out_dir: Path, valid: bool = False, n
     test_f = ranked.filter(eligible & (pl.col("_rank") == 1))
     valid_f = ranked.filter(eligible & (pl.col("_rank") == 2)) if valid else ranked.clear()
     train_f = ranked.filter(~eligible | (pl.col("_rank") > held_per_user))
-    to_arrow = lambda f: f.select(RATING_COLUMNS).to_arrow().cast(RATINGS_SCHEMA)  # noqa: E731
+    to_arrow = lambda f: f.select(RATING_COLUMNS).to_arrow().cast(table.schema)  # noqa: E731
     train_t, valid_t, test_t = to_arrow(train_f), to_arrow(valid_f), to_arrow(test_f)
     if test_t.num_rows == 0:
         raise RecsysError(f"{path}: split leave-one-out would have an empty test part; no user has "

@@ -149,7 +149,7 @@ def _open_tar(label: str, **kwargs) -> tarfile.TarFile:
     try:
         archive = tarfile.open(tarinfo=_CheckedTarInfo, **kwargs)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise InputError(label, f"is not a readable tar archive ({err})") from None
+        raise InputError(label, f"is truncated or not a tar archive ({err})") from None
     return archive
 
 
@@ -505,9 +505,9 @@ class _Pipeline:
 
 
 def convert_netflix(netflix: NetflixInput, out_dir: Path, sink: RatingsSink, timings: Timings,
-                    batch_mb: int = DEFAULT_BATCH_MB) -> int:
+                    batch_mb: float = DEFAULT_BATCH_MB) -> int:
     """Write the ratings through ``sink`` and ``out_dir/items.parquet``; return the catalogue size."""
-    batch_bytes = max(1, batch_mb) << 20
+    batch_bytes = max(1, int(batch_mb * (1 << 20)))
     titles: tuple | None = None
     pipeline = _Pipeline(sink, timings)
     try:
