@@ -97,7 +97,7 @@ def _latent_model(rng, n_users, n_items, rank):
     return lambda u, i: mu + user_bias[u] + item_bias[i] + np.einsum("nk,nk->n", p[u], q[i])
 
 
-def make_rating_split(out_dir, n_users=600, n_items=250, n_ratings=40_000, rank=4, noise=0.7,
+def make_rating_split(out_dir, n_users=1000, n_items=200, n_ratings=100_000, rank=2, noise=0.8,
                       valid_frac=0.08, test_frac=0.08, seed=0, name="N3M") -> GeneratedSplit:
     """A rating split (random held-out pairs) with its oracle test RMSE."""
     rng = np.random.default_rng(seed)

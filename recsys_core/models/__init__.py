@@ -85,7 +85,7 @@ MODELS: dict[str, ModelSpec] = {
                               "I-AutoRec: item vector in, all users out, one sigmoid layer of 500"),
     "autorec-user": ModelSpec("rows", "user", AUTOREC_DEFAULTS, _autoencoder,
                               "U-AutoRec: user vector in, all items out, one sigmoid layer of 500"),
-    "mf": ModelSpec("pairs", "", {"dim": 32, "l2": 0.05, "squash": False, "optimizer": "adam", "lr": 0.005,
+    "mf": ModelSpec("pairs", "", {"dim": 16, "l2": 0.02, "squash": False, "optimizer": "adam", "lr": 0.002,
                                   "batch_size": 1024, "epochs": 40, "patience": 4}, _mf,
                     "biased matrix factorization: mu + b_u + b_i + p_u.q_i, L2"),
     "mlp": ModelSpec("pairs", "", {"dim": 32, "hidden": [64, 32], "dropout": 0.2, "l2": 0.02,
