@@ -117,18 +117,31 @@ class RowsEstimator(Estimator):
     def _noisy(self, values: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.dropout(values, self.input_noise) if self.input_noise > 0 else values
 
+    def _is_dense(self, batch: RowBatch) -> bool:
+        """Sparse paths (embedding_bag in, gathered outputs) pay off below ~1/16 density; denser batches
+        (small catalogues, I-AutoRec) go through plain matrix products."""
+        return 16 * batch.values.numel() > len(batch.rows) * self.matrix.shape[1]
+
     def losses(self, batch: RowBatch):
         model = self.model
+        dense = self._is_dense(batch)
         with self.autocast():
-            code = model.encode_sparse(batch.cols, self._noisy(batch.values), batch.offsets)
+            if dense:
+                code = model.encode_dense(self._noisy(batch.dense(self.matrix.shape[1])))
+            else:
+                code = model.encode_sparse(batch.cols, self._noisy(batch.values), batch.offsets)
             hidden = model.decode_hidden(code)
-            observed = model.output_at(hidden, batch.owner, batch.cols)
+            if dense:
+                full = model.output_full(hidden)
+                observed = full[batch.owner, batch.cols]
+            else:
+                observed = model.output_at(hidden, batch.owner, batch.cols)
         loss = observed_mse(observed, batch.values)
         if self.refeed:
             # The dense output of this pass (same dropout draw) becomes the next input; the loss then
             # covers every item, against that detached output (the paper's dense re-feeding).
             with torch.no_grad(), self.autocast():
-                target = model.output_full(hidden.detach()).float()
+                target = (full.detach() if dense else model.output_full(hidden.detach())).float()
         yield loss, loss.detach()
         for step in range(self.refeed):
             with self.autocast():

@@ -197,12 +197,14 @@ def _titles(data) -> np.ndarray:
 
 def _recommendation_table(data, user_ids: np.ndarray, top: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
     k = top.shape[1]
-    return pl.DataFrame({
+    table = pl.DataFrame({
         "user_id": np.repeat(user_ids, k).astype(np.int32),
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_ids)),
         "item_id": data.item_ids[top.reshape(-1)].astype(np.int32),
         "title": _titles(data)[top.reshape(-1)],
         "score": np.take_along_axis(scores, top, axis=1).reshape(-1).astype(np.float32)})
+    # users who rated (nearly) the whole catalogue get fewer than k: excluded items score -inf
+    return table.filter(pl.col("score") > float("-inf"))
 
 
 def _write_recommendations(estimator, data, run_dir: Path, k: int, rows: np.ndarray | None = None,
