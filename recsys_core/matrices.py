@@ -1,0 +1,357 @@
+"""Stage 3: sparse matrices of each split, with one dense id index shared by train, valid and test.
+
+For every split folder ``SPLIT_ROOT/<name>/`` (stage-2 output) this writes ``OUT_DIR/<name>/``:
+``train.npz``, ``valid.npz``, ``test.npz`` (users x items CSR, float32 values, int32 sorted indices,
+uncompressed), ``train_by_item.npz`` (items x users CSR of train), ``users.parquet`` (row -> user_id),
+``items.parquet`` (col -> item_id, title, year), ``negatives.npz`` for leave-one-out, and ``meta.json``.
+Rows are all users of the split sorted by raw id, columns all items of the split sorted by raw id.
+
+CSR arrays are built with scipy's C++ counting sort (``coo_tocsr``, O(nnz)) followed by a per-row sort
+of the column indices, which is much faster than a global sort on (row, col) keys.
+``load_split(path)`` loads a folder back in one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from scipy.sparse import _sparsetools
+
+from recsys_core.errors import InputError, RecsysError
+from recsys_core.io import atomic_dir, read_json, write_json
+from recsys_core.progress import track
+
+log = logging.getLogger("recsys_core")
+
+PARTS = ("train", "valid", "test")
+# Raw ids up to this value are indexed through a lookup array (fast); larger ones through np.unique.
+MAX_LOOKUP_ID = 1 << 28
+
+
+# --------------------------------------------------------------------------------------------- index
+
+
+class DenseIndex:
+    """Sorted distinct raw ids and the map raw id -> position (row or column)."""
+
+    def __init__(self, id_arrays: list[np.ndarray]):
+        nonempty = [a for a in id_arrays if len(a)]
+        top = max((int(a.max()) for a in nonempty), default=-1)
+        low = min((int(a.min()) for a in nonempty), default=0)
+        self._lookup: np.ndarray | None = None
+        if low >= 0 and top <= MAX_LOOKUP_ID:
+            present = np.zeros(top + 1, dtype=bool)
+            for a in nonempty:
+                present[a] = True
+            self.ids = np.flatnonzero(present).astype(np.int32)
+            self._lookup = np.full(top + 1, -1, dtype=np.int32)
+            self._lookup[self.ids] = np.arange(len(self.ids), dtype=np.int32)
+        else:
+            self.ids = np.unique(np.concatenate(nonempty)).astype(np.int32) if nonempty else np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, raw: np.ndarray) -> np.ndarray:
+        """Positions of raw ids; -1 where an id is not in the index."""
+        if self._lookup is not None:
+            inside = (raw >= 0) & (raw < len(self._lookup))
+            if inside.all():
+                return self._lookup[raw]
+            out = np.full(raw.shape, -1, dtype=np.int32)
+            out[inside] = self._lookup[raw[inside]]
+            return out
+        pos = np.searchsorted(self.ids, raw)
+        found = (pos < len(self.ids)) & (self.ids[np.minimum(pos, len(self.ids) - 1)] == raw)
+        return np.where(found, pos, -1).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------- CSR
+
+
+def csr_from_coo(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """CSR with float32 data, int32 sorted indices, from unordered (row, col, value) triples.
+
+    Raises ValueError on a repeated (row, col) pair (scipy would silently add them up).
+    """
+    n_rows, n_cols = shape
+    nnz = len(rows)
+    if max(n_rows, n_cols, nnz) >= np.iinfo(np.int32).max:
+        raise RecsysError(f"a matrix of shape {shape} with {nnz} entries exceeds int32 indices")
+    indptr = np.empty(n_rows + 1, dtype=np.int32)
+    indices = np.empty(nnz, dtype=np.int32)
+    data = np.empty(nnz, dtype=np.float32)
+    # stable O(nnz) counting sort by row, done in C++ by scipy
+    _sparsetools.coo_tocsr(n_rows, n_cols, nnz, rows.astype(np.int32, copy=False), cols.astype(np.int32, copy=False),
+                           values.astype(np.float32, copy=False), indptr, indices, data)
+    matrix = sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
+    if not matrix.has_sorted_indices:
+        matrix.sort_indices()
+    if not matrix.has_canonical_format:
+        raise ValueError("repeated (user, item) pairs")
+    return matrix
+
+
+def transpose_csr(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """The transposed matrix as CSR with sorted indices (csr -> csc is a stable counting sort)."""
+    csc = matrix.tocsc()
+    out = sp.csr_matrix((csc.data, csc.indices, csc.indptr), shape=(matrix.shape[1], matrix.shape[0]), copy=False)
+    out.has_sorted_indices = True
+    return out
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def _split_folders(split_root: Path) -> list[Path]:
+    split_root = Path(split_root)
+    if not split_root.is_dir():
+        raise InputError(split_root, "not found; give the output folder of the split stage")
+    if (split_root / "train.parquet").is_file():  # a single split folder
+        return [split_root]
+    folders = sorted(p for p in split_root.iterdir() if p.is_dir() and (p / "train.parquet").is_file()
+                     and not p.name.startswith("."))
+    if not folders:
+        raise InputError(split_root, "holds no split folder with a train.parquet (python -m recsys_core split)")
+    return folders
+
+
+def _read_part(path: Path) -> dict[str, np.ndarray]:
+    """user_id, item_id (int32) and rating (float32) of one part, one column at a time to bound memory."""
+    if not path.is_file():
+        raise InputError(path, "not found; each split folder holds train, valid and test Parquet files")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(path, f"not a readable Parquet file ({err})") from None
+    missing = [c for c in ("user_id", "item_id", "rating") if c not in parquet.schema_arrow.names]
+    if missing:
+        raise InputError(path, f"missing column(s) {', '.join(missing)}")
+    arrays = {}
+    for name, dtype in (("user_id", np.int32), ("item_id", np.int32), ("rating", np.float32)):
+        column = parquet.read(columns=[name], use_threads=True).column(0)
+        if column.null_count:
+            raise InputError(path, f"column {name} holds null values")
+        arrays[name] = column.to_numpy().astype(dtype, copy=False)
+    return arrays
+
+
+def _rating_scale(parts: list[dict[str, np.ndarray]]) -> tuple[float | None, float | None, float | None]:
+    distinct = [pc.unique(pa.array(p["rating"])).to_numpy() for p in parts]
+    values = np.unique(np.concatenate(distinct))
+    if len(values) == 0:
+        return None, None, None
+    steps = np.diff(values)
+    return float(values[0]), float(values[-1]), (float(steps.min()) if len(steps) else None)
+
+
+def _items_table(split_dir: Path, index: DenseIndex) -> pa.Table:
+    frame = pl.DataFrame({"col": np.arange(len(index), dtype=np.int32), "item_id": index.ids})
+    catalogue_path = split_dir / "items.parquet"
+    if catalogue_path.is_file():
+        catalogue = pl.read_parquet(catalogue_path, columns=["item_id", "title", "year"])
+        catalogue = catalogue.with_columns(pl.col("item_id").cast(pl.Int32)).unique("item_id", keep="first")
+        frame = frame.join(catalogue, on="item_id", how="left").sort("col")
+    else:
+        frame = frame.with_columns(pl.lit(None, pl.String).alias("title"), pl.lit(None, pl.Int16).alias("year"))
+    return frame.select(pl.col("col").cast(pl.Int32), pl.col("item_id").cast(pl.Int32), pl.col("title").cast(pl.String),
+                        pl.col("year").cast(pl.Int16)).to_arrow()
+
+
+def _negatives(split_dir: Path, users: DenseIndex, items: DenseIndex) -> dict[str, np.ndarray] | None:
+    path = split_dir / "negatives.parquet"
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    if table.num_rows == 0:
+        return {"rows": np.zeros(0, np.int32), "items": np.zeros((0, 0), np.int32)}
+    lists = table.column("negatives").combine_chunks()
+    lengths = pc.list_value_length(lists).to_numpy()
+    if (lengths != lengths[0]).any():
+        raise InputError(path, "negatives lists differ in length")
+    rows = users.positions(table.column("user_id").to_numpy().astype(np.int32))
+    cols = items.positions(np.asarray(pc.list_flatten(lists).to_numpy()).astype(np.int32)).reshape(len(rows), lengths[0])
+    if (rows < 0).any() or (cols < 0).any():
+        raise InputError(path, "names users or items that are in none of the split's parts")
+    return {"rows": rows.astype(np.int32), "items": cols.astype(np.int32)}
+
+
+def build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
+    """Matrices of one split folder into ``out_dir`` (replaced atomically); returns its meta."""
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    clock = [started]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 3)
+        clock[0] = now
+
+    parts = {part: _read_part(split_dir / f"{part}.parquet") for part in PARTS}
+    lap("read")
+    users = DenseIndex([parts[p]["user_id"] for p in PARTS])
+    items = DenseIndex([parts[p]["item_id"] for p in PARTS])
+    rating_min, rating_max, rating_step = _rating_scale(list(parts.values()))
+    lap("index")
+    shape = (len(users), len(items))
+    matrices: dict[str, sp.csr_matrix] = {}
+    for part in PARTS:
+        arrays = parts.pop(part)
+        rows = users.positions(arrays.pop("user_id"))
+        cols = items.positions(arrays.pop("item_id"))
+        values = arrays.pop("rating")
+        try:
+            matrices[part] = csr_from_coo(rows, cols, values, shape)
+        except ValueError as err:
+            raise InputError(split_dir / f"{part}.parquet", f"holds {err}; each user rates an item at most once") from None
+        del rows, cols, values
+    lap("csr")
+    train_by_item = transpose_csr(matrices["train"])
+    lap("transpose")
+    meta_path = split_dir / "split.json"
+    split_info = read_json(meta_path) if meta_path.is_file() else {}
+    meta = {
+        "split": split_info.get("split", split_dir.name),
+        "protocol": split_info.get("protocol"),
+        "n_users": shape[0],
+        "n_items": shape[1],
+        "nnz": {part: int(matrices[part].nnz) for part in PARTS},
+        "rating_min": rating_min,
+        "rating_max": rating_max,
+        "rating_step": rating_step,
+    }
+    negatives = _negatives(split_dir, users, items)
+    with atomic_dir(out_dir) as tmp:
+        for part in PARTS:
+            sp.save_npz(tmp / f"{part}.npz", matrices[part], compressed=False)
+        sp.save_npz(tmp / "train_by_item.npz", train_by_item, compressed=False)
+        pq.write_table(pa.table({"row": pa.array(np.arange(len(users), dtype=np.int32)), "user_id": pa.array(users.ids)}),
+                       tmp / "users.parquet")
+        pq.write_table(_items_table(split_dir, items), tmp / "items.parquet")
+        if negatives is not None:
+            np.savez(tmp / "negatives.npz", **negatives)
+        write_json(tmp / "meta.json", meta)
+        lap("write")
+    log.info("matrices %s: %s (%.1f s)", meta["split"], timings, time.perf_counter() - started)
+    return {**meta, "seconds": timings}
+
+
+def build_matrices(split_root: str | Path, out_dir: str | Path) -> dict:
+    """Matrices of every split folder under ``split_root`` into ``out_dir/<name>/``; returns {name: meta}.
+
+    The returned metas carry a ``seconds`` phase breakdown (read, index, csr, transpose, write) that
+    is not part of the meta.json written.
+    """
+    result = {}
+    for folder in track(_split_folders(Path(split_root)), "matrices", unit="splits"):
+        result[folder.name] = build_split_matrices(folder, Path(out_dir) / folder.name)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class SplitMatrices:
+    """One ``matrices/<name>/`` folder in memory. ``train_by_item`` is read on first use."""
+
+    path: Path
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    items: pl.DataFrame
+    meta: dict
+    negatives: tuple[np.ndarray, np.ndarray] | None
+    _train_by_item: sp.csr_matrix | None = field(default=None, repr=False)
+
+    @property
+    def train_by_item(self) -> sp.csr_matrix:
+        if self._train_by_item is None:
+            self._train_by_item = _load_csr(self.path / "train_by_item.npz")
+        return self._train_by_item
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+
+def _load_csr(path: Path) -> sp.csr_matrix:
+    if not path.is_file():
+        raise InputError(path, "not found; build it with python -m recsys_core matrices")
+    try:
+        matrix = sp.load_npz(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(path, f"not a readable sparse matrix ({err})") from None
+    return sp.csr_matrix(matrix)
+
+
+def load_split(path: str | Path) -> SplitMatrices:
+    """Load one matrices folder (output of ``build_matrices``) in one call."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise InputError(path, "holds no meta.json; give one matrices/<name>/ folder (python -m recsys_core matrices)")
+    users = pq.read_table(path / "users.parquet")
+    items = pl.read_parquet(path / "items.parquet")
+    negatives = None
+    if (path / "negatives.npz").is_file():
+        with np.load(path / "negatives.npz") as archive:
+            negatives = (archive["rows"], archive["items"])
+    return SplitMatrices(
+        path=path,
+        train=_load_csr(path / "train.npz"),
+        valid=_load_csr(path / "valid.npz"),
+        test=_load_csr(path / "test.npz"),
+        user_ids=users.column("user_id").to_numpy().astype(np.int32),
+        item_ids=items["item_id"].to_numpy().astype(np.int32),
+        items=items,
+        meta=read_json(path / "meta.json"),
+        negatives=negatives,
+    )
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _run_cli(args) -> int:
+    started = time.perf_counter()
+    result = build_matrices(args.split_dir, args.out_dir)
+    for name, meta in result.items():
+        nnz = meta["nnz"]
+        print(f"{name}: {meta['n_users']:,} users x {meta['n_items']:,} items, nnz train {nnz['train']:,} "
+              f"valid {nnz['valid']:,} test {nnz['test']:,}; phases (s) {meta['seconds']}")
+    print(f"wrote {len(result)} matrices folder(s) under {args.out_dir} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "matrices",
+        help="stage 3: CSR matrices + id index of every split",
+        description=(
+            "For every split folder under SPLIT_DIR (output of the split stage; or SPLIT_DIR itself when it "
+            "holds train.parquet) write OUT_DIR/<name>/ with train/valid/test.npz (users x items CSR, "
+            "float32, int32 sorted indices, uncompressed), train_by_item.npz (items x users), users.parquet "
+            "(row -> user_id), items.parquet (col -> item_id, title, year), negatives.npz for "
+            "leave-one-out, and meta.json. Rows and columns are all users/items of the split sorted by raw "
+            "id, shared by the three parts. Each output folder is replaced atomically."
+        ),
+    )
+    p.add_argument("split_dir", metavar="SPLIT_DIR", type=Path, help="output folder of the split stage")
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="folder that receives one sub-folder per split")
+    p.set_defaults(func=_run_cli)
