@@ -125,13 +125,16 @@ class RowsEstimator(Estimator):
     def losses(self, batch: RowBatch):
         model = self.model
         dense = self._is_dense(batch)
+        # Re-feeding needs the dense output anyway, and the backward of one dense product is cheaper
+        # than the scatter-adds of the gathered path; without re-feeding, sparse batches gather.
+        full_output = dense or self.refeed > 0
         with self.autocast():
             if dense:
                 code = model.encode_dense(self._noisy(batch.dense(self.matrix.shape[1])))
             else:
                 code = model.encode_sparse(batch.cols, self._noisy(batch.values), batch.offsets)
             hidden = model.decode_hidden(code)
-            if dense:
+            if full_output:
                 full = model.output_full(hidden)
                 observed = full[batch.owner, batch.cols]
             else:
@@ -140,8 +143,7 @@ class RowsEstimator(Estimator):
         if self.refeed:
             # The dense output of this pass (same dropout draw) becomes the next input; the loss then
             # covers every item, against that detached output (the paper's dense re-feeding).
-            with torch.no_grad(), self.autocast():
-                target = (full.detach() if dense else model.output_full(hidden.detach())).float()
+            target = full.detach().float()
         yield loss, loss.detach()
         for step in range(self.refeed):
             with self.autocast():

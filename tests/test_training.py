@@ -147,3 +147,26 @@ def test_cli_reports_bad_input_in_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not a stage-3 split folder" in err and "Traceback" not in err
     assert main(["train", str(tmp_path), str(tmp_path / "run"), "--device", "cuda:7"]) == 2
+
+
+def test_trains_on_folders_made_by_the_real_split_and_matrices_stages(tmp_path):
+    """stage-1 table -> split (leave-one-out with negatives) -> matrices -> train + recommend."""
+    import datetime as dt
+
+    from recsys_core.matrices import build_matrices
+    from recsys_core.split import split
+    from split_fixtures import write_stage1
+
+    rng = np.random.default_rng(0)
+    start = dt.datetime(2005, 1, 1, tzinfo=dt.timezone.utc)
+    rows = [(int(u) * 10 + 3, int(i) + 100, float(rng.integers(1, 6)), start + dt.timedelta(days=int(d)))
+            for u in range(120) for i, d in zip(rng.choice(150, 25, replace=False), rng.permutation(300)[:25])]
+    write_stage1(tmp_path / "converted", rows)
+    split(tmp_path / "converted", tmp_path / "splits", "leave-one-out", negatives=50)
+    build_matrices(tmp_path / "splits", tmp_path / "matrices")
+    metrics = train(tmp_path / "matrices" / "leave-one-out", tmp_path / "run", "gmf", epochs=2, recall_users=50)
+    assert metrics["test"]["n_ranked"] == 120 and 0.0 <= metrics["test"]["hr@10"] <= 1.0
+    assert set(metrics["baselines"]["most_popular"]["test"]) >= {"hr@10", "ndcg@10", "recall@10"}
+    table = pl.read_parquet(tmp_path / "run" / "recommendations.parquet")
+    assert set(table["user_id"].to_list()) == {u * 10 + 3 for u in range(120)}
+    assert table["title"][0].startswith("Movie ")
