@@ -105,6 +105,17 @@ class RowsEstimator(Estimator):
         self.train_rows = np.flatnonzero(np.diff(self.matrix.indptr) > 0)
         self.input_noise = float(config.get("noise", 0.0))
         self.refeed = int(config.get("refeed", 0))
+        if config.get("output_bias") == "mean" and not model.last_layer_activation:
+            self._init_output_bias()
+
+    def _init_output_bias(self) -> None:
+        """Start the linear output at each output column's mean training rating (the item-mean baseline for
+        user vectors), instead of 0, so the first epochs learn residuals rather than the rating scale."""
+        counts = np.bincount(self.matrix.indices, minlength=self.matrix.shape[1])
+        sums = np.bincount(self.matrix.indices, self.matrix.data.astype(np.float64), self.matrix.shape[1])
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), self.matrix.data.mean())
+        with torch.no_grad():
+            self.model.dec_b[0].copy_(torch.from_numpy(means.astype(np.float32)))
 
     def n_batches(self) -> int:
         return -(-len(self.train_rows) // self.batch_size)

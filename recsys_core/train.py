@@ -338,6 +338,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="apply the activation to the output layer too")
     a.add_argument("--noise", type=float, help="input dropout probability (denoising)")
     a.add_argument("--refeed", type=int, help="dense re-feeding steps per batch (the paper uses 1)")
+    a.add_argument("--output-bias", choices=["mean", "zero"],
+                   help="initial output bias: each output's mean training rating (default; linear output "
+                        "only) or zero (the paper)")
     m = p.add_argument_group("MF / embedding MLP / NCF")
     m.add_argument("--dim", type=int, help="embedding size")
     m.add_argument("--hidden", type=_int_list, help="hidden layer sizes of the MLP tower, e.g. 64,32,16")
@@ -349,7 +352,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 OPTION_NAMES = ["epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "lr_milestones", "lr_gamma",
                 "patience", "seed", "amp", "eval_batch_size", "k", "recall_users", "preset", "layers",
-                "activation", "dropout", "constrained", "last_layer_activation", "noise", "refeed", "dim",
+                "activation", "dropout", "constrained", "last_layer_activation", "noise", "refeed", "output_bias", "dim",
                 "hidden", "l2", "squash", "negatives"]
 
 
