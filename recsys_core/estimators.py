@@ -105,6 +105,17 @@ class RowsEstimator(Estimator):
         self.train_rows = np.flatnonzero(np.diff(self.matrix.indptr) > 0)
         self.input_noise = float(config.get("noise", 0.0))
         self.refeed = int(config.get("refeed", 0))
+        if config.get("output_bias") == "mean" and not model.last_layer_activation:
+            self._init_output_bias()
+
+    def _init_output_bias(self) -> None:
+        """Start the linear output at each output column's mean training rating (the item-mean baseline for
+        user vectors), instead of 0, so the first epochs learn residuals rather than the rating scale."""
+        counts = np.bincount(self.matrix.indices, minlength=self.matrix.shape[1])
+        sums = np.bincount(self.matrix.indices, self.matrix.data.astype(np.float64), self.matrix.shape[1])
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), self.matrix.data.mean())
+        with torch.no_grad():
+            self.model.dec_b[0].copy_(torch.from_numpy(means.astype(np.float32)))
 
     def n_batches(self) -> int:
         return -(-len(self.train_rows) // self.batch_size)
@@ -117,18 +128,33 @@ class RowsEstimator(Estimator):
     def _noisy(self, values: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.dropout(values, self.input_noise) if self.input_noise > 0 else values
 
+    def _is_dense(self, batch: RowBatch) -> bool:
+        """Sparse paths (embedding_bag in, gathered outputs) pay off below ~1/16 density; denser batches
+        (small catalogues, I-AutoRec) go through plain matrix products."""
+        return 16 * batch.values.numel() > len(batch.rows) * self.matrix.shape[1]
+
     def losses(self, batch: RowBatch):
         model = self.model
+        dense = self._is_dense(batch)
+        # Re-feeding needs the dense output anyway, and the backward of one dense product is cheaper
+        # than the scatter-adds of the gathered path; without re-feeding, sparse batches gather.
+        full_output = dense or self.refeed > 0
         with self.autocast():
-            code = model.encode_sparse(batch.cols, self._noisy(batch.values), batch.offsets)
+            if dense:
+                code = model.encode_dense(self._noisy(batch.dense(self.matrix.shape[1])))
+            else:
+                code = model.encode_sparse(batch.cols, self._noisy(batch.values), batch.offsets)
             hidden = model.decode_hidden(code)
-            observed = model.output_at(hidden, batch.owner, batch.cols)
+            if full_output:
+                full = model.output_full(hidden)
+                observed = full[batch.owner, batch.cols]
+            else:
+                observed = model.output_at(hidden, batch.owner, batch.cols)
         loss = observed_mse(observed, batch.values)
         if self.refeed:
             # The dense output of this pass (same dropout draw) becomes the next input; the loss then
             # covers every item, against that detached output (the paper's dense re-feeding).
-            with torch.no_grad(), self.autocast():
-                target = model.output_full(hidden.detach()).float()
+            target = full.detach().float()
         yield loss, loss.detach()
         for step in range(self.refeed):
             with self.autocast():

@@ -8,86 +8,35 @@ those rows; the whole matrix is never densified.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import scipy.sparse as sp
 import torch
 
 from recsys_core.errors import InputError, RecsysError
-from recsys_core.io import read_json
+from recsys_core.matrices import SplitMatrices, load_split
 
 SPLIT_FILES = ("train.npz", "valid.npz", "test.npz", "users.parquet", "items.parquet", "meta.json")
 
 
-@dataclass
-class SplitData:
-    """The same fields as ``recsys_core.matrices.SplitMatrices``."""
-
-    train: sp.csr_matrix
-    valid: sp.csr_matrix
-    test: sp.csr_matrix
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    items: pl.DataFrame
-    meta: dict
-    negatives: tuple[np.ndarray, np.ndarray] | None
-    path: Path
-    _by_item: sp.csr_matrix | None = field(default=None, repr=False)
-
-    @property
-    def train_by_item(self) -> sp.csr_matrix:
-        if self._by_item is None:
-            self._by_item = _load_csr(self.path / "train_by_item.npz")
-        return self._by_item
-
-
-def _load_csr(path: Path) -> sp.csr_matrix:
-    try:
-        m = sp.load_npz(path)
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"not a readable scipy sparse .npz file ({err})") from None
-    if not sp.issparse(m) or m.format != "csr":
-        raise InputError(path, f"expected a CSR matrix, found {getattr(m, 'format', type(m).__name__)}")
-    m = sp.csr_matrix(m)
-    m.sort_indices()
-    return m
-
-
-def _read_split_folder(path: Path) -> SplitData:
-    """Reader of the stage-3 layout, used until ``recsys_core.matrices.load_split`` is available."""
-    train, valid, test = (_load_csr(path / f"{p}.npz") for p in ("train", "valid", "test"))
-    users = pl.read_parquet(path / "users.parquet").sort("row")
-    items = pl.read_parquet(path / "items.parquet").sort("col")
-    negatives = None
-    if (path / "negatives.npz").exists():
-        with np.load(path / "negatives.npz") as npz:
-            negatives = (npz["rows"].astype(np.int32), npz["items"].astype(np.int32))
-    return SplitData(train, valid, test, users["user_id"].to_numpy().astype(np.int32),
-                     items["item_id"].to_numpy().astype(np.int32), items, read_json(path / "meta.json"),
-                     negatives, path)
-
-
-def load_split_data(path: str | Path):
-    """Load one stage-3 split folder (``matrices/<name>/``); checks the shapes agree."""
+def load_split_data(path: str | Path) -> SplitMatrices:
+    """Load one stage-3 split folder (``matrices/<name>/``) and check its parts agree in shape."""
     path = Path(path)
     missing = [f for f in SPLIT_FILES if not (path / f).exists()]
     if missing:
         raise RecsysError(f"{path} is not a stage-3 split folder (missing {', '.join(missing)}); "
                           "build it with `python -m recsys_core matrices`")
-    try:
-        from recsys_core.matrices import load_split
-    except ModuleNotFoundError:
-        data = _read_split_folder(path)
-    else:
-        data = load_split(path)
+    data = load_split(path)
     shape = (len(data.user_ids), len(data.item_ids))
     for part in ("train", "valid", "test"):
-        if getattr(data, part).shape != shape:
-            raise InputError(path / f"{part}.npz", f"shape {getattr(data, part).shape} does not match the "
+        matrix = getattr(data, part)
+        if matrix.shape != shape:
+            raise InputError(path / f"{part}.npz", f"shape {matrix.shape} does not match the "
                              f"{shape[0]} users x {shape[1]} items of users.parquet/items.parquet")
+        if not matrix.has_sorted_indices:
+            matrix.sort_indices()
     if data.train.nnz == 0:
         raise InputError(path / "train.npz", "the training matrix holds no ratings")
     return data

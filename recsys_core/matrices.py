@@ -63,6 +63,13 @@ class DenseIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def positions_into(self, raw: np.ndarray, out: np.ndarray) -> None:
+        """Write the positions of ids known to be in the index into ``out`` (no checks, no temporaries)."""
+        if self._lookup is not None:
+            np.take(self._lookup, raw, out=out, mode="clip")  # "raise" would buffer the whole output
+        else:
+            out[:] = np.searchsorted(self.ids, raw)
+
     def positions(self, raw: np.ndarray) -> np.ndarray:
         """Positions of raw ids; -1 where an id is not in the index."""
         if self._lookup is not None:
@@ -179,12 +186,15 @@ def _read_chunks(parquet: pq.ParquetFile, path: Path, name: str, dtype) -> list[
     return [np.asarray(c.to_numpy(zero_copy_only=False)).astype(dtype, copy=False) for c in column.chunks]
 
 
-def _fill(chunks: list[np.ndarray], convert=None, dtype=np.int32) -> np.ndarray:
-    """Concatenate chunks (each optionally converted) into one fresh array."""
+def _fill(chunks: list[np.ndarray], index: DenseIndex | None = None, dtype=np.int32) -> np.ndarray:
+    """Concatenate chunks into one fresh array; with ``index``, their positions in it instead of the ids."""
     out = np.empty(sum(len(c) for c in chunks), dtype=dtype)
     start = 0
     for chunk in chunks:
-        out[start:start + len(chunk)] = convert(chunk) if convert is not None else chunk
+        if index is not None:
+            index.positions_into(chunk, out[start:start + len(chunk)])
+        else:
+            out[start:start + len(chunk)] = chunk
         start += len(chunk)
     return out
 
@@ -247,13 +257,13 @@ def build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
     lap("read")
     users = DenseIndex([c for part in PARTS for c in user_chunks[part]])
     lap("index")
-    rows = {part: _fill(user_chunks.pop(part), users.positions) for part in PARTS}
+    rows = {part: _fill(user_chunks.pop(part), users) for part in PARTS}
     lap("map")
     item_chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", "item_id", np.int32) for part in PARTS}
     lap("read")
     items = DenseIndex([c for part in PARTS for c in item_chunks[part]])
     lap("index")
-    cols = {part: _fill(item_chunks.pop(part), items.positions) for part in PARTS}
+    cols = {part: _fill(item_chunks.pop(part), items) for part in PARTS}
     lap("map")
     rating_chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", "rating", np.float32) for part in PARTS}
     lap("read")

@@ -197,12 +197,14 @@ def _titles(data) -> np.ndarray:
 
 def _recommendation_table(data, user_ids: np.ndarray, top: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
     k = top.shape[1]
-    return pl.DataFrame({
+    table = pl.DataFrame({
         "user_id": np.repeat(user_ids, k).astype(np.int32),
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_ids)),
         "item_id": data.item_ids[top.reshape(-1)].astype(np.int32),
         "title": _titles(data)[top.reshape(-1)],
         "score": np.take_along_axis(scores, top, axis=1).reshape(-1).astype(np.float32)})
+    # users who rated (nearly) the whole catalogue get fewer than k: excluded items score -inf
+    return table.filter(pl.col("score") > float("-inf"))
 
 
 def _write_recommendations(estimator, data, run_dir: Path, k: int, rows: np.ndarray | None = None,
@@ -336,6 +338,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="apply the activation to the output layer too")
     a.add_argument("--noise", type=float, help="input dropout probability (denoising)")
     a.add_argument("--refeed", type=int, help="dense re-feeding steps per batch (the paper uses 1)")
+    a.add_argument("--output-bias", choices=["mean", "zero"],
+                   help="initial output bias: each output's mean training rating (default; linear output "
+                        "only) or zero (the paper)")
     m = p.add_argument_group("MF / embedding MLP / NCF")
     m.add_argument("--dim", type=int, help="embedding size")
     m.add_argument("--hidden", type=_int_list, help="hidden layer sizes of the MLP tower, e.g. 64,32,16")
@@ -347,7 +352,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 OPTION_NAMES = ["epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "lr_milestones", "lr_gamma",
                 "patience", "seed", "amp", "eval_batch_size", "k", "recall_users", "preset", "layers",
-                "activation", "dropout", "constrained", "last_layer_activation", "noise", "refeed", "dim",
+                "activation", "dropout", "constrained", "last_layer_activation", "noise", "refeed", "output_bias", "dim",
                 "hidden", "l2", "squash", "negatives"]
 
 

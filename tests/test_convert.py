@@ -446,11 +446,20 @@ def test_unrecognised_source_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_output_may_not_replace_the_input(tmp_path):
-    src = write_netflix(tmp_path / "nf")
-    with pytest.raises(RecsysError, match="would replace the input"):
-        convert(src / "training_set", src)
-    assert (src / "training_set" / "mv_0000001.txt").exists()
+@pytest.mark.parametrize("src_form, out_form", [
+    ("training_set", "."),  # would replace the folder holding the input
+    (".", "training_set"),  # would replace the rating files inside the input
+    (".", "."),
+    ("training_set.tar", "."),
+    ("training_set", "movie_titles.txt"),
+])
+def test_output_may_not_overlap_the_input(tmp_path, src_form, out_form):
+    root = write_netflix(tmp_path / "nf")
+    write_tar(root, root)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(RecsysError, match="overlaps the input"):
+        convert(root / src_form, root / out_form)
+    assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
 def test_cli_converts_and_reports_bad_input_in_one_sentence(tmp_path, capsys):

@@ -132,6 +132,9 @@ def test_dense_index_both_paths(monkeypatch, lookup_limit):
     index = DenseIndex([np.array([900, 5, 77], np.int32), np.array([], np.int32), np.array([5, 3], np.int32)])
     assert index.ids.tolist() == [3, 5, 77, 900]
     assert index.positions(np.array([900, 3, 77, 4, 10_000], np.int32)).tolist() == [3, 0, 2, -1, -1]
+    out = np.full(3, -9, np.int32)
+    index.positions_into(np.array([77, 3, 900], np.int32), out)
+    assert out.tolist() == [2, 0, 3]
 
 
 def test_round_trip_from_split_stage(tmp_path):

@@ -97,7 +97,7 @@ def _latent_model(rng, n_users, n_items, rank):
     return lambda u, i: mu + user_bias[u] + item_bias[i] + np.einsum("nk,nk->n", p[u], q[i])
 
 
-def make_rating_split(out_dir, n_users=600, n_items=250, n_ratings=40_000, rank=4, noise=0.7,
+def make_rating_split(out_dir, n_users=1000, n_items=200, n_ratings=100_000, rank=2, noise=0.8,
                       valid_frac=0.08, test_frac=0.08, seed=0, name="N3M") -> GeneratedSplit:
     """A rating split (random held-out pairs) with its oracle test RMSE."""
     rng = np.random.default_rng(seed)
@@ -121,18 +121,31 @@ def make_rating_split(out_dir, n_users=600, n_items=250, n_ratings=40_000, rank=
     return GeneratedSplit(path, oracle_rmse, n_users, n_items)
 
 
-def make_leave_one_out_split(out_dir, n_users=400, n_items=300, n_ratings=24_000, rank=6, n_negatives=99,
-                             seed=0) -> GeneratedSplit:
-    """Leave-one-out: each user's last (random) rating is the test item; `negatives.npz` has N unrated items."""
+def make_leave_one_out_split(out_dir, n_users=400, n_items=300, mean_per_user=50, rank=6, affinity=2.0,
+                             n_negatives=99, seed=0) -> GeneratedSplit:
+    """Leave-one-out: one random interaction per user is the test item; `negatives.npz` has N unrated items.
+
+    Which items a user interacts with depends on popularity AND on a low-rank user-item affinity
+    (weights popularity_i * exp(affinity * p_u . q_i), drawn without replacement by Gumbel top-n), so a
+    personalized model can beat most-popular.
+    """
     rng = np.random.default_rng(seed)
-    score_fn = _latent_model(rng, n_users, n_items, rank)
-    users, items = _sample_pairs(rng, n_users, n_items, n_ratings)
-    ratings = np.clip(np.rint(score_fn(users, items) + rng.normal(0, 0.5, users.size)), RATING_MIN, RATING_MAX)
-    order = np.lexsort((rng.random(users.size), users))
-    users, items, ratings = users[order], items[order], ratings[order]
-    last = np.r_[users[1:] != users[:-1], True]
-    counts = np.bincount(users, minlength=n_users)
-    last &= counts[users] >= 3
+    p = rng.normal(0, 1 / math.sqrt(rank), (n_users, rank))
+    q = rng.normal(0, 1, (n_items, rank))
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.6
+    logits = np.log(popularity[rng.permutation(n_items)])[None, :] + affinity * p @ q.T
+    keys = logits + rng.gumbel(size=logits.shape)
+    counts = np.clip(rng.lognormal(math.log(mean_per_user), 0.5, n_users).astype(int), 5, n_items - n_negatives - 1)
+    order = np.argsort(-keys, axis=1)
+    users = np.repeat(np.arange(n_users, dtype=np.int32), counts)
+    items = np.concatenate([order[u, :c] for u, c in enumerate(counts)]).astype(np.int32)
+    ratings = np.clip(np.rint(3.5 + (p[users] * q[items]).sum(1) + rng.normal(0, 0.5, users.size)),
+                      RATING_MIN, RATING_MAX)
+    # the held-out interaction: a random one of each user's
+    first = np.r_[0, np.cumsum(counts)[:-1]]
+    held = first + (rng.random(n_users) * counts).astype(int)
+    last = np.zeros(users.size, bool)
+    last[held] = True
     shape = (n_users, n_items)
     train = _csr(users[~last], items[~last], ratings[~last], shape)
     test = _csr(users[last], items[last], ratings[last], shape)

@@ -57,10 +57,14 @@ def _input_bytes(src: Path) -> int:
     return sum(entry.stat().st_size for entry in folder.iterdir() if entry.is_file())
 
 
-def _refuse_overlap(src: Path, out_dir: Path) -> None:
-    src, out_dir = src.resolve(), out_dir.resolve()
-    if out_dir == src or out_dir in src.parents:
-        raise RecsysError(f"the output folder {out_dir} would replace the input {src}; choose another output folder")
+def _refuse_overlap(inputs: list[Path], out_dir: Path) -> None:
+    """The output folder is replaced as a whole: it must neither be, hold, nor lie inside an input."""
+    out_dir = out_dir.resolve()
+    for path in inputs:
+        path = path.resolve()
+        if out_dir == path or out_dir in path.parents or path in out_dir.parents:
+            raise RecsysError(f"the output folder {out_dir} overlaps the input {path} (writing it would replace "
+                              "or mix with the input); choose an output folder outside the input")
 
 
 def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = DEFAULT_COMPRESSION,
@@ -71,13 +75,14 @@ def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = D
         raise RecsysError(f"the batch size must be a positive number of megabytes, not {batch_mb}")
     if not src.exists():
         raise RecsysError(f"{src} does not exist; expected {RECOGNISED}")
-    _refuse_overlap(src, out_dir)
     if compression not in COMPRESSIONS:
         raise RecsysError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
     netflix = find_input(src)
     movielens = None if netflix else find_format(src)
     if netflix is None and movielens is None:
         raise RecsysError(f"{src} is not a recognised data set; expected {RECOGNISED}")
+    inputs = [src, netflix.path] + ([netflix.titles] if netflix.titles else []) if netflix else [src]
+    _refuse_overlap(inputs, out_dir)
     timings = Timings()
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
@@ -97,7 +102,7 @@ def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = D
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = ConversionReport(meta, timings, _input_bytes(netflix.path if netflix else src / movielens.ratings_name),
                               peak)
-    log.info("converted %s", report.summary())
+    log.info("converted %s into %s: %s", src, out_dir, report.summary())
     return report
 
 
@@ -135,7 +140,6 @@ def add_cli(subparsers) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = run_conversion(args.src, args.out_dir, compression=args.compression, batch_mb=args.batch_mb)
-    print(f"wrote {args.out_dir}: {report.summary()}")
+    print(f"wrote {args.out_dir}/ratings.parquet, items.parquet, meta.json: {report.summary()}")
     return 0

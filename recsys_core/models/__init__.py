@@ -67,12 +67,12 @@ def _ncf(kind):
 
 AUTOENCODER_DEFAULTS = {
     "preset": None, "layers": [128, 256, 256], "activation": "selu", "dropout": 0.65, "constrained": False,
-    "last_layer_activation": False, "noise": 0.0, "refeed": 1,
+    "last_layer_activation": False, "noise": 0.0, "refeed": 1, "output_bias": "mean",
     "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 128, "epochs": 60, "patience": 8,
 }
 AUTOREC_DEFAULTS = {
     "layers": [500], "activation": "sigmoid", "dropout": 0.0, "constrained": False,
-    "last_layer_activation": False, "noise": 0.0, "refeed": 0,
+    "last_layer_activation": False, "noise": 0.0, "refeed": 0, "output_bias": "mean",
     "optimizer": "adam", "lr": 0.001, "weight_decay": 0.001, "batch_size": 32, "epochs": 60, "patience": 5,
 }
 NCF_DEFAULTS = {"dim": 16, "hidden": [64, 32, 16], "dropout": 0.0, "negatives": 4,
@@ -85,7 +85,7 @@ MODELS: dict[str, ModelSpec] = {
                               "I-AutoRec: item vector in, all users out, one sigmoid layer of 500"),
     "autorec-user": ModelSpec("rows", "user", AUTOREC_DEFAULTS, _autoencoder,
                               "U-AutoRec: user vector in, all items out, one sigmoid layer of 500"),
-    "mf": ModelSpec("pairs", "", {"dim": 32, "l2": 0.05, "squash": False, "optimizer": "adam", "lr": 0.005,
+    "mf": ModelSpec("pairs", "", {"dim": 16, "l2": 0.02, "squash": False, "optimizer": "adam", "lr": 0.002,
                                   "batch_size": 1024, "epochs": 40, "patience": 4}, _mf,
                     "biased matrix factorization: mu + b_u + b_i + p_u.q_i, L2"),
     "mlp": ModelSpec("pairs", "", {"dim": 32, "hidden": [64, 32], "dropout": 0.2, "l2": 0.02,
@@ -119,6 +119,8 @@ def resolve_config(model: str, options: dict) -> dict:
     config["family"] = spec.family
     if spec.family == "rows":
         config["orientation"] = spec.orientation
+        if config["output_bias"] not in ("mean", "zero"):
+            raise RecsysError(f"option output_bias must be mean or zero, got {config['output_bias']!r}")
         if config["activation"] not in ACTIVATIONS:
             raise RecsysError(f"unknown activation {config['activation']!r}; choose one of {', '.join(ACTIVATIONS)}")
     if config["optimizer"] not in OPTIMIZERS:

@@ -93,8 +93,9 @@ class DeepAutoencoder(nn.Module):
 
     def output_at(self, hidden: torch.Tensor, owner: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Outputs only at (row ``owner[k]``, column ``cols[k]``): gathers output-weight rows, no dense output."""
-        w = self._dec_weight(0)[cols]
-        return self._out_act((hidden[owner] * w.to(hidden.dtype)).sum(-1) + self.dec_b[0][cols])
+        # in float32 even under autocast: these few products are the predictions the loss/metrics see
+        w = self._dec_weight(0)[cols].float()
+        return self._out_act((hidden[owner].float() * w).sum(-1) + self.dec_b[0][cols])
 
     def output_columns(self, hidden: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Outputs of every row for a subset of columns: ``[rows, len(cols)]``."""
