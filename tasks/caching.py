@@ -32,9 +32,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from recsys_core.io import atomic_file, write_json
+from recsys_core.progress import progress_bar
 
 log = logging.getLogger("recsys_core.cache")
 
@@ -43,6 +44,7 @@ MANIFEST_NAME = "manifest.json"
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 _LIBRARIES = ("numpy", "scipy", "polars", "pyarrow", "torch")
 _CHUNK = 1 << 20
+_BAR_MB = 256  # sources above this size show a hashing progress bar
 
 
 # --------------------------------------------------------------------------- file hashes
@@ -140,10 +142,21 @@ def list_files(root: Path) -> list[Path]:
 
 
 def tree_hashes(root: Path, memo: HashMemo) -> dict[str, str]:
-    """{relative path: sha256} of every file under ``root``."""
+    """{relative path: sha256} of every file under ``root`` (a progress bar when there is much to read)."""
     root = Path(root)
     base = root.parent if root.is_file() else root
-    return {p.relative_to(base).as_posix(): memo.file_hash(p) for p in list_files(root)}
+    files = list_files(root)
+    sizes = [p.stat().st_size for p in files]
+    total_mb = sum(sizes) / 1e6
+    hashes = {}
+    # Memoized files cost a stat; the bar only matters for a first read of a big source (Netflix: 2 GB).
+    big = total_mb > _BAR_MB
+    with progress_bar(f"hashing {root.name}", total_mb, "MB") if big else contextlib.nullcontext() as bar:
+        for path, size in zip(files, sizes):
+            hashes[path.relative_to(base).as_posix()] = memo.file_hash(path)
+            if bar is not None:
+                bar.advance(size / 1e6)
+    return hashes
 
 
 def digest(obj: Any) -> str:

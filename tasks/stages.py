@@ -23,10 +23,12 @@ from prefect.context import TaskRunContext
 from prefect.transactions import get_transaction
 
 from recsys_core.errors import RecsysError
+from recsys_core.io import write_json
 from tasks.caching import (
     StageSpec,
     hash_memo,
     invalidate,
+    manifest_path,
     read_manifest,
     remove_temporaries,
     stage_lock,
@@ -134,9 +136,14 @@ def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep
     memo = hash_memo(data_dir)
     with stage_lock(spec):
         reason = verify(spec, memo)
+        txn = get_transaction()
+        txn_key = txn.key if txn is not None and txn.key else None
         if reason is None:
             manifest = read_manifest(spec)
-            log.info("%s: reusing %s (completed by another run)", spec.stage, spec.out_dir)
+            log.info("%s: reusing %s (complete: built by a concurrent or an earlier run)", spec.stage, spec.out_dir)
+            if manifest.get("cache_key") is None and txn_key:  # name this run's record, so the next is Cached
+                manifest["cache_key"] = txn_key
+                write_json(manifest_path(spec), manifest)
             return {"stage": spec.stage, "key": spec.key, "status": "reused", "elapsed_s": manifest.get("elapsed_s")}
         invalidate(spec)
         remove_temporaries(spec)
@@ -146,9 +153,7 @@ def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep
         started = time.perf_counter()
         result = build(spec.path)
         elapsed = time.perf_counter() - started
-        txn = get_transaction()
-        write_manifest(spec, memo, elapsed, result=_jsonable(result),
-                       cache_key=txn.key if txn is not None and txn.key else None)
+        write_manifest(spec, memo, elapsed, result=_jsonable(result), cache_key=txn_key)
         memo.save()
         log.info("%s: done in %.1f s", spec.stage, elapsed)
         return {"stage": spec.stage, "key": spec.key, "status": "built", "elapsed_s": round(elapsed, 3)}
