@@ -38,9 +38,6 @@ DEFAULT_MODELS = ["autoencoder"]
 # Embedded default sample: small enough for the whole run to take well under 3 minutes on 2 CPU cores.
 DEFAULT_SCALE = 0.01
 
-# Training options forwarded to recsys_core.train when given (None = the model's own default).
-TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "layers", "dropout", "weight_decay", "optimizer", "patience")
-
 
 @flow(name="recsys-full-pipeline", log_prints=True)
 def full_pipeline(
@@ -50,6 +47,7 @@ def full_pipeline(
     sample_seed: int = 0,
     protocol: str = "netflix-time",
     splits: list[str] = ["N3M"],  # noqa: B006 (Prefect parameters need a literal default)
+    split_options: dict | None = None,
     models: list[str] = DEFAULT_MODELS,  # noqa: B006
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -88,7 +86,7 @@ def full_pipeline(
         return run.finish()
 
     # Stage 2: splits.
-    options = {"seed": seed}
+    options = {"seed": seed, **(split_options or {})}
     if protocol == "netflix-time":
         options["splits"] = list(splits)
     splits_spec = plan.split_spec(data, converted, memo, protocol, options)
@@ -221,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="netflix-time: the time splits of arXiv 1708.01715; time, leave-one-out, random otherwise")
     g.add_argument("--splits", nargs="+", default=["N3M"], metavar="NAME",
                    help="netflix-time splits to cut: N3M N6M N1Y NF")
+    g.add_argument("--split-options", type=_json_object, metavar="JSON",
+                   help="options of the protocol as a JSON object, e.g. '{\"quantile\": 0.9}' (time), "
+                   "'{\"fraction\": 0.1}' (random), '{\"negatives\": 99, \"valid\": true}' (leave-one-out), "
+                   "'{\"valid_share\": 0.5}' (netflix-time); see `python -m recsys_core split --help`")
     g = p.add_argument_group("models")
     g.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL",
                    help="models to train (autoencoder, autorec-item, autorec-user, mf, mlp, gmf, ncf-mlp, neumf); "
@@ -240,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-json", metavar="FILE",
                    help="also write the run's report (stage statuses, stats, metrics, paths) as JSON (not a flow parameter)")
     return p
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def print_summary(result: dict) -> None:
