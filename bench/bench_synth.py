@@ -1,0 +1,71 @@
+"""Benchmark the synthetic Netflix generator: wall, CPU, peak RSS, ratings, bytes, per-phase seconds.
+
+    flock /tmp/heavy.lock /work/venv/bin/python bench/bench_synth.py --scale 1.0 --out /work/bigdata/netflix-1.0 --tar --ready
+
+Run it under the shared lock: scale 1.0 takes a couple of minutes of both cores and several GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recsys_core.synth import generate_netflix  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=0.1, help="data scale (1.0 = real Netflix shape)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--tar", action="store_true", help="also write training_set.tar")
+    parser.add_argument("--ready", action="store_true", help="write OUT/READY when done (for shared data)")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    ready = out / "READY"
+    if ready.exists():
+        ready.unlink()  # readers must not use a folder being rewritten
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    meta = generate_netflix(out, scale=args.scale, seed=args.seed, tar=args.tar)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    tar_bytes = (out / "training_set.tar").stat().st_size if args.tar else 0
+    result = {
+        "scale": args.scale,
+        "seed": args.seed,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "ratings": meta["ratings"],
+        "movies": meta["movies"],
+        "customers": meta["customers"],
+        "training_set_bytes": meta["training_set_bytes"],
+        "tar_bytes": tar_bytes,
+        "ratings_per_s": round(meta["ratings"] / wall),
+        "oracle_rmse": round(meta["oracle_rmse"], 4),
+        "phase_seconds": meta["phase_seconds"],
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result, indent=2))
+    if args.ready:
+        ready.write_text(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Pieces shared by the Netflix and MovieLens converters: the streaming ratings writer with its
+running statistics, the catalogue writer, meta.json, and checks of text files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys_core.errors import InputError
+from recsys_core.io import write_json
+from recsys_core.schema import ITEMS_SCHEMA, RATINGS_SCHEMA
+
+log = logging.getLogger("recsys_core")
+
+SCHEMA_VERSION = 1
+COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
+# zstd level 1: 15% smaller than the others, ~1-2 s more on the full Netflix set (BENCHMARKS-convert.md);
+# snappy/lz4 gain nothing over "none" once the dictionary encoding has done its work.
+DEFAULT_COMPRESSION = "zstd"
+
+# The largest raw user id tracked with a dense bitmap (one byte each); larger ids fall back to sets.
+_DENSE_ID_LIMIT = 1 << 27
+# Rows per Parquet row group at most (a Netflix batch of 128 MB is ~6.5M rows, one group).
+_ROW_GROUP_ROWS = 1 << 23
+
+_YEAR_IN_TITLE = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")
+# Bytes that never occur in a text file: C0 controls except tab, line feed and carriage return.
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class RatingScale:
+    minimum: float
+    maximum: float
+    step: float
+
+    def describe(self) -> str:
+        if self.step == 1:
+            return f"{self.minimum:g}..{self.maximum:g} (whole stars)"
+        return f"{self.minimum:g}..{self.maximum:g} in steps of {self.step:g}"
+
+
+WHOLE_STARS = RatingScale(1.0, 5.0, 1.0)
+HALF_STARS = RatingScale(0.5, 5.0, 0.5)
+
+
+@dataclass
+class Timings:
+    """Seconds spent per phase, summed over threads (so they can exceed the wall time)."""
+
+    read: float = 0.0
+    parse: float = 0.0
+    validate: float = 0.0
+    write: float = 0.0
+    wall: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, phase: str, seconds: float) -> None:
+        with self._lock:
+            setattr(self, phase, getattr(self, phase) + seconds)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(getattr(self, k), 3) for k in ("read", "parse", "validate", "write", "wall")}
+
+
+class DistinctIds:
+    """Counts distinct non-negative int32 ids seen over many batches (dense bitmap, set beyond)."""
+
+    def __init__(self) -> None:
+        self._seen = np.zeros(1 << 16, dtype=bool)
+        self._sparse: set[int] | None = None
+
+    def add(self, ids: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        top = int(ids.max())
+        if self._sparse is None and top >= _DENSE_ID_LIMIT:
+            self._sparse = set(np.flatnonzero(self._seen).tolist())
+        if self._sparse is not None:
+            self._sparse.update(np.unique(ids).tolist())
+            return
+        if top >= len(self._seen):
+            grown = np.zeros(max(top + 1, 2 * len(self._seen)), dtype=bool)
+            grown[: len(self._seen)] = self._seen
+            self._seen = grown
+        self._seen[ids] = True
+
+    def values(self) -> np.ndarray:
+        """The distinct ids, sorted."""
+        if self._sparse is not None:
+            return np.array(sorted(self._sparse), dtype=np.int64)
+        return np.flatnonzero(self._seen)
+
+    def count(self) -> int:
+        return len(self._sparse) if self._sparse is not None else int(np.count_nonzero(self._seen))
+
+
+class RatingsSink:
+    """Streams ratings tables (RATINGS_SCHEMA) into one Parquet file, one row group per table,
+    and keeps what meta.json needs: counts, distinct users and items, date range."""
+
+    def __init__(self, path: Path, compression: str = DEFAULT_COMPRESSION):
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+        self.path = path
+        self._writer = pq.ParquetWriter(path, RATINGS_SCHEMA, compression=compression, use_dictionary=True,
+                                        compression_level=1 if compression == "zstd" else None)
+        self.ratings = 0
+        self.users = DistinctIds()
+        self.items = DistinctIds()
+        self.first_second: int | None = None
+        self.last_second: int | None = None
+
+    def write(self, table: pa.Table, timings: Timings | None = None) -> None:
+        start = time.perf_counter()
+        if table.num_rows:
+            self._writer.write_table(table, row_group_size=_ROW_GROUP_ROWS)
+            self.ratings += table.num_rows
+            self.users.add(table.column("user_id").to_numpy())
+            self.items.add(table.column("item_id").to_numpy())
+            seconds = table.column("timestamp").cast(pa.int64()).to_numpy()
+            low, high = int(seconds.min()), int(seconds.max())
+            self.first_second = low if self.first_second is None else min(self.first_second, low)
+            self.last_second = high if self.last_second is None else max(self.last_second, high)
+        if timings is not None:
+            timings.add("write", time.perf_counter() - start)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def ratings_table(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarray, seconds: np.ndarray) -> pa.Table:
+    """Build a RATINGS_SCHEMA table from numpy columns (seconds since the epoch, UTC)."""
+    return pa.Table.from_arrays(
+        [
+            pa.array(user_ids.astype(np.int32, copy=False)),
+            pa.array(item_ids.astype(np.int32, copy=False)),
+            pa.array(ratings.astype(np.float32, copy=False)),
+            pa.array(seconds.astype(np.int64, copy=False)).view(pa.timestamp("s", tz="UTC")),
+        ],
+        schema=RATINGS_SCHEMA,
+    )
+
+
+def write_catalogue(path: Path, item_ids: list[int], titles: list[str | None], years: list[int | None],
+                    genres: list[list[str] | None], rated_ids: np.ndarray, titles_label: str) -> int:
+    """Write ITEMS_SCHEMA sorted by id; rated items the catalogue lacks are added without a title
+    (with a warning) so that every rated item has a row. Returns the number of rows."""
+    missing = sorted(set(rated_ids.tolist()) - set(item_ids))
+    if missing:
+        log.warning("%d rated items have no line in %s (first: %d); catalogued without a title",
+                    len(missing), titles_label, missing[0])
+        item_ids = item_ids + missing
+        titles, years, genres = (column + [None] * len(missing) for column in (titles, years, genres))
+    order = np.argsort(np.array(item_ids, dtype=np.int64), kind="stable").tolist()
+    table = pa.Table.from_arrays(
+        [
+            pa.array([item_ids[i] for i in order], type=pa.int32()),
+            pa.array([titles[i] for i in order], type=pa.string()),
+            pa.array([years[i] for i in order], type=pa.int16()),
+            pa.array([genres[i] for i in order], type=pa.list_(pa.string())),
+        ],
+        schema=ITEMS_SCHEMA,
+    )
+    pq.write_table(table, path, compression="zstd")
+    return table.num_rows
+
+
+def _date_of(second: int | None) -> str | None:
+    if second is None:
+        return None
+    return dt.datetime.fromtimestamp(second, tz=dt.timezone.utc).date().isoformat()
+
+
+def write_meta(out_dir: Path, source: str, sink: RatingsSink, catalog_items: int, scale: RatingScale) -> dict:
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "ratings": sink.ratings,
+        "users": sink.users.count(),
+        "items": sink.items.count(),
+        "catalog_items": catalog_items,
+        "first_date": _date_of(sink.first_second),
+        "last_date": _date_of(sink.last_second),
+        "rating_min": scale.minimum,
+        "rating_max": scale.maximum,
+        "rating_step": scale.step,
+    }
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def year_from_title(title: str) -> int | None:
+    """The year of a MovieLens-style title ``"Heat (1995)"`` (a range ``(2006-2007)`` gives its start)."""
+    match = _YEAR_IN_TITLE.search(title)
+    return int(match.group(1)) if match else None
+
+
+def line_of_offset(data: bytes, offset: int) -> int:
+    """1-based line number of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
+def check_text_bytes(data: bytes, label: str, encoding: str) -> str:
+    """Decode a text file, refusing control bytes and (for UTF-8) invalid sequences, with the line."""
+    control = _CONTROL_BYTES.search(data)
+    if control:
+        raise InputError(label, f"holds the control byte 0x{control.group()[0]:02x}, so it is not {encoding} text",
+                         line_of_offset(data, control.start()))
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise InputError(label, f"is not valid {encoding} text (byte 0x{data[err.start]:02x} cannot be decoded)",
+                         line_of_offset(data, err.start)) from None
+
+
+def text_lines(text: str) -> list[str]:
+    """Lines of a text file without their endings (a final line ending adds no empty line)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]

@@ -1,0 +1,320 @@
+"""How each model family meets the data: batches, per-batch losses, validation, prediction, scoring.
+
+The training loop (``recsys_core.training.fit``) knows nothing about models; it asks an estimator for
+batches and for the losses of a batch (one optimizer step per yielded loss, which is how the
+autoencoder's dense re-feeding takes extra steps). Evaluation uses the same two questions every
+predictor answers, models and baselines alike:
+
+- ``predict_pairs(rows, cols)``: predictions for (user row, item column) pairs;
+- ``score_rows(rows)``: a score for every item, ``[len(rows), n_items]`` (ranking, recommendations).
+
+Families: ``RowsEstimator`` (autoencoders: a whole rating vector in, all outputs out; user- or
+item-oriented), ``PairsEstimator`` (MF, embedding MLP: one rating per example) and
+``ImplicitEstimator`` (NCF: interaction vs sampled non-interaction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from recsys_core.evaluation import hit_rate_at_k, rank_of_positive, rmse
+from recsys_core.interactions import RowBatch, csr_triplets, group_pairs_by_row, rating_range, row_batch
+from recsys_core.losses import binary_cross_entropy, observed_mse
+from recsys_core.sampling import sample_negatives
+
+VALID_NEGATIVES = 99  # NCF validation: the held-out item ranked among this many sampled non-interactions
+
+
+class Estimator:
+    family = ""
+    rating_model = True          # predicts ratings (RMSE applies) rather than interaction scores
+    valid_metric = "rmse"
+    higher_is_better = False
+
+    def __init__(self, model: torch.nn.Module, data, config: dict, device: torch.device):
+        self.model = model.to(device)
+        self.data = data
+        self.config = config
+        self.device = device
+        self.batch_size = int(config["batch_size"])
+        self.eval_batch_size = int(config.get("eval_batch_size", 4096))
+        self.clip = rating_range(data.meta)
+        self.use_amp = bool(config.get("amp", True)) and device.type == "cuda"
+
+    def autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- training -------------------------------------------------------------------------------
+    def n_batches(self) -> int:
+        raise NotImplementedError
+
+    def batches(self, rng: np.random.Generator) -> Iterator:
+        raise NotImplementedError
+
+    def losses(self, batch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (loss to minimize, data-fit value to report); the loop takes one step per yield."""
+        raise NotImplementedError
+
+    def validate(self) -> float | None:
+        valid = self.data.valid
+        if valid.nnz == 0:
+            return None
+        rows, cols, values = csr_triplets(valid)
+        return rmse(np.clip(self.predict_pairs(rows, cols), *self.clip), values)
+
+    # --- prediction ---------------------------------------------------------------------------------
+    def predict_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _eval_mode(self):
+        """no_grad + eval mode, restoring the previous mode afterwards."""
+        model = self.model
+
+        @contextlib.contextmanager
+        def scope():
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    yield
+            finally:
+                model.train(was_training)
+
+        return scope()
+
+
+class RowsEstimator(Estimator):
+    """Autoencoders. ``orientation="user"``: input = a user's ratings, outputs = items (the deep
+    autoencoder, U-AutoRec). ``orientation="item"``: input = an item's ratings, outputs = users (I-AutoRec)."""
+
+    family = "rows"
+
+    def __init__(self, model, data, config, device, orientation: str = "user"):
+        super().__init__(model, data, config, device)
+        self.orientation = orientation
+        self.matrix = data.train if orientation == "user" else data.train_by_item
+        self.train_rows = np.flatnonzero(np.diff(self.matrix.indptr) > 0)
+        self.input_noise = float(config.get("noise", 0.0))
+        self.refeed = int(config.get("refeed", 0))
+        if config.get("output_bias") == "mean" and not model.last_layer_activation:
+            self._init_output_bias()
+
+    def _init_output_bias(self) -> None:
+        """Start the linear output at each output column's mean training rating (the item-mean baseline for
+        user vectors), instead of 0, so the first epochs learn residuals rather than the rating scale."""
+        counts = np.bincount(self.matrix.indices, minlength=self.matrix.shape[1])
+        sums = np.bincount(self.matrix.indices, self.matrix.data.astype(np.float64), self.matrix.shape[1])
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), self.matrix.data.mean())
+        with torch.no_grad():
+            self.model.dec_b[0].copy_(torch.from_numpy(means.astype(np.float32)))
+
+    def n_batches(self) -> int:
+        return -(-len(self.train_rows) // self.batch_size)
+
+    def batches(self, rng):
+        order = rng.permutation(self.train_rows)
+        for start in range(0, len(order), self.batch_size):
+            yield row_batch(self.matrix, order[start:start + self.batch_size]).to(self.device)
+
+    def _noisy(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(values, self.input_noise) if self.input_noise > 0 else values
+
+    def _is_dense(self, batch: RowBatch) -> bool:
+        """Sparse paths (embedding_bag in, gathered outputs) pay off below ~1/16 density; denser batches
+        (small catalogues, I-AutoRec) go through plain matrix products."""
+        return 16 * batch.values.numel() > len(batch.rows) * self.matrix.shape[1]
+
+    def losses(self, batch: RowBatch):
+        model = self.model
+        dense = self._is_dense(batch)
+        # Re-feeding needs the dense output anyway, and the backward of one dense product is cheaper
+        # than the scatter-adds of the gathered path; without re-feeding, sparse batches gather.
+        full_output = dense or self.refeed > 0
+        with self.autocast():
+            if dense:
+                code = model.encode_dense(self._noisy(batch.dense(self.matrix.shape[1])))
+            else:
+                code = model.encode_sparse(batch.cols, self._noisy(batch.values), batch.offsets)
+            hidden = model.decode_hidden(code)
+            if full_output:
+                full = model.output_full(hidden)
+                observed = full[batch.owner, batch.cols]
+            else:
+                observed = model.output_at(hidden, batch.owner, batch.cols)
+        loss = observed_mse(observed, batch.values)
+        if self.refeed:
+            # The dense output of this pass (same dropout draw) becomes the next input; the loss then
+            # covers every item, against that detached output (the paper's dense re-feeding).
+            target = full.detach().float()
+        yield loss, loss.detach()
+        for step in range(self.refeed):
+            with self.autocast():
+                out = model(self._noisy(target))
+            refeed_loss = torch.nn.functional.mse_loss(out.float(), target)
+            yield refeed_loss, None
+            if step + 1 < self.refeed:
+                target = out.detach().float()
+
+    def _hidden_for(self, input_rows: np.ndarray) -> torch.Tensor:
+        batch = row_batch(self.matrix, input_rows).to(self.device)
+        return self.model.decode_hidden(self.model.encode_sparse(batch.cols, batch.values, batch.offsets))
+
+    def predict_pairs(self, rows, cols):
+        if self.orientation == "item":
+            rows, cols = cols, rows
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        order, unique_rows, position = group_pairs_by_row(rows, cols)
+        sorted_cols = cols[order]
+        result = np.empty(len(rows), np.float32)
+        bounds = np.searchsorted(position, np.arange(0, len(unique_rows) + self.eval_batch_size,
+                                                     self.eval_batch_size))
+        with self._eval_mode():
+            for chunk, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                if lo == hi:
+                    continue
+                first = chunk * self.eval_batch_size
+                hidden = self._hidden_for(unique_rows[first:first + self.eval_batch_size])
+                owner = torch.from_numpy(position[lo:hi] - first).to(self.device)
+                item = torch.from_numpy(sorted_cols[lo:hi]).to(self.device)
+                result[order[lo:hi]] = self.model.output_at(hidden, owner, item).float().cpu().numpy()
+        return result
+
+    def score_rows(self, rows):
+        rows = np.asarray(rows, np.int64)
+        with self._eval_mode():
+            if self.orientation == "user":
+                return self.model.output_full(self._hidden_for(rows)).float().cpu().numpy()
+            n_items = self.matrix.shape[0]
+            out = np.empty((len(rows), n_items), np.float32)
+            users = torch.from_numpy(rows).to(self.device)
+            for lo in range(0, n_items, self.eval_batch_size):
+                items = np.arange(lo, min(lo + self.eval_batch_size, n_items))
+                out[:, items] = self.model.output_columns(self._hidden_for(items), users).float().cpu().numpy().T
+            return out
+
+    def score_new_user(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Outputs for a user absent from training, from their ratings (user orientation only)."""
+        with self._eval_mode():
+            code = self.model.encode_sparse(torch.as_tensor(cols, dtype=torch.int64, device=self.device),
+                                            torch.as_tensor(values, dtype=torch.float32, device=self.device),
+                                            torch.zeros(1, dtype=torch.int64, device=self.device))
+            return self.model.output_full(self.model.decode_hidden(code)).float().cpu().numpy()[0]
+
+
+class PairsEstimator(Estimator):
+    """One (user, item, rating) per example: biased MF and the embedding MLP. Loss: MSE + l2 * penalty."""
+
+    family = "pairs"
+
+    def __init__(self, model, data, config, device):
+        super().__init__(model, data, config, device)
+        rows, cols, values = csr_triplets(data.train)
+        self.users = torch.from_numpy(rows)
+        self.items = torch.from_numpy(cols)
+        self.values = torch.from_numpy(values)
+        self.l2 = float(config.get("l2", 0.0))
+
+    def n_batches(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def batches(self, rng):
+        order = torch.from_numpy(rng.permutation(len(self.users)))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield (self.users[idx].to(self.device), self.items[idx].to(self.device),
+                   self.values[idx].to(self.device))
+
+    def losses(self, batch):
+        users, items, values = batch
+        with self.autocast():
+            pred = self.model(users, items)
+        fit = observed_mse(pred, values)
+        loss = fit + self.l2 * self.model.penalty(users, items) if self.l2 else fit
+        yield loss, fit.detach()
+
+    def _pairs_in_chunks(self, rows, cols, transform=None) -> np.ndarray:
+        out = np.empty(len(rows), np.float32)
+        step = self.eval_batch_size * 64
+        with self._eval_mode():
+            for lo in range(0, len(rows), step):
+                u = torch.as_tensor(rows[lo:lo + step], dtype=torch.int64, device=self.device)
+                i = torch.as_tensor(cols[lo:lo + step], dtype=torch.int64, device=self.device)
+                pred = self.model(u, i)
+                out[lo:lo + step] = (transform(pred) if transform else pred).float().cpu().numpy()
+        return out
+
+    def predict_pairs(self, rows, cols):
+        return self._pairs_in_chunks(rows, cols)
+
+    def score_rows(self, rows):
+        rows = np.asarray(rows, np.int64)
+        if hasattr(self.model, "score_all"):
+            with self._eval_mode():
+                return self.model.score_all(torch.from_numpy(rows).to(self.device)).float().cpu().numpy()
+        n_items = self.data.train.shape[1]
+        grid_rows = np.repeat(rows, n_items)
+        grid_cols = np.tile(np.arange(n_items, dtype=np.int64), len(rows))
+        return self.predict_pairs(grid_rows, grid_cols).reshape(len(rows), n_items)
+
+
+class ImplicitEstimator(PairsEstimator):
+    """NCF: every training rating is a positive; ``negatives`` unrated items per positive, drawn afresh
+    each epoch from the epoch's seeded generator; BCE on logits. Scores are probabilities."""
+
+    family = "implicit"
+    rating_model = False
+    valid_metric = "hr@10"
+    higher_is_better = True
+
+    def __init__(self, model, data, config, device):
+        super().__init__(model, data, config, device)
+        self.n_negatives = int(config.get("negatives", 4))
+        seen = data.train + data.valid + data.test  # never sample a known interaction as a negative
+        seen.sort_indices()
+        self.seen = seen.tocsr()
+        self._valid_ranking = None
+
+    def n_batches(self) -> int:
+        return -(-len(self.users) * (1 + self.n_negatives) // self.batch_size)
+
+    def batches(self, rng):
+        negatives = sample_negatives(self.seen, self.users.numpy(), self.n_negatives, rng)
+        users = torch.cat([self.users, self.users.repeat_interleave(self.n_negatives)])
+        items = torch.cat([self.items, torch.from_numpy(negatives.reshape(-1))])
+        labels = torch.cat([torch.ones(len(self.users)), torch.zeros(negatives.size)])
+        order = torch.from_numpy(rng.permutation(len(users)))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield users[idx].to(self.device), items[idx].to(self.device), labels[idx].to(self.device)
+
+    def losses(self, batch):
+        users, items, labels = batch
+        with self.autocast():
+            logits = self.model(users, items)
+        loss = binary_cross_entropy(logits, labels)
+        yield loss, loss.detach()
+
+    def validate(self) -> float | None:
+        """HR@10 of each valid interaction among 99 fixed sampled non-interactions."""
+        if self.data.valid.nnz == 0:
+            return None
+        if self._valid_ranking is None:
+            rows, cols, _ = csr_triplets(self.data.valid)
+            negatives = sample_negatives(self.seen, rows, VALID_NEGATIVES, np.random.default_rng(12345))
+            self._valid_ranking = rows, cols, negatives
+        rows, cols, negatives = self._valid_ranking
+        pos = self.predict_pairs(rows, cols)
+        neg = self.predict_pairs(np.repeat(rows, VALID_NEGATIVES), negatives.reshape(-1))
+        return hit_rate_at_k(rank_of_positive(pos, neg.reshape(len(rows), -1)), 10)
+
+    def predict_pairs(self, rows, cols):
+        return self._pairs_in_chunks(rows, cols, transform=torch.sigmoid)

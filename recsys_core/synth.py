@@ -1,0 +1,759 @@
+"""Synthetic Netflix-Prize-format data drawn from a known low-rank model (the product's default data).
+
+``generate_netflix(out_dir, scale, seed, tar)`` writes exactly the layout of the real Netflix Prize
+training set (``training_set/mv_0000001.txt`` ..., ``movie_titles.txt`` in ISO-8859-1, optionally
+``training_set.tar``) plus the generating model (``oracle.npz``, read back by ``load_oracle``) and
+``synth.json`` (parameters and counts).
+
+The model: rating = clip(round(mu + b_user + b_item + p_user . q_item + noise), 1, 5) with Gaussian
+noise. Who rates what: heavy-tailed (lognormal) movie popularity and user activity, no repeated
+(user, movie) pair. When: every user has an activity window; the windows are mapped onto the calendar
+so that the monthly volume follows the real data's growth toward 2005 (so all four time splits of
+arXiv 1708.01715 are populated much like the real ones).
+
+Scale s: movies = round(17770*sqrt(s)), users = round(480189*s), ratings ~= 100,480,507*s (fewer at
+tiny scales where a user cannot rate more movies than exist). Everything is vectorised with numpy; the
+100M lines of scale 1.0 are formatted through fixed-width byte records, one group per id length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import tarfile
+import threading
+import time
+import zipfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import ndtr
+
+from recsys_core.errors import RecsysError
+from recsys_core.io import atomic_dir, atomic_file, read_json, write_json
+from recsys_core.progress import progress_bar
+
+log = logging.getLogger("recsys_core")
+
+# Shape of the real Netflix Prize training set.
+REAL_MOVIES = 17_770
+REAL_USERS = 480_189
+REAL_RATINGS = 100_480_507
+MAX_CUSTOMER_ID = 2_649_429
+FIRST_DATE = dt.date(1999, 11, 11)
+LAST_DATE = dt.date(2005, 12, 31)
+N_DAYS = (LAST_DATE - FIRST_DATE).days + 1
+
+MIN_SCALE = 1e-4
+MAX_SCALE = 2.0
+FORMAT_VERSION = 1
+
+_USER_BITS = 20  # pair key = movie_index << 20 | user_index (users < 2**20 up to MAX_SCALE)
+_LINES_PER_CHUNK = 1 << 22  # ratings formatted and written per chunk of movies (bounds memory)
+_BITMAP_CELLS = 1 << 26  # users x movies cells per sampling block (a 64 MB bool matrix)
+_TAR_MTIME = int(dt.datetime(2006, 1, 4, tzinfo=dt.timezone.utc).timestamp())  # fixed: deterministic tar
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Every knob of the generator (written to synth.json)."""
+
+    rank: int = 10
+    global_mean: float = 3.7
+    user_bias_sd: float = 0.4
+    item_bias_sd: float = 0.5
+    interaction_sd: float = 0.5  # sd of the low-rank dot product p_user . q_item
+    noise_sd: float = 0.9
+    user_activity_sigma: float = 1.25  # lognormal sigma of ratings per user (real: mean 209, median 96)
+    min_user_ratings: int = 3
+    max_user_fraction: float = 0.95  # a user rates at most this fraction of the rateable movies
+    movie_popularity_sigma: float = 1.8  # lognormal sigma of the movie popularity weights
+    max_movie_user_fraction: float = 0.5  # expected raters of a movie capped at this fraction of users
+    unreleased_fraction: float = 0.001  # movies with zero popularity (their file holds only the header)
+    stay_probability: float = 0.55  # users still active at the end of 2005
+    null_year_fraction: float = 0.002
+    comma_title_fraction: float = 0.05
+    accented_title_fraction: float = 0.04
+
+
+def scaled_shape(scale: float) -> tuple[int, int, int]:
+    """(movies, users, target ratings) of a scale, by the rule of CONTRACTS.md."""
+    return (
+        int(round(REAL_MOVIES * np.sqrt(scale))),
+        int(round(REAL_USERS * scale)),
+        int(round(REAL_RATINGS * scale)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Calendar: the target monthly volume (shaped after the real data) as a per-day CDF.
+
+
+def _month_starts() -> list[dt.date]:
+    months, y, m = [], FIRST_DATE.year, FIRST_DATE.month
+    while (y, m) <= (LAST_DATE.year, LAST_DATE.month):
+        months.append(dt.date(y, m, 1))
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return months
+
+
+def target_month_weights() -> tuple[list[dt.date], np.ndarray]:
+    """Relative rating volume per calendar month, 1999-11 .. 2005-12 (sums to 1).
+
+    Calibrated on the real split sizes: ~27% before June 2004 (10%/month growth), ~41% June 2004 -
+    May 2005, ~29% June - November 2005 (June ~3.9%), ~2.3% December 2005.
+    """
+    months = _month_starts()
+    weights = np.empty(len(months))
+    jun04 = months.index(dt.date(2004, 6, 1))
+    jun05 = months.index(dt.date(2005, 6, 1))
+    weights[:jun04] = 2.5 * 1.10 ** (np.arange(jun04) - (jun04 - 1))
+    weights[jun04:jun05] = np.linspace(2.6, 4.3, jun05 - jun04)
+    weights[jun05:] = [3.9, 5.6, 6.0, 4.7, 4.6, 4.4, 2.3]
+    weights[0] *= 20 / 30  # the data start on November 11
+    return months, weights / weights.sum()
+
+
+def _day_cdf() -> np.ndarray:
+    """CDF at day boundaries (length N_DAYS + 1) of the target calendar volume."""
+    months, weights = target_month_weights()
+    day_weights = np.empty(N_DAYS)
+    for i, start in enumerate(months):
+        end = months[i + 1] if i + 1 < len(months) else LAST_DATE + dt.timedelta(days=1)
+        first = max(start, FIRST_DATE)
+        a, b = (first - FIRST_DATE).days, (end - FIRST_DATE).days
+        day_weights[a:b] = weights[i] / (b - a)
+    return np.concatenate([[0.0], np.cumsum(day_weights)]) / day_weights.sum()
+
+
+def _activity_to_calendar(starts, ends, counts, grid_size=1 << 13):
+    """Map activity-time y in [0, 1] to the calendar CDF value so that the aggregate hits the target.
+
+    Each user rates uniformly in y over its window [start, end]; the aggregate density over y is the
+    sum of the users' counts / window lengths. Its CDF A(y) is uniform on [0, 1] in the aggregate, so
+    day = G^-1(A(y)) (G the target day CDF) reproduces the target monthly volume whatever the windows.
+    Returns the grid of A values (length grid_size + 1) for np.interp.
+    """
+    height = counts / (ends - starts)
+    start_bin = np.minimum((starts * grid_size).astype(np.int64), grid_size - 1)
+    end_bin = np.minimum((ends * grid_size).astype(np.int64), grid_size)
+    delta = np.bincount(start_bin, weights=height, minlength=grid_size + 1)
+    delta -= np.bincount(end_bin, weights=height, minlength=grid_size + 1)
+    density = np.cumsum(delta)[:grid_size]
+    cdf = np.concatenate([[0.0], np.cumsum(np.maximum(density, 0.0))])
+    return cdf / cdf[-1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Model and sampling.
+
+
+@dataclass
+class _World:
+    user_ids: np.ndarray  # int32 sorted raw customer ids
+    user_counts: np.ndarray  # int64 target ratings per user
+    user_start: np.ndarray  # activity window in y-space
+    user_end: np.ndarray
+    movie_weights: np.ndarray  # float64 popularity weights (0 = unreleased)
+    mu: float
+    user_bias: np.ndarray
+    user_factors: np.ndarray
+    item_bias: np.ndarray
+    item_factors: np.ndarray
+
+
+def _water_fill(weights, total, low, high):
+    """Integer counts ~ f*weights clipped to [low, high] with sum ~ total (f found by bisection)."""
+    lo, hi = 0.0, float(total) / weights.min()
+    for _ in range(100):
+        f = 0.5 * (lo + hi)
+        if np.clip(f * weights, low, high).sum() < total:
+            lo = f
+        else:
+            hi = f
+    return np.clip(np.rint(hi * weights), low, high).astype(np.int64)
+
+
+def _build_world(n_movies, n_users, target, params: SynthParams, seed) -> _World:
+    """Draw everything that is per customer or per movie: ids, activity, windows, biases, factors.
+
+    Activity windows live in "activity time" y in [0, 1]; ``_activity_to_calendar`` maps y to dates.
+    """
+    rng = np.random.default_rng([seed, 1])
+    user_ids = np.sort(rng.choice(MAX_CUSTOMER_ID, size=n_users, replace=False) + 1).astype(np.int32)
+
+    popularity = rng.lognormal(0.0, params.movie_popularity_sigma, n_movies)
+    n_unreleased = max(1, int(round(params.unreleased_fraction * n_movies)))
+    popularity[rng.choice(n_movies, n_unreleased, replace=False)] = 0.0
+    # Cap the most popular movies (a movie cannot be rated by more users than exist).
+    cap = params.max_movie_user_fraction * n_users
+    for _ in range(5):
+        expected = popularity / popularity.sum() * target
+        popularity = np.minimum(expected, cap)
+    popularity /= popularity.sum()
+
+    rateable = int((popularity > 0).sum())
+    high = max(1, int(params.max_user_fraction * rateable))
+    low = min(params.min_user_ratings, high)
+    activity = rng.lognormal(0.0, params.user_activity_sigma, n_users)
+    counts = _water_fill(activity, min(target, high * n_users), low, high)
+
+    starts = rng.random(n_users)
+    stays = rng.random(n_users) < params.stay_probability
+    ends = np.where(stays, 1.0, starts + (1.0 - starts) * rng.random(n_users))
+    ends = np.maximum(ends, np.minimum(starts + 2e-3, 1.0))
+    starts = np.minimum(starts, ends - 2e-3)
+
+    factor_sd = np.sqrt(params.interaction_sd / np.sqrt(params.rank))
+    return _World(
+        user_ids=user_ids,
+        user_counts=counts,
+        user_start=starts,
+        user_end=ends,
+        movie_weights=popularity,
+        mu=params.global_mean,
+        user_bias=rng.normal(0.0, params.user_bias_sd, n_users).astype(np.float32),
+        user_factors=rng.normal(0.0, factor_sd, (n_users, params.rank)).astype(np.float32),
+        item_bias=rng.normal(0.0, params.item_bias_sd, n_movies).astype(np.float32),
+        item_factors=rng.normal(0.0, factor_sd, (n_movies, params.rank)).astype(np.float32),
+    )
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (np.unique, minus its slow hash path for large int arrays)."""
+    values = np.sort(values)
+    if len(values) == 0:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _sample_pairs(world: _World, seed: int, max_rounds: int = 16) -> np.ndarray:
+    """Distinct (movie, user) pairs as sorted int64 keys ``movie << 20 | user`` (movie-major).
+
+    Users rating a large share of the catalogue get an exact weighted sample without replacement
+    (Gumbel top-k). The others draw movies with replacement by popularity, drop the pairs they already
+    have (a per-block bitmap) and draw their deficit again, for a few rounds.
+    """
+    counts, weights = world.user_counts, world.movie_weights
+    n_users, n_movies = len(counts), len(weights)
+    cumulative = np.cumsum(weights)
+    log_weights = np.full(n_movies, -np.inf, dtype=np.float32)
+    log_weights[weights > 0] = np.log(weights[weights > 0])
+    heavy_threshold = max(n_movies // 8, 1)
+    block = max(1, _BITMAP_CELLS // n_movies)
+    bitmaps = threading.local()  # one reusable bitmap of block x movies per worker thread
+
+    def sample_block(block_index: int) -> np.ndarray:
+        first = block_index * block
+        rng = np.random.default_rng([seed, 2, block_index])
+        if not hasattr(bitmaps, "seen"):
+            bitmaps.seen = np.zeros(block * n_movies, dtype=bool)
+        seen = bitmaps.seen
+        need = counts[first : first + block]
+        size = len(need)
+        accepted = []
+        heavy = np.flatnonzero(need > heavy_threshold)
+        for rows in np.array_split(heavy, max(1, len(heavy) * n_movies // (1 << 24))):
+            if len(rows) == 0:
+                continue
+            gumbel = -np.log(-np.log(rng.random((len(rows), n_movies), dtype=np.float32) + np.float32(1e-30)))
+            order = np.argsort(-(gumbel + log_weights), axis=1)
+            take = need[rows]
+            keep = np.arange(take.max())[None, :] < take[:, None]
+            chosen_rows = np.broadcast_to(rows[:, None], keep.shape)[keep]
+            accepted.append(chosen_rows.astype(np.int64) * n_movies + order[:, : take.max()][keep])
+        have = np.zeros(size, dtype=np.int64)
+        have[heavy] = need[heavy]
+        for _ in range(max_rounds):
+            deficit = need - have
+            active = np.flatnonzero(deficit > 0)
+            if len(active) == 0:
+                break
+            users = np.repeat(active, deficit[active])
+            movies = np.searchsorted(cumulative, rng.random(len(users)) * cumulative[-1], side="right")
+            flat = users.astype(np.int64) * n_movies + np.minimum(movies, n_movies - 1)
+            flat = _distinct(flat[~seen[flat]])
+            seen[flat] = True
+            accepted.append(flat)
+            have += np.bincount(flat // n_movies, minlength=size)
+        flat = np.concatenate(accepted) if accepted else np.empty(0, dtype=np.int64)
+        seen[flat] = False
+        return ((flat % n_movies) << _USER_BITS) | (flat // n_movies + first)
+
+    # Blocks are independent (own random stream), so two threads sample them; numpy releases the GIL.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="synth-pairs") as pool:
+        pieces = list(pool.map(sample_block, range((n_users + block - 1) // block)))
+    keys = np.concatenate(pieces)
+    del pieces
+    keys.sort()
+    return keys
+
+
+# --------------------------------------------------------------------------------------------------
+# Text formatting and file writing.
+
+
+def _id_tables(user_ids: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Per user: the length of its id in digits, and per length the ids as fixed-width byte strings."""
+    lengths = np.char.str_len(user_ids.astype("U7")).astype(np.int8)
+    text = user_ids.astype("S7")
+    return lengths, {int(n): text.astype(f"S{n}") for n in np.unique(lengths)}
+
+
+def _suffix_table() -> np.ndarray:
+    """``,<rating>,YYYY-MM-DD\\n`` for code = (rating - 1) * N_DAYS + day."""
+    dates = [(FIRST_DATE + dt.timedelta(days=d)).isoformat() for d in range(N_DAYS)]
+    return np.array([f",{r},{d}\n".encode() for r in range(1, 6) for d in dates], dtype="S14")
+
+
+def _writev_all(fd: int, pieces: list) -> int:
+    """os.writev until every byte is written (a regular file may accept fewer bytes per call)."""
+    total = sum(len(p) for p in pieces)
+    written = os.writev(fd, pieces)
+    if written != total:  # rare: finish with plain writes
+        data = b"".join(bytes(p) for p in pieces)
+        while written < total:
+            written += os.write(fd, data[written:])
+    return total
+
+
+def _tar_header(name: str, size: int, is_dir: bool = False) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = 0 if is_dir else size
+    info.mtime = _TAR_MTIME
+    info.mode = 0o755 if is_dir else 0o644
+    info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _format_movies(movie_counts, users, codes, id_lengths, id_text, suffixes):
+    """Per movie of the chunk, the list of byte pieces of its lines (in the given line order).
+
+    Lines of one id length are fixed-width records (id + 14-byte suffix), built by two gathers into a
+    structured array. Lines are sorted by customer id inside each movie, so each movie's lines of one
+    length form one contiguous run: a movie is a few slices, one per id length.
+    """
+    n_local = len(movie_counts)
+    local_movie = np.repeat(np.arange(n_local), movie_counts)
+    lengths = id_lengths[users]
+    per_movie_length = np.bincount(local_movie * 8 + lengths, minlength=n_local * 8).reshape(n_local, 8)
+    buffers = {}
+    for width in np.flatnonzero(per_movie_length.sum(axis=0)):
+        rows = np.flatnonzero(lengths == width)
+        records = np.empty(len(rows), dtype=[("id", f"S{width}"), ("rest", "S14")])
+        records["id"] = id_text[int(width)][users[rows]]
+        records["rest"] = suffixes[codes[rows]]
+        line_bytes = int(width) + 14
+        starts = np.concatenate([[0], np.cumsum(per_movie_length[:, width])]) * line_bytes
+        buffers[int(width)] = (memoryview(records.view(np.uint8)), starts)
+    out = []
+    for i in range(n_local):
+        pieces = []
+        for width, (buffer, starts) in buffers.items():
+            if starts[i + 1] > starts[i]:
+                pieces.append(buffer[starts[i] : starts[i + 1]])
+        out.append(pieces)
+    return out
+
+
+def _expected_rating_and_square(scores, noise_sd):
+    """E[R] and E[R^2] for R = clip(round(score + N(0, sd^2)), 1, 5), exactly via the normal CDF.
+
+    With S_j = P(R > j) = Phi((score - j - 0.5) / sd): E[R] = 1 + sum_j S_j and, since
+    R^2 = 1 + sum_{j<R} (2j + 1), E[R^2] = 1 + sum_j (2j + 1) S_j  (j = 1..4).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    mean = np.ones_like(scores)
+    square = np.ones_like(scores)
+    for j in range(1, 5):
+        above = ndtr((scores - (j + 0.5)) / noise_sd)
+        mean += above
+        square += (2 * j + 1) * above
+    return mean, square
+
+
+# --------------------------------------------------------------------------------------------------
+# Titles.
+
+_WORDS = (
+    "Dinosaur Planet Isle Man Character Paula Abdul Greatest Hits Lord Rings Silent Night Deadly "
+    "River Shadow Summer Winter Midnight Express Empire Ghost Dragon Heart Storm Crimson Tide Glass "
+    "Blue Iron Golden Gate Last Stand Lost Island Broken Arrow Wild Bunch Desert Moon Star Street "
+    "City Lights Perfect Crime Little House Prairie Secret Garden Dark Water Fire Ice Road Home"
+).split()
+_ACCENTED = ["Café", "Amélie", "Über", "Señor", "Noël", "Götterdämmerung", "Façade", "Ça", "Mañana",
+             "Søren", "Crème Brûlée", "Déjà Vu", "Niño", "Zoë", "Smörgåsbord", "Fête"]
+_NAMES = ["Bob", "Carol", "Ted", "Alice", "Sex", "Lies", "Videotape", "Lock", "Stock", "Harry", "Sally"]
+
+
+def _titles(n_movies: int, params: SynthParams, seed: int) -> bytes:
+    """movie_titles.txt: ``id,year,title`` ISO-8859-1, some NULL years, commas and accents in titles."""
+    rng = np.random.default_rng([seed, 4])
+    years = np.clip(np.rint(2005 - rng.exponential(12.0, n_movies)), 1915, 2005).astype(int)
+    kinds = rng.random(n_movies)
+    special = rng.choice(n_movies, 3, replace=False)  # guarantee one of each special case
+    null_year = rng.random(n_movies) < params.null_year_fraction
+    null_year[special[0]] = True
+    comma = kinds < params.comma_title_fraction
+    comma[special[1]] = True
+    accent = (kinds >= params.comma_title_fraction) & (
+        kinds < params.comma_title_fraction + params.accented_title_fraction)
+    accent[special[2]] = True
+    picks = rng.integers(0, 1 << 30, (n_movies, 3))
+    lines = []
+    for i in range(n_movies):
+        a, b, c = (int(x) for x in picks[i])
+        if comma[i]:
+            title = f"{_NAMES[a % len(_NAMES)]}, {_NAMES[b % len(_NAMES)]} and {_WORDS[c % len(_WORDS)]}"
+        elif accent[i]:
+            title = f"{_ACCENTED[a % len(_ACCENTED)]} {_WORDS[b % len(_WORDS)]}"
+        elif c % 7 == 0:
+            title = f"{_WORDS[a % len(_WORDS)]} {_WORDS[b % len(_WORDS)]}: Season {1 + c % 9}"
+        else:
+            title = f"The {_WORDS[a % len(_WORDS)]} {_WORDS[b % len(_WORDS)]}"
+        year = "NULL" if null_year[i] else str(years[i])
+        lines.append(f"{i + 1},{year},{title}\n")
+    return "".join(lines).encode("latin-1")
+
+
+# --------------------------------------------------------------------------------------------------
+# Oracle.
+
+
+@dataclass
+class Oracle:
+    """The generating model; ids are raw ids (customer id, movie id)."""
+
+    mu: float
+    noise_sd: float
+    user_ids: np.ndarray  # sorted int32
+    user_bias: np.ndarray
+    user_factors: np.ndarray
+    item_ids: np.ndarray  # sorted int32
+    item_bias: np.ndarray
+    item_factors: np.ndarray
+
+    @staticmethod
+    def _index(known: np.ndarray, ids, what: str) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(known, ids)
+        pos = np.minimum(pos, len(known) - 1)
+        bad = known[pos] != ids
+        if bad.any():
+            raise RecsysError(f"the oracle knows no {what} id {int(ids[bad][0])}")
+        return pos
+
+    def score(self, user_ids, item_ids) -> np.ndarray:
+        """Noise-free score mu + b_u + b_i + p_u . q_i (float64)."""
+        u = self._index(self.user_ids, user_ids, "customer")
+        i = self._index(self.item_ids, item_ids, "movie")
+        if u.shape != i.shape:
+            raise RecsysError(f"got {u.size} customer ids but {i.size} movie ids")
+        scores = self.mu + self.user_bias[u].astype(np.float64) + self.item_bias[i]
+        step = 1 << 20  # bounded memory for the factor gathers, even for 100M pairs
+        for a in range(0, u.size, step):
+            p = self.user_factors[u.flat[a : a + step]].astype(np.float64)
+            scores.flat[a : a + step] += np.einsum("nk,nk->n", p, self.item_factors[i.flat[a : a + step]])
+        return scores
+
+    def predict(self, user_ids, item_ids) -> np.ndarray:
+        """Bayes-optimal E[rating | score] of clip(round(score + noise), 1, 5)."""
+        return _expected_rating_and_square(self.score(user_ids, item_ids), self.noise_sd)[0]
+
+    def rmse(self, user_ids, item_ids, ratings) -> float:
+        """RMSE of ``predict`` on these ratings: the floor any model can reach on them (in expectation)."""
+        error = self.predict(user_ids, item_ids) - np.asarray(ratings, dtype=np.float64)
+        return float(np.sqrt(np.mean(error**2)))
+
+    def expected_rmse(self, user_ids, item_ids) -> float:
+        """Theoretical RMSE of ``predict`` over fresh ratings of these pairs: sqrt(mean Var[R | score])."""
+        mean, square = _expected_rating_and_square(self.score(user_ids, item_ids), self.noise_sd)
+        return float(np.sqrt(np.mean(square - mean**2)))
+
+
+def _save_npz(dest: Path, arrays: dict) -> None:
+    """np.savez without timestamps in the zip (so equal seeds give byte-identical files)."""
+    with atomic_file(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
+def load_oracle(out_dir) -> Oracle:
+    """Read the generating model written by ``generate_netflix`` (``out_dir/oracle.npz``)."""
+    path = Path(out_dir) / "oracle.npz"
+    if not path.is_file():
+        raise RecsysError(f"{path} does not exist: not a folder written by `python -m recsys_core synth`")
+    with np.load(path) as data:
+        return Oracle(
+            mu=float(data["mu"]),
+            noise_sd=float(data["noise_sd"]),
+            user_ids=data["user_ids"],
+            user_bias=data["user_bias"],
+            user_factors=data["user_factors"],
+            item_ids=data["item_ids"],
+            item_bias=data["item_bias"],
+            item_factors=data["item_factors"],
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Generator.
+
+
+def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = False) -> dict:
+    """Write a synthetic Netflix Prize data set of the given scale into ``out_dir``; return synth.json.
+
+    The returned dict also holds ``phase_seconds`` (timings; not written to synth.json so that equal
+    seeds give byte-identical files).
+    """
+    scale = float(scale)
+    if not (MIN_SCALE <= scale <= MAX_SCALE):
+        raise RecsysError(f"scale must be between {MIN_SCALE} and {MAX_SCALE}, got {scale}")
+    seed = int(seed)
+    if seed < 0:
+        raise RecsysError(f"seed must be a non-negative integer, got {seed}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RecsysError(f"{out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = SynthParams()
+    n_movies, n_users, target = scaled_shape(scale)
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def phase(name):
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(phases.get(name, 0.0) + now - clock, 3)
+        clock = now
+
+    log.info("synth: scale %g -> %d movies, %d users, ~%d ratings", scale, n_movies, n_users, target)
+    world = _build_world(n_movies, n_users, target, params, seed)
+    calendar_of_activity = _activity_to_calendar(world.user_start, world.user_end, world.user_counts)
+    day_cdf = _day_cdf()
+    phase("model")
+
+    keys = _sample_pairs(world, seed)
+    movie_counts = np.bincount(keys >> _USER_BITS, minlength=n_movies)
+    users = (keys & ((1 << _USER_BITS) - 1)).astype(np.int32)
+    del keys
+    phase("pairs")
+
+    id_lengths, id_text = _id_tables(world.user_ids)
+    suffixes = _suffix_table()
+    ends = np.cumsum(movie_counts)
+    chunk_of_movie = (np.concatenate([[0], ends[:-1]]) // _LINES_PER_CHUNK).astype(np.int64)
+    chunk_bounds = np.flatnonzero(np.diff(np.concatenate([[-1], chunk_of_movie, [chunk_of_movie[-1] + 1]])))
+    rating_hist = np.zeros(6, dtype=np.int64)
+    day_hist = np.zeros(N_DAYS, dtype=np.int64)
+    sq_error = expected_var = 0.0
+    bytes_written = 0
+    tar_path = out_dir / "training_set.tar"
+    # Factor columns as contiguous rows: gathering p_u[k] for millions of u is then one 1-D take.
+    user_factor_rows = np.ascontiguousarray(world.user_factors.T)
+    item_factor_rows = np.ascontiguousarray(world.item_factors.T)
+    activity_grid = np.linspace(0.0, 1.0, len(calendar_of_activity))
+    phase("setup")
+
+    def make_chunk(chunk_index: int):
+        """Ratings, dates and formatted lines of one chunk of movies (runs in a worker thread)."""
+        t0 = time.perf_counter()
+        m0, m1 = int(chunk_bounds[chunk_index]), int(chunk_bounds[chunk_index + 1])
+        r0 = int(ends[m0 - 1]) if m0 else 0
+        r1 = int(ends[m1 - 1])
+        rng = np.random.default_rng([seed, 3, chunk_index])
+        u = users[r0:r1]
+        m = np.repeat(np.arange(m0, m1), movie_counts[m0:m1])
+        score = world.mu + world.user_bias[u] + world.item_bias[m]
+        for k in range(params.rank):
+            score += user_factor_rows[k][u] * item_factor_rows[k][m]
+        noisy = score + rng.normal(0.0, params.noise_sd, len(u)).astype(np.float32)
+        rating = np.clip(np.rint(noisy), 1, 5).astype(np.int64)
+        mean, square = _expected_rating_and_square(score, params.noise_sd)
+        stats = (
+            float(((rating - mean) ** 2).sum()),
+            float((square - mean**2).sum()),
+            np.bincount(rating, minlength=6),
+        )
+        # When: uniform in the user's activity window, then onto the calendar.
+        start = world.user_start[u]
+        y = start + (world.user_end[u] - start) * rng.random(len(u))
+        x = np.interp(y, activity_grid, calendar_of_activity)
+        day = np.clip(np.searchsorted(day_cdf, x, side="right") - 1, 0, N_DAYS - 1)
+        day_counts = np.bincount(day, minlength=N_DAYS)
+        t1 = time.perf_counter()
+        per_movie = _format_movies(movie_counts[m0:m1], u, (rating - 1) * N_DAYS + day, id_lengths, id_text, suffixes)
+        return m0, m1, per_movie, stats, day_counts, (t1 - t0, time.perf_counter() - t1)
+
+    n_chunks = len(chunk_bounds) - 1
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(atomic_dir(out_dir / "training_set"))
+        tar_fd = None
+        if tar:
+            tar_tmp = stack.enter_context(atomic_file(tar_path))
+            tar_fd = os.open(tar_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if tar_fd is not None:
+                os.write(tar_fd, _tar_header("training_set/", 0, is_dir=True))
+            # Two worker threads build chunks (numpy releases the GIL) while this thread writes them
+            # in order; at most two chunks wait in memory.
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="synth"))
+            pending = deque(pool.submit(make_chunk, i) for i in range(min(2, n_chunks)))
+            with progress_bar("synth: writing movies", n_movies, "movies") as bar:
+                for chunk_index in range(n_chunks):
+                    m0, m1, per_movie, stats, day_counts, seconds = pending.popleft().result()
+                    if chunk_index + 2 < n_chunks:
+                        pending.append(pool.submit(make_chunk, chunk_index + 2))
+                    sq_error += stats[0]
+                    expected_var += stats[1]
+                    rating_hist += stats[2]
+                    day_hist += day_counts
+                    phases["ratings (threads)"] = round(phases.get("ratings (threads)", 0.0) + seconds[0], 3)
+                    phases["format (threads)"] = round(phases.get("format (threads)", 0.0) + seconds[1], 3)
+                    phase("wait for chunks")
+                    for offset, pieces in enumerate(per_movie):
+                        movie_id = m0 + offset + 1
+                        name = f"mv_{movie_id:07d}.txt"
+                        pieces.insert(0, f"{movie_id}:\n".encode())
+                        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                        try:
+                            size = _writev_all(fd, pieces)
+                        finally:
+                            os.close(fd)
+                        bytes_written += size
+                        if tar_fd is not None:
+                            padding = b"\0" * (-size % 512)
+                            _writev_all(tar_fd, [_tar_header(f"training_set/{name}", size), *pieces, padding])
+                    del per_movie
+                    bar.advance(m1 - m0)
+                    phase("write")
+            if tar_fd is not None:
+                position = os.lseek(tar_fd, 0, os.SEEK_CUR) + 1024
+                os.write(tar_fd, b"\0" * (1024 + (-position % tarfile.RECORDSIZE)))
+        finally:
+            if tar_fd is not None:
+                os.close(tar_fd)
+    phase("write")
+
+    titles = _titles(n_movies, params, seed)
+    with atomic_file(out_dir / "movie_titles.txt") as tmp:
+        tmp.write_bytes(titles)
+    item_ids = np.arange(1, n_movies + 1, dtype=np.int32)
+    _save_npz(
+        out_dir / "oracle.npz",
+        {
+            "mu": np.float64(world.mu),
+            "noise_sd": np.float64(params.noise_sd),
+            "user_ids": world.user_ids,
+            "user_bias": world.user_bias,
+            "user_factors": world.user_factors,
+            "item_ids": item_ids,
+            "item_bias": world.item_bias,
+            "item_factors": world.item_factors,
+        },
+    )
+    n_ratings = int(len(users))
+    days = np.flatnonzero(day_hist)
+    month_counts = {}
+    for d, count in zip(days, day_hist[days]):
+        key = (FIRST_DATE + dt.timedelta(days=int(d))).strftime("%Y-%m")
+        month_counts[key] = month_counts.get(key, 0) + int(count)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "generator": "recsys_core.synth",
+        "scale": scale,
+        "seed": seed,
+        "params": asdict(params),
+        "movies": n_movies,
+        "customers": n_users,
+        "rated_movies": int((movie_counts > 0).sum()),
+        "rating_customers": int(np.count_nonzero(np.bincount(users, minlength=n_users))),
+        "ratings": n_ratings,
+        "target_ratings": target,
+        "first_date": (FIRST_DATE + dt.timedelta(days=int(days[0]))).isoformat(),
+        "last_date": (FIRST_DATE + dt.timedelta(days=int(days[-1]))).isoformat(),
+        "date_range": [FIRST_DATE.isoformat(), LAST_DATE.isoformat()],
+        "customer_id_range": [int(world.user_ids[0]), int(world.user_ids[-1])],
+        "rating_counts": {str(r): int(rating_hist[r]) for r in range(1, 6)},
+        "rating_mean": float((np.arange(6) * rating_hist).sum() / max(n_ratings, 1)),
+        "oracle_rmse": float(np.sqrt(sq_error / max(n_ratings, 1))),
+        "oracle_expected_rmse": float(np.sqrt(expected_var / max(n_ratings, 1))),
+        "ratings_per_month": month_counts,
+        "training_set_bytes": bytes_written,
+        "tar": bool(tar),
+        "files": ["training_set/", "movie_titles.txt", "oracle.npz", "synth.json"]
+        + (["training_set.tar"] if tar else []),
+    }
+    write_json(out_dir / "synth.json", meta)
+    phase("metadata")
+    log.info("synth: wrote %d ratings (%d bytes) to %s", n_ratings, bytes_written, out_dir)
+    return {**meta, "phase_seconds": phases}
+
+
+def read_synth_meta(out_dir) -> dict:
+    """synth.json of a generated folder."""
+    path = Path(out_dir) / "synth.json"
+    if not path.is_file():
+        raise RecsysError(f"{path} does not exist: not a folder written by `python -m recsys_core synth`")
+    return read_json(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI.
+
+
+def _run_cli(args) -> int:
+    meta = generate_netflix(args.out, scale=args.scale, seed=args.seed, tar=args.tar)
+    print(
+        f"wrote {meta['ratings']:,} ratings of {meta['customers']:,} customers on {meta['movies']:,} movies "
+        f"({meta['first_date']} .. {meta['last_date']}) to {args.out}; oracle RMSE {meta['oracle_rmse']:.4f}"
+    )
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "synth",
+        help="generate synthetic Netflix-Prize-format data from a known low-rank model",
+        description=(
+            "Write a synthetic data set in exactly the layout of the Netflix Prize training set: "
+            "OUT/training_set/mv_0000001.txt ... (one file per movie: a '<movie id>:' line, then "
+            "'customer_id,rating,YYYY-MM-DD' lines), OUT/movie_titles.txt (ISO-8859-1 'id,year,title'), "
+            "plus OUT/oracle.npz (the generating model: biases and factors) and OUT/synth.json "
+            "(parameters and counts). Ratings follow mean + user bias + item bias + low-rank product + "
+            "Gaussian noise, rounded and clipped to 1..5; dates span 1999-11-11..2005-12-31 and grow "
+            "toward 2005 like the real data."
+        ),
+    )
+    parser.add_argument("out", metavar="OUT", help="output folder (created; files in it are replaced atomically)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=0.01,
+        help=(
+            "size relative to the real data set: movies = round(17770*sqrt(S)), customers = "
+            "round(480189*S), ratings ~ 100,480,507*S. 1.0 is the real shape (~2 GB of text, under a minute on two "
+            f"cores); 0.01 gives ~1M ratings. Allowed {MIN_SCALE}..{MAX_SCALE} (default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="random seed; the same seed and scale give byte-identical files (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tar", action="store_true",
+        help="also write OUT/training_set.tar with members training_set/mv_0000001.txt ..., as distributed",
+    )
+    parser.set_defaults(func=_run_cli)

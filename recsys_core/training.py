@@ -1,0 +1,186 @@
+"""THE training loop, shared by every model: epochs of batches, one optimizer step per loss the
+estimator yields, validation and early stopping, a checkpoint after every epoch, exact resume.
+
+Determinism: every epoch draws its shuffling/sampling from ``np.random.default_rng([seed, epoch])``
+and re-seeds torch with ``seed, epoch`` before its first batch, so epoch e is the same computation
+whether the run went straight through or was resumed from the checkpoint of epoch e - 1.
+
+``checkpoint.pt`` holds only tensors and plain containers (loads with ``torch.load(weights_only=True)``):
+model and optimizer state, the schedule, RNG states, the epoch, history and early-stopping state.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recsys_core.errors import RecsysError
+from recsys_core.io import atomic_file
+from recsys_core.progress import progress_bar
+
+log = logging.getLogger("recsys_core")
+
+CHECKPOINT = "checkpoint.pt"
+EXPLODE_FACTOR = 1e4  # a batch loss this many times the run's first one counts as diverged
+
+
+def make_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
+    """Weight decay applies to weight matrices and embeddings, not to biases and scalars."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    wd = float(config["weight_decay"])
+    groups = [{"params": decay, "weight_decay": wd}, {"params": other, "weight_decay": 0.0}]
+    name, lr = config["optimizer"], float(config["lr"])
+    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad,
+               "rmsprop": torch.optim.RMSprop}
+    if name not in classes:
+        raise RecsysError(f"unknown optimizer {name!r}")
+    extra = {"momentum": float(config["momentum"])} if name in ("sgd", "rmsprop") else {}
+    # Fused kernels: on CPU one pass over the parameters instead of a dozen (Adam: 17x faster step).
+    try:
+        return classes[name](groups, lr=lr, fused=True, **extra)
+    except (RuntimeError, TypeError, ValueError):
+        return classes[name](groups, lr=lr, foreach=True, **extra)
+
+
+def lr_for_epoch(config: dict, epoch: int) -> float:
+    """Step schedule: lr * gamma ** (number of milestones <= epoch); epochs count from 1."""
+    passed = sum(1 for m in config.get("lr_milestones") or [] if epoch > int(m))
+    return float(config["lr"]) * float(config["lr_gamma"]) ** passed
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RecsysError(f"{path} does not exist: there is no run to resume there") from None
+    except Exception as err:  # a truncated or foreign file
+        raise RecsysError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def new_history() -> dict:
+    return {"epoch": [], "train_loss": [], "valid": [], "lr": [], "seconds": []}
+
+
+def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
+    """Train ``estimator.model`` for ``config["epochs"]`` epochs (or until early stopping).
+
+    Returns {"history", "best_epoch", "best_valid", "stopped_early", "epochs_done"}; the model holds
+    the best weights by the valid metric (the last ones when there is no valid part).
+    """
+    model = estimator.model
+    optimizer = make_optimizer(model, config)
+    seed = int(config["seed"])
+    checkpoint_path = Path(run_dir) / CHECKPOINT
+    history = new_history()
+    state = {"best_valid": None, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
+             "stopped_early": False, "reference_loss": None}
+    start_epoch = 1
+    if resume:
+        ckpt = load_checkpoint(checkpoint_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"])
+        history = ckpt["history"]
+        state = ckpt["early_stopping"]
+        start_epoch = int(ckpt["epoch"]) + 1
+        log.info("resuming %s from epoch %d", checkpoint_path, start_epoch - 1)
+
+    higher = estimator.higher_is_better
+    for epoch in range(start_epoch, int(config["epochs"]) + 1):
+        if state["stopped_early"]:
+            break
+        lr = lr_for_epoch(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(seed * 1_000_003 + epoch)
+        rng = np.random.default_rng([seed, epoch])
+        model.train()
+        started = time.perf_counter()
+        total, count = 0.0, 0
+        with progress_bar(f"epoch {epoch}/{config['epochs']}", estimator.n_batches(), "batches") as bar:
+            for b, batch in enumerate(estimator.batches(rng), start=1):
+                for step, (loss, reported) in enumerate(estimator.losses(batch)):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    value = float(loss.detach())
+                    _check_loss(value, state, epoch, b, config, lr)
+                    if step == 0:
+                        total += float(reported)
+                        count += 1
+                bar.advance()
+                if b % 20 == 0:
+                    bar.update(loss=total / count)
+        train_loss = total / max(count, 1)
+        valid = estimator.validate()
+        seconds = time.perf_counter() - started
+        for key, value in (("epoch", epoch), ("train_loss", train_loss), ("valid", valid), ("lr", lr),
+                           ("seconds", seconds)):
+            history[key].append(value)
+        _early_stopping(state, valid, higher, epoch, model, int(config["patience"]))
+        log.info("epoch %d: train loss %.4f, valid %s %s, %.1f s", epoch, train_loss, estimator.valid_metric,
+                 "-" if valid is None else f"{valid:.4f}", seconds)
+        save_checkpoint(checkpoint_path, {
+            "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+            "scheduler": {"lr": float(config["lr"]), "milestones": [int(m) for m in config.get("lr_milestones") or []],
+                          "gamma": float(config["lr_gamma"]), "last_epoch": epoch},
+            "rng": _rng_state(), "epoch": epoch, "history": history, "early_stopping": state})
+    if state["best_model"] is not None:
+        model.load_state_dict(state["best_model"])
+    return {"history": history, "best_epoch": state["best_epoch"] or (history["epoch"][-1] if history["epoch"] else 0),
+            "best_valid": state["best_valid"], "stopped_early": state["stopped_early"],
+            "epochs_done": history["epoch"][-1] if history["epoch"] else 0}
+
+
+def _check_loss(value: float, state: dict, epoch: int, batch: int, config: dict, lr: float) -> None:
+    if state["reference_loss"] is None and math.isfinite(value):
+        state["reference_loss"] = max(value, 1e-8)
+    if not math.isfinite(value) or value > EXPLODE_FACTOR * state["reference_loss"]:
+        raise RecsysError(
+            f"training diverged in epoch {epoch}, batch {batch}: the loss became {value:.4g} "
+            f"(first loss {state['reference_loss']:.4g}) with optimizer {config['optimizer']} at lr {lr:g}; "
+            f"lower --lr (the checkpoint of epoch {epoch - 1} is intact)")
+
+
+def _early_stopping(state: dict, valid, higher: bool, epoch: int, model, patience: int) -> None:
+    if valid is None:
+        return
+    best = state["best_valid"]
+    if best is None or (valid > best if higher else valid < best):
+        state.update(best_valid=float(valid), best_epoch=epoch, bad_epochs=0,
+                     best_model=copy.deepcopy(_cpu_state(model)))
+        return
+    state["bad_epochs"] += 1
+    if patience > 0 and state["bad_epochs"] >= patience:
+        state["stopped_early"] = True
+        log.info("early stopping after epoch %d: no better valid metric for %d epochs (best: epoch %d)",
+                 epoch, patience, state["best_epoch"])

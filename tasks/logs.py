@@ -1,0 +1,44 @@
+"""Library logs into Prefect runs, and user errors as one sentence on the terminal."""
+
+from __future__ import annotations
+
+import logging
+
+from recsys_core.errors import RecsysError
+
+LIBRARY_LOGGER = "recsys_core"
+
+
+def forward_library_logs(level: int = logging.INFO) -> None:
+    """Send the ``recsys_core`` logger's records to the Prefect run they happen in (and the console).
+
+    Prefect's API handler attaches each record to the current flow or task run; the console handler of
+    the root logger prints it. Idempotent.
+    """
+    from prefect.logging.handlers import APILogHandler
+
+    library = logging.getLogger(LIBRARY_LOGGER)
+    library.setLevel(level)
+    if not any(isinstance(h, APILogHandler) for h in library.handlers):
+        library.addHandler(APILogHandler())
+
+
+class _DropUserErrorTraceback(logging.Filter):
+    """A RecsysError is the user's to fix: show its sentence, not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RecsysError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_user_error_tracebacks() -> None:
+    """Strip tracebacks of RecsysError from the terminal's log lines (the API keeps them)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _DropUserErrorTraceback) for f in handler.filters
+        ):
+            handler.addFilter(_DropUserErrorTraceback())

@@ -1,0 +1,121 @@
+"""Where each stage writes and under which content key (``StageSpec``), computed from what it reads.
+
+Layout under the data dir (every name carries a short content key, so different inputs or parameters
+never overwrite each other)::
+
+    raw/sample/s<scale>-seed<seed>/            generated Netflix-format sample (source=sample)
+    converted/<source>-<key>/                  stage 1
+    splits/<source>-<key>/<protocol>-<key>/    stage 2, one folder per split inside
+    matrices/<source>-<key>/<protocol>-<key>/  stage 3, one folder per split inside
+    runs/<source>-<key>/<protocol>-<key>/<split>/<model>-<key>/   stage 4: model, metrics, top-K
+    .cache/file-hashes.json                    memo of file hashes (path, size, mtimes, inode -> sha256)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from recsys_core.errors import RecsysError
+from tasks.caching import HashMemo, StageSpec, code_version, digest, make_spec, output_hashes, tree_hashes
+
+SAMPLE = "sample"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.") or "source"
+
+
+def sample_spec(data_dir: Path, scale: float, seed: int) -> StageSpec:
+    return make_spec(
+        "synth",
+        inputs={},
+        params={"scale": scale, "seed": seed},
+        code=code_version("recsys_core.synth"),
+        out_dir=Path(data_dir) / "raw" / SAMPLE / f"s{scale:g}-seed{seed}",
+    )
+
+
+def source_roots(source: Path) -> list[Path]:
+    """The files and folders ``convert`` reads for each accepted form of a source."""
+    if source.is_dir():
+        if (source / "training_set").is_dir():
+            roots = [source / "training_set"]
+        elif source.name == "training_set":
+            roots, source = [source], source.parent
+        else:  # a MovieLens folder: all of it
+            return [source]
+        titles = source / "movie_titles.txt"
+        return roots + ([titles] if titles.exists() else [])
+    if source.name.endswith(".tar") and not source.name.endswith(".tar.gz"):
+        titles = source.parent / "movie_titles.txt"
+        return [source] + ([titles] if titles.exists() else [])
+    return [source]
+
+
+def source_name(source: Path) -> str:
+    name = source.parent.name if source.name == "training_set" else source.name
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return _slug(name)
+
+
+def convert_spec(data_dir: Path, source: Path, memo: HashMemo, name: str | None = None) -> StageSpec:
+    if not source.exists():
+        raise RecsysError(f"{source}: no such file or folder (source must be 'sample', a Netflix path or a MovieLens folder)")
+    hashes: dict[str, str] = {}
+    for root in source_roots(source):
+        hashes.update(tree_hashes(root, memo))
+    if not hashes:
+        raise RecsysError(f"{source}: holds no files to convert")
+    return make_spec(
+        "convert",
+        inputs={"source_files": len(hashes), "source_sha256": digest(hashes)},
+        params={},
+        code=code_version("recsys_core.convert"),
+        parent=Path(data_dir) / "converted",
+        prefix=name or source_name(source),
+    )
+
+
+def split_spec(data_dir: Path, converted: StageSpec, memo: HashMemo, protocol: str, options: dict) -> StageSpec:
+    return make_spec(
+        "split",
+        inputs={"converted": digest(output_hashes(converted, memo))},
+        params={"protocol": protocol, **options},
+        code=code_version("recsys_core.split"),
+        parent=Path(data_dir) / "splits" / converted.path.name,
+        prefix=_slug(protocol),
+    )
+
+
+def matrices_spec(data_dir: Path, splits: StageSpec, memo: HashMemo, protocol: str) -> StageSpec:
+    return make_spec(
+        "matrices",
+        inputs={"splits": digest(output_hashes(splits, memo))},
+        params={},
+        code=code_version("recsys_core.matrices"),
+        parent=Path(data_dir) / "matrices" / splits.path.parent.name,
+        prefix=_slug(protocol),
+    )
+
+
+def split_names(matrices: StageSpec, memo: HashMemo) -> list[str]:
+    """The split folders of a matrices output (each holds meta.json)."""
+    return sorted({p.split("/")[0] for p in output_hashes(matrices, memo) if p.endswith("/meta.json")})
+
+
+def train_spec(data_dir: Path, matrices: StageSpec, memo: HashMemo, split: str, model: str, config: dict) -> StageSpec:
+    prefix = f"{split}/"
+    hashes = {p: h for p, h in output_hashes(matrices, memo).items() if p.startswith(prefix)}
+    if not hashes:
+        raise RecsysError(f"{matrices.out_dir} has no split named {split!r}")
+    return make_spec(
+        "train",
+        inputs={"matrices": digest(hashes)},
+        params={"model": model, **config},
+        code=code_version("recsys_core.train"),
+        parent=Path(data_dir) / "runs" / matrices.path.parent.name / matrices.path.name / split,
+        prefix=_slug(model),
+    )

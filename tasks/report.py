@@ -1,0 +1,132 @@
+"""What a pipeline run tells its user: tables for the terminal (rich) and for Prefect artifacts.
+
+Everything here is read back from the stage folders, so a fully cached run reports exactly what the
+run that built them reported.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+MAX_EMBEDDED_IMAGE = 1 << 20
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return value
+
+
+# --------------------------------------------------------------------------- split stats
+
+
+def split_stat_rows(split_root: Path) -> list[dict]:
+    """One row per split and part, from each split's stats.json (whatever keys it carries)."""
+    rows = []
+    for stats_file in sorted(Path(split_root).glob("*/stats.json")):
+        stats = json.loads(stats_file.read_text())
+        split = stats_file.parent.name
+        parts = stats.get("parts") if isinstance(stats.get("parts"), dict) else None
+        if parts is None:
+            parts = {k: v for k, v in stats.items() if k in ("train", "valid", "test", "valid+test") and isinstance(v, dict)}
+        if parts:
+            for part, values in parts.items():
+                rows.append({"split": split, "part": part, **{k: _fmt(v) for k, v in values.items()}})
+        else:
+            rows.append({"split": split, **{k: _fmt(v) for k, v in stats.items()}})
+    return rows
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _test_metrics(metrics: dict) -> dict:
+    test = metrics.get("test") or {}
+    return {k: _fmt(v) for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def metric_rows(runs: list[dict]) -> list[dict]:
+    """Test metrics, one row per trained model and per baseline of its split (baselines shown once).
+
+    ``runs`` items: {"split", "model", "run_dir"}; each run_dir holds the library's metrics.json with the
+    model's metrics, its baselines' and ``beaten_by`` (the baselines that beat it on its primary metric).
+    """
+    rows: list[dict] = []
+    baselines_shown: set[tuple[str, str]] = set()
+    for run in runs:
+        metrics = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
+        beaten = metrics.get("beaten_by") or []
+        rows.append({"split": run["split"], "model": run["model"], "kind": "model", **_test_metrics(metrics),
+                     "note": f"BEATEN by {', '.join(beaten)}" if beaten else "", "run_dir": run["run_dir"]})
+        for name, baseline in (metrics.get("baselines") or {}).items():
+            if (run["split"], name) not in baselines_shown:
+                baselines_shown.add((run["split"], name))
+                rows.append({"split": run["split"], "model": name, "kind": "baseline", **_test_metrics(baseline),
+                             "note": "", "run_dir": run["run_dir"]})
+    return rows
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "_(none)_\n"
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(title: str, rows: list[dict], columns: list[str] | None = None):
+    from rich.table import Table
+
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if rows and isinstance(rows[0].get(column), (int, float)) else "left")
+    for row in rows:
+        style = "bold red" if str(row.get("note", "")).startswith("BEATEN") else None
+        table.add_row(*(str(row.get(c, "")) for c in columns), style=style)
+    return table
+
+
+def summary_markdown(report: dict) -> str:
+    parts = [f"# Recommender pipeline: {report['source']}\n", f"Data dir: `{report['data_dir']}`\n",
+             "## Stages\n", markdown_table(report["stages"])]
+    if report.get("split_stats"):
+        parts += ["\n## Split statistics\n", markdown_table(report["split_stats"])]
+    if report.get("metrics"):
+        parts += ["\n## Test metrics\n", markdown_table(report["metrics"])]
+    if report.get("artifacts"):
+        parts += ["\n## Artifacts\n", "\n".join(f"- {k}: `{v}`" for k, v in report["artifacts"].items()) + "\n"]
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- Prefect artifacts
+
+
+def publish_table(key: str, rows: list[dict], description: str) -> None:
+    if rows:
+        create_table_artifact(table=rows, key=key, description=description)
+
+
+def publish_learning_curve(key: str, png: Path, model: str) -> None:
+    """A Markdown artifact showing the PNG (embedded when small) and where it lies."""
+    text = f"# Learning curve: {model}\n\nFile: `{png}`\n"
+    if png.exists() and png.stat().st_size <= MAX_EMBEDDED_IMAGE:
+        encoded = base64.b64encode(png.read_bytes()).decode()
+        text += f"\n![learning curve of {model}](data:image/png;base64,{encoded})\n"
+    create_markdown_artifact(markdown=text, key=key, description=f"learning curve of {model}")
+
+
+def publish_summary(report: dict) -> None:
+    create_markdown_artifact(markdown=summary_markdown(report), key="recsys-summary",
+                             description="stages, split statistics, test metrics and artifact paths")

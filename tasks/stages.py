@@ -1,0 +1,228 @@
+"""Prefect tasks around the library stages, with the content-keyed cache of ``tasks.caching``.
+
+Each task takes a ``StageSpec`` (output folder + content key, computed by ``tasks.plan``) and the
+library parameters. ``ContentCachePolicy`` makes Prefect report the task as *Cached* when the output
+folder verifies against its manifest; otherwise the task runs, and under the stage's file lock it
+either finds the output completed meanwhile by a concurrent run ("reused") or builds it ("built").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.transactions import get_transaction
+
+from recsys_core.errors import RecsysError
+from recsys_core.io import write_json
+from tasks.caching import (
+    StageSpec,
+    hash_memo,
+    invalidate,
+    manifest_path,
+    read_manifest,
+    remove_temporaries,
+    stage_lock,
+    verify,
+    write_manifest,
+)
+
+log = logging.getLogger("recsys_core.flow")
+
+RETRIES = 2
+RETRY_DELAY_S = 2
+
+
+# --------------------------------------------------------------------------- cache policy
+
+
+@dataclass
+class ContentCachePolicy(CachePolicy):
+    """Cache key of a stage task = the key recorded in its verified manifest.
+
+    A verified output folder names the Prefect record its build committed (so the task is reported
+    Cached). A folder that does not verify (missing, killed mid-stage, a file deleted or truncated, other
+    inputs) gets a fresh key that no record has: the task runs, and its manifest records that new key.
+    """
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> Optional[str]:
+        spec: StageSpec = inputs["spec"]
+        memo = hash_memo(inputs["data_dir"])
+        reason = verify(spec, memo)
+        memo.save()
+        if reason is None:
+            recorded = (read_manifest(spec) or {}).get("cache_key")
+            if recorded:
+                return recorded
+        else:
+            log.info("%s must run: %s (%s)", spec.stage, reason, spec.out_dir)
+        return new_cache_key(spec)
+
+
+def new_cache_key(spec: StageSpec) -> str:
+    return f"{spec.stage}-{spec.key[:16]}-{uuid.uuid4().hex[:12]}"
+
+
+# --------------------------------------------------------------------------- retries
+
+
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures worth a retry: I/O hiccups and CUDA running out of memory, never a user error."""
+    if isinstance(exc, RecsysError):
+        return False
+    if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS)
+
+
+def retry_transient(task_obj, task_run, state) -> bool:
+    """``retry_condition_fn`` of every stage task."""
+    try:
+        state.result()
+    except BaseException as exc:  # the failed state re-raises its exception here
+        if type(exc).__name__ == "OutOfMemoryError":
+            _release_cuda_memory()
+        return is_transient(exc)
+    return False
+
+
+def _release_cuda_memory() -> None:
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def stage_task(name: str):
+    """Decorator: a Prefect task with the content cache, retries on transient failures."""
+    return task(
+        name=name,
+        cache_policy=ContentCachePolicy(),
+        retries=RETRIES,
+        retry_delay_seconds=RETRY_DELAY_S,
+        retry_condition_fn=retry_transient,
+        task_run_name=name + " [{spec.short_key}]",
+    )
+
+
+# --------------------------------------------------------------------------- the common stage body
+
+
+def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep_partial: bool = False) -> dict:
+    """Build ``spec``'s output unless it verifies; the manifest is written last, under the stage lock.
+
+    ``keep_partial``: leave an unverified folder in place for the build (training resumes from its
+    checkpoint); otherwise it is removed first so no stale file can slip into the manifest.
+    """
+    memo = hash_memo(data_dir)
+    with stage_lock(spec):
+        reason = verify(spec, memo)
+        txn = get_transaction()
+        txn_key = txn.key if txn is not None and txn.key else None
+        if reason is None:
+            manifest = read_manifest(spec)
+            log.info("%s: reusing %s (complete: built by a concurrent or an earlier run)", spec.stage, spec.out_dir)
+            if manifest.get("cache_key") is None and txn_key:  # name this run's record, so the next is Cached
+                manifest["cache_key"] = txn_key
+                write_json(manifest_path(spec), manifest)
+            return {"stage": spec.stage, "key": spec.key, "status": "reused", "elapsed_s": manifest.get("elapsed_s")}
+        invalidate(spec)
+        remove_temporaries(spec)
+        if not keep_partial and spec.path.exists():
+            shutil.rmtree(spec.path)
+        log.info("%s: building %s", spec.stage, spec.out_dir)
+        started = time.perf_counter()
+        result = build(spec.path)
+        elapsed = time.perf_counter() - started
+        write_manifest(spec, memo, elapsed, result=_jsonable(result), cache_key=txn_key)
+        memo.save()
+        log.info("%s: done in %.1f s", spec.stage, elapsed)
+        return {"stage": spec.stage, "key": spec.key, "status": "built", "elapsed_s": round(elapsed, 3)}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return str(obj)
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+@stage_task("synth")
+def synth_task(spec: StageSpec, data_dir: str, scale: float, seed: int) -> dict:
+    from recsys_core.synth import generate_netflix
+
+    return run_stage(spec, data_dir, lambda out: generate_netflix(out, scale=scale, seed=seed))
+
+
+@stage_task("convert")
+def convert_task(spec: StageSpec, data_dir: str, source: str) -> dict:
+    from recsys_core.convert import convert
+
+    return run_stage(spec, data_dir, lambda out: convert(source, out))
+
+
+@stage_task("split")
+def split_task(spec: StageSpec, data_dir: str, ratings_dir: str, protocol: str, options: dict) -> dict:
+    from recsys_core.split import split
+
+    return run_stage(spec, data_dir, lambda out: split(ratings_dir, out, protocol, **options))
+
+
+@stage_task("matrices")
+def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> dict:
+    from recsys_core.matrices import build_matrices
+
+    return run_stage(spec, data_dir, lambda out: build_matrices(split_root, out))
+
+
+@stage_task("train")
+def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, config: dict) -> dict:
+    """Train, evaluate (model + baselines) and write top-K recommendations of one model.
+
+    The run folder keeps ``checkpoint.pt`` when a run fails or is killed; the next run of the same key
+    resumes from it (the library guarantees the result of an uninterrupted run).
+    """
+    from recsys_core.train import train
+    from recsys_core.training import CHECKPOINT
+
+    options = dict(config)
+    device = options.pop("device", None)
+
+    def build(out: Path) -> dict:
+        if (out / CHECKPOINT).exists() and (out / "config.json").exists():
+            try:
+                log.info("train: resuming %s from its checkpoint", out)
+                return train(split_dir, out, model=model, resume=True, device=device, **options)
+            except RecsysError as err:  # a checkpoint it cannot continue from: start again
+                log.warning("train: cannot resume (%s); training from scratch", err)
+        shutil.rmtree(out, ignore_errors=True)
+        return train(split_dir, out, model=model, device=device, **options)
+
+    return run_stage(spec, data_dir, build, keep_partial=True)

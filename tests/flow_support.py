@@ -1,0 +1,83 @@
+"""Shared helpers of the flow tests: a temporary Prefect home + API, tiny pipeline parameters, checks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough for a run of every stage in seconds on 2 cores, big enough for every split to be non-empty.
+TINY = dict(sample_scale=0.002, epochs=4)
+
+
+@contextlib.contextmanager
+def prefect_sandbox(home: Path) -> Iterator[str]:
+    """A throw-away PREFECT_HOME (results, cache records) and a local test API; yields the API URL.
+
+    Flow-run heartbeats are off, as in a local ``python flows/full.py`` run (see ``local_run_settings``).
+    """
+    os.environ["RECSYS_PROGRESS"] = "0"
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    settings = {PREFECT_HOME: str(home), PREFECT_LOCAL_STORAGE_PATH: str(home / "storage"),
+                PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with temporary_settings(settings):
+        with prefect_test_harness(server_startup_timeout=60):
+            yield PREFECT_API_URL.value()
+
+
+def subprocess_env(api_url: str, home: Path) -> dict:
+    """Environment of a pipeline run in another process, talking to the same test API."""
+    env = dict(os.environ)
+    env.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(home), PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"),
+               RECSYS_PROGRESS="0", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    return env
+
+
+def cli_args(params: dict) -> list[str]:
+    """``--name value`` options of flows/full.py for flow parameters."""
+    args = []
+    for name, value in params.items():
+        args.append("--" + name.replace("_", "-"))
+        args.extend(str(v) for v in value) if isinstance(value, list) else args.append(str(value))
+    return args
+
+
+def start_cli(params: dict, env: dict, report: Path, driver: Path | None = None, **popen) -> subprocess.Popen:
+    """``python flows/full.py`` (or a driver script wrapping its main) in a new process group."""
+    script = driver or ROOT / "flows" / "full.py"
+    return subprocess.Popen([sys.executable, str(script), *cli_args(params), "--report-json", str(report)],
+                            cwd=ROOT, env=env, start_new_session=True, **popen)
+
+
+def statuses(report: dict) -> dict[str, str]:
+    return {s["stage"]: s["status"] for s in report["stages"]}
+
+
+def all_manifests_verify(data_dir: Path) -> list[Path]:
+    """Every stage folder under data_dir with a manifest; asserts each verifies. Returns them."""
+    from tasks.caching import HashMemo, StageSpec, verify
+
+    folders = []
+    for manifest_file in sorted(Path(data_dir).rglob("manifest.json")):
+        manifest = json.loads(manifest_file.read_text())
+        spec = StageSpec(stage=manifest["stage"], out_dir=str(manifest_file.parent), key=manifest["key"],
+                         description=manifest["made_from"])
+        assert verify(spec, HashMemo(None)) is None, manifest_file
+        folders.append(manifest_file.parent)
+    return folders

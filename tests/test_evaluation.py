@@ -1,0 +1,170 @@
+"""Metrics against hand-computed values, baselines, sampling, and the recommendations written."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys_core.baselines import GlobalMean, ItemMean, MostPopular, UserItemBias
+from recsys_core.errors import RecsysError
+from recsys_core.evaluation import (beaten_by, full_catalogue_recall, hit_rate_at_k, mae, ndcg_at_k,
+                                    rank_of_positive, recall_at_k, rmse, sampled_ranking, top_k)
+from recsys_core.interactions import load_split_data, row_batch
+from recsys_core.sampling import sample_negatives
+from recsys_core.train import load_run, recommend, recommend_for_ratings, train
+from train_fixtures import make_rating_split
+
+torch.set_num_threads(2)
+
+
+def test_rmse_and_mae_by_hand():
+    assert rmse(np.array([1.0, 2.0, 4.0]), np.array([1.0, 4.0, 3.0])) == pytest.approx(math.sqrt(5 / 3))
+    assert mae(np.array([1.0, 2.0, 4.0]), np.array([1.0, 4.0, 3.0])) == pytest.approx(1.0)
+
+
+def test_rank_hit_rate_and_ndcg_count_ties_against_the_positive():
+    positive = np.array([0.9, 0.5, 0.5, 0.1])
+    negatives = np.array([[0.1, 0.2, 0.3],    # rank 0
+                          [0.5, 0.1, 0.1],    # a tie: rank 1
+                          [0.6, 0.7, 0.5],    # rank 3
+                          [0.2, 0.3, 0.4]])   # rank 3
+    ranks = rank_of_positive(positive, negatives)
+    assert ranks.tolist() == [0, 1, 3, 3]
+    assert hit_rate_at_k(ranks, 1) == 0.25
+    assert hit_rate_at_k(ranks, 2) == 0.5
+    assert hit_rate_at_k(ranks, 10) == 1.0
+    assert ndcg_at_k(ranks, 2) == pytest.approx((1.0 + 1 / math.log2(3)) / 4)
+    assert ndcg_at_k(ranks, 10) == pytest.approx((1.0 + 1 / math.log2(3) + 2 / math.log2(5)) / 4)
+    # every score equal: the positive is last
+    assert rank_of_positive(np.zeros(1), np.zeros((1, 5))).tolist() == [5]
+
+
+def test_top_k_and_recall_by_hand():
+    scores = np.array([[0.1, 0.9, 0.5, 0.9], [3.0, 2.0, 1.0, 0.0]])
+    assert top_k(scores, 3).tolist() == [[1, 3, 2], [0, 1, 2]]  # ties: lower column first
+    relevant = sp.csr_matrix(np.array([[0, 1, 0, 0], [0, 0, 1, 1]], np.float32))
+    # row 0: 1 of 1 relevant in top 2; row 1: 0 of 2
+    assert recall_at_k(top_k(scores, 2), np.array([0, 1]), relevant) == pytest.approx(0.5)
+
+
+class _Table:
+    """A predictor answering from a dense score table."""
+
+    rating_model = True
+
+    def __init__(self, table):
+        self.table = np.asarray(table, np.float32)
+
+    def predict_pairs(self, rows, cols):
+        return self.table[rows, cols]
+
+    def score_rows(self, rows):
+        return self.table[rows]
+
+
+def test_sampled_ranking_and_full_catalogue_recall_with_a_known_predictor():
+    table = np.array([[0.0, 1.0, 0.2, 0.3], [0.9, 0.1, 0.8, 0.0]])
+    test = sp.csr_matrix(np.array([[0, 1, 0, 0], [0, 1, 0, 0]], np.float32))
+    negatives = (np.array([0, 1], np.int32), np.array([[2, 3], [2, 3]], np.int32))
+    result = sampled_ranking(_Table(table), test, negatives, k=1)
+    assert result["hr@1"] == 0.5 and result["ndcg@1"] == 0.5  # user 0 first, user 1 last
+    train = sp.csr_matrix(np.array([[0, 0, 0, 0], [1, 0, 0, 0]], np.float32))
+    # user 1's best item 0 is rated in training, so its top 1 is item 2 (not the held-out 1)
+    recall = full_catalogue_recall(_Table(table), train, test, k=1, max_users=10)
+    assert recall["recall@1"] == 0.5
+
+
+def test_baselines_by_hand():
+    train = sp.csr_matrix(np.array([[5, 3, 0], [4, 0, 0], [0, 1, 0]], np.float32))
+    assert GlobalMean(train).predict_pairs([0], [2])[0] == pytest.approx(13 / 4)
+    item_mean = ItemMean(train)
+    assert item_mean.predict_pairs([0, 0, 0], [0, 1, 2]).tolist() == pytest.approx([4.5, 2.0, 13 / 4])
+    assert MostPopular(train).score_rows([0]).tolist() == [[2.0, 2.0, 0.0]]
+    # no regularization and a single item: the bias model reproduces the user's mean exactly
+    one_item = sp.csr_matrix(np.array([[5], [3]], np.float32))
+    bias = UserItemBias(one_item, user_reg=0.0, item_reg=0.0)
+    assert bias.predict_pairs([0, 1], [0, 0]).tolist() == pytest.approx([5.0, 3.0])
+    # strong regularization shrinks to the global mean
+    shrunk = UserItemBias(train, user_reg=1e9, item_reg=1e9)
+    assert shrunk.predict_pairs([0], [0])[0] == pytest.approx(13 / 4)
+
+
+def test_beaten_by_uses_rmse_for_rating_models_and_hit_rate_for_interaction_models():
+    model = {"test": {"rmse": 0.9, "hr@10": 0.3}}
+    baselines = {"global_mean": {"test": {"rmse": 1.1, "hr@10": 0.0}},
+                 "user_item_bias": {"test": {"rmse": 0.85, "hr@10": 0.1}},
+                 "most_popular": {"test": {"hr@10": 0.4}}}
+    assert beaten_by(model, baselines, rating_model=True) == ["user_item_bias"]
+    assert beaten_by({"test": {"hr@10": 0.3}}, baselines, rating_model=False) == ["most_popular"]
+
+
+def test_row_batch_matches_scipy_slicing_and_negatives_avoid_seen_items():
+    m = sp.random(50, 30, 0.2, format="csr", dtype=np.float32, random_state=3)
+    m.sort_indices()
+    rows = np.array([7, 0, 49, 7, 12])
+    batch = row_batch(m, rows)
+    assert np.array_equal(batch.dense(30).numpy(), m[rows].toarray())
+    negatives = sample_negatives(m, np.arange(50), 20, np.random.default_rng(0))
+    seen = m.toarray() != 0
+    assert negatives.shape == (50, 20)
+    assert not seen[np.repeat(np.arange(50), 20), negatives.reshape(-1)].any()
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ae")
+    split = make_rating_split(root / "N3M", n_users=300, n_items=80, n_ratings=12_000)
+    run = root / "run"
+    train(split.path, run, "autoencoder", epochs=5, layers=[32, 16], dropout=0.2, recall_users=0)
+    return split, run
+
+
+def test_recommendations_exclude_every_rated_item_and_come_with_titles(ae_run):
+    split, run = ae_run
+    path = recommend(run, k=5)
+    table = pl.read_parquet(path)
+    assert table.columns == ["user_id", "rank", "item_id", "title", "score"]
+    data = load_split_data(split.path)
+    known = (data.train + data.valid + data.test).tocsr()
+    row_of = {int(u): r for r, u in enumerate(data.user_ids)}
+    col_of = {int(i): c for c, i in enumerate(data.item_ids)}
+    rated = {(row_of[u], col_of[i]) for u, i in zip(table["user_id"], table["item_id"])
+             if known[row_of[u], col_of[i]] != 0}
+    assert not rated
+    unrated = {int(u): data.train.shape[1] - known[row_of[int(u)]].nnz for u in table["user_id"].unique()}
+    counts = dict(table.group_by("user_id").len().iter_rows())
+    assert counts == {u: min(5, n) for u, n in unrated.items()}  # heavy raters may have < 5 unrated items
+    assert len(counts) == int((np.diff(data.train.indptr) > 0).sum())
+    first = table.filter(pl.col("user_id") == table["user_id"][0])
+    assert first["rank"].to_list() == [1, 2, 3, 4, 5]
+    assert first["score"].is_sorted(descending=True)
+    assert first["title"][0] == f"Movie {first['item_id'][0]}"
+
+
+def test_new_user_is_scored_by_feeding_their_ratings_through_the_autoencoder(ae_run):
+    split, run = ae_run
+    _, data, estimator = load_run(run)
+    row = 4
+    start, end = data.train.indptr[row], data.train.indptr[row + 1]
+    ratings = {int(data.item_ids[c]): float(v) for c, v in zip(data.train.indices[start:end], data.train.data[start:end])}
+    table = recommend_for_ratings(run, ratings, k=5)
+    assert len(table) == 5 and not set(table["item_id"].to_list()) & set(ratings)
+    # the same ratings as a known user's training row give that user's scores
+    expected = estimator.score_rows(np.array([row]))[0]
+    expected[data.train.indices[start:end]] = -np.inf
+    assert table["item_id"].to_list() == data.item_ids[top_k(expected[None, :], 5)[0]].tolist()
+    np.testing.assert_allclose(table["score"].to_numpy(), np.sort(expected)[::-1][:5], rtol=1e-5)
+    with pytest.raises(RecsysError, match="not in the catalogue"):
+        recommend_for_ratings(run, {999_999: 4.0})
+
+
+def test_new_user_needs_a_user_facing_autoencoder(ae_run, tmp_path):
+    split, _ = ae_run
+    train(split.path, tmp_path / "mf", "mf", epochs=1, recall_users=0)
+    with pytest.raises(RecsysError, match="cannot score a user absent from training"):
+        recommend_for_ratings(tmp_path / "mf", {1: 5.0})

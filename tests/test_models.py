@@ -1,0 +1,113 @@
+"""Models: the masked loss, the sparse/gathered autoencoder paths, and every model against the baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys_core.errors import RecsysError
+from recsys_core.interactions import row_batch
+from recsys_core.losses import masked_mse, observed_mse
+from recsys_core.models import MODELS, resolve_config
+from recsys_core.models.autoencoder import ACTIVATIONS, DeepAutoencoder
+from recsys_core.train import train
+from train_fixtures import make_leave_one_out_split, make_rating_split
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def rating_split(tmp_path_factory):
+    return make_rating_split(tmp_path_factory.mktemp("rating") / "N3M")
+
+
+@pytest.fixture(scope="module")
+def loo_split(tmp_path_factory):
+    return make_leave_one_out_split(tmp_path_factory.mktemp("loo") / "leave-one-out")
+
+
+def test_masked_mse_sums_over_observed_and_divides_by_their_number():
+    target = torch.tensor([[5.0, 0.0, 3.0], [0.0, 0.0, 1.0]])
+    prediction = torch.tensor([[4.0, 9.0, 3.5], [7.0, 7.0, 2.0]])
+    # observed: (0,0) err 1, (0,2) err 0.25, (1,2) err 1 -> (1 + 0.25 + 1) / 3; unobserved entries ignored
+    assert masked_mse(prediction, target).item() == pytest.approx(2.25 / 3)
+    observed = target != 0
+    assert observed_mse(prediction[observed], target[observed]).item() == pytest.approx(2.25 / 3)
+    assert masked_mse(prediction, torch.zeros(2, 3)).item() == 0.0  # no observed entry: no NaN
+
+
+def _random_csr(n_rows, n_cols, density, seed):
+    m = sp.random(n_rows, n_cols, density, format="csr", dtype=np.float32, random_state=seed)
+    m.data = np.ceil(m.data * 5).astype(np.float32)
+    m.sort_indices()
+    return m
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_autoencoder_sparse_and_gathered_paths_equal_the_dense_forward(constrained):
+    torch.manual_seed(0)
+    m = _random_csr(7, 40, 0.2, seed=1)
+    model = DeepAutoencoder(40, [16, 8], "selu", dropout=0.0, constrained=constrained).eval()
+    batch = row_batch(m, np.array([5, 0, 3]))
+    dense_in = torch.from_numpy(m[[5, 0, 3]].toarray())
+    assert torch.equal(batch.dense(40), dense_in)
+    full = model(dense_in)
+    hidden = model.decode_hidden(model.encode_sparse(batch.cols, batch.values, batch.offsets))
+    torch.testing.assert_close(model.output_full(hidden), full, rtol=1e-5, atol=1e-5)
+    gathered = model.output_at(hidden, batch.owner, batch.cols)
+    torch.testing.assert_close(gathered, full[batch.owner, batch.cols], rtol=1e-5, atol=1e-5)
+    cols = torch.tensor([3, 39, 0])
+    torch.testing.assert_close(model.output_columns(hidden, cols), full[:, cols], rtol=1e-5, atol=1e-5)
+    # the gathered loss is the paper's masked loss on the dense output
+    torch.testing.assert_close(observed_mse(gathered, batch.values), masked_mse(full, dense_in))
+
+
+def test_constrained_decoder_shares_the_encoder_weights():
+    tied = DeepAutoencoder(30, [8, 4], constrained=True)
+    free = DeepAutoencoder(30, [8, 4], constrained=False)
+    weights = lambda m: sum(p.numel() for p in m.parameters() if p.dim() == 2)  # noqa: E731
+    assert weights(free) == 2 * weights(tied)
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_every_activation_gives_finite_outputs(activation):
+    model = DeepAutoencoder(12, [6], activation, last_layer_activation=True)
+    assert torch.isfinite(model(torch.rand(3, 12) * 5)).all()
+
+
+def test_unknown_options_are_refused_with_the_list_of_valid_ones():
+    with pytest.raises(RecsysError, match="has no option"):
+        resolve_config("mf", {"layers": [3]})
+    with pytest.raises(RecsysError, match="unknown activation"):
+        resolve_config("autoencoder", {"activation": "softplus"})
+    assert resolve_config("autoencoder", {"preset": "NF"})["layers"] == [512, 512, 1024]
+
+
+RATING_MODELS = [name for name, spec in MODELS.items() if spec.family != "implicit"]
+
+
+@pytest.mark.parametrize("model", RATING_MODELS)
+def test_rating_model_with_defaults_beats_global_and_item_mean(rating_split, tmp_path, model):
+    metrics = train(rating_split.path, tmp_path / model, model, recall_users=0)
+    rmse = metrics["test"]["rmse"]
+    assert rmse < metrics["baselines"]["global_mean"]["test"]["rmse"]
+    assert rmse < metrics["baselines"]["item_mean"]["test"]["rmse"]
+    assert "global_mean" not in metrics["beaten_by"] and "item_mean" not in metrics["beaten_by"]
+    if model == "mf":
+        assert rmse <= 1.05 * rating_split.oracle_test_rmse, (rmse, rating_split.oracle_test_rmse)
+        assert rmse < metrics["baselines"]["user_item_bias"]["test"]["rmse"]
+    assert math.isfinite(metrics["test"]["mae"])
+
+
+@pytest.mark.parametrize("model", ["neumf", "gmf"])
+def test_ncf_beats_most_popular_on_hit_rate(loo_split, tmp_path, model):
+    metrics = train(loo_split.path, tmp_path / model, model, epochs=8, recall_users=0)
+    popular = metrics["baselines"]["most_popular"]["test"]
+    assert metrics["test"]["hr@10"] > popular["hr@10"] + 0.05
+    assert metrics["test"]["ndcg@10"] > popular["ndcg@10"]
+    assert metrics["beaten_by"] == []
+    assert "rmse" not in metrics["test"]  # interaction scores are not ratings

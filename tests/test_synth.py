@@ -1,0 +1,269 @@
+"""Tests of the synthetic Netflix-format generator (recsys_core.synth)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+import recsys_core.synth as synth
+from recsys_core.cli import main as cli_main
+from recsys_core.errors import RecsysError
+from recsys_core.io import read_json
+from recsys_core.synth import Oracle, generate_netflix, load_oracle, scaled_shape
+
+SCALE = 0.002
+LINE = re.compile(rb"([1-9][0-9]{0,6}),([1-5]),(\d{4}-\d{2}-\d{2})\n")
+
+
+@pytest.fixture(autouse=True)
+def _no_bars(monkeypatch):
+    monkeypatch.setenv("RECSYS_PROGRESS", "0")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "netflix"
+    meta = generate_netflix(out, scale=SCALE, seed=7, tar=True)
+    return out, meta
+
+
+def parse_training_set(folder: Path):
+    """All ratings of a training_set folder as arrays, checking every line's exact format."""
+    files = sorted(folder.iterdir())
+    users, movies, ratings, days = [], [], [], []
+    for path in files:
+        data = path.read_bytes()
+        movie_id = int(re.fullmatch(r"mv_(\d{7})\.txt", path.name).group(1))
+        header, _, body = data.partition(b"\n")
+        assert header == f"{movie_id}:".encode(), path
+        assert b"\r" not in data
+        for line in body.splitlines(keepends=True):
+            match = LINE.fullmatch(line)
+            assert match, (path, line)
+            users.append(int(match.group(1)))
+            movies.append(movie_id)
+            ratings.append(int(match.group(2)))
+            days.append(dt.date.fromisoformat(match.group(3).decode()))
+    return files, np.array(users), np.array(movies), np.array(ratings), np.array(days)
+
+
+@pytest.fixture(scope="module")
+def parsed(generated):
+    out, _ = generated
+    return parse_training_set(out / "training_set")
+
+
+def test_scale_rule():
+    assert scaled_shape(1.0) == (17_770, 480_189, 100_480_507)
+    assert scaled_shape(0.01)[:2] == (1777, 4802)
+    assert scaled_shape(0.001)[:2] == (562, 480)
+
+
+def test_layout_every_movie_file_and_line_format(generated, parsed):
+    out, meta = generated
+    files, users, movies, ratings, days = parsed
+    n_movies, n_users, target = scaled_shape(SCALE)
+    assert [p.name for p in files] == [f"mv_{i:07d}.txt" for i in range(1, n_movies + 1)]
+    assert meta["movies"] == n_movies and meta["customers"] == n_users
+    # Unreleased movies keep their file with only the header line.
+    header_only = [p for p in files if p.read_bytes().count(b"\n") == 1]
+    assert header_only and meta["rated_movies"] == n_movies - len(header_only)
+    # Lines of one movie are ordered by customer id.
+    for movie in np.unique(movies)[:50]:
+        assert np.all(np.diff(users[movies == movie]) > 0)
+    assert abs(len(ratings) - target) < 0.05 * target
+
+
+def test_counts_match_synth_json(generated, parsed):
+    out, meta = generated
+    files, users, movies, ratings, days = parsed
+    assert synth.read_synth_meta(out) == {k: v for k, v in meta.items() if k != "phase_seconds"}
+    assert meta["ratings"] == len(ratings)
+    assert meta["rating_customers"] == len(np.unique(users)) == meta["customers"]
+    assert meta["rated_movies"] == len(np.unique(movies))
+    assert meta["rating_counts"] == {str(r): int((ratings == r).sum()) for r in range(1, 6)}
+    assert meta["training_set_bytes"] == sum(p.stat().st_size for p in files)
+    months = np.array([d.strftime("%Y-%m") for d in days])
+    keys, counts = np.unique(months, return_counts=True)
+    assert meta["ratings_per_month"] == dict(zip(keys.tolist(), counts.tolist()))
+    assert meta["first_date"] == min(days).isoformat() and meta["last_date"] == max(days).isoformat()
+
+
+def test_ratings_pairs_ids_and_dates(parsed):
+    _, users, movies, ratings, days = parsed
+    assert set(np.unique(ratings)) == {1, 2, 3, 4, 5}
+    assert 3.45 < ratings.mean() < 3.8
+    assert np.bincount(ratings).argmax() == 4  # mode 4, like Netflix
+    pairs = users.astype(np.int64) * 100_000 + movies
+    assert len(np.unique(pairs)) == len(pairs), "duplicate (customer, movie) pair"
+    assert users.min() >= 1 and users.max() <= synth.MAX_CUSTOMER_ID
+    assert days.min() >= dt.date(1999, 11, 11) and days.max() <= dt.date(2005, 12, 31)
+    per_year = {y: sum(d.year == y for d in days) for y in range(2000, 2006)}
+    assert per_year[2001] < per_year[2003] < per_year[2004] < per_year[2005]
+    # Heavy tails, and every customer has a few ratings.
+    per_user = np.unique(users, return_counts=True)[1]
+    per_movie = np.unique(movies, return_counts=True)[1]
+    assert per_user.min() >= 3 and per_user.max() > 4 * np.median(per_user)
+    assert per_movie.max() > 4 * np.percentile(per_movie, 10)
+
+
+def test_full_scale_world_is_heavy_tailed():
+    """At scale 1.0 the planned activity looks like Netflix (mean ~209, median ~96 ratings per user)."""
+    n_movies, n_users, target = scaled_shape(1.0)
+    world = synth._build_world(n_movies, n_users, target, synth.SynthParams(), seed=0)
+    counts = world.user_counts
+    assert abs(counts.sum() - target) < 0.001 * target
+    assert 180 < counts.mean() < 240 and 70 < np.median(counts) < 130 and counts.min() >= 3
+    expected_raters = world.movie_weights * target
+    assert expected_raters.max() > 50 * np.median(expected_raters)
+    assert expected_raters.max() <= 0.5 * n_users + 1
+    assert len(np.unique(world.user_ids)) == n_users
+
+
+def test_time_splits_populated_like_netflix(parsed):
+    _, users, _, _, days = parsed
+
+    def window(a, b):
+        return (days >= dt.date.fromisoformat(a)) & (days <= dt.date.fromisoformat(b))
+
+    share = {
+        "NF": window("1999-12-01", "2005-11-30").mean(),
+        "N1Y": window("2004-06-01", "2005-05-31").mean(),
+        "N6M": window("2005-06-01", "2005-11-30").mean(),
+        "N3M": window("2005-09-01", "2005-11-30").mean(),
+        "Dec": window("2005-12-01", "2005-12-31").mean(),
+        "Jun": window("2005-06-01", "2005-06-30").mean(),
+    }
+    real = {"NF": 0.976, "N1Y": 0.413, "N6M": 0.290, "N3M": 0.136, "Dec": 0.0224, "Jun": 0.0387}
+    for name, expected in real.items():
+        assert abs(share[name] - expected) < 0.2 * expected, (name, share[name])
+    december_users = np.unique(users[window("2005-12-01", "2005-12-31")])
+    train_users = np.unique(users[window("2005-09-01", "2005-11-30")])
+    assert np.isin(december_users, train_users).mean() > 0.8
+
+
+def test_movie_titles_latin1_null_years_commas_accents(generated):
+    out, meta = generated
+    raw = (out / "movie_titles.txt").read_bytes()
+    assert b"\r" not in raw
+    lines = raw.decode("latin-1").splitlines()
+    assert len(lines) == meta["movies"]
+    fields = [line.split(",", 2) for line in lines]
+    assert [int(f[0]) for f in fields] == list(range(1, meta["movies"] + 1))
+    assert all(f[1] == "NULL" or re.fullmatch(r"(19|20)\d\d", f[1]) for f in fields)
+    assert any(f[1] == "NULL" for f in fields)
+    assert any("," in f[2] for f in fields)
+    assert any(any(ord(ch) > 127 for ch in f[2]) for f in fields)
+    with pytest.raises(UnicodeDecodeError):  # really ISO-8859-1, not UTF-8
+        raw.decode("utf-8")
+
+
+def test_tar_members_equal_folder_files(generated):
+    out, _ = generated
+    folder = out / "training_set"
+    with tarfile.open(out / "training_set.tar") as archive:
+        members = archive.getmembers()
+        assert members[0].name == "training_set" and members[0].isdir()
+        names = [m.name for m in members[1:]]
+        assert names == [f"training_set/{p.name}" for p in sorted(folder.iterdir())]
+        for member in members[1:]:
+            assert archive.extractfile(member).read() == (out / member.name).read_bytes()
+    assert (out / "training_set.tar").stat().st_size % tarfile.RECORDSIZE == 0
+
+
+def all_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_byte_identical_other_seed_differs(generated, tmp_path):
+    out, _ = generated
+    again = tmp_path / "again"
+    generate_netflix(again, scale=SCALE, seed=7, tar=True)
+    assert all_files(again) == all_files(out)
+    other = tmp_path / "other"
+    generate_netflix(other, scale=SCALE, seed=8, tar=False)
+    assert not (other / "training_set.tar").exists()
+    assert (other / "training_set" / "mv_0000001.txt").read_bytes() != (
+        out / "training_set" / "mv_0000001.txt").read_bytes()
+    assert all_files(other)["oracle.npz"] != all_files(out)["oracle.npz"]
+
+
+def test_oracle_predict_is_exact_expected_rating():
+    sd = 0.9
+    scores = np.array([-3.0, 0.7, 1.2, 2.5, 3.0, 3.49, 4.1, 5.3, 8.0])
+    edges = np.array([1.5, 2.5, 3.5, 4.5])
+    cdf = norm.cdf((edges[None, :] - scores[:, None]) / sd)
+    probs = np.diff(np.concatenate([np.zeros((len(scores), 1)), cdf, np.ones((len(scores), 1))], axis=1), axis=1)
+    exact = probs @ np.arange(1, 6)
+    mean, square = synth._expected_rating_and_square(scores, sd)
+    np.testing.assert_allclose(mean, exact, atol=1e-12)
+    np.testing.assert_allclose(square, probs @ np.arange(1, 6) ** 2, atol=1e-12)
+    assert mean[0] < 1.001 and mean[-1] > 4.999
+    # Monte Carlo: simulate the generating process for each score.
+    rng = np.random.default_rng(0)
+    draws = np.clip(np.rint(scores[:, None] + rng.normal(0, sd, (len(scores), 200_000))), 1, 5)
+    np.testing.assert_allclose(draws.mean(axis=1), mean, atol=0.01)
+
+
+def test_oracle_on_generated_data(generated, parsed):
+    out, meta = generated
+    _, users, movies, ratings, _ = parsed
+    oracle = load_oracle(out)
+    assert isinstance(oracle, Oracle)
+    u = np.searchsorted(oracle.user_ids, users)
+    i = movies - 1
+    manual = (oracle.mu + oracle.user_bias[u] + oracle.item_bias[i]
+              + (oracle.user_factors[u].astype(float) * oracle.item_factors[i]).sum(axis=1))
+    np.testing.assert_allclose(oracle.score(users, movies), manual, atol=1e-5)
+    rmse = oracle.rmse(users, movies, ratings)
+    assert rmse == pytest.approx(meta["oracle_rmse"], abs=1e-6)
+    assert rmse == pytest.approx(oracle.expected_rmse(users, movies), abs=0.01)
+    assert 0.78 < rmse < 0.9
+    # The low-rank part carries signal: the oracle clearly beats user + item biases alone.
+    bias_only = np.clip(oracle.mu + oracle.user_bias[u] + oracle.item_bias[i], 1, 5)
+    assert np.sqrt(np.mean((bias_only - ratings) ** 2)) > rmse + 0.05
+    np.testing.assert_allclose(oracle.score(users[:6].reshape(2, 3), movies[:6].reshape(2, 3)).ravel(), manual[:6])
+    with pytest.raises(RecsysError, match="customer ids but"):
+        oracle.score(users[:3], movies[:2])
+    with pytest.raises(RecsysError, match="customer id"):
+        oracle.score([users.max() + 1 if users.max() < synth.MAX_CUSTOMER_ID else 0], [1])
+
+
+def test_failed_run_keeps_previous_output(generated, tmp_path, monkeypatch):
+    out = tmp_path / "keep"
+    generate_netflix(out, scale=0.0005, seed=1)
+    before = all_files(out)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synth, "_format_movies", broken)
+    with pytest.raises(OSError):
+        generate_netflix(out, scale=0.0005, seed=2)
+    assert all_files(out) == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_help_run_and_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["synth", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--scale", "--seed", "--tar", "OUT"):
+        assert option in text
+    assert cli_main(["synth", str(tmp_path / "cli"), "--scale", "0.0005", "--seed", "3"]) == 0
+    assert "ratings" in capsys.readouterr().out
+    assert read_json(tmp_path / "cli" / "synth.json")["seed"] == 3
+    assert cli_main(["synth", str(tmp_path / "bad"), "--scale", "5"]) == 2
+    assert "scale must be between" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli_main(["synth", str(tmp_path / "file")]) == 2
+    with pytest.raises(RecsysError, match="oracle.npz"):
+        load_oracle(tmp_path / "bad")
+    with pytest.raises(RecsysError, match="synth.json"):
+        synth.read_synth_meta(tmp_path / "bad")
