@@ -846,7 +846,8 @@ def split(ratings_dir: str | Path, out_dir: str | Path, protocol: str, **options
 def _run_cli(args) -> int:
     options = {"seed": args.seed}
     if args.protocol == "netflix-time":
-        options.update(splits=args.splits.split(",") if args.splits else None, valid_share=args.valid_share)
+        names = [n.strip() for n in args.splits.split(",") if n.strip()] if args.splits else None
+        options.update(splits=names, valid_share=args.valid_share)
     elif args.protocol == "time":
         options.update(train_start=args.train_start, train_end=args.train_end, test_start=args.test_start,
                        test_end=args.test_end, quantile=args.quantile, valid_share=args.valid_share)
