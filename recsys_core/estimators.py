@@ -126,7 +126,11 @@ class RowsEstimator(Estimator):
             yield row_batch(self.matrix, order[start:start + self.batch_size]).to(self.device)
 
     def _noisy(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.dropout(values, self.input_noise) if self.input_noise > 0 else values
+        """Input dropout WITHOUT the 1/(1-p) rescaling of nn.Dropout: a kept rating keeps its value
+        (a rescaled 5 would read as a 10), a dropped one reads as unrated."""
+        if self.input_noise <= 0:
+            return values
+        return values * (torch.rand_like(values) >= self.input_noise).to(values.dtype)
 
     def _is_dense(self, batch: RowBatch) -> bool:
         """Sparse paths (embedding_bag in, gathered outputs) pay off below ~1/16 density; denser batches
