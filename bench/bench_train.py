@@ -124,7 +124,8 @@ def reference_full(args, data, initial_state, train_rows) -> None:
     ref = ReferenceAutoEncoder([n_items, *NF["layers"]], "selu", 0.8, last_layer_activations=False)
     ref.copy_from(start)
     train_lists, test_lists = as_user_lists(data.train), as_user_lists(data.test)
-    optimizer = torch.optim.Adam(ref.parameters(), lr=args.lr)
+    optimizer = (torch.optim.SGD(ref.parameters(), lr=args.lr, momentum=0.9) if args.optimizer == "sgd"
+                 else torch.optim.Adam(ref.parameters(), lr=args.lr))
     epoch_s = []
     for epoch in range(1, args.reference_epochs + 1):
         order = np.random.default_rng([0, epoch]).permutation(train_rows).tolist()
