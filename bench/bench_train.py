@@ -41,7 +41,7 @@ from recsys_core.models.autoencoder import DeepAutoencoder  # noqa: E402
 from recsys_core.models.ncf import NCF  # noqa: E402
 from recsys_core.training import fit, make_optimizer  # noqa: E402
 
-NF = dict(layers=[512, 512, 1024], dropout=0.8, refeed=1, batch_size=128, activation="selu",
+NF = dict(layers=[512, 512, 1024], dropout=0.8, refeed=1, batch_size=128, activation="selu", output_bias="zero",
           last_layer_activation=False, constrained=False, noise=0.0)
 
 
@@ -90,6 +90,7 @@ def autoencoder(args) -> None:
     model = DeepAutoencoder(n_items, NF["layers"], "selu", 0.8, False, False)
     estimator = RowsEstimator(model, data, config, torch.device("cpu"))
     users_trained = len(estimator.train_rows)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
         result = fit(estimator, config, Path(run_dir))
@@ -105,8 +106,39 @@ def autoencoder(args) -> None:
            eval_pass_s=round(eval_s, 2), test_rmse=round(test["rmse"], 4),
            valid_rmse_per_epoch=[round(v, 4) for v in result["history"]["valid"]],
            achieved_gflops=round(flops / np.mean(epoch_s) / 1e9, 1))
+    if args.reference_epochs:
+        reference_full(args, data, initial, estimator.train_rows)
     if args.reference_batches:
         reference(args, data, model_seed=0)
+
+
+def reference_full(args, data, initial_state, train_rows) -> None:
+    """Train the reference-style implementation for the same epochs from the same initial weights, with
+    the same user order and dropout seeds per epoch, then evaluate it on all test users as it does."""
+    from reference_autoencoder import (ReferenceAutoEncoder, as_user_lists, evaluate_users, rmse_of,
+                                       train_batches)
+
+    n_items = data.train.shape[1]
+    start = DeepAutoencoder(n_items, NF["layers"], "selu", 0.8, False, False)
+    start.load_state_dict(initial_state)
+    ref = ReferenceAutoEncoder([n_items, *NF["layers"]], "selu", 0.8, last_layer_activations=False)
+    ref.copy_from(start)
+    train_lists, test_lists = as_user_lists(data.train), as_user_lists(data.test)
+    optimizer = (torch.optim.SGD(ref.parameters(), lr=args.lr, momentum=0.9) if args.optimizer == "sgd"
+                 else torch.optim.Adam(ref.parameters(), lr=args.lr))
+    epoch_s = []
+    for epoch in range(1, args.reference_epochs + 1):
+        order = np.random.default_rng([0, epoch]).permutation(train_rows).tolist()
+        torch.manual_seed(epoch)  # seed 0 * 1_000_003 + epoch, as recsys_core.training
+        started = time.perf_counter()
+        train_batches(ref, optimizer, train_lists, order, n_items, 128, 1)
+        epoch_s.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    total, count, clipped = evaluate_users(ref, train_lists, test_lists, n_items, sorted(test_lists))
+    eval_s = time.perf_counter() - started
+    report("reference-style-cpu-full", threads=args.threads, epochs=args.reference_epochs,
+           seconds_per_epoch=[round(x, 1) for x in epoch_s], eval_pass_s=round(eval_s, 1),
+           test_rmse=round(rmse_of(total, count), 4), test_rmse_clipped=round(rmse_of(clipped, count), 4))
 
 
 def reference(args, data, model_seed: int) -> None:
@@ -264,6 +296,9 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--optimizer", default="adam")
     a.add_argument("--lr", type=float, default=0.001)
+    a.add_argument("--reference-epochs", type=int, default=0,
+                   help="also train the reference-style implementation for these many full epochs (same start, "
+                        "order and dropout seeds) and evaluate it on every test user")
     a.add_argument("--reference-batches", type=int, default=20, help="batches timed for the reference (0: skip)")
     a.add_argument("--reference-eval-users", type=int, default=300)
     a.set_defaults(func=autoencoder)

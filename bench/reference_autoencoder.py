@@ -112,9 +112,10 @@ def train_batches(model, optimizer, data, users_in_order, n_items, batch_size, r
 
 
 def evaluate_users(model, train_data, eval_data, n_items, users):
-    """run.py ``evaluate``: one user per batch, dense input and target; returns (sum sq, count)."""
+    """run.py ``evaluate``: one user per batch, dense input and target; returns (sum sq, count, sum sq of
+    the predictions clipped to 1..5 as recsys_core evaluates)."""
     model.eval()
-    total, count = 0.0, 0.0
+    total, count, clipped = 0.0, 0.0, 0.0
     with torch.no_grad():
         for u in users:
             inputs = dense_batch(train_data, [u], n_items) if u in train_data else torch.zeros(1, n_items)
@@ -123,7 +124,8 @@ def evaluate_users(model, train_data, eval_data, n_items, users):
             loss, num = mse_loss(outputs, targets)
             total += float(loss)
             count += float(num)
-    return total, count
+            clipped += float(mse_loss(outputs.clamp(1.0, 5.0), targets)[0])
+    return total, count, clipped
 
 
 def rmse_of(total: float, count: float) -> float:

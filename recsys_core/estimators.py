@@ -105,6 +105,7 @@ class RowsEstimator(Estimator):
         self.train_rows = np.flatnonzero(np.diff(self.matrix.indptr) > 0)
         self.input_noise = float(config.get("noise", 0.0))
         self.refeed = int(config.get("refeed", 0))
+        self.noise_loss = config.get("noise_loss", "all")
         if config.get("output_bias") == "mean" and not model.last_layer_activation:
             self._init_output_bias()
 
@@ -126,7 +127,11 @@ class RowsEstimator(Estimator):
             yield row_batch(self.matrix, order[start:start + self.batch_size]).to(self.device)
 
     def _noisy(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.dropout(values, self.input_noise) if self.input_noise > 0 else values
+        """Input dropout WITHOUT the 1/(1-p) rescaling of nn.Dropout: a kept rating keeps its value
+        (a rescaled 5 would read as a 10), a dropped one reads as unrated."""
+        if self.input_noise <= 0:
+            return values
+        return values * (torch.rand_like(values) >= self.input_noise).to(values.dtype)
 
     def _is_dense(self, batch: RowBatch) -> bool:
         """Sparse paths (embedding_bag in, gathered outputs) pay off below ~1/16 density; denser batches
@@ -139,18 +144,24 @@ class RowsEstimator(Estimator):
         # Re-feeding needs the dense output anyway, and the backward of one dense product is cheaper
         # than the scatter-adds of the gathered path; without re-feeding, sparse batches gather.
         full_output = dense or self.refeed > 0
+        values = self._noisy(batch.values)
         with self.autocast():
             if dense:
-                code = model.encode_dense(self._noisy(batch.dense(self.matrix.shape[1])))
+                code = model.encode_dense(batch.dense(self.matrix.shape[1], values))
             else:
-                code = model.encode_sparse(batch.cols, self._noisy(batch.values), batch.offsets)
+                code = model.encode_sparse(batch.cols, values, batch.offsets)
             hidden = model.decode_hidden(code)
             if full_output:
                 full = model.output_full(hidden)
                 observed = full[batch.owner, batch.cols]
             else:
                 observed = model.output_at(hidden, batch.owner, batch.cols)
-        loss = observed_mse(observed, batch.values)
+        if self.input_noise > 0 and self.noise_loss == "dropped":
+            # only the ratings hidden from the input count: copying the input earns nothing
+            dropped = values == 0
+            loss = observed_mse(observed[dropped], batch.values[dropped]) if dropped.any() else observed.sum() * 0
+        else:
+            loss = observed_mse(observed, batch.values)
         if self.refeed:
             # The dense output of this pass (same dropout draw) becomes the next input; the loss then
             # covers every item, against that detached output (the paper's dense re-feeding).

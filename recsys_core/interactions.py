@@ -67,9 +67,10 @@ class RowBatch:
                         self.values.to(device, non_blocking=True), self.offsets.to(device, non_blocking=True),
                         self.owner.to(device, non_blocking=True))
 
-    def dense(self, n_cols: int) -> torch.Tensor:
+    def dense(self, n_cols: int, values: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch rows as a dense block (``values`` replaces the stored values, e.g. after noise)."""
         out = torch.zeros(len(self.rows), n_cols, device=self.values.device)
-        out[self.owner, self.cols] = self.values
+        out[self.owner, self.cols] = self.values if values is None else values
         return out
 
 

@@ -13,11 +13,14 @@ of the column indices, which is much faster than a global sort on (row, col) key
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import polars as pl
@@ -239,8 +242,33 @@ def _negatives(split_dir: Path, users: DenseIndex, items: DenseIndex) -> dict[st
     return {"rows": rows.astype(np.int32), "items": cols.astype(np.int32)}
 
 
+@contextlib.contextmanager
+def _small_pages() -> Iterator[None]:
+    """Ask numpy not to madvise huge pages for new arrays while the block runs.
+
+    With transparent huge pages in ``madvise`` mode the kernel compacts memory on the first touch
+    of every advised array; on a machine whose memory is full of page cache that made first touches
+    several times slower than the work done on the arrays (measured: 0.87 s vs 0.14 s for 400 MB).
+    """
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # another numpy layout: keep its default
+        yield
+        return
+    previous = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(previous)
+
+
 def build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
     """Matrices of one split folder into ``out_dir`` (replaced atomically); returns its meta."""
+    with _small_pages():
+        return _build_split_matrices(split_dir, out_dir)
+
+
+def _build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -271,41 +299,50 @@ def build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
     values = {part: _fill(rating_chunks.pop(part), dtype=np.float32) for part in PARTS}
     lap("map")
     shape = (len(users), len(items))
+    meta_path = split_dir / "split.json"
+    split_info = read_json(meta_path) if meta_path.is_file() else {}
+    negatives = _negatives(split_dir, users, items)
     matrices: dict[str, sp.csr_matrix] = {}
-    for part in PARTS:
+
+    def build(part: str) -> sp.csr_matrix:
         try:
             matrices[part] = csr_from_coo(rows.pop(part), cols[part], values[part], shape)
         except ValueError as err:
             raise InputError(split_dir / f"{part}.parquet", f"holds {err}; each user rates an item at most once") from None
-    lap("csr")
-    # the coordinate arrays of train are free now: the transpose fills them instead of new memory
-    train_by_item = transpose_csr(matrices["train"], cols.pop("train"), values.pop("train"))
-    cols.clear()
-    values.clear()
-    lap("transpose")
-    meta_path = split_dir / "split.json"
-    split_info = read_json(meta_path) if meta_path.is_file() else {}
-    meta = {
-        "split": split_info.get("split", split_dir.name),
-        "protocol": split_info.get("protocol"),
-        "n_users": shape[0],
-        "n_items": shape[1],
-        "nnz": {part: int(matrices[part].nnz) for part in PARTS},
-        "rating_min": rating_min,
-        "rating_max": rating_max,
-        "rating_step": rating_step,
-    }
-    negatives = _negatives(split_dir, users, items)
-    with atomic_dir(out_dir) as tmp:
-        for part in PARTS:
-            save_npz_uncompressed(tmp / f"{part}.npz", matrices[part])
-        save_npz_uncompressed(tmp / "train_by_item.npz", train_by_item)
+        return matrices[part]
+
+    # Writing ~1.6 GB of npz is kernel time; a writer thread overlaps it with the CSR work on the main
+    # thread. The pool is closed (all writes done) before atomic_dir renames or discards the folder.
+    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="npz-writer") as pool:
+        writes = [pool.submit(save_npz_uncompressed, tmp / "train.npz", build("train"))]
+        lap("csr")
+        # the coordinate arrays of train are free now: the transpose fills them instead of new memory
+        train_by_item = transpose_csr(matrices["train"], cols.pop("train"), values.pop("train"))
+        writes.append(pool.submit(save_npz_uncompressed, tmp / "train_by_item.npz", train_by_item))
+        lap("transpose")
+        for part in PARTS[1:]:
+            save_npz_uncompressed(tmp / f"{part}.npz", build(part))
+        cols.clear()
+        values.clear()
+        lap("csr")
+        meta = {
+            "split": split_info.get("split", split_dir.name),
+            "protocol": split_info.get("protocol"),
+            "n_users": shape[0],
+            "n_items": shape[1],
+            "nnz": {part: int(matrices[part].nnz) for part in PARTS},
+            "rating_min": rating_min,
+            "rating_max": rating_max,
+            "rating_step": rating_step,
+        }
         pq.write_table(pa.table({"row": pa.array(np.arange(len(users), dtype=np.int32)), "user_id": pa.array(users.ids)}),
                        tmp / "users.parquet")
         pq.write_table(_items_table(split_dir, items), tmp / "items.parquet")
         if negatives is not None:
             np.savez(tmp / "negatives.npz", **negatives)
         write_json(tmp / "meta.json", meta)
+        for write in writes:
+            write.result()
         lap("write")
     log.info("matrices %s: %s (%.1f s)", meta["split"], timings, time.perf_counter() - started)
     return {**meta, "seconds": timings}

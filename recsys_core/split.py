@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 from recsys_core.errors import InputError, RecsysError
 from recsys_core.io import atomic_dir, write_json
@@ -672,38 +673,43 @@ def _sample_negatives(rng: np.random.Generator, user_codes: np.ndarray, interact
     """``count`` distinct item codes per user that the user never interacted with.
 
     ``interacted`` holds sorted keys ``user_code * n_items + item_code`` of all interactions and
-    ``per_user`` the number of distinct items of each user. Rejection sampling in bulk; users with
-    few free items fall back to an exact choice from their complement.
+    ``per_user`` the number of distinct items of each user. Rejection sampling in blocks of bounded
+    size (a few rounds, wider for the users still short); users who rated most of the catalogue,
+    and any still short after the rounds, get an exact choice from their complement.
     """
     result = np.empty((len(user_codes), count), dtype=np.int64)
-    pending = np.arange(len(user_codes))
-    for attempt in range(4):
+    free_share = 1.0 - per_user / n_items
+    pending = np.flatnonzero(free_share >= 0.25)
+    exact = [np.flatnonzero(free_share < 0.25)]
+    for attempt in range(3):
         if len(pending) == 0:
-            return result
-        free_share = 1.0 - per_user[pending].max() / n_items
-        if free_share < 0.5 and attempt > 0:
             break
-        width = int(count / max(free_share, 0.05) * 1.3) + 8
-        draws = rng.integers(0, n_items, size=(len(pending), width))
-        keys = user_codes[pending, None].astype(np.int64) * n_items + draws
-        pos = np.searchsorted(interacted, keys)
-        seen = interacted[np.minimum(pos, len(interacted) - 1)] == keys
-        # a repeat of an earlier draw in the same row is no new negative
-        order = np.argsort(draws, axis=1, kind="stable")
-        sorted_draws = np.take_along_axis(draws, order, axis=1)
-        repeat_sorted = np.zeros_like(sorted_draws, dtype=bool)
-        repeat_sorted[:, 1:] = sorted_draws[:, 1:] == sorted_draws[:, :-1]
-        repeat = np.zeros_like(repeat_sorted)
-        np.put_along_axis(repeat, order, repeat_sorted, axis=1)
-        good = ~seen & ~repeat
-        enough = good.sum(axis=1) >= count
-        done = pending[enough]
-        if len(done):
-            rows = good[enough]
-            picks = np.argsort(~rows, axis=1, kind="stable")[:, :count]  # first `count` good draws in draw order
-            result[done] = np.take_along_axis(draws[enough], picks, axis=1)
-        pending = pending[~enough]
-    for row in pending:  # exact fallback for users who rated most of the catalogue
+        share = 0.9 if attempt == 0 else max(float(free_share[pending].min()), 0.25)
+        width = int(count / share * 1.3) + 8
+        block = max(1, (1 << 21) // width)  # bounds the temporaries to a few tens of MB
+        short = []
+        for start in range(0, len(pending), block):
+            rows_here = pending[start:start + block]
+            draws = rng.integers(0, n_items, size=(len(rows_here), width))
+            keys = user_codes[rows_here, None].astype(np.int64) * n_items + draws
+            pos = np.searchsorted(interacted, keys)
+            seen = interacted[np.minimum(pos, len(interacted) - 1)] == keys
+            # a repeat of an earlier draw in the same row is no new negative
+            order = np.argsort(draws, axis=1, kind="stable")
+            sorted_draws = np.take_along_axis(draws, order, axis=1)
+            repeat_sorted = np.zeros_like(sorted_draws, dtype=bool)
+            repeat_sorted[:, 1:] = sorted_draws[:, 1:] == sorted_draws[:, :-1]
+            repeat = np.zeros_like(repeat_sorted)
+            np.put_along_axis(repeat, order, repeat_sorted, axis=1)
+            good = ~seen & ~repeat
+            enough = good.sum(axis=1) >= count
+            if enough.any():
+                picks = np.argsort(~good[enough], axis=1, kind="stable")[:, :count]  # first good draws, in order
+                result[rows_here[enough]] = np.take_along_axis(draws[enough], picks, axis=1)
+            short.append(rows_here[~enough])
+        pending = np.concatenate(short)
+    exact.append(pending)
+    for row in np.sort(np.concatenate(exact)):
         lo, hi = np.searchsorted(interacted, [user_codes[row] * n_items, (user_codes[row] + 1) * n_items])
         mine = interacted[lo:hi] - user_codes[row] * n_items
         free = np.setdiff1d(np.arange(n_items), mine)
@@ -756,11 +762,21 @@ def split_leave_one_out(ratings_dir: Path, out_dir: Path, valid: bool = False, n
     test_users = np.sort(test_t.column("user_id").to_numpy())
     neg_ids = np.zeros((len(test_users), 0), dtype=np.int32)
     if negatives:
-        user_universe = np.unique(frame["user_id"].to_numpy())
-        u_code = np.searchsorted(user_universe, frame["user_id"].to_numpy())
-        i_code = np.searchsorted(item_universe, frame["item_id"].to_numpy())
-        interacted = np.unique(u_code.astype(np.int64) * len(item_universe) + i_code)
-        per_user = np.bincount(interacted // len(item_universe), minlength=len(user_universe))
+        from recsys_core.matrices import DenseIndex
+
+        raw_users, raw_items = frame["user_id"].to_numpy(), frame["item_id"].to_numpy()
+        user_index, item_index = DenseIndex([raw_users]), DenseIndex([raw_items])
+        user_universe = user_index.ids
+        # a canonical CSR (C++ counting sort, repeats merged) lists the distinct (user, item) codes in
+        # key order: far cheaper than np.unique over all keys
+        ratings_csr = sp.csr_matrix(
+            (np.ones(len(raw_users), np.float32), (user_index.positions(raw_users), item_index.positions(raw_items))),
+            shape=(len(user_universe), len(item_universe)))
+        ratings_csr.sum_duplicates()
+        per_user = np.diff(ratings_csr.indptr)
+        interacted = np.repeat(np.arange(len(user_universe), dtype=np.int64), per_user) * len(item_universe) \
+            + ratings_csr.indices
+        del ratings_csr
         test_codes = np.searchsorted(user_universe, test_users)
         short = per_user[test_codes] > len(item_universe) - negatives
         if short.any():
@@ -830,7 +846,8 @@ def split(ratings_dir: str | Path, out_dir: str | Path, protocol: str, **options
 def _run_cli(args) -> int:
     options = {"seed": args.seed}
     if args.protocol == "netflix-time":
-        options.update(splits=args.splits.split(",") if args.splits else None, valid_share=args.valid_share)
+        names = [n.strip() for n in args.splits.split(",") if n.strip()] if args.splits else None
+        options.update(splits=names, valid_share=args.valid_share)
     elif args.protocol == "time":
         options.update(train_start=args.train_start, train_end=args.train_end, test_start=args.test_start,
                        test_end=args.test_end, quantile=args.quantile, valid_share=args.valid_share)

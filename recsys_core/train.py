@@ -275,7 +275,7 @@ def plot_learning_curve(history: dict, estimator, dest: Path) -> None:
     epochs = history["epoch"]
     valid = [np.nan if v is None else v for v in history["valid"]]
     if estimator.rating_model:
-        ax.plot(epochs, np.sqrt(history["train_loss"]), marker=".", label="train RMSE (observed, dropout on)")
+        ax.plot(epochs, np.sqrt(history["train_loss"]), marker=".", label="train RMSE (observed ratings, training mode)")
         ax.plot(epochs, valid, marker=".", label="valid RMSE")
         ax.set_ylabel("RMSE")
     else:
@@ -337,6 +337,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--last-layer-activation", action=argparse.BooleanOptionalAction,
                    help="apply the activation to the output layer too")
     a.add_argument("--noise", type=float, help="input dropout probability (denoising)")
+    a.add_argument("--noise-loss", choices=["all", "dropped"],
+                   help="with --noise: the loss covers all observed ratings (default) or only those dropped "
+                        "from the input (pure denoising: copying the input earns nothing)")
     a.add_argument("--refeed", type=int, help="dense re-feeding steps per batch (the paper uses 1)")
     a.add_argument("--output-bias", choices=["mean", "zero"],
                    help="initial output bias: each output's mean training rating (default; linear output "
@@ -352,7 +355,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 OPTION_NAMES = ["epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "lr_milestones", "lr_gamma",
                 "patience", "seed", "amp", "eval_batch_size", "k", "recall_users", "preset", "layers",
-                "activation", "dropout", "constrained", "last_layer_activation", "noise", "refeed", "output_bias", "dim",
+                "activation", "dropout", "constrained", "last_layer_activation", "noise", "noise_loss", "refeed", "output_bias", "dim",
                 "hidden", "l2", "squash", "negatives"]
 
 

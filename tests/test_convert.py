@@ -462,6 +462,23 @@ def test_output_may_not_overlap_the_input(tmp_path, src_form, out_form):
     assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
+def test_unpadded_file_names_are_read_in_movie_order(tmp_path):
+    ratings = {9: [(1, 1, "2005-01-01")], 10: [(2, 2, "2005-01-02")]}
+    src = write_netflix(tmp_path / "nf", ratings={}, titles=b"9,2000,A\n10,2000,B\n",
+                        overrides={"mv_9.txt": movie_text(9, ratings[9]), "mv_10.txt": movie_text(10, ratings[10])})
+    convert(src, tmp_path / "out")
+    assert read_rows(tmp_path / "out") == expected_netflix_rows(ratings)
+
+
+def test_a_folder_in_place_of_a_rating_file_is_refused(tmp_path):
+    src = write_netflix(tmp_path / "nf")
+    (src / "training_set" / "mv_0000002.txt").unlink()
+    (src / "training_set" / "mv_0000002.txt").mkdir()  # a folder where a rating file should be
+    with pytest.raises(InputError, match="mv_0000002.txt: is not a regular file"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_converts_and_reports_bad_input_in_one_sentence(tmp_path, capsys):
     src = write_netflix(tmp_path / "nf")
     assert main(["convert", str(src), str(tmp_path / "out"), "--compression", "zstd"]) == 0

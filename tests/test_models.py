@@ -111,3 +111,11 @@ def test_ncf_beats_most_popular_on_hit_rate(loo_split, tmp_path, model):
     assert metrics["test"]["ndcg@10"] > popular["ndcg@10"]
     assert metrics["beaten_by"] == []
     assert "rmse" not in metrics["test"]  # interaction scores are not ratings
+
+
+def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
+    metrics = train(rating_split.path, tmp_path / "dae", "autoencoder", epochs=3, noise=0.5, noise_loss="dropped",
+                    recall_users=0)
+    assert math.isfinite(metrics["test"]["rmse"]) and metrics["test"]["rmse"] < 2.0
+    with pytest.raises(RecsysError, match="noise_loss"):
+        resolve_config("autoencoder", {"noise_loss": "some"})

@@ -85,19 +85,22 @@ def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = D
     _refuse_overlap(inputs, out_dir)
     timings = Timings()
     start = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
-        sink = RatingsSink(tmp / "ratings.parquet", compression)
-        try:
-            if netflix is not None:
-                log.info("converting Netflix %s %s into %s", netflix.kind, netflix.path, out_dir)
-                catalog = convert_netflix(netflix, tmp, sink, timings, batch_mb)
-            else:
-                log.info("converting %s %s into %s", movielens.source, src, out_dir)
-                catalog = convert_movielens(src, movielens, tmp, sink, timings)
-        finally:
-            sink.close()
-        meta = write_meta(tmp, "netflix" if netflix else movielens.source, sink, catalog,
-                          _scale(netflix, movielens))
+    try:
+        with atomic_dir(out_dir) as tmp:
+            sink = RatingsSink(tmp / "ratings.parquet", compression)
+            try:
+                if netflix is not None:
+                    log.info("converting Netflix %s %s into %s", netflix.kind, netflix.path, out_dir)
+                    catalog = convert_netflix(netflix, tmp, sink, timings, batch_mb)
+                else:
+                    log.info("converting %s %s into %s", movielens.source, src, out_dir)
+                    catalog = convert_movielens(src, movielens, tmp, sink, timings)
+            finally:
+                sink.close()
+            meta = write_meta(tmp, "netflix" if netflix else movielens.source, sink, catalog,
+                              _scale(netflix, movielens))
+    except OSError as err:  # unreadable input, full disk, ...: the user's environment, one sentence
+        raise RecsysError(f"{err.filename or src}: {err.strerror or err} (nothing was written to {out_dir})") from err
     timings.wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = ConversionReport(meta, timings, _input_bytes(netflix.path if netflix else src / movielens.ratings_name),

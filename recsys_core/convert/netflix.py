@@ -19,6 +19,7 @@ import datetime
 import logging
 import os
 import re
+import stat
 import tarfile
 import time
 import zlib
@@ -89,6 +90,12 @@ def _load_by_offset(fd: int, offset: int, size: int, label: str) -> Callable[[me
     """Loader for a byte range of an open file (a rating file, or a member of a plain tar)."""
 
     def load(dest: memoryview) -> tuple[bytes, int]:
+        try:
+            return read(dest)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, label) from None
+
+    def read(dest: memoryview) -> tuple[bytes, int]:
         head = os.pread(fd, min(size, _HEAD_PROBE), offset)
         if len(head) < min(size, _HEAD_PROBE):
             raise InputError(label, "ends early: the file or archive is truncated")
@@ -115,7 +122,9 @@ def _load_from_bytes(data: bytes) -> Callable[[memoryview], tuple[bytes, int]]:
 
 
 def _folder_files(folder: Path) -> tuple[int, Iterator[_MovieFile]]:
-    names = sorted(name for name in os.listdir(folder) if _movie_id_of(name) is not None)
+    # By movie id (the order of the distribution's tar, also for names without zero padding).
+    names = sorted((name for name in os.listdir(folder) if _movie_id_of(name) is not None),
+                   key=lambda name: (_movie_id_of(name), name))
     if not names:
         raise InputError(folder, "holds no rating files named mv_NNNNNNN.txt")
 
@@ -124,8 +133,11 @@ def _folder_files(folder: Path) -> tuple[int, Iterator[_MovieFile]]:
             path = folder / name
             fd = os.open(path, os.O_RDONLY)
             try:
-                size = os.fstat(fd).st_size
-                yield _MovieFile(str(path), _movie_id_of(name), size, _load_by_offset(fd, 0, size, str(path)))
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode):
+                    raise InputError(path, "is not a regular file")
+                yield _MovieFile(str(path), _movie_id_of(name), status.st_size,
+                                 _load_by_offset(fd, 0, status.st_size, str(path)))
             finally:
                 os.close(fd)
 
