@@ -9,6 +9,19 @@ from recsys_core.errors import RecsysError
 LIBRARY_LOGGER = "recsys_core"
 
 
+def _inside_a_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+class _RunsOnly(logging.Filter):
+    """Library calls outside any flow (the CLI, tests, notebooks) log to the console only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _inside_a_run()
+
+
 def forward_library_logs(level: int = logging.INFO) -> None:
     """Send the ``recsys_core`` logger's records to the Prefect run they happen in (and the console).
 
@@ -20,7 +33,9 @@ def forward_library_logs(level: int = logging.INFO) -> None:
     library = logging.getLogger(LIBRARY_LOGGER)
     library.setLevel(level)
     if not any(isinstance(h, APILogHandler) for h in library.handlers):
-        library.addHandler(APILogHandler())
+        handler = APILogHandler()
+        handler.addFilter(_RunsOnly())
+        library.addHandler(handler)
 
 
 class _DropUserErrorTraceback(logging.Filter):

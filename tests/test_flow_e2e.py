@@ -68,6 +68,14 @@ def _latest_artifact(api: str, key: str) -> dict:
     return found[0]
 
 
+def _scheduled_runs(api: str, deployment: str) -> list[dict]:
+    body = json.dumps({"deployments": {"name": {"any_": [deployment]}},
+                       "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 10}).encode()
+    request = urllib.request.Request(api + "/flow_runs/filter", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -115,7 +123,8 @@ def test_deployment_runs_on_a_real_server_and_worker(tmp_path):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", RECSYS_PROGRESS="0", PREFECT_CLI_PROMPT="false")
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", RECSYS_PROGRESS="0", PREFECT_CLI_PROMPT="false",
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
     env.pop("PREFECT_API_KEY", None)
     commands = {name: local_command(cmd, port) for name, cmd in compose_commands().items()}
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "worker")}
@@ -153,6 +162,15 @@ def test_deployment_runs_on_a_real_server_and_worker(tmp_path):
         assert len(all_manifests_verify(data)) == 5
         runs = list(data.glob("runs/*/*/N3M/autoencoder-*/recommendations.parquet"))
         assert len(runs) == 1
+
+        # The server's scheduler turns the weekly cron into scheduled runs (it did not with SQLAlchemy 2.1,
+        # whose bulk-update rules break Prefect 3.8.8's scheduler: requirements.lock pins 2.0).
+        while not _scheduled_runs(api, "weekly-retrain") and time.time() < deadline:
+            time.sleep(1)
+        scheduled = _scheduled_runs(api, "weekly-retrain")
+        assert scheduled, "the scheduler created no run of the weekly-retrain deployment"
+        assert all(run["state_type"] == "SCHEDULED" for run in scheduled)
+        assert "Can't evaluate bulk DML" not in (tmp_path / "server.log").read_text()
     except BaseException:
         for name, handle in logs.items():
             handle.flush()
