@@ -68,12 +68,13 @@ def _ncf(kind):
 AUTOENCODER_DEFAULTS = {
     "preset": None, "layers": [128, 256, 256], "activation": "selu", "dropout": 0.65, "constrained": False,
     "last_layer_activation": False, "noise": 0.0, "noise_loss": "all", "refeed": 1, "output_bias": "mean",
-    "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 128, "epochs": 60, "patience": 8,
+    "center": "none", "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 128, "epochs": 60,
+    "patience": 8,
 }
 AUTOREC_DEFAULTS = {
     "layers": [500], "activation": "sigmoid", "dropout": 0.0, "constrained": False,
     "last_layer_activation": False, "noise": 0.0, "noise_loss": "all", "refeed": 0, "output_bias": "mean",
-    "optimizer": "adam", "lr": 0.001, "weight_decay": 0.001, "batch_size": 32, "epochs": 60, "patience": 5,
+    "center": "none", "optimizer": "adam", "lr": 0.001, "weight_decay": 0.001, "batch_size": 32, "epochs": 60, "patience": 5,
 }
 NCF_DEFAULTS = {"dim": 16, "hidden": [64, 32, 16], "dropout": 0.0, "negatives": 4,
                 "optimizer": "adam", "lr": 0.001, "batch_size": 256, "epochs": 20, "patience": 3}
@@ -123,6 +124,8 @@ def resolve_config(model: str, options: dict) -> dict:
             raise RecsysError(f"option noise_loss must be all or dropped, got {config['noise_loss']!r}")
         if config["output_bias"] not in ("mean", "zero"):
             raise RecsysError(f"option output_bias must be mean or zero, got {config['output_bias']!r}")
+        if config["center"] not in ("none", "row"):
+            raise RecsysError(f"option center must be none or row, got {config['center']!r}")
         if config["activation"] not in ACTIVATIONS:
             raise RecsysError(f"unknown activation {config['activation']!r}; choose one of {', '.join(ACTIVATIONS)}")
     if config["optimizer"] not in OPTIMIZERS:
