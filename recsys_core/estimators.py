@@ -27,6 +27,14 @@ from recsys_core.losses import binary_cross_entropy, observed_mse
 from recsys_core.sampling import sample_negatives
 
 VALID_NEGATIVES = 99  # NCF validation: the held-out item ranked among this many sampled non-interactions
+ROW_MEAN_SHRINK = 10.0  # center="row": a row's mean is shrunk toward the global mean as if it had this many more ratings
+
+
+def shrunk_row_means(cols_per_row: np.ndarray, values: np.ndarray, n_rows: int, global_mean: float) -> np.ndarray:
+    """Per-row mean rating, shrunk toward ``global_mean`` (rows with few ratings stay near it)."""
+    counts = np.bincount(cols_per_row, minlength=n_rows)
+    sums = np.bincount(cols_per_row, values.astype(np.float64) - global_mean, n_rows)
+    return (global_mean + sums / (counts + ROW_MEAN_SHRINK)).astype(np.float32)
 
 
 class Estimator:
@@ -101,7 +109,19 @@ class RowsEstimator(Estimator):
     def __init__(self, model, data, config, device, orientation: str = "user"):
         super().__init__(model, data, config, device)
         self.orientation = orientation
-        self.matrix = data.train if orientation == "user" else data.train_by_item
+        matrix = data.train if orientation == "user" else data.train_by_item
+        self.center = config.get("center", "none")
+        if self.center == "row":
+            # The network sees and predicts residuals from each row's (user's) shrunk mean rating; the
+            # offset is added back to every prediction, so unrated inputs read as "the user's mean".
+            self.global_mean = float(matrix.data.mean())
+            owners = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+            self.row_offset = shrunk_row_means(owners, matrix.data, matrix.shape[0], self.global_mean)
+            matrix = matrix.copy()
+            matrix.data = (matrix.data - self.row_offset[owners]).astype(np.float32)
+        else:
+            self.row_offset = np.zeros(matrix.shape[0], np.float32)
+        self.matrix = matrix
         self.train_rows = np.flatnonzero(np.diff(self.matrix.indptr) > 0)
         self.input_noise = float(config.get("noise", 0.0))
         self.refeed = int(config.get("refeed", 0))
@@ -126,12 +146,13 @@ class RowsEstimator(Estimator):
         for start in range(0, len(order), self.batch_size):
             yield row_batch(self.matrix, order[start:start + self.batch_size]).to(self.device)
 
-    def _noisy(self, values: torch.Tensor) -> torch.Tensor:
+    def _noisy(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Input dropout WITHOUT the 1/(1-p) rescaling of nn.Dropout: a kept rating keeps its value
-        (a rescaled 5 would read as a 10), a dropped one reads as unrated."""
+        (a rescaled 5 would read as a 10), a dropped one reads as unrated. Returns (values, kept mask)."""
         if self.input_noise <= 0:
-            return values
-        return values * (torch.rand_like(values) >= self.input_noise).to(values.dtype)
+            return values, None
+        kept = torch.rand_like(values) >= self.input_noise
+        return values * kept.to(values.dtype), kept
 
     def _is_dense(self, batch: RowBatch) -> bool:
         """Sparse paths (embedding_bag in, gathered outputs) pay off below ~1/16 density; denser batches
@@ -144,7 +165,7 @@ class RowsEstimator(Estimator):
         # Re-feeding needs the dense output anyway, and the backward of one dense product is cheaper
         # than the scatter-adds of the gathered path; without re-feeding, sparse batches gather.
         full_output = dense or self.refeed > 0
-        values = self._noisy(batch.values)
+        values, kept = self._noisy(batch.values)
         with self.autocast():
             if dense:
                 code = model.encode_dense(batch.dense(self.matrix.shape[1], values))
@@ -156,9 +177,9 @@ class RowsEstimator(Estimator):
                 observed = full[batch.owner, batch.cols]
             else:
                 observed = model.output_at(hidden, batch.owner, batch.cols)
-        if self.input_noise > 0 and self.noise_loss == "dropped":
+        if kept is not None and self.noise_loss == "dropped":
             # only the ratings hidden from the input count: copying the input earns nothing
-            dropped = values == 0
+            dropped = ~kept
             loss = observed_mse(observed[dropped], batch.values[dropped]) if dropped.any() else observed.sum() * 0
         else:
             loss = observed_mse(observed, batch.values)
@@ -169,7 +190,7 @@ class RowsEstimator(Estimator):
         yield loss, loss.detach()
         for step in range(self.refeed):
             with self.autocast():
-                out = model(self._noisy(target))
+                out = model(self._noisy(target)[0])
             refeed_loss = torch.nn.functional.mse_loss(out.float(), target)
             yield refeed_loss, None
             if step + 1 < self.refeed:
@@ -197,28 +218,32 @@ class RowsEstimator(Estimator):
                 owner = torch.from_numpy(position[lo:hi] - first).to(self.device)
                 item = torch.from_numpy(sorted_cols[lo:hi]).to(self.device)
                 result[order[lo:hi]] = self.model.output_at(hidden, owner, item).float().cpu().numpy()
-        return result
+        return result + self.row_offset[rows]
 
     def score_rows(self, rows):
         rows = np.asarray(rows, np.int64)
         with self._eval_mode():
             if self.orientation == "user":
-                return self.model.output_full(self._hidden_for(rows)).float().cpu().numpy()
+                return self.model.output_full(self._hidden_for(rows)).float().cpu().numpy() + self.row_offset[rows, None]
             n_items = self.matrix.shape[0]
             out = np.empty((len(rows), n_items), np.float32)
             users = torch.from_numpy(rows).to(self.device)
             for lo in range(0, n_items, self.eval_batch_size):
                 items = np.arange(lo, min(lo + self.eval_batch_size, n_items))
                 out[:, items] = self.model.output_columns(self._hidden_for(items), users).float().cpu().numpy().T
-            return out
+            return out + self.row_offset[None, :]
 
     def score_new_user(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Outputs for a user absent from training, from their ratings (user orientation only)."""
+        offset = 0.0
+        if self.center == "row":
+            offset = float(shrunk_row_means(np.zeros(len(values), np.int64), values, 1, self.global_mean)[0])
+            values = np.asarray(values, np.float32) - offset
         with self._eval_mode():
             code = self.model.encode_sparse(torch.as_tensor(cols, dtype=torch.int64, device=self.device),
                                             torch.as_tensor(values, dtype=torch.float32, device=self.device),
                                             torch.zeros(1, dtype=torch.int64, device=self.device))
-            return self.model.output_full(self.model.decode_hidden(code)).float().cpu().numpy()[0]
+            return self.model.output_full(self.model.decode_hidden(code)).float().cpu().numpy()[0] + offset
 
 
 class PairsEstimator(Estimator):

@@ -344,6 +344,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--output-bias", choices=["mean", "zero"],
                    help="initial output bias: each output's mean training rating (default; linear output "
                         "only) or zero (the paper)")
+    a.add_argument("--center", choices=["none", "row"],
+                   help="row: the network reads and predicts residuals from each user's mean training rating "
+                        "(shrunk toward the global mean), added back to every prediction; none: raw ratings "
+                        "(the paper)")
     m = p.add_argument_group("MF / embedding MLP / NCF")
     m.add_argument("--dim", type=int, help="embedding size")
     m.add_argument("--hidden", type=_int_list, help="hidden layer sizes of the MLP tower, e.g. 64,32,16")
@@ -355,7 +359,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 OPTION_NAMES = ["epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "lr_milestones", "lr_gamma",
                 "patience", "seed", "amp", "eval_batch_size", "k", "recall_users", "preset", "layers",
-                "activation", "dropout", "constrained", "last_layer_activation", "noise", "noise_loss", "refeed", "output_bias", "dim",
+                "activation", "dropout", "constrained", "last_layer_activation", "noise", "noise_loss", "refeed", "output_bias", "center",
+                "dim",
                 "hidden", "l2", "squash", "negatives"]
 
 

@@ -119,3 +119,32 @@ def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
     assert math.isfinite(metrics["test"]["rmse"]) and metrics["test"]["rmse"] < 2.0
     with pytest.raises(RecsysError, match="noise_loss"):
         resolve_config("autoencoder", {"noise_loss": "some"})
+
+
+def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_split, tmp_path):
+    from recsys_core.estimators import shrunk_row_means
+    from recsys_core.train import load_run
+
+    run = tmp_path / "centered"
+    metrics = train(rating_split.path, run, "autoencoder", epochs=2, layers=[16], center="row", recall_users=0)
+    assert metrics["test"]["rmse"] < metrics["baselines"]["global_mean"]["test"]["rmse"]
+    _, data, estimator = load_run(run)
+    train_matrix = data.train
+    owners = np.repeat(np.arange(train_matrix.shape[0]), np.diff(train_matrix.indptr))
+    offset = shrunk_row_means(owners, train_matrix.data, train_matrix.shape[0], float(train_matrix.data.mean()))
+    # the network's input holds residuals from the shrunk user mean
+    np.testing.assert_allclose(estimator.matrix.data, train_matrix.data - offset[owners], atol=1e-6)
+    # every prediction path adds the same offset back: pairs, full rows, and a new user with a known user's ratings
+    rows = np.array([0, 3, 7])
+    scores = estimator.score_rows(rows)
+    cols = np.array([1, 5, 9])
+    pairs = estimator.predict_pairs(np.repeat(rows, 3), np.tile(cols, 3))
+    np.testing.assert_allclose(pairs, scores[:, cols].reshape(-1), rtol=1e-5, atol=1e-5)
+    start, end = train_matrix.indptr[3], train_matrix.indptr[4]
+    new_user = estimator.score_new_user(train_matrix.indices[start:end], train_matrix.data[start:end])
+    np.testing.assert_allclose(new_user, scores[1], rtol=1e-5, atol=1e-5)
+    # a user with no ratings at all is scored around the global mean, a heavy rater around their own mean
+    assert abs(shrunk_row_means(np.zeros(0, np.int64), np.zeros(0), 1, 3.5)[0] - 3.5) < 1e-6
+    with pytest.raises(RecsysError, match="center"):
+        resolve_config("autoencoder", {"center": "user-mean"})
+    assert resolve_config("autoencoder", {"preset": "N3M"})["layers"] == [128, 256, 256]
