@@ -148,3 +148,13 @@ def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_spl
     with pytest.raises(RecsysError, match="center"):
         resolve_config("autoencoder", {"center": "user-mean"})
     assert resolve_config("autoencoder", {"preset": "N3M"})["layers"] == [128, 256, 256]
+
+
+def test_presets_are_the_papers_whole_configuration():
+    paper = resolve_config("autoencoder", {"preset": "N3M"})
+    assert (paper["layers"], paper["dropout"], paper["activation"]) == ([128, 256, 256], 0.65, "selu")
+    assert (paper["refeed"], paper["center"], paper["output_bias"], paper["weight_decay"]) == (1, "none", "zero", 0.0)
+    assert (paper["optimizer"], paper["lr"], paper["momentum"]) == ("sgd", 0.005, 0.9)
+    assert paper["lr_milestones"] == [24, 36, 48, 66, 72]
+    assert resolve_config("autoencoder", {"preset": "NF"})["layers"] == [512, 512, 1024]
+    assert resolve_config("autoencoder", {"preset": "NF", "epochs": 12})["epochs"] == 12  # options win

@@ -26,11 +26,19 @@ ACTIVATIONS = {
 }
 
 # The paper's architectures (encoder sizes after the input layer, dropout on the code layer).
+# The paper's training, shared by its four configurations (DeepRecommender: raw ratings in, zero-initialized
+# biases, one dense re-feeding step, momentum SGD with its step schedule, no weight decay, ~100 epochs).
+PAPER_TRAINING = {
+    "activation": "selu", "center": "none", "output_bias": "zero", "refeed": 1, "noise": 0.0,
+    "constrained": False, "last_layer_activation": False, "weight_decay": 0.0, "optimizer": "sgd",
+    "lr": 0.005, "momentum": 0.9, "lr_milestones": [24, 36, 48, 66, 72], "lr_gamma": 0.5,
+    "batch_size": 128, "epochs": 100,
+}
 PRESETS = {
-    "N3M": {"layers": [128, 256, 256], "dropout": 0.65},
-    "N6M": {"layers": [256, 256, 512], "dropout": 0.8},
-    "N1Y": {"layers": [256, 256, 512], "dropout": 0.8},
-    "NF": {"layers": [512, 512, 1024], "dropout": 0.8},
+    "N3M": {**PAPER_TRAINING, "layers": [128, 256, 256], "dropout": 0.65},
+    "N6M": {**PAPER_TRAINING, "layers": [256, 256, 512], "dropout": 0.8},
+    "N1Y": {**PAPER_TRAINING, "layers": [256, 256, 512], "dropout": 0.8},
+    "NF": {**PAPER_TRAINING, "layers": [512, 512, 1024], "dropout": 0.8},
 }
 
 
