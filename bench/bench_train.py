@@ -1,4 +1,4 @@
-"""Benchmarks of stage 4 (results and commands in BENCHMARKS-train.md). Heavy: run under
+"""Benchmarks of stage 4 (results and commands in BENCHMARKS.md). Heavy: run under
 ``flock /tmp/heavy.lock``. Every mode prints wall time, CPU time and peak RSS.
 
 Modes:
