@@ -12,22 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import peak_rss_mb  # noqa: E402
+
 from recsys_core.convert import COMPRESSIONS, DEFAULT_COMPRESSION, run_conversion  # noqa: E402
 from recsys_core.convert.netflix import DEFAULT_BATCH_MB  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
