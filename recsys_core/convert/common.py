@@ -23,7 +23,7 @@ log = logging.getLogger("recsys_core")
 
 SCHEMA_VERSION = 1
 COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
-# zstd level 1: 15% smaller than the others, ~1-2 s more on the full Netflix set (BENCHMARKS-convert.md);
+# zstd level 1: 15% smaller than the others, ~1-2 s more on the full Netflix set (BENCHMARKS.md);
 # snappy/lz4 gain nothing over "none" once the dictionary encoding has done its work.
 DEFAULT_COMPRESSION = "zstd"
 
