@@ -724,7 +724,8 @@ def split_leave_one_out(ratings_dir: Path, out_dir: Path, valid: bool = False, n
     "Latest" orders a user's ratings by timestamp, then by item_id (a larger item_id counts as later
     on equal timestamps). Users with fewer than ``min_interactions`` ratings keep all of them in train
     and get no test rating (counted as ``train_only_users``). Each test user gets ``negatives`` items
-    sampled (seeded) among the items of the data set the user never rated in any part.
+    sampled (seeded) among the items of the data set the user never rated in any part; a user with
+    fewer unrated items than that also stays in train only (counted as ``users_without_room_for_negatives``).
     """
     import polars as pl
 
@@ -747,7 +748,11 @@ def split_leave_one_out(ratings_dir: Path, out_dir: Path, valid: bool = False, n
         later.rank("ordinal", descending=True).over("user_id").alias("_rank"),
         pl.len().over("user_id").alias("_count"),
     )
-    eligible = pl.col("_count") >= min_interactions
+    # A test user needs `negatives` items never rated to sample from (ratings are distinct per user and item);
+    # a user who rated nearly the whole catalogue keeps everything in train, like a too-short history.
+    enough_history = pl.col("_count") >= min_interactions
+    room_for_negatives = pl.col("_count") <= frame["item_id"].n_unique() - negatives
+    eligible = enough_history & room_for_negatives
     test_f = ranked.filter(eligible & (pl.col("_rank") == 1))
     valid_f = ranked.filter(eligible & (pl.col("_rank") == 2)) if valid else ranked.clear()
     train_f = ranked.filter(~eligible | (pl.col("_rank") > held_per_user))
@@ -778,11 +783,6 @@ def split_leave_one_out(ratings_dir: Path, out_dir: Path, valid: bool = False, n
             + ratings_csr.indices
         del ratings_csr
         test_codes = np.searchsorted(user_universe, test_users)
-        short = per_user[test_codes] > len(item_universe) - negatives
-        if short.any():
-            user = int(test_users[np.argmax(short)])
-            raise RecsysError(f"{path}: user {user} rated all but {len(item_universe) - per_user[test_codes][short][0]} "
-                              f"of the {len(item_universe)} items, too few to sample {negatives} negatives; lower --negatives")
         rng = np.random.default_rng(seed)
         codes = _sample_negatives(rng, test_codes, interacted, len(item_universe), negatives, per_user[test_codes])
         neg_ids = item_universe[codes].astype(np.int32)
@@ -801,6 +801,7 @@ def split_leave_one_out(ratings_dir: Path, out_dir: Path, valid: bool = False, n
         "test": part_stats(test_t),
         "train_only_users": train_only["user_id"].n_unique(),
         "train_only_ratings": train_only.height,
+        "users_without_room_for_negatives": ranked.filter(enough_history & ~room_for_negatives)["user_id"].n_unique(),
         "test_items_not_in_train": int(np.count_nonzero(~np.isin(test_items, train_items))),
     }
     params = {"seed": seed, "valid": valid, "negatives": negatives, "min_interactions": min_interactions,

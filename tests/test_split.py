@@ -277,9 +277,22 @@ def test_leave_one_out_known_case(tmp_path):
     negatives = pq.read_table(tmp_path / "out" / "leave-one-out" / "negatives.parquet").to_pylist()
     # the rated items are 5..9; user 1 rated 5, 6, 7, 8 -> only item 9 is free (10, 11 are never rated)
     assert negatives == [{"user_id": 1, "negatives": [9]}]
-    with pytest.raises(RecsysError, match="user 1 rated all but 1 of the 5 items, too few to sample 2 negatives"):
-        split(src, tmp_path / "out2", "leave-one-out", valid=True, negatives=2, seed=4)
-    assert not (tmp_path / "out2").exists()
+    assert stats["users_without_room_for_negatives"] == 0
+    # 2 negatives: user 1 rated 4 of the 5 rated items, too few left to sample from -> train only, counted
+    stats = split(src, tmp_path / "out2", "leave-one-out", negatives=2, seed=4)["leave-one-out"]
+    got = parts_of(tmp_path / "out2" / "leave-one-out")
+    assert [r[:2] for r in got["test"]] == [(2, 9)]
+    assert [r[:2] for r in got["train"]] == [(1, 5), (1, 6), (1, 7), (1, 8), (2, 5), (3, 6)]
+    assert stats["users_without_room_for_negatives"] == 1
+    assert stats["train_only_users"] == 2 and stats["train_only_ratings"] == 5  # users 1 (no room) and 3 (short)
+    negatives = pq.read_table(tmp_path / "out2" / "leave-one-out" / "negatives.parquet").to_pylist()
+    assert [row["user_id"] for row in negatives] == [2]
+    drawn = negatives[0]["negatives"]  # user 2 rated 5 and 9: two distinct of 6, 7, 8
+    assert len(set(drawn)) == 2 and set(drawn) <= {6, 7, 8}
+    # with --valid no user has both 3 ratings and room for 2 negatives: an empty test part is an error
+    with pytest.raises(RecsysError, match="empty test part"):
+        split(src, tmp_path / "out3", "leave-one-out", valid=True, negatives=2, seed=4)
+    assert not (tmp_path / "out3").exists()
 
 
 def test_leave_one_out_negatives_are_unrated_distinct_and_seeded(tmp_path):
