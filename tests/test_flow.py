@@ -255,3 +255,16 @@ def test_help_lists_every_flow_parameter():
 
     options = {a.dest for a in build_parser()._actions} - {"help", "report_json"}
     assert options == set(inspect.signature(full_pipeline.fn).parameters)
+
+
+def test_leave_one_out_protocol_trains_ncf_and_ranks_against_most_popular(sandbox, netflix_raw, tmp_path):
+    from flows.full import full_pipeline
+
+    report = full_pipeline(source=str(netflix_raw), data_dir=str(tmp_path / "data"),
+                           **_train_params(protocol="leave-one-out", models=["neumf"], epochs=1))
+    assert statuses(report) == {**{stage: "built" for stage in ETL}, "train leave-one-out/neumf": "built"}
+    rows = {r["model"]: r for r in report["metrics"]}
+    assert rows["neumf"]["kind"] == "model" and rows["most_popular"]["kind"] == "baseline"
+    for name in ("neumf", "most_popular"):
+        assert 0.0 <= rows[name]["hr@10"] <= 1.0 and rows[name]["n_ranked"] > 0
+    assert len(all_manifests_verify(tmp_path / "data")) == 4
