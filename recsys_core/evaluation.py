@@ -137,7 +137,23 @@ def beaten_by(model_metrics: dict, baseline_metrics: dict[str, dict], rating_mod
     primary = primary_metric(model_metrics, rating_model, k)
     if primary is None:
         return []
-    name, higher = primary
+    return _better_on(primary, model_metrics, baseline_metrics)
+
+
+def beaten_on_top_k(model_metrics: dict, baseline_metrics: dict[str, dict], k: int = 10) -> list[str]:
+    """Names of the baselines whose top-K lists do strictly better (HR@K, else Recall@K) than the model's.
+
+    Said of rating models too: a model fit to RMSE can rank worse than most-popular, and its top-K list is
+    still what a user receives, so the report says so rather than judging it on RMSE alone.
+    """
+    primary = primary_metric(model_metrics, rating_model=False, k=k)
+    if primary is None:
+        return []
+    return _better_on(primary, model_metrics, baseline_metrics)
+
+
+def _better_on(metric: tuple[str, bool], model_metrics: dict, baseline_metrics: dict[str, dict]) -> list[str]:
+    name, higher = metric
     mine = model_metrics["test"][name]
     beaten = []
     for baseline, metrics in baseline_metrics.items():

@@ -52,6 +52,15 @@ def _test_metrics(metrics: dict) -> dict:
     return {k: _fmt(v) for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _note(metrics: dict) -> str:
+    """BEATEN when a baseline wins on the model's primary metric; else says which baselines rank better."""
+    beaten = metrics.get("beaten_by") or []
+    if beaten:
+        return f"BEATEN by {', '.join(beaten)}"
+    ranked_better = [b for b in metrics.get("top_k_beaten_by") or [] if b not in beaten]
+    return f"top-K ranked better by {', '.join(ranked_better)}" if ranked_better else ""
+
+
 def metric_rows(runs: list[dict]) -> list[dict]:
     """Test metrics, one row per trained model and per baseline of its split (baselines shown once).
 
@@ -62,9 +71,8 @@ def metric_rows(runs: list[dict]) -> list[dict]:
     baselines_shown: set[tuple[str, str]] = set()
     for run in runs:
         metrics = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
-        beaten = metrics.get("beaten_by") or []
         rows.append({"split": run["split"], "model": run["model"], "kind": "model", **_test_metrics(metrics),
-                     "note": f"BEATEN by {', '.join(beaten)}" if beaten else "", "run_dir": run["run_dir"]})
+                     "note": _note(metrics), "run_dir": run["run_dir"]})
         for name, baseline in (metrics.get("baselines") or {}).items():
             if (run["split"], name) not in baselines_shown:
                 baselines_shown.add((run["split"], name))
