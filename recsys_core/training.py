@@ -27,6 +27,7 @@ from recsys_core.progress import progress_bar
 log = logging.getLogger("recsys_core")
 
 CHECKPOINT = "checkpoint.pt"
+SYNC_EVERY = 20  # batches between the loop's looks at the loss (each look waits for the GPU)
 EXPLODE_FACTOR = 1e4  # a batch loss this many times the run's first one counts as diverged
 
 
@@ -125,21 +126,21 @@ def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
         rng = np.random.default_rng([seed, epoch])
         model.train()
         started = time.perf_counter()
-        total, count = 0.0, 0
+        totals = {"total": 0.0, "count": 0}
+        pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         with progress_bar(f"epoch {epoch}/{config['epochs']}", estimator.n_batches(), "batches") as bar:
             for b, batch in enumerate(estimator.batches(rng), start=1):
                 for step, (loss, reported) in enumerate(estimator.losses(batch)):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    value = float(loss.detach())
-                    _check_loss(value, state, epoch, b, config, lr)
-                    if step == 0:
-                        total += float(reported)
-                        count += 1
+                    pending.append((b, loss.detach(), reported.detach() if step == 0 else None))
                 bar.advance()
-                if b % 20 == 0:
-                    bar.update(loss=total / count)
+                if b % SYNC_EVERY == 0:
+                    _drain(pending, totals, state, epoch, config, lr)
+                    bar.update(loss=totals["total"] / max(totals["count"], 1))
+            _drain(pending, totals, state, epoch, config, lr)
+        total, count = totals["total"], totals["count"]
         train_loss = total / max(count, 1)
         valid = estimator.validate()
         seconds = time.perf_counter() - started
@@ -159,6 +160,20 @@ def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
     return {"history": history, "best_epoch": state["best_epoch"] or (history["epoch"][-1] if history["epoch"] else 0),
             "best_valid": state["best_valid"], "stopped_early": state["stopped_early"],
             "epochs_done": history["epoch"][-1] if history["epoch"] else 0}
+
+
+def _drain(pending: list, totals: dict, state: dict, epoch: int, config: dict, lr: float) -> None:
+    """Check and sum the losses of the last batches with one device-to-host copy, not one per step."""
+    if not pending:
+        return
+    losses = torch.stack([loss.float() for _, loss, _ in pending]).cpu().tolist()
+    reports = [r for _, _, r in pending if r is not None]
+    reported = torch.stack([r.float() for r in reports]).cpu().tolist() if reports else []
+    for (batch, _, _), value in zip(pending, losses):
+        _check_loss(value, state, epoch, batch, config, lr)
+    totals["total"] += sum(reported)
+    totals["count"] += len(reported)
+    pending.clear()
 
 
 def _check_loss(value: float, state: dict, epoch: int, batch: int, config: dict, lr: float) -> None:
