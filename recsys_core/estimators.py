@@ -27,6 +27,11 @@ from recsys_core.losses import binary_cross_entropy, observed_mse
 from recsys_core.sampling import sample_negatives
 
 VALID_NEGATIVES = 99  # NCF validation: the held-out item ranked among this many sampled non-interactions
+# output_bias="mean": a column's mean is shrunk toward the overall mean as if it had this many more ratings
+# (the item_reg of the user+item bias baseline). Unshrunk, an item with one high rating starts at the top
+# of every list: on the default sample that made the autoencoder's Recall@10 0.002 (0.014 shrunk, RMSE
+# 0.9388 -> 0.9377).
+COLUMN_MEAN_SHRINK = 25.0
 ROW_MEAN_SHRINK = 10.0  # center="row": a row's mean is shrunk toward the global mean as if it had this many more ratings
 
 
@@ -130,11 +135,13 @@ class RowsEstimator(Estimator):
             self._init_output_bias()
 
     def _init_output_bias(self) -> None:
-        """Start the linear output at each output column's mean training rating (the item-mean baseline for
-        user vectors), instead of 0, so the first epochs learn residuals rather than the rating scale."""
+        """Start the linear output at each output column's shrunk mean training rating (the item-mean
+        baseline for user vectors), instead of 0, so the first epochs learn residuals rather than the
+        rating scale."""
         counts = np.bincount(self.matrix.indices, minlength=self.matrix.shape[1])
         sums = np.bincount(self.matrix.indices, self.matrix.data.astype(np.float64), self.matrix.shape[1])
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), self.matrix.data.mean())
+        overall = float(self.matrix.data.mean())
+        means = (sums + COLUMN_MEAN_SHRINK * overall) / (counts + COLUMN_MEAN_SHRINK)
         with torch.no_grad():
             self.model.dec_b[0].copy_(torch.from_numpy(means.astype(np.float32)))
 

@@ -158,3 +158,29 @@ def test_presets_are_the_papers_whole_configuration():
     assert paper["lr_milestones"] == [24, 36, 48, 66, 72]
     assert resolve_config("autoencoder", {"preset": "NF"})["layers"] == [512, 512, 1024]
     assert resolve_config("autoencoder", {"preset": "NF", "epochs": 12})["epochs"] == 12  # options win
+
+
+def test_output_bias_starts_at_the_shrunk_item_mean():
+    """An item with a single 5-star rating must not start above a well-rated popular item: unshrunk, it
+    did, and stayed at the top of every user's list."""
+    from types import SimpleNamespace
+
+    from recsys_core.estimators import COLUMN_MEAN_SHRINK, RowsEstimator
+
+    # item 0: 400 ratings of 4 and 5 (mean 4.5); item 1: one rating of 5; item 2: 400 ratings of 3; item 3: none.
+    users = np.arange(400)
+    rows = np.r_[users, 0, users]
+    cols = np.r_[np.zeros(400, np.int64), 1, np.full(400, 2)]
+    values = np.r_[np.tile([4.0, 5.0], 200), 5.0, np.full(400, 3.0)].astype(np.float32)
+    train_matrix = sp.csr_matrix((values, (rows, cols)), shape=(400, 4))
+    data = SimpleNamespace(train=train_matrix, train_by_item=train_matrix.T.tocsr(), meta={})
+    config = resolve_config("autoencoder", {"center": "none", "output_bias": "mean", "layers": [4]})
+    model = DeepAutoencoder(4, [4], last_layer_activation=False)
+    RowsEstimator(model, data, config, torch.device("cpu"))
+    bias = model.dec_b[0].detach().numpy()
+    overall = float(values.mean())
+    expected = [(1800 + COLUMN_MEAN_SHRINK * overall) / (400 + COLUMN_MEAN_SHRINK),
+                (5 + COLUMN_MEAN_SHRINK * overall) / (1 + COLUMN_MEAN_SHRINK),
+                (1200 + COLUMN_MEAN_SHRINK * overall) / (400 + COLUMN_MEAN_SHRINK), overall]
+    np.testing.assert_allclose(bias, expected, rtol=1e-5)
+    assert bias[0] > bias[1] and abs(bias[1] - overall) < 0.1

@@ -67,7 +67,7 @@ def _ncf(kind):
 
 # Tuned on the default sample (synth 0.01, N3M): the paper's 128,256,256 + re-feeding copies its input
 # there (test RMSE 1.028, behind the item mean 1.002); a small code, weight decay and residuals from the
-# user's mean reach 0.939 (user+item bias 0.960, biased MF 0.960). The paper's setup stays one option set
+# user's mean reach 0.938 (user+item bias 0.960, biased MF 0.960). The paper's setup stays one option set
 # away: --preset N3M|N6M|N1Y|NF sets the paper's whole configuration (see docs/train.md).
 AUTOENCODER_DEFAULTS = {
     "preset": None, "layers": [64], "activation": "selu", "dropout": 0.5, "constrained": False,
