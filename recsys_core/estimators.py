@@ -35,11 +35,13 @@ COLUMN_MEAN_SHRINK = 25.0
 ROW_MEAN_SHRINK = 10.0  # center="row": a row's mean is shrunk toward the global mean as if it had this many more ratings
 
 
-def shrunk_row_means(cols_per_row: np.ndarray, values: np.ndarray, n_rows: int, global_mean: float) -> np.ndarray:
-    """Per-row mean rating, shrunk toward ``global_mean`` (rows with few ratings stay near it)."""
-    counts = np.bincount(cols_per_row, minlength=n_rows)
-    sums = np.bincount(cols_per_row, values.astype(np.float64) - global_mean, n_rows)
-    return (global_mean + sums / (counts + ROW_MEAN_SHRINK)).astype(np.float32)
+def shrunk_means(owners: np.ndarray, values: np.ndarray, n_owners: int, global_mean: float,
+                 shrink: float = ROW_MEAN_SHRINK) -> np.ndarray:
+    """Mean rating per owner (the row or column number of each value), shrunk toward ``global_mean`` as if
+    each owner had ``shrink`` more ratings at it (owners with few ratings stay near it)."""
+    counts = np.bincount(owners, minlength=n_owners)
+    sums = np.bincount(owners, values.astype(np.float64) - global_mean, n_owners)
+    return (global_mean + sums / (counts + shrink)).astype(np.float32)
 
 
 class Estimator:
@@ -121,7 +123,7 @@ class RowsEstimator(Estimator):
             # offset is added back to every prediction, so unrated inputs read as "the user's mean".
             self.global_mean = float(matrix.data.mean())
             owners = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-            self.row_offset = shrunk_row_means(owners, matrix.data, matrix.shape[0], self.global_mean)
+            self.row_offset = shrunk_means(owners, matrix.data, matrix.shape[0], self.global_mean)
             matrix = matrix.copy()
             matrix.data = (matrix.data - self.row_offset[owners]).astype(np.float32)
         else:
@@ -138,12 +140,10 @@ class RowsEstimator(Estimator):
         """Start the linear output at each output column's shrunk mean training rating (the item-mean
         baseline for user vectors), instead of 0, so the first epochs learn residuals rather than the
         rating scale."""
-        counts = np.bincount(self.matrix.indices, minlength=self.matrix.shape[1])
-        sums = np.bincount(self.matrix.indices, self.matrix.data.astype(np.float64), self.matrix.shape[1])
-        overall = float(self.matrix.data.mean())
-        means = (sums + COLUMN_MEAN_SHRINK * overall) / (counts + COLUMN_MEAN_SHRINK)
+        means = shrunk_means(self.matrix.indices, self.matrix.data, self.matrix.shape[1],
+                             float(self.matrix.data.mean()), COLUMN_MEAN_SHRINK)
         with torch.no_grad():
-            self.model.dec_b[0].copy_(torch.from_numpy(means.astype(np.float32)))
+            self.model.dec_b[0].copy_(torch.from_numpy(means))
 
     def n_batches(self) -> int:
         return -(-len(self.train_rows) // self.batch_size)
@@ -244,7 +244,7 @@ class RowsEstimator(Estimator):
         """Outputs for a user absent from training, from their ratings (user orientation only)."""
         offset = 0.0
         if self.center == "row":
-            offset = float(shrunk_row_means(np.zeros(len(values), np.int64), values, 1, self.global_mean)[0])
+            offset = float(shrunk_means(np.zeros(len(values), np.int64), values, 1, self.global_mean)[0])
             values = np.asarray(values, np.float32) - offset
         with self._eval_mode():
             code = self.model.encode_sparse(torch.as_tensor(cols, dtype=torch.int64, device=self.device),

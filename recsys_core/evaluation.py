@@ -133,27 +133,15 @@ def primary_metric(metrics: dict, rating_model: bool, k: int = 10) -> tuple[str,
 
 
 def beaten_by(model_metrics: dict, baseline_metrics: dict[str, dict], rating_model: bool, k: int = 10) -> list[str]:
-    """Names of the baselines that do strictly better than the model on its primary test metric."""
+    """Names of the baselines that do strictly better than the model on its primary test metric.
+
+    ``rating_model=False`` asks it of the top-K lists (HR@K, else Recall@K) whatever the model is: a model
+    fit to RMSE can rank worse than most-popular, and its top-K list is still what a user receives.
+    """
     primary = primary_metric(model_metrics, rating_model, k)
     if primary is None:
         return []
-    return _better_on(primary, model_metrics, baseline_metrics)
-
-
-def beaten_on_top_k(model_metrics: dict, baseline_metrics: dict[str, dict], k: int = 10) -> list[str]:
-    """Names of the baselines whose top-K lists do strictly better (HR@K, else Recall@K) than the model's.
-
-    Said of rating models too: a model fit to RMSE can rank worse than most-popular, and its top-K list is
-    still what a user receives, so the report says so rather than judging it on RMSE alone.
-    """
-    primary = primary_metric(model_metrics, rating_model=False, k=k)
-    if primary is None:
-        return []
-    return _better_on(primary, model_metrics, baseline_metrics)
-
-
-def _better_on(metric: tuple[str, bool], model_metrics: dict, baseline_metrics: dict[str, dict]) -> list[str]:
-    name, higher = metric
+    name, higher = primary
     mine = model_metrics["test"][name]
     beaten = []
     for baseline, metrics in baseline_metrics.items():

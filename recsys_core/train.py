@@ -25,7 +25,7 @@ import torch
 from recsys_core.baselines import fit_baselines
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import ImplicitEstimator, PairsEstimator, RowsEstimator
-from recsys_core.evaluation import beaten_by, beaten_on_top_k, evaluate_predictor, exclude_seen, top_k
+from recsys_core.evaluation import beaten_by, evaluate_predictor, exclude_seen, top_k
 from recsys_core.interactions import csr_triplets, load_split_data, rating_range
 from recsys_core.io import atomic_file, read_json, write_json
 from recsys_core.models import MODELS, TRAINING_DEFAULTS, build_model, resolve_config
@@ -155,7 +155,7 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
     losers_to = beaten_by(model_metrics, baseline_metrics, estimator.rating_model, k)
     metrics = {"model": config["model"], "split": data.meta.get("split"), **model_metrics,
                "baselines": baseline_metrics, "beaten_by": losers_to,
-               "top_k_beaten_by": beaten_on_top_k(model_metrics, baseline_metrics, k),
+               "top_k_beaten_by": beaten_by(model_metrics, baseline_metrics, rating_model=False, k=k),
                "evaluation_seconds": round(eval_seconds, 3), "training": training_summary}
     if losers_to:
         log.warning("%s is beaten by baseline(s) %s on test", config["model"], ", ".join(losers_to))

@@ -140,8 +140,7 @@ def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
                     _drain(pending, totals, state, epoch, config, lr)
                     bar.update(loss=totals["total"] / max(totals["count"], 1))
             _drain(pending, totals, state, epoch, config, lr)
-        total, count = totals["total"], totals["count"]
-        train_loss = total / max(count, 1)
+        train_loss = totals["total"] / max(totals["count"], 1)
         valid = estimator.validate()
         seconds = time.perf_counter() - started
         for key, value in (("epoch", epoch), ("train_loss", train_loss), ("valid", valid), ("lr", lr),

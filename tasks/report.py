@@ -57,7 +57,7 @@ def _note(metrics: dict) -> str:
     beaten = metrics.get("beaten_by") or []
     if beaten:
         return f"BEATEN by {', '.join(beaten)}"
-    ranked_better = [b for b in metrics.get("top_k_beaten_by") or [] if b not in beaten]
+    ranked_better = metrics.get("top_k_beaten_by") or []
     return f"top-K ranked better by {', '.join(ranked_better)}" if ranked_better else ""
 
 

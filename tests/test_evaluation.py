@@ -12,7 +12,7 @@ import torch
 
 from recsys_core.baselines import GlobalMean, ItemMean, MostPopular, UserItemBias
 from recsys_core.errors import RecsysError
-from recsys_core.evaluation import (beaten_by, beaten_on_top_k, full_catalogue_recall, hit_rate_at_k, mae, ndcg_at_k,
+from recsys_core.evaluation import (beaten_by, full_catalogue_recall, hit_rate_at_k, mae, ndcg_at_k,
                                     rank_of_positive, recall_at_k, rmse, sampled_ranking, top_k)
 from recsys_core.interactions import load_split_data, row_batch
 from recsys_core.sampling import sample_negatives
@@ -108,8 +108,8 @@ def test_top_k_lists_of_rating_models_are_compared_too():
                  "most_popular": {"test": {"recall@10": 0.05}}}
     model = {"test": {"rmse": 0.9, "recall@10": 0.03}}
     assert beaten_by(model, baselines, rating_model=True) == []
-    assert beaten_on_top_k(model, baselines) == ["most_popular"]
-    assert beaten_on_top_k({"test": {"rmse": 0.9}}, baselines) == []
+    assert beaten_by(model, baselines, rating_model=False) == ["most_popular"]
+    assert beaten_by({"test": {"rmse": 0.9}}, baselines, rating_model=False) == []
 
 
 def test_row_batch_matches_scipy_slicing_and_negatives_avoid_seen_items():

@@ -122,7 +122,7 @@ def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
 
 
 def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_split, tmp_path):
-    from recsys_core.estimators import shrunk_row_means
+    from recsys_core.estimators import shrunk_means
     from recsys_core.train import load_run
 
     run = tmp_path / "centered"
@@ -131,7 +131,7 @@ def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_spl
     _, data, estimator = load_run(run)
     train_matrix = data.train
     owners = np.repeat(np.arange(train_matrix.shape[0]), np.diff(train_matrix.indptr))
-    offset = shrunk_row_means(owners, train_matrix.data, train_matrix.shape[0], float(train_matrix.data.mean()))
+    offset = shrunk_means(owners, train_matrix.data, train_matrix.shape[0], float(train_matrix.data.mean()))
     # the network's input holds residuals from the shrunk user mean
     np.testing.assert_allclose(estimator.matrix.data, train_matrix.data - offset[owners], atol=1e-6)
     # every prediction path adds the same offset back: pairs, full rows, and a new user with a known user's ratings
@@ -144,7 +144,7 @@ def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_spl
     new_user = estimator.score_new_user(train_matrix.indices[start:end], train_matrix.data[start:end])
     np.testing.assert_allclose(new_user, scores[1], rtol=1e-5, atol=1e-5)
     # a user with no ratings at all is scored around the global mean, a heavy rater around their own mean
-    assert abs(shrunk_row_means(np.zeros(0, np.int64), np.zeros(0), 1, 3.5)[0] - 3.5) < 1e-6
+    assert abs(shrunk_means(np.zeros(0, np.int64), np.zeros(0), 1, 3.5)[0] - 3.5) < 1e-6
     with pytest.raises(RecsysError, match="center"):
         resolve_config("autoencoder", {"center": "user-mean"})
     assert resolve_config("autoencoder", {"preset": "N3M"})["layers"] == [128, 256, 256]
