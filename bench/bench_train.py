@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 from recsys_core.estimators import ImplicitEstimator, RowsEstimator  # noqa: E402
 from recsys_core.evaluation import rating_metrics  # noqa: E402
 from recsys_core.interactions import csr_triplets, load_split_data  # noqa: E402
-from recsys_core.models import NCF_DEFAULTS, TRAINING_DEFAULTS, resolve_config  # noqa: E402
+from recsys_core.models import NCF_DEFAULTS, resolve_config  # noqa: E402
 from recsys_core.models.autoencoder import DeepAutoencoder  # noqa: E402
 from recsys_core.models.ncf import NCF  # noqa: E402
 from recsys_core.training import fit, make_optimizer  # noqa: E402

@@ -280,21 +280,24 @@ def _build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
         clock[0] = now
 
     files = {part: _open_part(split_dir / f"{part}.parquet") for part in PARTS}
-    # ids: read one column of the three parts, build the index, map into row/column numbers, drop it
-    user_chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", "user_id", np.int32) for part in PARTS}
-    lap("read")
-    users = DenseIndex([c for part in PARTS for c in user_chunks[part]])
-    lap("index")
-    rows = {part: _fill(user_chunks.pop(part), users) for part in PARTS}
-    lap("map")
-    item_chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", "item_id", np.int32) for part in PARTS}
-    lap("read")
-    items = DenseIndex([c for part in PARTS for c in item_chunks[part]])
-    lap("index")
-    cols = {part: _fill(item_chunks.pop(part), items) for part in PARTS}
-    lap("map")
-    rating_chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", "rating", np.float32) for part in PARTS}
-    lap("read")
+
+    def read(name: str, dtype) -> dict[str, list[np.ndarray]]:
+        chunks = {part: _read_chunks(files[part], split_dir / f"{part}.parquet", name, dtype) for part in PARTS}
+        lap("read")
+        return chunks
+
+    def indexed(name: str) -> tuple[DenseIndex, dict[str, np.ndarray]]:
+        # read one id column of the three parts, build the index, map into row/column numbers, drop the ids
+        chunks = read(name, np.int32)
+        index = DenseIndex([c for part in PARTS for c in chunks[part]])
+        lap("index")
+        numbers = {part: _fill(chunks.pop(part), index) for part in PARTS}
+        lap("map")
+        return index, numbers
+
+    users, rows = indexed("user_id")
+    items, cols = indexed("item_id")
+    rating_chunks = read("rating", np.float32)
     rating_min, rating_max, rating_step = _rating_scale([c for part in PARTS for c in rating_chunks[part]])
     values = {part: _fill(rating_chunks.pop(part), dtype=np.float32) for part in PARTS}
     lap("map")

@@ -359,7 +359,7 @@ def _format_movies(movie_counts, users, codes, id_lengths, id_text, suffixes):
     out = []
     for i in range(n_local):
         pieces = []
-        for width, (buffer, starts) in buffers.items():
+        for buffer, starts in buffers.values():
             if starts[i + 1] > starts[i]:
                 pieces.append(buffer[starts[i] : starts[i + 1]])
         out.append(pieces)

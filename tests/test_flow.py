@@ -1,4 +1,4 @@
-"""The full flow with the real stages on a tiny sample: what is cached, what runs again, and why.
+"""The full flow with the real stages on the default sample: what is cached, what runs again, and why.
 
 One first run builds a reference data dir ("golden"); each test works on a copy of it (content keys do
 not depend on paths, so a copy is as cached as the original) and changes one thing.
