@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,10 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
+    # A command-line run: local Prefect defaults before Prefect is imported (it reads them then), and the
+    # temporary API server starting now, while the rest imports (flows/local_api.py says why).
+    from flows import local_api
+
+    local_api.start_early()
+
 from prefect import flow  # noqa: E402
 
 from recsys_core.errors import RecsysError  # noqa: E402
-from tasks import plan, report  # noqa: E402
+from tasks import plan, report, schedule  # noqa: E402
 from tasks.caching import hash_memo  # noqa: E402
 from tasks.logs import forward_library_logs, quiet_user_error_tracebacks  # noqa: E402
 from tasks.stages import convert_task, matrices_task, split_task, synth_task, train_task  # noqa: E402
@@ -78,6 +86,8 @@ def full_pipeline(
         source_path, name = sample.path, plan.SAMPLE
     else:
         source_path, name = Path(source).expanduser().resolve(), None
+        if (skipped := schedule.skip_without_data(source_path)) is not None:
+            return skipped  # a scheduled run before the data is there: Skipped, not Failed
     converted = plan.convert_spec(data, source_path, memo, name=name)
     run.stage(convert_task, converted, "convert", source=str(source_path))
     run.artifacts["converted"] = converted.out_dir
@@ -282,18 +292,40 @@ def _relative(path: str, root: Path) -> str:
 
 @contextlib.contextmanager
 def local_run_settings():
-    """Without a Prefect server (ephemeral local API) flow-run heartbeats serve nothing: they exist to
-    let a server spot crashed runs of deployments. Turning them off saves up to a second per run."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    """Prefect settings of a command-line run (flows/local_api.py says why).
 
+    Without a Prefect server configured: the temporary API in a child process tied to this one, analytics
+    off, a generous start-up wait. Flow-run heartbeats off unless the user set a frequency: they serve a
+    server's detection of crashed deployment runs, and each run ends by joining their thread (up to 1 s).
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
+
+    from flows import local_api
+
+    local_api.apply_local_defaults()
+    server = local_api.take_started()
+    updates = {}
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     if PREFECT_API_URL.value():
-        yield
-        return
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        if server is not None:  # a server is configured in a way only Prefect sees (e.g. prefect.toml)
+            server.stop()
+    else:
+        updates[PREFECT_API_URL] = (server or local_api.LocalAPI()).wait_healthy()
+        updates[PREFECT_UI_URL] = ""  # it serves no UI: no "View at <link>" line
+    # The server is stopped at exit (registered before Prefect's log and event workers, so after they flush).
+    with temporary_settings(updates):
         yield
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows import local_api
+
     args = vars(build_parser().parse_args(argv))
     report_json = args.pop("report_json")
     quiet_user_error_tracebacks()
@@ -303,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except local_api.StartupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; completed stages stay cached, the interrupted one will run again", file=sys.stderr)
         return 130
