@@ -34,10 +34,12 @@ if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
 from prefect import flow  # noqa: E402
 
 from recsys_core.errors import RecsysError  # noqa: E402
+from recsys_core.tracking import require as require_mlflow  # noqa: E402
 from tasks import plan, report, schedule  # noqa: E402
 from tasks.caching import hash_memo  # noqa: E402
 from tasks.logs import forward_library_logs, quiet_user_error_tracebacks  # noqa: E402
 from tasks.stages import convert_task, matrices_task, split_task, synth_task, train_task  # noqa: E402
+from tasks.tracking import track_task, tracking_uri  # noqa: E402
 
 UNTIL = ("convert", "split", "matrices", "train")
 PROTOCOLS = ("netflix-time", "time", "leave-one-out", "random")
@@ -69,6 +71,7 @@ def full_pipeline(
     seed: int = 0,
     top_k: int = 10,
     until: str = "train",
+    mlflow_tracking_uri: str | None = None,
 ) -> dict:
     """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths)."""
     forward_library_logs()
@@ -78,6 +81,9 @@ def full_pipeline(
     data = Path(data_dir).resolve()
     memo = hash_memo(data)
     run = _Run(data, source)
+    tracking = tracking_uri(mlflow_tracking_uri)
+    if tracking and until == "train":
+        require_mlflow()  # before any work: a missing extra is one sentence, not a failure after training
 
     # Stage 0 (sample only) and stage 1: raw files -> Parquet.
     if source == plan.SAMPLE:
@@ -131,11 +137,15 @@ def full_pipeline(
                                ("learning curve", "learning_curve.png")):
                 run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
             runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
+            if tracking:
+                track_task(trained.out_dir, trained.key, tracking, f"{split_name}/{model}")
             curve = trained.path / "learning_curve.png"
             if curve.exists():
                 report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
     run.report["metrics"] = report.metric_rows(runs)
     report.publish_table("recsys-metrics", run.report["metrics"], "stage 4: test metrics, models beside baselines")
+    report.publish_table("recsys-runs", report.run_rows(data), "every training run under the data dir: model, "
+                         "split, options, valid/test metrics, seconds (compare runs here)")
     return run.finish()
 
 
@@ -249,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     g.add_argument("--top-k", type=int, default=10, help="length of the recommendation lists and cut-off of HR/NDCG")
     p.add_argument("--until", choices=UNTIL, default="train", help="last stage to run")
+    p.add_argument("--mlflow-tracking-uri", metavar="URI",
+                   help="log every training run to this MLflow store, e.g. sqlite:///mlflow.db (default: "
+                   "MLFLOW_TRACKING_URI when set, else no tracking; needs pip install '.[mlflow]')")
     p.add_argument("--report-json", metavar="FILE",
                    help="also write the run's report (stage statuses, stats, metrics, paths) as JSON (not a flow parameter)")
     return p
