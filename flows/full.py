@@ -144,8 +144,9 @@ def full_pipeline(
                 report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
     run.report["metrics"] = report.metric_rows(runs)
     report.publish_table("recsys-metrics", run.report["metrics"], "stage 4: test metrics, models beside baselines")
-    report.publish_table("recsys-runs", report.run_rows(data), "every training run under the data dir: model, "
-                         "split, options, valid/test metrics, seconds (compare runs here)")
+    run.report["runs"] = report.run_rows(data)
+    report.publish_table("recsys-runs", run.report["runs"], "every training run under the data dir: model, split, "
+                         "options, valid/test metrics, seconds (compare runs here)")
     return run.finish()
 
 
