@@ -7,8 +7,9 @@
 - ``Prefect's own``: the flow called from Python, ``full_pipeline()``, on Prefect's own temporary server
   (what the command did before; analytics off so the offline telemetry stall does not decide it).
 
-Each run is a fresh process, as a user's command is; the data dir is built once first. Prints wall and CPU
-seconds (user + system, the process and its children) per run and the median per way.
+Each run is a fresh process, as a user's command is; the data dir is built once first; the three ways take
+turns. Prints wall and CPU seconds (user + system, the process and its children) per run and the median per
+way, and the load average around the runs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=0.01, help="sample scale (0.01 = the embedded default)")
     args = p.parse_args()
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-noop-"))
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     base.update(PREFECT_HOME=str(work / "prefect-home"), RECSYS_PROGRESS="0")
@@ -74,12 +76,15 @@ def main() -> int:
         ways = {"server": (command, {**base, "PREFECT_API_URL": api}),
                 "temporary API": (command, base),
                 "Prefect's own": (from_python, {**base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})}
-        results = {name: [timed(cmd, env) for _ in range(args.repeat)] for name, (cmd, env) in ways.items()}
+        results = {name: [] for name in ways}
+        for _ in range(args.repeat):  # interleaved, so a change of the machine's load touches every way alike
+            for name, (cmd, env) in ways.items():
+                results[name].append(timed(cmd, env))
     finally:
         server.terminate()
         server.wait(30)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    print(f"load average (1 min) before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
     print(f"{'way':<15} {'wall s (each run)':<26} {'median wall s':>13} {'median CPU s':>12}")
     for name, runs in results.items():
         walls = " ".join(f"{w:.1f}" for w, _ in runs)
