@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,13 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
+    # A command-line run: local Prefect defaults before Prefect is imported (it reads them then), and the
+    # temporary API server starting now, while the rest imports (flows/local_api.py says why).
+    from flows import local_api
+
+    local_api.start_early()
+
 from prefect import flow  # noqa: E402
 
 from recsys_core.errors import RecsysError  # noqa: E402
-from tasks import plan, report  # noqa: E402
+from recsys_core.tracking import require as require_mlflow  # noqa: E402
+from tasks import plan, report, schedule  # noqa: E402
 from tasks.caching import hash_memo  # noqa: E402
 from tasks.logs import forward_library_logs, quiet_user_error_tracebacks  # noqa: E402
 from tasks.stages import convert_task, matrices_task, split_task, synth_task, train_task  # noqa: E402
+from tasks.tracking import track_task, tracking_uri  # noqa: E402
 
 UNTIL = ("convert", "split", "matrices", "train")
 PROTOCOLS = ("netflix-time", "time", "leave-one-out", "random")
@@ -61,6 +72,7 @@ def full_pipeline(
     seed: int = 0,
     top_k: int = 10,
     until: str = "train",
+    mlflow_tracking_uri: str | None = None,
 ) -> dict:
     """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths)."""
     forward_library_logs()
@@ -70,6 +82,9 @@ def full_pipeline(
     data = Path(data_dir).resolve()
     memo = hash_memo(data)
     run = _Run(data, source)
+    tracking = tracking_uri(mlflow_tracking_uri)
+    if tracking and until == "train":
+        require_mlflow()  # before any work: a missing extra is one sentence, not a failure after training
 
     # Stage 0 (sample only) and stage 1: raw files -> Parquet.
     if source == plan.SAMPLE:
@@ -78,6 +93,8 @@ def full_pipeline(
         source_path, name = sample.path, plan.SAMPLE
     else:
         source_path, name = Path(source).expanduser().resolve(), None
+        if (skipped := schedule.skip_without_data(source_path)) is not None:
+            return skipped  # a scheduled run before the data is there: Skipped, not Failed
     converted = plan.convert_spec(data, source_path, memo, name=name)
     run.stage(convert_task, converted, "convert", source=str(source_path))
     run.artifacts["converted"] = converted.out_dir
@@ -121,11 +138,16 @@ def full_pipeline(
                                ("learning curve", "learning_curve.png")):
                 run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
             runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
+            if tracking:
+                track_task(trained.out_dir, trained.key, tracking, f"{split_name}/{model}")
             curve = trained.path / "learning_curve.png"
             if curve.exists():
                 report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
     run.report["metrics"] = report.metric_rows(runs)
     report.publish_table("recsys-metrics", run.report["metrics"], "stage 4: test metrics, models beside baselines")
+    run.report["runs"] = report.run_rows(data)
+    report.publish_table("recsys-runs", run.report["runs"], "every training run under the data dir: model, split, "
+                         "options, valid/test metrics, seconds (compare runs here)")
     return run.finish()
 
 
@@ -239,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     g.add_argument("--top-k", type=int, default=10, help="length of the recommendation lists and cut-off of HR/NDCG")
     p.add_argument("--until", choices=UNTIL, default="train", help="last stage to run")
+    p.add_argument("--mlflow-tracking-uri", metavar="URI",
+                   help="log every training run to this MLflow store, e.g. sqlite:///mlflow.db (default: "
+                   "MLFLOW_TRACKING_URI when set, else no tracking; needs pip install '.[mlflow]')")
     p.add_argument("--report-json", metavar="FILE",
                    help="also write the run's report (stage statuses, stats, metrics, paths) as JSON (not a flow parameter)")
     return p
@@ -281,28 +306,59 @@ def _relative(path: str, root: Path) -> str:
 
 
 @contextlib.contextmanager
-def local_run_settings():
-    """Without a Prefect server (ephemeral local API) flow-run heartbeats serve nothing: they exist to
-    let a server spot crashed runs of deployments. Turning them off saves up to a second per run."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+def local_run_settings(preload: tuple[str, ...] = ()):
+    """Prefect settings of a command-line run (flows/local_api.py says why).
 
+    Without a Prefect server configured: the temporary API in a child process tied to this one, analytics
+    off, a generous start-up wait. Flow-run heartbeats off unless the user set a frequency: they serve a
+    server's detection of crashed deployment runs, and each run ends by joining their thread (up to 1 s).
+
+    ``preload``: modules the run will import, imported while the temporary API boots (the parent would
+    only wait then): torch, through the model registry, is ~1.5 s of an all-cached run.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
+
+    from flows import local_api
+
+    local_api.apply_local_defaults()
+    server = local_api.take_started()
+    updates = {}
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     if PREFECT_API_URL.value():
-        yield
-        return
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        if server is not None:  # a server is configured in a way only Prefect sees (e.g. prefect.toml)
+            server.stop()
+    else:
+        server = server or local_api.LocalAPI()
+        for module in preload:
+            importlib.import_module(module)
+        updates[PREFECT_API_URL] = server.wait_healthy()
+        updates[PREFECT_UI_URL] = ""  # it serves no UI: no "View at <link>" line
+    # The server is stopped at exit (registered before Prefect's log and event workers, so after they flush).
+    with temporary_settings(updates):
         yield
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows import local_api
+
     args = vars(build_parser().parse_args(argv))
     report_json = args.pop("report_json")
     quiet_user_error_tracebacks()
     try:
-        with local_run_settings():
+        with local_run_settings(preload=("recsys_core.models",) if args["until"] == "train" else ()):
             result = full_pipeline(**args)
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except local_api.StartupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; completed stages stay cached, the interrupted one will run again", file=sys.stderr)
         return 130

@@ -35,6 +35,7 @@ from recsys_core.training import CHECKPOINT, fit
 log = logging.getLogger("recsys_core")
 
 MODEL_FILE = "model.pt"
+RECOMMENDATIONS = "recommendations.parquet"
 # Options that may change when a run is resumed (they do not change what was computed so far).
 RESUMABLE_OPTIONS = {"epochs", "patience", "eval_batch_size", "recall_users", "k", "amp"}
 
@@ -209,7 +210,7 @@ def _recommendation_table(data, user_ids: np.ndarray, top: np.ndarray, scores: n
 
 
 def _write_recommendations(estimator, data, run_dir: Path, k: int, rows: np.ndarray | None = None,
-                           chunk: int = 2048) -> Path:
+                           chunk: int = 2048, dest: Path | None = None) -> Path:
     known = _known(data)
     if rows is None:
         rows = np.flatnonzero(np.diff(data.train.indptr) > 0)
@@ -221,17 +222,22 @@ def _write_recommendations(estimator, data, run_dir: Path, k: int, rows: np.ndar
         tables.append(_recommendation_table(data, data.user_ids[part], top, scores))
     table = pl.concat(tables) if tables else _recommendation_table(data, np.empty(0, np.int32),
                                                                    np.empty((0, k), np.int64), np.empty((0, 0)))
-    dest = run_dir / "recommendations.parquet"
+    dest = dest or run_dir / RECOMMENDATIONS
     with atomic_file(dest) as tmp:
         table.write_parquet(tmp)
     return dest
 
 
 def recommend(run_dir, k: int = 10, users: list[int] | None = None, device: str | None = None,
-              split_dir=None) -> Path:
-    """Write ``recommendations.parquet``: the top ``k`` unrated items of each user (raw ``users`` ids, or
-    every user with training ratings), best first, with titles."""
+              split_dir=None, out=None) -> Path:
+    """Write the top ``k`` unrated items of each user (raw ``users`` ids, or every user with training
+    ratings), best first, with titles, to ``out`` (default ``RUN_DIR/recommendations-k<k>[-users].parquet``);
+    never to the run's own ``recommendations.parquet``, an output of ``train`` that caches verify."""
     run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / f"recommendations-k{k}{'-users' if users is not None else ''}.parquet"
+    if out.resolve() == (run_dir / RECOMMENDATIONS).resolve():
+        raise RecsysError(f"{out} is the run's own output (written by train, verified by the pipeline's cache); "
+                          "give another --out")
     _, data, estimator = load_run(run_dir, device, split_dir)
     rows = None
     if users is not None:
@@ -241,7 +247,7 @@ def recommend(run_dir, k: int = 10, users: list[int] | None = None, device: str 
             raise RecsysError(f"user id(s) {', '.join(map(str, missing[:5]))} are not in the split of {run_dir}; "
                               "use recommend_for_ratings for users absent from training")
         rows = np.array([lookup[int(u)] for u in users], np.int64)
-    return _write_recommendations(estimator, data, run_dir, k, rows)
+    return _write_recommendations(estimator, data, run_dir, k, rows, dest=out)
 
 
 def recommend_for_ratings(run_dir, ratings: dict[int, float], k: int = 10, device: str | None = None) -> pl.DataFrame:
@@ -390,7 +396,7 @@ def _cmd_recommend(args) -> int:
             raise RecsysError(f"--ratings must look like 'item:rating,item:rating', got {args.ratings!r}") from None
         print(recommend_for_ratings(args.run_dir, ratings, args.k, args.device))
         return 0
-    path = recommend(args.run_dir, args.k, args.users, args.device, args.split_dir)
+    path = recommend(args.run_dir, args.k, args.users, args.device, args.split_dir, out=args.out)
     print(path)
     return 0
 
@@ -424,13 +430,16 @@ def add_cli(subparsers) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
     r = subparsers.add_parser("recommend", help="write top-K recommendations of a trained run",
-                              description="Write RUN_DIR/recommendations.parquet (user_id, rank, item_id, title, "
-                                          "score): the K best items each user has not rated. With --ratings, "
-                                          "print the top K for a new user instead (autoencoder models).")
+                              description="Write the K best items each user has not rated (user_id, rank, "
+                                          "item_id, title, score) to a new file, RUN_DIR/recommendations-kK.parquet "
+                                          "or --out; the run's own recommendations.parquet is never touched. With "
+                                          "--ratings, print the top K for a new user instead (autoencoder models).")
     r.add_argument("run_dir", help="a run folder written by `train`")
     r.add_argument("-k", "--k", type=int, default=10, help="items per user (default 10)")
     r.add_argument("--users", type=_int_list, help="comma-separated raw user ids (default: every user)")
     r.add_argument("--ratings", help="ratings of a user absent from training, 'item_id:rating,...' (raw ids)")
     r.add_argument("--split-dir", help="use this split folder instead of the one trained on")
+    r.add_argument("--out", help="the Parquet file to write (default RUN_DIR/recommendations-kK.parquet, "
+                                 "-users added with --users)")
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
     r.set_defaults(func=_cmd_recommend)

@@ -273,3 +273,32 @@ def test_leave_one_out_protocol_trains_ncf_and_ranks_against_most_popular(sandbo
     for name in ("neumf", "most_popular"):
         assert 0.0 <= rows[name]["hr@10"] <= 1.0 and rows[name]["n_ranked"] > 0
     assert len(all_manifests_verify(tmp_path / "data")) == 4
+
+
+def test_mlflow_tracking_logs_each_run_once_and_the_run_table_lists_every_run(golden, netflix_raw, tmp_path,
+                                                                                 monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra")
+    import mlflow
+
+    from flows.full import full_pipeline
+
+    data = _copy(golden[0], tmp_path)
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts under ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Tracking turned on after the fact: the cached run is logged once, a second cached run logs nothing.
+    for _ in range(2):
+        report = full_pipeline(source=str(netflix_raw), data_dir=str(data), mlflow_tracking_uri=uri, **_train_params())
+        assert set(statuses(report).values()) == {"cached"}
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("netflix/N3M")  # one experiment per data set and split
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["recsys.model"] == "autoencoder"
+    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == GOLDEN_TRAINING["epochs"]
+
+    # A second model beside it: the run table lists both, with their options and metrics.
+    report = full_pipeline(source=str(netflix_raw), data_dir=str(data), **_train_params(models=["mf"], epochs=1))
+    rows = {row["model"]: row for row in report["runs"]}
+    assert set(rows) == {"autoencoder", "mf"}
+    assert "epochs=60" in rows["autoencoder"]["options"] and "epochs=1" in rows["mf"]["options"]
+    assert all(row["test rmse"] > 0 and row["valid rmse"] > 0 and row["seconds"] > 0 for row in rows.values())
+    assert len(client.search_runs([experiment.experiment_id])) == 1  # tracking was off for that run

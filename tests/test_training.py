@@ -137,9 +137,16 @@ def test_cli_train_evaluate_recommend(split, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["model"] == "mf"
     assert main(["evaluate", str(run)]) == 0
     assert "rmse" in capsys.readouterr().out
+    own = (run / "recommendations.parquet").read_bytes()
     assert main(["recommend", str(run), "-k", "3", "--users", "7,10"]) == 0
-    table = pl.read_parquet(run / "recommendations.parquet")
+    table = pl.read_parquet(capsys.readouterr().out.strip())
     assert sorted(set(table["user_id"])) == [7, 10] and len(table) == 6
+    assert main(["recommend", str(run), "-k", "2", "--out", str(tmp_path / "top2.parquet")]) == 0
+    assert pl.read_parquet(tmp_path / "top2.parquet")["rank"].max() == 2
+    # Ad-hoc recommendations never replace the run's own (an output of train that caches verify).
+    assert main(["recommend", str(run), "--out", str(run / "recommendations.parquet")]) == 2
+    assert "the run's own output" in capsys.readouterr().err
+    assert (run / "recommendations.parquet").read_bytes() == own
 
 
 def test_cli_reports_bad_input_in_one_sentence(tmp_path, capsys):
