@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from measure import peak_rss_mb  # noqa: E402
+
 os.environ.setdefault("RECSYS_PROGRESS", "0")
 
 

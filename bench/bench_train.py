@@ -122,8 +122,7 @@ def autoencoder(args) -> None:
 def reference_full(args, data, initial_state, train_rows) -> None:
     """Train the reference-style implementation for the same epochs from the same initial weights, with
     the same user order and dropout seeds per epoch, then evaluate it on all test users as it does."""
-    from reference_autoencoder import (ReferenceAutoEncoder, as_user_lists, evaluate_users, rmse_of,
-                                       train_batches)
+    from reference_autoencoder import ReferenceAutoEncoder, as_user_lists, evaluate_users, rmse_of, train_batches
 
     n_items = data.train.shape[1]
     start = DeepAutoencoder(n_items, NF["layers"], "selu", 0.8, False, False)
@@ -150,8 +149,7 @@ def reference_full(args, data, initial_state, train_rows) -> None:
 
 def reference(args, data, model_seed: int) -> None:
     """Time the reference-style implementation on a slice and check step equivalence."""
-    from reference_autoencoder import (ReferenceAutoEncoder, as_user_lists, evaluate_users,
-                                       train_batches)
+    from reference_autoencoder import ReferenceAutoEncoder, as_user_lists, evaluate_users, train_batches
 
     n_users, n_items = data.train.shape
     sizes = [n_items, *NF["layers"]]

@@ -116,7 +116,8 @@ def full_pipeline(
             run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
             for what, name in (("metrics", "metrics.json"), ("recommendations", "recommendations.parquet"),
                                ("learning curve", "learning_curve.png")):
-                run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
+                if (trained.path / name).exists():  # closed-form models have no learning curve
+                    run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
             runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
             curve = trained.path / "learning_curve.png"
             if curve.exists():
@@ -138,7 +139,8 @@ class _Run:
         state = task_fn(spec=spec, data_dir=self.report["data_dir"], return_state=True, **kwargs)
         result = state.result()  # re-raises the stage's error
         status = "cached" if state.name == "Cached" else result["status"]
-        self.report["stages"].append({"stage": label, "status": status, "seconds": round(time.perf_counter() - started, 2),
+        seconds = round(time.perf_counter() - started, 2)
+        self.report["stages"].append({"stage": label, "status": status, "seconds": seconds,
                                       "output": spec.out_dir})
         return result
 
@@ -228,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'sample' (generate a Netflix-format sample under DATA_DIR/raw/sample/), a Netflix path "
                    "(a folder with training_set/ + movie_titles.txt, a training_set/ folder, training_set.tar, "
                    "nf_prize_dataset.tar.gz) or a MovieLens folder (100K, 1M, 20M/25M/latest)")
-    g.add_argument("--data-dir", default="data", help="where every stage writes (converted/, splits/, matrices/, runs/)")
+    g.add_argument("--data-dir", default="data",
+                   help="where every stage writes (converted/, splits/, matrices/, runs/)")
     g.add_argument("--sample-scale", type=float, default=DEFAULT_SCALE,
                    help="size of the generated sample as a fraction of Netflix (1.0 = 100M ratings)")
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample")
@@ -253,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=10, help="length of the recommendation lists and cut-off of HR/NDCG")
     p.add_argument("--until", choices=UNTIL, default="train", help="last stage to run")
     p.add_argument("--report-json", metavar="FILE",
-                   help="also write the run's report (stage statuses, stats, metrics, paths) as JSON (not a flow parameter)")
+                   help="also write the run's report (stage statuses, stats, metrics, paths) as JSON "
+                   "(not a flow parameter)")
     return p
 
 

@@ -321,7 +321,8 @@ def plot_learning_curve(history: dict, estimator, dest: Path) -> None:
     epochs = history["epoch"]
     valid = [np.nan if v is None else v for v in history["valid"]]
     if estimator.rating_model:
-        ax.plot(epochs, np.sqrt(history["train_loss"]), marker=".", label="train RMSE (observed ratings, training mode)")
+        ax.plot(epochs, np.sqrt(history["train_loss"]), marker=".",
+                label="train RMSE (observed ratings, training mode)")
         ax.plot(epochs, valid, marker=".", label="valid RMSE")
         ax.set_ylabel("RMSE")
     else:

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_fixtures import make_leave_one_out_split
 
 from recsys_core import models
 from recsys_core.interactions import load_split_data
 from recsys_core.predictor import Predictor, top_items
-from train_fixtures import make_leave_one_out_split
 
 # Tiny: every model fits in seconds. Leave-one-out with sampled negatives, as the ranking models meet it.
 FIXTURE = dict(n_users=120, n_items=90, mean_per_user=20, n_negatives=30, seed=5)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-
 from predictor_contract import ModelContract
+from train_fixtures import make_leave_one_out_split
+
 from recsys_core.interactions import torch_csr
 from recsys_core.models.als import solve_rows
 from recsys_core.train import train
-from train_fixtures import make_leave_one_out_split
 
 
 class TestALS(ModelContract):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from predictor_contract import ModelContract
+from train_fixtures import make_leave_one_out_split
+
 from recsys_core import models
 from recsys_core.train import train
-from train_fixtures import make_leave_one_out_split
 
 
 class TestEASE(ModelContract):

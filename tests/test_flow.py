@@ -209,7 +209,8 @@ def test_sigkill_mid_stage_leaves_nothing_taken_as_complete(sandbox, golden, net
     marker = tmp_path / "marker"
     params = {"source": str(netflix_raw), "data_dir": str(data), **_train_params(), "seed": 7}
     env = subprocess_env(sandbox["api_url"], sandbox["home"])
-    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *cli_args(params)], cwd=Path(__file__).parents[1],
+    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *cli_args(params)],
+                            cwd=Path(__file__).parents[1],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

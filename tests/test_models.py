@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from train_fixtures import make_leave_one_out_split, make_rating_split
 
 from recsys_core.errors import RecsysError
 from recsys_core.interactions import row_batch
@@ -15,7 +16,6 @@ from recsys_core.losses import masked_mse, observed_mse
 from recsys_core.models import registry, resolve_config
 from recsys_core.models.autoencoder import ACTIVATIONS, DeepAutoencoder
 from recsys_core.train import train
-from train_fixtures import make_leave_one_out_split, make_rating_split
 
 torch.set_num_threads(2)
 

@@ -4,6 +4,7 @@ class of a few lines (a new model's own test file holds its class, as tests/test
 from __future__ import annotations
 
 from predictor_contract import BaselineContract, ModelContract
+
 from recsys_core import baselines
 
 FAST = {"epochs": 2, "recall_users": 0}  # iterative models: two epochs show the contract

@@ -9,11 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from train_fixtures import make_rating_split
 
 from recsys_core.cli import build_parser, main
 from recsys_core.errors import RecsysError
 from recsys_core.train import train
-from train_fixtures import make_rating_split
 
 torch.set_num_threads(2)
 
@@ -153,9 +153,10 @@ def test_trains_on_folders_made_by_the_real_split_and_matrices_stages(tmp_path):
     """stage-1 table -> split (leave-one-out with negatives) -> matrices -> train + recommend."""
     import datetime as dt
 
+    from split_fixtures import write_stage1
+
     from recsys_core.matrices import build_matrices
     from recsys_core.split import split
-    from split_fixtures import write_stage1
 
     rng = np.random.default_rng(0)
     start = dt.datetime(2005, 1, 1, tzinfo=dt.timezone.utc)

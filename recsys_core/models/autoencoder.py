@@ -129,7 +129,8 @@ class DeepAutoencoder(nn.Module):
 # of every list: on the default sample that made the autoencoder's Recall@10 0.002 (0.014 shrunk, RMSE
 # 0.9388 -> 0.9377).
 COLUMN_MEAN_SHRINK = 25.0
-ROW_MEAN_SHRINK = 10.0  # center="row": a row's mean is shrunk toward the global mean as if it had this many more ratings
+# center="row": a row's mean is shrunk toward the global mean as if it had this many more ratings
+ROW_MEAN_SHRINK = 10.0
 
 
 def shrunk_means(owners: np.ndarray, values: np.ndarray, n_owners: int, global_mean: float,
@@ -316,7 +317,8 @@ class RowsEstimator(TorchEstimator):
         rows = np.asarray(rows, np.int64)
         with self._eval_mode():
             if self.orientation == "user":
-                return self.model.output_full(self._hidden_for(rows)).float().cpu().numpy() + self.row_offset[rows, None]
+                full = self.model.output_full(self._hidden_for(rows)).float().cpu().numpy()
+                return full + self.row_offset[rows, None]
             n_items = self.matrix.shape[0]
             out = np.empty((len(rows), n_items), np.float32)
             users = torch.from_numpy(rows).to(self.device)
