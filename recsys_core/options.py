@@ -127,8 +127,10 @@ def _plain(value):
 
 def _checked(info: OptionInfo, value: Any, model: str) -> Any:
     """``value`` normalized for ``info`` (int -> float for floats, list -> tuple for lists), or a RecsysError."""
+    given = value
+
     def bad(what: str) -> RecsysError:
-        return RecsysError(f"model {model}: option {info.name} must be {what}, got {value!r}")
+        return RecsysError(f"model {model}: option {info.name} must be {what}, got {given!r}")
 
     if value is None:
         if info.optional:

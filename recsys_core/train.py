@@ -61,8 +61,8 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     before anything is read or written. ``resume=True`` continues the run in ``run_dir`` from its
     checkpoint with its saved options (only resumable ones such as epochs/patience/evaluation may change)
     and gives exactly what an uninterrupted run would have given. ``resume="auto"`` resumes when
-    ``run_dir`` holds an unfinished run of the same model and options with a readable checkpoint, and
-    otherwise starts afresh (what the flow does after a killed run).
+    ``run_dir`` holds a run of the same model and options (resumable ones aside) with a readable checkpoint,
+    and otherwise starts afresh (what the flow does after a killed run).
     """
     run_dir = Path(run_dir)
     split_dir = Path(split_dir)
@@ -132,12 +132,15 @@ def _resumed_config(run_dir: Path, model: str, options: dict):
 
 
 def _can_resume(run_dir: Path, model: str, config) -> bool:
-    """Whether ``run_dir`` holds an unfinished run of exactly this model and options to continue."""
+    """Whether ``run_dir`` holds a run of this model and options (resumable ones aside) to continue."""
     if not (run_dir / CHECKPOINT).exists() or not (run_dir / "config.json").exists():
         return False
     try:
         saved = read_json(run_dir / "config.json")
-        same = saved.get("model") == model and models.get(model).options.from_saved(saved, model) == config
+        options = models.get(model).options
+        fixed = [info.name for info in options.describe() if not info.resumable]
+        same = saved.get("model") == model and all(
+            getattr(options.from_saved(saved, model), name) == getattr(config, name) for name in fixed)
         if not same:
             log.warning("%s holds a run of other options; training from scratch", run_dir)
             return False

@@ -256,6 +256,16 @@ def test_user_error_is_one_sentence_and_nonzero_exit(sandbox, tmp_path, capsys):
     assert err.startswith("error: ") and "missing: no such file or folder" in err
 
 
+def test_bad_model_options_stop_the_flow_before_its_first_stage(sandbox, tmp_path, capsys):
+    from flows.full import main
+
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "--models", "mf", "--model-options", '{"mf": {"lr": -1}}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "error: model mf: option lr must be above 0, got -1"
+    assert not data.exists()
+
+
 def test_help_lists_every_flow_parameter():
     import inspect
 
