@@ -245,12 +245,3 @@ class ModelOptions:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (lists for integer lists)."""
         return {info.name: _plain(getattr(self, info.name)) for info in self._infos}
-
-    def __getitem__(self, name: str) -> Any:
-        """``config["lr"]``: options read like the plain dicts runs were configured with before."""
-        if name not in self.names():
-            raise KeyError(name)
-        return getattr(self, name)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name) if name in self.names() else default

@@ -41,7 +41,7 @@ def prefect_sandbox(home: Path) -> Iterator[str]:
     settings = {PREFECT_HOME: str(home), PREFECT_LOCAL_STORAGE_PATH: str(home / "storage"),
                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     with temporary_settings(settings):
-        with prefect_test_harness(server_startup_timeout=60):
+        with prefect_test_harness(server_startup_timeout=180):  # a loaded 2-core machine needs minutes
             yield PREFECT_API_URL.value()
 
 
