@@ -62,7 +62,8 @@ def main() -> int:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
-                               "127.0.0.1", "--port", str(port)], env={**base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+                               "127.0.0.1", "--port", str(port)],
+                              env={**base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         api = f"http://127.0.0.1:{port}/api"

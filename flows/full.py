@@ -60,25 +60,24 @@ def full_pipeline(
     splits: list[str] = ["N3M"],  # noqa: B006 (Prefect parameters need a literal default)
     split_options: dict | None = None,
     models: list[str] = DEFAULT_MODELS,  # noqa: B006
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    layers: list[int] | None = None,
-    dropout: float | None = None,
-    weight_decay: float | None = None,
-    optimizer: str | None = None,
-    patience: int | None = None,
+    model_options: dict[str, dict] | None = None,
     device: str = "auto",
     seed: int = 0,
     top_k: int = 10,
     until: str = "train",
     mlflow_tracking_uri: str | None = None,
 ) -> dict:
-    """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths)."""
+    """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths).
+
+    ``model_options`` maps a model name to its options, e.g. ``{"autoencoder": {"layers": [128, 256, 256]}}``
+    (the names and values of ``python -m recsys_core train``'s flags, as JSON). Every option of every model
+    is checked before the first stage runs.
+    """
     forward_library_logs()
     _check_choice("protocol", protocol, PROTOCOLS)
     _check_choice("device", device, DEVICES)
     _check_choice("until", until, UNTIL)
+    configs = model_configs(models, model_options, seed=seed, k=top_k)
     data = Path(data_dir).resolve()
     memo = hash_memo(data)
     run = _Run(data, source)
@@ -123,20 +122,19 @@ def full_pipeline(
         return run.finish()
 
     # Stage 4: per split and model: train, evaluate beside the baselines, write top-K recommendations.
-    hyper = dict(epochs=epochs, batch_size=batch_size, lr=lr, layers=layers, dropout=dropout,
-                 weight_decay=weight_decay, optimizer=optimizer, patience=patience)
     runs = []
     for split_name in plan.split_names(matrices, memo):
         split_dir = str(matrices.path / split_name)
         for model in models:
-            config = model_config(model, hyper, seed=seed, device=device, k=top_k)
+            config = {**configs[model], "device": resolve_device(device)}
             trained = plan.train_spec(data, matrices, memo, split_name, model, config)
             label = f"train {split_name}/{model}"
             run.stage(train_task, trained, label, split_dir=split_dir, model=model, config=config)
             run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
             for what, name in (("metrics", "metrics.json"), ("recommendations", "recommendations.parquet"),
                                ("learning curve", "learning_curve.png")):
-                run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
+                if (trained.path / name).exists():  # closed-form models have no learning curve
+                    run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
             runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
             if tracking:
                 track_task(trained.out_dir, trained.key, tracking, f"{split_name}/{model}")
@@ -163,7 +161,8 @@ class _Run:
         state = task_fn(spec=spec, data_dir=self.report["data_dir"], return_state=True, **kwargs)
         result = state.result()  # re-raises the stage's error
         status = "cached" if state.name == "Cached" else result["status"]
-        self.report["stages"].append({"stage": label, "status": status, "seconds": round(time.perf_counter() - started, 2),
+        seconds = round(time.perf_counter() - started, 2)
+        self.report["stages"].append({"stage": label, "status": status, "seconds": seconds,
                                       "output": spec.out_dir})
         return result
 
@@ -174,16 +173,37 @@ class _Run:
         return self.report
 
 
-def model_config(model: str, hyper: dict, seed: int, device: str, k: int) -> dict:
-    """The options recsys_core.train gets for ``model``: only those the model knows, unset ones left out."""
-    from recsys_core.models import MODELS, TRAINING_DEFAULTS
+def model_configs(models: list[str], model_options: dict | None, seed: int, k: int) -> dict[str, dict]:
+    """The options ``recsys_core.train`` gets for each model: the flow's ``seed`` (models that have one) and
+    ``top_k``, then the model's ``model_options``; every one checked here, before any stage runs."""
+    from recsys_core import models as registry
 
-    if model not in MODELS:
-        raise RecsysError(f"unknown model {model!r}; choose among {', '.join(MODELS)}")
-    known = set(TRAINING_DEFAULTS) | set(MODELS[model].defaults)
-    config = {k_: v for k_, v in hyper.items() if v is not None and k_ in known}
-    config.update(seed=seed, k=k, device=resolve_device(device))
-    return config
+    if not models:
+        raise RecsysError(f"models is empty; name at least one of {', '.join(registry.names())}")
+    for model in models:
+        registry.get(model)  # an unknown name is refused with the list of registered models
+    model_options = {} if model_options is None else model_options
+    if not isinstance(model_options, dict) or not all(isinstance(v, dict) for v in model_options.values()):
+        raise RecsysError("model_options must map model names to objects of options, e.g. "
+                          f"{{\"autoencoder\": {{\"layers\": [128, 256, 256]}}}}, got {model_options!r}")
+    stray = sorted(set(model_options) - set(models))
+    if stray:
+        raise RecsysError(f"model_options names {', '.join(stray)}, which {'is' if len(stray) == 1 else 'are'} "
+                          f"not among the models to train ({', '.join(models)}); add it to models or drop its options")
+    configs = {}
+    for model in models:
+        registration = registry.get(model)
+        base = {"k": k, **({"seed": seed} if "seed" in registration.options.names() else {})}
+        config = {**base, **model_options.get(model, {})}
+        registration.resolve(config)  # RecsysError: one sentence naming the model, the option and the value
+        configs[model] = config
+    return configs
+
+
+def registered_models() -> list[str]:
+    from recsys_core import models as registry
+
+    return registry.names()
 
 
 def resolve_device(device: str) -> str:
@@ -232,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'sample' (generate a Netflix-format sample under DATA_DIR/raw/sample/), a Netflix path "
                    "(a folder with training_set/ + movie_titles.txt, a training_set/ folder, training_set.tar, "
                    "nf_prize_dataset.tar.gz) or a MovieLens folder (100K, 1M, 20M/25M/latest)")
-    g.add_argument("--data-dir", default="data", help="where every stage writes (converted/, splits/, matrices/, runs/)")
+    g.add_argument("--data-dir", default="data",
+                   help="where every stage writes (converted/, splits/, matrices/, runs/)")
     g.add_argument("--sample-scale", type=float, default=DEFAULT_SCALE,
                    help="size of the generated sample as a fraction of Netflix (1.0 = 100M ratings)")
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample")
@@ -247,16 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "'{\"valid_share\": 0.5}' (netflix-time); see `python -m recsys_core split --help`")
     g = p.add_argument_group("models")
     g.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL",
-                   help="models to train (autoencoder, autorec-item, autorec-user, mf, mlp, gmf, ncf-mlp, neumf); "
-                   "baselines are evaluated beside each")
-    g.add_argument("--epochs", type=int, help="training epochs (default: the model's own)")
-    g.add_argument("--batch-size", type=int, help="mini-batch size (default: the model's own)")
-    g.add_argument("--lr", type=float, help="learning rate (default: the model's own)")
-    g.add_argument("--layers", type=int, nargs="+", metavar="N", help="autoencoder encoder layer sizes, e.g. 128 256 256")
-    g.add_argument("--dropout", type=float, help="dropout rate (autoencoder: on the code layer)")
-    g.add_argument("--weight-decay", type=float, help="L2 weight decay")
-    g.add_argument("--optimizer", choices=("sgd", "adam", "adagrad", "rmsprop"), help="optimizer")
-    g.add_argument("--patience", type=int, help="early stopping: epochs without a better valid metric (0 = off)")
+                   help=f"models to train, of {', '.join(registered_models())}; baselines are evaluated beside each")
+    g.add_argument("--model-options", type=_json_object, metavar="JSON",
+                   help="options per model as a JSON object keyed by model name, e.g. "
+                   "'{\"autoencoder\": {\"layers\": [128, 256, 256], \"epochs\": 20}, \"mf\": {\"dim\": 32}}': the "
+                   "option names of `python -m recsys_core train --help` (with _ for -), JSON values")
     g.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda when available, else cpu")
     g.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     g.add_argument("--top-k", type=int, default=10, help="length of the recommendation lists and cut-off of HR/NDCG")
@@ -265,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log every training run to this MLflow store, e.g. sqlite:///mlflow.db (default: "
                    "MLFLOW_TRACKING_URI when set, else no tracking; needs pip install '.[mlflow]')")
     p.add_argument("--report-json", metavar="FILE",
-                   help="also write the run's report (stage statuses, stats, metrics, paths) as JSON (not a flow parameter)")
+                   help="also write the run's report (stage statuses, stats, metrics, paths) as JSON "
+                   "(not a flow parameter)")
     return p
 
 

@@ -130,7 +130,8 @@ def log_run(run_dir, experiment: str, *, key: str | None = None, tracking_uri: s
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
     model = str(metrics.get("model") or config.get("model") or "model")
-    run_tags = {"recsys.model": model, "recsys.split": str(metrics.get("split")), "recsys.run_dir": str(run_dir.resolve()),
+    run_tags = {"recsys.model": model, "recsys.split": str(metrics.get("split")),
+                "recsys.run_dir": str(run_dir.resolve()),
                 "recsys.beaten_by": ", ".join(metrics.get("beaten_by") or []) or "none", **(tags or {})}
     run = client.create_run(experiment_id, run_name=run_name or model, tags=run_tags)
     run_id = run.info.run_id

@@ -76,7 +76,8 @@ def test_the_database_password_reaches_only_postgres_and_the_server_and_any_pass
     assert holders == {"postgres", "server"}
     assert not any("env_file" in service for service in resolved.values())
     server = _environment(resolved["server"])
-    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in server and "PREFECT_API_DATABASE_CONNECTION_URL" not in server
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in server
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in server
     assert _environment(resolved["postgres"])["POSTGRES_PASSWORD"] == PASSWORD
 
     # Prefect builds the URL from the separate settings and escapes it: the password comes back whole.

@@ -21,6 +21,7 @@ from tests.flow_support import (
     TINY,
     all_manifests_verify,
     cli_args,
+    model_options,
     prefect_sandbox,
     start_cli,
     statuses,
@@ -66,8 +67,9 @@ def golden(sandbox, netflix_raw, tmp_path_factory):
 GOLDEN_TRAINING = dict(epochs=60, patience=0)
 
 
-def _train_params(**changes) -> dict:
-    return {**GOLDEN_TRAINING, **changes}
+def _train_params(models=("autoencoder",), **changes) -> dict:
+    """Flow parameters: ``models``, each with the golden run's training options updated by ``changes``."""
+    return {"models": list(models), **model_options(models, **{**GOLDEN_TRAINING, **changes})}
 
 
 def _copy(golden_dir: Path, tmp_path: Path) -> Path:
@@ -207,7 +209,8 @@ def test_sigkill_mid_stage_leaves_nothing_taken_as_complete(sandbox, golden, net
     marker = tmp_path / "marker"
     params = {"source": str(netflix_raw), "data_dir": str(data), **_train_params(), "seed": 7}
     env = subprocess_env(sandbox["api_url"], sandbox["home"])
-    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *cli_args(params)], cwd=Path(__file__).parents[1],
+    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *cli_args(params)],
+                            cwd=Path(__file__).parents[1],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -229,7 +232,7 @@ def test_sigkill_mid_stage_leaves_nothing_taken_as_complete(sandbox, golden, net
 def test_two_runs_at_once_on_one_data_dir(sandbox, tmp_path):
     data = tmp_path / "data"
     env = subprocess_env(sandbox["api_url"], sandbox["home"])
-    params = {"source": "sample", "data_dir": str(data), **TINY, "epochs": 1}
+    params = {"source": "sample", "data_dir": str(data), **TINY, **model_options(epochs=1, patience=0)}
     reports = [tmp_path / f"report-{i}.json" for i in range(2)]
     procs = [start_cli(params, env, r, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in reports]
     for proc in procs:
@@ -253,6 +256,16 @@ def test_user_error_is_one_sentence_and_nonzero_exit(sandbox, tmp_path, capsys):
     assert err.startswith("error: ") and "missing: no such file or folder" in err
 
 
+def test_bad_model_options_stop_the_flow_before_its_first_stage(sandbox, tmp_path, capsys):
+    from flows.full import main
+
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "--models", "mf", "--model-options", '{"mf": {"lr": -1}}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "error: model mf: option lr must be above 0, got -1"
+    assert not data.exists()
+
+
 def test_help_lists_every_flow_parameter():
     import inspect
 
@@ -266,7 +279,7 @@ def test_leave_one_out_protocol_trains_ncf_and_ranks_against_most_popular(sandbo
     from flows.full import full_pipeline
 
     report = full_pipeline(source=str(netflix_raw), data_dir=str(tmp_path / "data"),
-                           **_train_params(protocol="leave-one-out", models=["neumf"], epochs=1))
+                           protocol="leave-one-out", **_train_params(models=["neumf"], epochs=1))
     assert statuses(report) == {**{stage: "built" for stage in ETL}, "train leave-one-out/neumf": "built"}
     rows = {r["model"]: r for r in report["metrics"]}
     assert rows["neumf"]["kind"] == "model" and rows["most_popular"]["kind"] == "baseline"

@@ -161,7 +161,8 @@ def test_deployment_runs_on_a_real_server_and_worker(tmp_path):
 
         data = tmp_path / "data"
         out = run("run", "deployment", "run", "recsys-full-pipeline/sample",
-                  "-p", f"data_dir={data}", "-p", "sample_scale=0.001", "-p", "epochs=1",
+                  "-p", f"data_dir={data}", "-p", "sample_scale=0.001",
+                  "-p", 'model_options={"autoencoder": {"epochs": 1}}',
                   "--watch", "--watch-timeout", str(int(max(10, deadline - time.time() - 60))),
                   timeout=deadline - time.time())
         assert "Completed" in out, out[-3000:]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_fixtures import make_rating_split
 
 from recsys_core.tracking import KEY_TAG, log_run, metric_name
 from recsys_core.train import train
 from tasks.tracking import experiment_name
-from train_fixtures import make_rating_split
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (requirements-extras.lock installs it for the tests)")
 
@@ -54,7 +54,8 @@ def test_a_run_folder_becomes_one_mlflow_run_once(run_dir, store, monkeypatch):
     assert run.data.metrics["test_rmse"] == pytest.approx(metrics["test"]["rmse"])
     assert run.data.metrics[metric_name("test_recall@10")] == pytest.approx(metrics["test"]["recall@10"])
     for baseline in ("global_mean", "item_mean", "user_item_bias"):
-        assert run.data.metrics[f"baseline.{baseline}.test_rmse"] == pytest.approx(metrics["baselines"][baseline]["test"]["rmse"])
+        expected = metrics["baselines"][baseline]["test"]["rmse"]
+        assert run.data.metrics[f"baseline.{baseline}.test_rmse"] == pytest.approx(expected)
     history = json.loads((run_dir / "history.json").read_text())
     for name, column in (("train_loss", "train_loss"), ("valid_rmse", "valid")):
         steps = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)

@@ -7,7 +7,6 @@ under a temporary name and renamed into place, so on any error the previous outp
 
 from __future__ import annotations
 
-import argparse
 import logging
 import resource
 import time
@@ -118,31 +117,3 @@ def convert(src: str | Path, out_dir: str | Path, *, compression: str = DEFAULT_
     """Convert a Netflix Prize or MovieLens source into ``out_dir`` (ratings.parquet, items.parquet,
     meta.json); returns the meta. Raises InputError (file, line, problem) on bad input."""
     return run_conversion(src, out_dir, compression=compression, batch_mb=batch_mb).meta
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert raw Netflix Prize / MovieLens files to Parquet",
-        description=("Convert raw ratings to OUT_DIR/ratings.parquet (user_id, item_id, rating, timestamp), "
-                     "OUT_DIR/items.parquet (item_id, title, year, genres) and OUT_DIR/meta.json. The input form "
-                     f"is recognised by itself: {RECOGNISED}. Archives are read in place, never extracted. "
-                     "OUT_DIR is replaced as a whole only when everything succeeded."),
-    )
-    parser.add_argument("src", metavar="SRC", type=Path, help=f"the raw data: {RECOGNISED}")
-    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path,
-                        help="output folder (created, or replaced as a whole on success)")
-    parser.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION,
-                        help=f"Parquet compression of ratings.parquet (default: {DEFAULT_COMPRESSION}, level 1: about "
-                             "15%% smaller than the others on Netflix and a little slower to write; snappy, "
-                             "lz4 and none are equally fast and equally large here)")
-    parser.add_argument("--batch-mb", type=float, default=DEFAULT_BATCH_MB, metavar="MB",
-                        help=f"Netflix: megabytes of rating text parsed per batch and written per Parquet row "
-                             f"group; memory grows about 4x this (default: {DEFAULT_BATCH_MB})")
-    parser.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    report = run_conversion(args.src, args.out_dir, compression=args.compression, batch_mb=args.batch_mb)
-    print(f"wrote {args.out_dir}/ratings.parquet, items.parquet, meta.json: {report.summary()}")
-    return 0
