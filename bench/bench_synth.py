@@ -1,6 +1,6 @@
 """Benchmark the synthetic Netflix generator: wall, CPU, peak RSS, ratings, bytes, per-phase seconds.
 
-    flock /tmp/heavy.lock /work/venv/bin/python bench/bench_synth.py --scale 1.0 --out /work/bigdata/netflix-1.0 --tar --ready
+    flock /tmp/heavy.lock .venv/bin/python bench/bench_synth.py --scale 1.0 --out data/raw/full --tar --ready
 
 Run it under the shared lock: scale 1.0 takes a couple of minutes of both cores and several GB.
 """
