@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_core.errors import InputError
+from recsys_core.idset import IdSet
 from recsys_core.io import write_json
 from recsys_core.schema import ITEMS_SCHEMA, RATINGS_SCHEMA
 
@@ -27,8 +28,6 @@ COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
 # snappy/lz4 gain nothing over "none" once the dictionary encoding has done its work.
 DEFAULT_COMPRESSION = "zstd"
 
-# The largest raw user id tracked with a dense bitmap (one byte each); larger ids fall back to sets.
-_DENSE_ID_LIMIT = 1 << 27
 # Rows per Parquet row group at most (a Netflix batch of 128 MB is ~6.5M rows, one group).
 _ROW_GROUP_ROWS = 1 << 23
 
@@ -72,38 +71,6 @@ class Timings:
         return {k: round(getattr(self, k), 3) for k in ("read", "parse", "validate", "write", "wall")}
 
 
-class DistinctIds:
-    """Counts distinct non-negative int32 ids seen over many batches (dense bitmap, set beyond)."""
-
-    def __init__(self) -> None:
-        self._seen = np.zeros(1 << 16, dtype=bool)
-        self._sparse: set[int] | None = None
-
-    def add(self, ids: np.ndarray) -> None:
-        if len(ids) == 0:
-            return
-        top = int(ids.max())
-        if self._sparse is None and top >= _DENSE_ID_LIMIT:
-            self._sparse = set(np.flatnonzero(self._seen).tolist())
-        if self._sparse is not None:
-            self._sparse.update(np.unique(ids).tolist())
-            return
-        if top >= len(self._seen):
-            grown = np.zeros(max(top + 1, 2 * len(self._seen)), dtype=bool)
-            grown[: len(self._seen)] = self._seen
-            self._seen = grown
-        self._seen[ids] = True
-
-    def values(self) -> np.ndarray:
-        """The distinct ids, sorted."""
-        if self._sparse is not None:
-            return np.array(sorted(self._sparse), dtype=np.int64)
-        return np.flatnonzero(self._seen)
-
-    def count(self) -> int:
-        return len(self._sparse) if self._sparse is not None else int(np.count_nonzero(self._seen))
-
-
 class RatingsSink:
     """Streams ratings tables (RATINGS_SCHEMA) into one Parquet file, one row group per table,
     and keeps what meta.json needs: counts, distinct users and items, date range."""
@@ -115,8 +82,8 @@ class RatingsSink:
         self._writer = pq.ParquetWriter(path, RATINGS_SCHEMA, compression=compression, use_dictionary=True,
                                         compression_level=1 if compression == "zstd" else None)
         self.ratings = 0
-        self.users = DistinctIds()
-        self.items = DistinctIds()
+        self.users = IdSet()
+        self.items = IdSet()
         self.first_second: int | None = None
         self.last_second: int | None = None
 
@@ -186,8 +153,8 @@ def write_meta(out_dir: Path, source: str, sink: RatingsSink, catalog_items: int
         "schema_version": SCHEMA_VERSION,
         "source": source,
         "ratings": sink.ratings,
-        "users": sink.users.count(),
-        "items": sink.items.count(),
+        "users": len(sink.users),
+        "items": len(sink.items),
         "catalog_items": catalog_items,
         "first_date": _date_of(sink.first_second),
         "last_date": _date_of(sink.last_second),

@@ -262,7 +262,7 @@ def convert_movielens(folder: Path, fmt: MovieLensFormat, out_dir: Path, sink: R
     timings.add("validate", time.perf_counter() - parsed)
     sink.write(table, timings)
     ids, titles, years, genres = items
-    return write_catalogue(out_dir / "items.parquet", ids, titles, years, genres, sink.items.values(),
+    return write_catalogue(out_dir / "items.parquet", ids, titles, years, genres, sink.items.ids,
                            fmt.items_name)
 
 

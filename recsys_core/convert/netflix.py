@@ -575,5 +575,5 @@ def _convert_tar_gz(path: Path, pipeline: _Pipeline, batch_bytes: int, timings: 
 
 def _write_catalogue(out_dir: Path, titles, sink: RatingsSink) -> int:
     ids, names, years = titles
-    return write_catalogue(out_dir / "items.parquet", ids, names, years, [None] * len(ids), sink.items.values(),
+    return write_catalogue(out_dir / "items.parquet", ids, names, years, [None] * len(ids), sink.items.ids,
                            TITLES_NAME)
