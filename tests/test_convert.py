@@ -8,11 +8,13 @@ import errno
 import gzip
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -707,3 +709,158 @@ def test_generated_netflix_set_matches_its_synth_json(tmp_path):
     assert read_rows(tmp_path / "out-tar") == rows
     titles = pq.read_table(tmp_path / "out" / "items.parquet")
     assert titles.num_rows == synth["movies"] and titles.column("title").null_count == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The Kaggle layout ("Netflix Prize data"): combined_data_N.txt + movie_titles.csv, folder or zip.
+
+KAGGLE_EXTRAS = {"probe.txt": b"1:\n1488844\n", "qualifying.txt": b"1:\n30878,2005-12-19\n", "README": b"x\n"}
+
+
+def kaggle_files(ratings=RATINGS, titles: bytes = TITLES, blocks: dict[int, bytes] | None = None,
+                 files: list[list[int]] | None = None) -> dict[str, bytes]:
+    """The Kaggle layout's files: movie blocks (``blocks`` replaces a movie's block by raw bytes) spread
+    over combined_data_N.txt as ``files`` says (default: two files)."""
+    texts = {m: movie_text(m, rows) for m, rows in ratings.items()}
+    texts.update(blocks or {})
+    movies = sorted(texts)
+    files = files or [movies[: len(movies) // 2], movies[len(movies) // 2:]]
+    combined = {f"combined_data_{n}.txt": b"".join(texts[m] for m in group) for n, group in enumerate(files, 1)}
+    return {**combined, "movie_titles.csv": titles, **KAGGLE_EXTRAS}
+
+
+def write_kaggle(root: Path, files: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return root
+
+
+def write_kaggle_zip(dest: Path, files: dict[str, bytes], folder: str = "") -> Path:
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(folder + name, data)
+    return dest
+
+
+@pytest.mark.parametrize("form", ["folder", "zip", "zip with a folder inside"])
+def test_kaggle_layout_gives_the_per_movie_output(tmp_path, form):
+    files = kaggle_files()
+    if form == "folder":
+        src = write_kaggle(tmp_path / "kaggle", files)
+    else:
+        src = write_kaggle_zip(tmp_path / "archive.zip", files, "netflix/" if "inside" in form else "")
+    meta = convert(src, tmp_path / "out")
+    reference = tmp_path / "ref"
+    assert meta == convert(write_netflix(tmp_path / "nf"), reference)
+    assert read_rows(tmp_path / "out") == expected_netflix_rows()
+    assert (tmp_path / "out" / "ratings.parquet").read_bytes() == (reference / "ratings.parquet").read_bytes()
+    assert (tmp_path / "out" / "items.parquet").read_bytes() == (reference / "items.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("batch_mb", [128, 0.0005])  # 0.0005: a batch per movie, blocks cut by the read buffer
+def test_generated_data_in_both_layouts_converts_to_byte_identical_parquet(tmp_path, batch_mb):
+    from recsys_core.synth import generate_netflix
+
+    generate_netflix(tmp_path / "per-movie", scale=0.002, seed=3, tar=True)
+    generate_netflix(tmp_path / "kaggle", scale=0.002, seed=3, layout="kaggle", zip_archive=True)
+    outputs = {}
+    for name, src in {"folder": tmp_path / "per-movie", "tar": tmp_path / "per-movie" / "training_set.tar",
+                      "kaggle": tmp_path / "kaggle", "kaggle zip": tmp_path / "kaggle" / "netflix-prize-data.zip"
+                      }.items():
+        meta = convert(src, tmp_path / name, batch_mb=batch_mb)
+        outputs[name] = (meta, snapshot(tmp_path / name))
+    assert outputs["folder"][0]["ratings"] > 150_000
+    for name, output in outputs.items():
+        assert output == outputs["folder"], name  # meta.json, ratings.parquet, items.parquet: byte for byte
+
+
+def test_kaggle_bom_crlf_blank_lines_and_utf8_titles_are_accepted(tmp_path, caplog):
+    files = kaggle_files(titles=b"\xef\xbb\xbf" + TITLES.decode("latin-1").encode() + b"\n\n")
+    files["combined_data_1.txt"] = b"\xef\xbb\xbf" + files["combined_data_1.txt"].replace(b"\n", b"\r\n")
+    files["combined_data_2.txt"] += b"\n \n\n"
+    convert(write_kaggle(tmp_path / "kaggle", files), tmp_path / "out")
+    assert read_rows(tmp_path / "out") == expected_netflix_rows()
+    assert pq.read_table(tmp_path / "out" / "items.parquet").column("title").to_pylist()[3] == "Amélie"
+    assert "movie_titles.csv is UTF-8, not ISO-8859-1" in caplog.text
+
+
+def _kaggle_line(movie: int, line_in_movie_file: int, ratings=RATINGS) -> int:
+    """Line number in combined_data_N.txt of a movie file's line (the default split of kaggle_files)."""
+    movies = sorted(ratings)
+    group = movies[: len(movies) // 2] if movie in movies[: len(movies) // 2] else movies[len(movies) // 2:]
+    before = sum(1 + len(ratings[m]) for m in group if m < movie)
+    return before + line_in_movie_file
+
+
+KAGGLE_ONLY = {"bad header", "header id differs", "empty file"}  # these need a file per movie
+
+
+@pytest.mark.parametrize("case", sorted(set(BAD_MOVIE_FILES) - KAGGLE_ONLY))
+@pytest.mark.parametrize("form", ["folder", "zip"])
+def test_kaggle_bad_rating_lines_name_the_combined_file_and_its_line(tmp_path, previous_output, case, form):
+    name, data, line, problem = BAD_MOVIE_FILES[case]
+    problem = re.sub(r"on line (\d+)", lambda m: f"on line {_kaggle_line(2, int(m.group(1)))}", problem)
+    files = kaggle_files(blocks={2: data})
+    src = write_kaggle(tmp_path / "bad", files) if form == "folder" else write_kaggle_zip(tmp_path / "bad.zip", files)
+    file_name = "combined_data_1.txt" if form == "folder" else "bad.zip member combined_data_1.txt"
+    assert_refused(src, *previous_output, file_name, _kaggle_line(2, line), problem)
+
+
+BAD_KAGGLE = {
+    "no header first": ({"combined_data_1.txt": b"1,3,2005-01-01\n"}, "combined_data_1.txt", 1,
+                        "the first line must be '<movie id>:' but is '1,3,2005-01-01'"),
+    "movie 0": ({"combined_data_2.txt": movie_text(3, []) + b"0:\n1,3,2005-01-01\n"}, "combined_data_2.txt", 2,
+                "the movie id of '0:' is not a positive 32-bit integer"),
+    "colon in a rating line": ({"combined_data_2.txt": movie_text(3, []) + b"1,3,2005:01-01\n"},
+                               "combined_data_2.txt", 2, "'1,3,2005:01-01' is neither a '<movie id>:' line"),
+    "movie in two files": ({"combined_data_2.txt": movie_text(1, [(9, 3, "2005-01-01")])}, "combined_data_2.txt", 1,
+                           "movie 1 was already read from "),
+    "empty file": ({"combined_data_2.txt": b""}, "combined_data_2.txt", 1, "is empty"),
+    "titles 0xB2": ({"movie_titles.csv": b"1,2003,A\n\xb2,2004,B\n"}, "movie_titles.csv", 2,
+                    "the movie id '\xb2' is not a positive 32-bit integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_KAGGLE))
+def test_kaggle_bad_input_is_refused(tmp_path, previous_output, case):
+    changes, file_name, line, problem = BAD_KAGGLE[case]
+    src = write_kaggle(tmp_path / "bad", {**kaggle_files(), **changes})
+    assert_refused(src, *previous_output, file_name, line, problem)
+
+
+def test_kaggle_missing_titles_and_damaged_zips_are_refused(tmp_path, previous_output):
+    files = kaggle_files()
+    src = write_kaggle(tmp_path / "no-titles", {k: v for k, v in files.items() if k != "movie_titles.csv"})
+    assert_refused(src, *previous_output, "movie_titles.csv", None, "is missing")
+    archive = write_kaggle_zip(tmp_path / "archive.zip", files)
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    assert_refused(archive, *previous_output, "archive.zip", None, "is not a readable zip archive, or it is truncated")
+    # a flipped byte inside the stored member: the CRC-32 check at the member's end catches it
+    stored = tmp_path / "stored.zip"
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as out:
+        for name, content in files.items():
+            out.writestr(name, content)
+    data = bytearray(stored.read_bytes())
+    where = data.index(b"1488844,3,2005-09-06")
+    data[where + 8] = ord("4")  # rating 3 -> 4: still a valid line
+    stored.write_bytes(bytes(data))
+    assert_refused(stored, *previous_output, "stored.zip", None,
+                   "is corrupt inside member combined_data_1.txt: its CRC-32 checksum does not match its content")
+
+
+def test_kaggle_sources_are_recognised_and_the_flow_plans_them(tmp_path):
+    from tasks import plan
+
+    root = write_kaggle(tmp_path / "kaggle", kaggle_files())
+    archive = write_kaggle_zip(tmp_path / "netflix-prize-data.zip", kaggle_files())
+    for src in (root, archive):
+        assert convert(src, tmp_path / f"out-{src.name}")["source"] == "netflix"
+        assert plan.source_roots(src) == [src] and plan.source_name(src) in ("kaggle", "netflix-prize-data")
+    with pytest.raises(RecsysError, match="overlaps the input"):
+        convert(root, root / "converted")
+    other = tmp_path / "other.zip"
+    write_kaggle_zip(other, {"notes.txt": b"hello\n"})
+    with pytest.raises(RecsysError, match="is not a recognised data set"):
+        convert(other, tmp_path / "out-other")

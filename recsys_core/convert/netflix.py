@@ -83,6 +83,7 @@ class _MovieFile:
     size: int
     # load(dest) writes the body (all after the first line) into dest[:n], returns (first line, n).
     load: Callable[[memoryview], tuple[bytes, int]]
+    first_line: int = 2  # line number of the body's first line in the file (a Kaggle block: in combined_data)
 
 
 def archive_error(label: str, err: Exception, member: str | None = None) -> InputError:
@@ -307,13 +308,15 @@ def _read_batches(entries: Iterator[_MovieFile], batch_bytes: int, timings: Timi
     movie_ids: list[int] = []
     counts: list[int] = []
     starts: list[int] = []
+    first_lines: list[int] = []
     seen_movies: dict[int, str] = {}
     start = time.perf_counter()
 
     def cut() -> _Batch:
         batch = _Batch(bytes(view[:fill]), labels[:], np.array(movie_ids, dtype=np.int32),
-                       np.array(counts, dtype=np.int64), np.array(starts + [fill], dtype=np.int64))
-        labels.clear(), movie_ids.clear(), counts.clear(), starts.clear()
+                       np.array(counts, dtype=np.int64), np.array(starts + [fill], dtype=np.int64),
+                       np.array(first_lines, dtype=np.int64))
+        labels.clear(), movie_ids.clear(), counts.clear(), starts.clear(), first_lines.clear()
         return batch
 
     for entry in entries:
@@ -338,6 +341,7 @@ def _read_batches(entries: Iterator[_MovieFile], batch_bytes: int, timings: Timi
             body = trailing_blank_start(buffer, fill + body, fill) - fill
         labels.append(entry.label)
         movie_ids.append(entry.movie_id)
+        first_lines.append(entry.first_line)
         starts.append(fill)
         counts.append(buffer.count(b"\n", fill, fill + body))
         fill += body
@@ -492,9 +496,9 @@ def parse_titles(data: bytes, label: str) -> tuple[list[int], list[str], list[in
 
 @dataclass
 class NetflixInput:
-    kind: str  # "folder" | "tar" | "tar.gz"
-    path: Path  # training_set/ folder, training_set.tar or the tar.gz
-    titles: Path | None  # movie_titles.txt beside (None inside the tar.gz)
+    kind: str  # "folder" | "tar" | "tar.gz" | "kaggle" | "kaggle zip"
+    path: Path  # training_set/ folder, training_set.tar, the tar.gz; Kaggle: the folder or the zip
+    titles: Path | None  # movie_titles.txt (Kaggle: movie_titles.csv) beside (None inside an archive)
 
 
 def find_input(src: Path) -> NetflixInput | None:
@@ -576,7 +580,7 @@ def convert_netflix(netflix: NetflixInput, out_dir: Path, sink: RatingsSink, tim
         pipeline.finish()
     finally:
         pipeline.close()
-    return _write_catalogue(out_dir, titles, sink, label_dir or out_dir)
+    return write_netflix_catalogue(out_dir, titles, sink, label_dir or out_dir)
 
 
 def _run(entries: Iterator[_MovieFile], total: int | None, pipeline: _Pipeline, batch_bytes: int,
@@ -624,7 +628,8 @@ def _convert_tar_gz(path: Path, pipeline: _Pipeline, batch_bytes: int, timings: 
     return titles
 
 
-def _write_catalogue(out_dir: Path, titles, sink: RatingsSink, label_dir: Path) -> int:
+def write_netflix_catalogue(out_dir: Path, titles, sink: RatingsSink, label_dir: Path,
+                            titles_name: str = TITLES_NAME) -> int:
     ids, names, years = titles
     return write_catalogue(out_dir / "items.parquet", ids, names, years, [None] * len(ids), sink.items.values(),
-                           TITLES_NAME, label=label_dir / "items.parquet")
+                           titles_name, label=label_dir / "items.parquet")
