@@ -768,8 +768,8 @@ def test_generated_data_in_both_layouts_converts_to_byte_identical_parquet(tmp_p
     for name, src in {"folder": tmp_path / "per-movie", "tar": tmp_path / "per-movie" / "training_set.tar",
                       "kaggle": tmp_path / "kaggle", "kaggle zip": tmp_path / "kaggle" / "netflix-prize-data.zip"
                       }.items():
-        meta = convert(src, tmp_path / name, batch_mb=batch_mb)
-        outputs[name] = (meta, snapshot(tmp_path / name))
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        outputs[name] = (convert(src, out, batch_mb=batch_mb), snapshot(out))
     assert outputs["folder"][0]["ratings"] > 150_000
     for name, output in outputs.items():
         assert output == outputs["folder"], name  # meta.json, ratings.parquet, items.parquet: byte for byte
