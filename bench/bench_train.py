@@ -87,7 +87,7 @@ def autoencoder(args) -> None:
     data = load_split_data(args.split)
     n_users, n_items = data.train.shape
     config = resolve_config("autoencoder", {**NF, "epochs": args.epochs, "patience": 0, "lr": args.lr,
-                                            "optimizer": args.optimizer, "recall_users": 0})
+                                            "optimizer": args.optimizer, "recall_users": 0, "refeed": args.refeed})
     torch.manual_seed(0)
     model = DeepAutoencoder(n_items, NF["layers"], "selu", 0.8, False, False)
     estimator = RowsEstimator(model, data, config, torch.device("cpu"))
@@ -101,8 +101,8 @@ def autoencoder(args) -> None:
     started = time.perf_counter()
     test = rating_metrics(estimator, data.test, (1.0, 5.0))
     eval_s = time.perf_counter() - started
-    flops = flops_per_epoch(users_trained, data.train.nnz, n_items, NF["layers"], 1)
-    report("autoencoder-NF-cpu", threads=args.threads, users=n_users, items=n_items, train_nnz=int(data.train.nnz),
+    flops = flops_per_epoch(users_trained, data.train.nnz, n_items, NF["layers"], args.refeed)
+    report("autoencoder-NF-cpu", threads=args.threads, refeed=args.refeed, users=n_users, items=n_items, train_nnz=int(data.train.nnz),
            test_nnz=int(data.test.nnz), epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
            seconds_per_epoch=[round(s, 1) for s in epoch_s], fit_wall_s=round(wall, 1),
            eval_pass_s=round(eval_s, 2), test_rmse=round(test["rmse"], 4),
@@ -298,6 +298,8 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--optimizer", default="adam")
     a.add_argument("--lr", type=float, default=0.001)
+    a.add_argument("--refeed", type=int, default=1, help="re-feeding steps (the paper: 1; 0: the sparse path that "
+                                                            "gathers only the observed outputs, as the default model)")
     a.add_argument("--reference-epochs", type=int, default=0,
                    help="also train the reference-style implementation for these many full epochs (same start, "
                         "order and dropout seeds) and evaluate it on every test user")

@@ -47,9 +47,6 @@ def _sibling(dest: Path, kind: str = _TEMP) -> Path:
     return dest.with_name(f".{dest.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-# Kept for callers of the old name.
-_temp_sibling = _sibling
-
 
 # ------------------------------------------------------------------------------------------------
 # Liveness of a writer: its lock, and its pid.

@@ -142,6 +142,8 @@ class _BlockReader:
                         got = stream.readinto(view[fill:])  # a zip member: inflated here, its CRC-32 checked at its end
                     except _ZIP_ERRORS as err:
                         raise source.damaged(err) from None
+                    except OSError as err:  # the disk under the input: name the input
+                        raise OSError(err.errno, err.strerror, source.label) from None
                     eof = not got
                     fill += got or 0
                     bar.advance((got or 0) / 1e6)

@@ -618,6 +618,10 @@ def _convert_tar_gz(path: Path, pipeline: _Pipeline, batch_bytes: int, timings: 
             pass
     except ARCHIVE_ERRORS as err:
         raise archive_error(label, err) from None
+    except OSError as err:  # the disk under the input: name the input
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, label) from None
+        raise
     finally:
         outer.close()
         compressed.close()
