@@ -44,6 +44,7 @@ TITLES_CSV = "movie_titles.csv"
 _HEADER = re.compile(rb"(\d+):\r?")
 _MAX_MOVIE_ID = 2**31 - 1
 _ZIP_ERRORS = (*ARCHIVE_ERRORS, zipfile.BadZipFile, zipfile.LargeZipFile)
+_READ_BYTES = 16 << 20  # bytes of a combined file read per round
 
 
 @dataclass
@@ -278,7 +279,9 @@ def convert_kaggle(src: Path, out_dir: Path, sink: RatingsSink, timings: Timings
 def _run(sources: list[_Combined], batch_bytes: int, sink: RatingsSink, timings: Timings) -> None:
     # Batches are cut by netflix._read_batches with the per-movie files' own rule (a block is exactly the
     # bytes of its mv_*.txt), so both layouts give the same row groups: byte-identical ratings.parquet.
-    reader = _BlockReader(batch_bytes + (1 << 20))
+    # The read buffer only has to hold whole blocks (it grows for a larger one): 16 MB instead of a second
+    # batch-sized buffer saves ~110 MB of peak memory at the default batch size, at the same speed.
+    reader = _BlockReader(min(batch_bytes, _READ_BYTES))
     pipeline = _Pipeline(sink, timings)
     try:
         with progress_bar("convert netflix (kaggle)", round(sum(s.size for s in sources) / 1e6), "MB") as bar:
