@@ -6,13 +6,12 @@ fields of ``movie_titles.txt`` (ISO-8859-1, titles with commas); ``probe.txt``, 
 ``README`` are not ratings and are not read. Sources: the folder, or the Kaggle zip archive read in
 place (each member decompressed as a stream, its CRC-32 checked at its end; nothing is extracted).
 
-Each combined file is read in order into one reused buffer of ~128 MB; the header lines are found with
-``bytes.find`` (a rating line never holds ':'), and the complete blocks of the buffer become one batch
-whose entries are movies, exactly like a batch of per-movie files: the rating lines of each movie one
-after the other, a line count per movie. Parsing, checks (duplicates within a movie included),
-writing and the one-sentence errors are then the per-movie path's own (``netflix._Pipeline``), with
-the line numbers of the combined file. A block cut by the end of the buffer moves to its front for the
-next round; a block larger than the buffer grows it.
+Each combined file is read in order, 16 MB at a time, into one reused buffer; the header lines are
+found with ``bytes.find`` (a rating line never holds ':'), and every complete block becomes one entry of
+the per-movie path's own batcher (``netflix._read_batches``), exactly as if it were the file
+``mv_<id>.txt``: the same batches, row groups, checks (duplicates within a movie included) and one-sentence
+errors, with the line numbers of the combined file. A block cut by the end of the buffer moves to its
+front for the next round; a block larger than the buffer grows it.
 """
 
 from __future__ import annotations
