@@ -205,6 +205,12 @@ def leave() -> None:
     _current, _owned = SINGLE, False
 
 
+# The rendezvous of processes started by a launcher: torchrun's MASTER_ADDR/MASTER_PORT (env://) unless this
+# names another torch init method, e.g. file:///path/on/a/filesystem/every/host/shares/store (no TCP store:
+# launchers other than torchrun, or hosts where a port must not be opened).
+INIT_METHOD_VARIABLE = "RECSYS_INIT_METHOD"
+
+
 def from_environment(device: torch.device) -> DistContext:
     """The group a launcher such as torchrun describes in the environment (WORLD_SIZE > 1), joined (or
     adopted, when the calling program already initialized torch.distributed); else ``current()``."""
@@ -229,7 +235,7 @@ def from_environment(device: torch.device) -> DistContext:
                           "(or train --nproc N on one host)") from None
     if device.type == "cuda":
         check_processes(int(os.environ.get("LOCAL_WORLD_SIZE", world)), torch.device("cuda"))
-    return join(rank, world, local_rank, device, "env://")
+    return join(rank, world, local_rank, device, os.environ.get(INIT_METHOD_VARIABLE) or "env://")
 
 
 # ------------------------------------------------------------------------------------------- spawning
@@ -258,7 +264,7 @@ def spawn(nproc: int, device: torch.device, fn: Callable[..., Any], *args) -> An
         if loopback and "GLOO_SOCKET_IFNAME" not in env:
             env["GLOO_SOCKET_IFNAME"] = loopback  # one host: gloo's sockets listen on 127.0.0.1 only
         procs = [subprocess.Popen([sys.executable, "-m", "recsys_core.distributed", tmp, str(rank), str(nproc),
-                                   device.type, str(threads)], env=env) for rank in range(nproc)]
+                                   device.type, str(threads), str(os.getpid())], env=env) for rank in range(nproc)]
         try:
             failed = _wait(procs)
         except BaseException:
@@ -310,18 +316,21 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when the process that spawned it dies (even by SIGKILL)."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGTERM when the process that spawned it dies (even by SIGKILL); one that
+    died before this line ran (this process's parent is no longer ``parent``) ends it here."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(143)
 
 
-def _run_spawned(tmp: str, rank: int, world: int, device_type: str, threads: int) -> int:
-    _die_with_parent()
+def _run_spawned(tmp: str, rank: int, world: int, device_type: str, threads: int, parent: int) -> int:
+    _die_with_parent(parent)
     if device_type == "cpu":
         torch.set_num_threads(threads)
     with open(Path(tmp) / "task.pkl", "rb") as f:
@@ -346,5 +355,8 @@ if __name__ == "__main__":
     # to the code it runs (a second copy of this module would hold another _current).
     from recsys_core import distributed as _module
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by the parent: exit through finally blocks
-    sys.exit(_module._run_spawned(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])))
+    # SIGTERM (from spawn's _stop, or PR_SET_PDEATHSIG when the parent died) keeps its default action: the
+    # process ends at once, even inside a collective waiting for a process that is gone (a Python handler
+    # would only run once that collective returned or timed out).
+    sys.exit(_module._run_spawned(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]),
+                                      int(sys.argv[6])))
