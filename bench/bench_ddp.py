@@ -10,7 +10,8 @@ within one run. Per run: seconds of each training epoch (``history.json``; inclu
 pass), the whole call's wall time (with N processes: the start of N interpreters, loading the split in
 each, training, then process 0's evaluation and writing), test RMSE, and the load average around it.
 On CPU, N processes share this process's threads (``torch.get_num_threads() // N`` each), so on a machine
-of C cores the comparison is 1 process x C threads against N processes x C/N threads.
+of C cores the comparison is 1 process x C threads against N processes x C/N threads; with
+``--threads-per-process T`` it is 1 process x T threads against N processes x T threads each.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ MODELS = {
 }
 
 
-def one_run(split: Path, model: str, nproc: int, epochs: int, work: Path) -> dict:
+def one_run(split: Path, model: str, nproc: int, epochs: int, work: Path, per_process: int | None) -> dict:
+    if per_process:
+        torch.set_num_threads(per_process * nproc)  # shared out: per_process threads in each process
     run_dir = work / f"{model}-{nproc}-{time.monotonic_ns()}"
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -58,6 +61,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of this process, shared out")
+    p.add_argument("--threads-per-process", type=int,
+                   help="give each process this many threads whatever N is (1 process x T vs N x T: the scaling "
+                        "when each added process brings its own cores) instead of sharing --threads out")
     p.add_argument("--json", type=Path, help="also write every run's record here")
     args = p.parse_args()
     os.environ.setdefault("RECSYS_PROGRESS", "0")
@@ -68,7 +74,8 @@ def main() -> None:
         for model in args.models.split(","):
             for repeat in range(args.repeats):
                 for nproc in counts:
-                    record = {"repeat": repeat, **one_run(args.split, model, nproc, args.epochs, Path(tmp))}
+                    record = {"repeat": repeat, **one_run(args.split, model, nproc, args.epochs, Path(tmp),
+                                                                 args.threads_per_process)}
                     print(json.dumps(record), flush=True)
                     records.append(record)
     print(f"\n{'model':<12} {'nproc':>5} {'epoch s (each run)':<40} {'wall s':<20} {'test RMSE':<10}")
