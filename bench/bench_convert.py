@@ -2,7 +2,7 @@
 
     flock /tmp/heavy.lock python bench/bench_convert.py SRC OUT_DIR [--compression lz4] [--batch-mb 128]
 
-SRC is any input ``convert`` accepts (e.g. /work/bigdata/netflix-1.0 or its training_set.tar).
+SRC is any input ``convert`` accepts (e.g. data/raw/full or its training_set.tar).
 Run it on a quiet machine: the numbers in BENCHMARKS.md come from this script. Each run is a
 fresh process (so peak RSS is this conversion's own); the page cache is warm after the first.
 """

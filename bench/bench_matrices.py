@@ -4,7 +4,7 @@ Prints wall and CPU seconds, peak RSS (VmHWM) and the phases of each split (read
 index = dense id index, map = raw ids -> row/col numbers, csr = CSR build, transpose = train_by_item,
 write = npz/Parquet files).
 
-    flock /tmp/heavy.lock /work/venv/bin/python bench/bench_matrices.py /work/bigdata/split-1.0/NF /work/bigdata/matrices-1.0
+    flock /tmp/heavy.lock .venv/bin/python bench/bench_matrices.py data/full/splits-nt/NF data/full/matrices-nt
 """
 
 from __future__ import annotations

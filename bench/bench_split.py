@@ -4,7 +4,7 @@ Prints wall and CPU seconds, peak RSS (VmHWM) and the phase breakdown of the str
 (open, read = Parquet decode, route = masks + filters + id bitmaps, write_wait = waiting for the
 train writers, heldout = valid/test assignment + their files + stats, close = rename into place).
 
-    flock /tmp/heavy.lock /work/venv/bin/python bench/bench_split.py /work/bigdata/converted-1.0 /work/bigdata/split-1.0
+    flock /tmp/heavy.lock .venv/bin/python bench/bench_split.py data/full/converted data/full/splits-nt
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ real marginal, dates 1999-11-11..2005-12-31 growing strongly toward 2005 (each c
 date drawn from a growing density and rates between joining and the end). Rows are grouped by
 movie like the source files. Not a statistical model of anything: only the sizes matter here.
 
-    flock /tmp/heavy.lock /work/venv/bin/python bench/make_standin.py /work/bigdata/stage1-standin --scale 1.0
+    flock /tmp/heavy.lock .venv/bin/python bench/make_standin.py data/bench/stage1-standin --scale 1.0
 """
 
 from __future__ import annotations

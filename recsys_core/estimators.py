@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 import torch
 
+from recsys_core.distributed import local_part
 from recsys_core.evaluation import rmse
 from recsys_core.interactions import csr_triplets, rating_range
 from recsys_core.losses import observed_mse
@@ -166,7 +167,7 @@ class PairsEstimator(TorchEstimator):
     def batches(self, rng):
         order = torch.from_numpy(rng.permutation(len(self.users)))
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = local_part(order[start:start + self.batch_size])  # this process's part (all, alone)
             yield (self.users[idx].to(self.device), self.items[idx].to(self.device),
                    self.values[idx].to(self.device))
 

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys_core import models
+from recsys_core import distributed, models
 from recsys_core.baselines import fit_baselines
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import TorchEstimator, data_dims
@@ -55,7 +55,7 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str = False, device: str | None = None,
-          **options) -> dict:
+          **options) -> dict | None:
     """Train ``model`` on one stage-3 split folder into ``run_dir``; returns the metrics (also written).
 
     ``options`` are the model's options (``recsys_core.models.get(model).options``); all are checked
@@ -64,44 +64,88 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     and gives exactly what an uninterrupted run would have given. ``resume="auto"`` resumes when
     ``run_dir`` holds a run of the same model and options (resumable ones aside) with a readable checkpoint,
     and otherwise starts afresh (what the flow does after a killed run).
+
+    Several processes (``recsys_core.distributed``): ``nproc=N`` (models trained by the loop) spawns N
+    processes on this host that train one model together; under ``torchrun`` every process calls this
+    function, process 0 returns the metrics and the others ``None``.
     """
     run_dir = Path(run_dir)
     split_dir = Path(split_dir)
     if resume not in (False, True, "auto"):
         raise RecsysError(f"resume must be true, false or 'auto', got {resume!r}")
     dev = pick_device(device)
-    if resume == "auto":
-        registration = models.get(model)
-        config = registration.resolve(options)
-        resume = _can_resume(run_dir, model, config)
-        if not resume:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-    if resume:
-        registration, config, split_dir = _resumed_config(run_dir, model, options)
-    else:
-        registration = models.get(model)
-        config = registration.resolve(options)
+    registration = models.get(model)
+    ctx = distributed.from_environment(dev)  # the group torchrun started, joined here; else one process
+    try:
+        resume = ctx.decide(lambda: _decide_resume(run_dir, registration, options, resume))
+        if resume:
+            registration, config, split_dir = _resumed_config(run_dir, model, options)
+        else:
+            config = registration.resolve(options)
+        nproc = int(getattr(config, "nproc", 1))
+        if ctx.enabled:
+            if "nproc" not in config.names():
+                raise RecsysError(f"model {registration.name} is not trained by the loop and runs in one process: "
+                                  "start it without torchrun")
+            if nproc not in (1, ctx.world):
+                raise RecsysError(f"nproc {nproc} was given but torchrun started {ctx.world} processes: "
+                                  "leave nproc out under torchrun")
+            config = config.replace(registration.name, nproc=ctx.world)
+        elif nproc > 1:
+            return distributed.spawn(nproc, dev, _train_process, str(split_dir), str(run_dir), registration.name,
+                                     config.to_dict(), resume, str(dev))
+        return _train_process(split_dir, run_dir, registration.name, config.to_dict(), resume, str(dev))
+    finally:
+        distributed.leave()
+
+
+def _decide_resume(run_dir: Path, registration, options: dict, resume: bool | str) -> bool:
+    """``resume`` as true or false; "auto" looks at ``run_dir`` and clears an unfinished other run."""
+    if resume != "auto":
+        return bool(resume)
+    if _can_resume(run_dir, registration.name, registration.resolve(options)):
+        return True
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    return False
+
+
+def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: bool, device: str) -> dict | None:
+    """What every training process does (the only one, or one of ``distributed.current()``'s group): train;
+    process 0 also writes the run folder and returns the metrics."""
+    split_dir, run_dir = Path(split_dir), Path(run_dir)
+    ctx = distributed.current()
+    registration = models.get(model)
+    config = registration.options.from_saved(saved_options, model)
+    dev = ctx.device if ctx.enabled else pick_device(device)
     data = load_split_data(split_dir)
     torch.set_float32_matmul_precision("high")
     estimator = registration.create(config, device=dev)
-    run_dir.mkdir(parents=True, exist_ok=True)
     run_config = {**estimator.describe(), "split_dir": str(split_dir.resolve())}
-    write_json(run_dir / "config.json", run_config)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", run_config)
     blind = data.valid.nnz == 0
-    log.info("training %s on %s (%d users x %d items, %d ratings) on %s", registration.name, split_dir,
-             *data.train.shape, data.train.nnz, dev)
-    if blind:
+    if ctx.is_main:
+        log.info("training %s on %s (%d users x %d items, %d ratings) on %s%s", registration.name, split_dir,
+                 *data.train.shape, data.train.nnz, dev, f" and {ctx.world - 1} more processes" if ctx.enabled else "")
+    if blind and ctx.is_main:
         log.warning("%s has no valid part: %s trains blind (nothing is selected on valid%s); split with a valid "
                     "part to select on it", split_dir, registration.name,
                     "; no early stopping: the last epoch is kept" if isinstance(estimator, TorchEstimator) else "")
     started = time.perf_counter()
     result = estimator.fit(data, run_dir=run_dir, resume=resume)
     train_seconds = time.perf_counter() - started
+    world = ctx.world
+    distributed.leave()  # training is over: process 0 evaluates and writes alone
+    if not ctx.is_main:
+        return None
     with atomic_file(run_dir / MODEL_FILE) as tmp:
         torch.save({"config": run_config, "dims": data_dims(data), "state_dict": estimator.state_dict()}, tmp)
     history = result.get("history")
     summary = {"train_seconds": round(train_seconds, 3), "device": str(dev)}
+    if world > 1:
+        summary["processes"] = world
     if history is not None:
         write_json(run_dir / "history.json", {"valid_metric": estimator.valid_metric, **history})
         plot_learning_curve(history, estimator, run_dir / "learning_curve.png")

@@ -7,6 +7,10 @@ Determinism: every epoch draws its shuffling/sampling from ``np.random.default_r
 and re-seeds torch with ``seed, epoch`` before its first batch, so epoch e is the same computation
 whether the run went straight through or was resumed from the checkpoint of epoch e - 1.
 
+Several processes (``recsys_core.distributed``): each trains on its part of every batch, the gradients are
+averaged by DistributedDataParallel, process 0 validates, decides early stopping for all and writes the
+checkpoint; a diverging loss in any process stops every process with the same error.
+
 ``checkpoint.pt`` holds only tensors and plain containers (loads with ``torch.load(weights_only=True)``):
 model and optimizer state, the schedule, RNG states, the epoch, history and early-stopping state.
 """
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recsys_core import distributed
 from recsys_core.errors import RecsysError
 from recsys_core.io import atomic_file
 from recsys_core.options import ModelOptions, option, options
@@ -58,6 +63,9 @@ class LoopOptions(ModelOptions):
     patience: int = option(5, "early stopping: epochs without a better valid metric (0 = never stop early)",
                            low=0, resumable=True)
     amp: bool = option(True, "bf16 autocast when training on CUDA (ignored on CPU)", resumable=True)
+    nproc: int = option(1, "processes training the model data-parallel on this host (DistributedDataParallel: "
+                           "gloo on CPU, NCCL with one GPU each on CUDA); batch_size stays the examples per step "
+                           "over all of them. Under torchrun the launcher's processes", low=1, resumable=True)
 
 
 def make_optimizer(model: torch.nn.Module, config: LoopOptions) -> torch.optim.Optimizer:
@@ -136,6 +144,7 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
     history = new_history()
     state = {"best_valid": None, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
              "stopped_early": False, "reference_loss": None}
+    ctx = distributed.current()
     start_epoch = 1
     if resume:
         ckpt = load_checkpoint(checkpoint_path)
@@ -146,6 +155,7 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
         state = ckpt["early_stopping"]
         start_epoch = int(ckpt["epoch"]) + 1
         log.info("resuming %s from epoch %d", checkpoint_path, start_epoch - 1)
+    run_step = ctx.step_runner(model)  # after resuming: DDP starts every process from process 0's weights
 
     higher = estimator.higher_is_better
     for epoch in range(start_epoch, int(config.epochs) + 1):
@@ -154,7 +164,7 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
         lr = lr_for_epoch(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(seed * 1_000_003 + epoch)
+        torch.manual_seed(distributed.rank_seed(seed * 1_000_003 + epoch))
         rng = np.random.default_rng([seed, epoch])
         model.train()
         started = time.perf_counter()
@@ -162,26 +172,26 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
         pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         with progress_bar(f"epoch {epoch}/{config.epochs}", estimator.n_batches(), "batches") as bar:
             for b, batch in enumerate(estimator.batches(rng), start=1):
-                for step, (loss, reported) in enumerate(estimator.losses(batch)):
+                for step, (loss, reported) in enumerate(_steps(estimator.losses(batch), run_step)):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     pending.append((b, loss.detach(), reported.detach() if step == 0 else None))
                 bar.advance()
                 if b % SYNC_EVERY == 0:
-                    _drain(pending, totals, state, epoch, config, lr)
+                    _drain(pending, totals, state, epoch, config, lr, ctx)
                     bar.update(loss=totals["total"] / max(totals["count"], 1))
-            _drain(pending, totals, state, epoch, config, lr)
-        train_loss = totals["total"] / max(totals["count"], 1)
-        valid = estimator.validate()
+            _drain(pending, totals, state, epoch, config, lr, ctx)
+        total, count = ctx.sum([totals["total"], totals["count"]])
+        train_loss = total / max(count, 1)
+        valid = _validate_once(estimator, state, higher, epoch, model, int(config.patience), ctx)
         seconds = time.perf_counter() - started
         for key, value in (("epoch", epoch), ("train_loss", train_loss), ("valid", valid), ("lr", lr),
                            ("seconds", seconds)):
             history[key].append(value)
-        _early_stopping(state, valid, higher, epoch, model, int(config.patience))
         log.info("epoch %d: train loss %.4f, valid %s %s, %.1f s", epoch, train_loss, estimator.valid_metric,
                  "-" if valid is None else f"{valid:.4f}", seconds)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and ctx.is_main:
             save_checkpoint(checkpoint_path, {
                 "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": {"lr": float(config.lr), "milestones": [int(m) for m in config.lr_milestones],
@@ -194,15 +204,43 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
             "epochs_done": history["epoch"][-1] if history["epoch"] else 0}
 
 
-def _drain(pending: list, totals: dict, state: dict, epoch: int, config: LoopOptions, lr: float) -> None:
+def _steps(losses, run_step):
+    """The estimator's (loss, reported) pairs, each computed inside ``run_step`` (with several processes,
+    the forward call of DDP, so that the loss's backward averages the gradients over the processes)."""
+    while (item := run_step(lambda: next(losses, None))) is not None:
+        yield item
+
+
+def _validate_once(estimator, state: dict, higher: bool, epoch: int, model, patience: int, ctx):
+    """The valid metric and the early-stopping decision, taken by process 0 and given to every process."""
+    valid = None
+    if ctx.is_main:
+        valid = estimator.validate()
+        _early_stopping(state, valid, higher, epoch, model, patience)
+    shared = ("best_valid", "best_epoch", "bad_epochs", "stopped_early")
+    valid, decision = ctx.broadcast((valid, {key: state[key] for key in shared}))
+    state.update(decision)
+    return valid
+
+
+def _drain(pending: list, totals: dict, state: dict, epoch: int, config: LoopOptions, lr: float,
+           ctx=distributed.SINGLE) -> None:
     """Check and sum the losses of the last batches with one device-to-host copy, not one per step."""
+    problem = None
+    if pending:
+        losses = torch.stack([loss.float() for _, loss, _ in pending]).cpu().tolist()
+        reports = [r for _, _, r in pending if r is not None]
+        reported = torch.stack([r.float() for r in reports]).cpu().tolist() if reports else []
+        try:
+            for (batch, _, _), value in zip(pending, losses):
+                _check_loss(value, state, epoch, batch, config, lr)
+        except RecsysError as err:
+            problem = str(err)
+    problem = ctx.first_error(problem)  # every process stops at the same batch with the same sentence
+    if problem is not None:
+        raise RecsysError(problem)
     if not pending:
         return
-    losses = torch.stack([loss.float() for _, loss, _ in pending]).cpu().tolist()
-    reports = [r for _, _, r in pending if r is not None]
-    reported = torch.stack([r.float() for r in reports]).cpu().tolist() if reports else []
-    for (batch, _, _), value in zip(pending, losses):
-        _check_loss(value, state, epoch, batch, config, lr)
     totals["total"] += sum(reported)
     totals["count"] += len(reported)
     pending.clear()

@@ -8,16 +8,14 @@ The split is sized so that torch's parallel CPU kernels engage (batches of ~3,50
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
-from train_fixtures import make_rating_split
+from train_fixtures import make_rating_split, sigkill_at_first_checkpoint
 
 from recsys_core.train import train
 
@@ -82,17 +80,7 @@ def _kill_after_first_checkpoint(command, run_dir, timeout=300.0) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "RECSYS_PROGRESS": "0"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = run_dir / "checkpoint.pt"
-    deadline = time.monotonic() + timeout
-    try:
-        while not checkpoint.exists():
-            assert process.poll() is None, f"training ended before its first checkpoint: {process.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint within the timeout"
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait(timeout=60)
-        process.stderr.close()
-    assert process.returncode == -signal.SIGKILL
+    sigkill_at_first_checkpoint(process, checkpoint, timeout)
     return int(torch.load(checkpoint, weights_only=True)["epoch"])
 
 

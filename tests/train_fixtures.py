@@ -9,6 +9,9 @@ the test part (the floor any model can reach) are returned with the folder.
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,3 +165,21 @@ def make_leave_one_out_split(out_dir, n_users=400, n_items=300, mean_per_user=50
     path = write_split_folder(out_dir, train, valid, test, user_ids, item_ids, titles, "leave-one-out",
                               "leave-one-out", negatives=(neg_rows, neg_items))
     return GeneratedSplit(path, float("nan"), n_users, n_items)
+
+
+def sigkill_at_first_checkpoint(process: subprocess.Popen, checkpoint: Path, timeout: float = 300.0,
+                                while_waiting=lambda: None) -> None:
+    """SIGKILL the training ``process`` as soon as ``checkpoint`` is on disk (``while_waiting()`` is called
+    at every poll before that); fail when the process ends first or no checkpoint comes within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not checkpoint.exists():
+            assert process.poll() is None, f"training ended before its first checkpoint: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint within the timeout"
+            while_waiting()
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL

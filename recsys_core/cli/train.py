@@ -122,7 +122,8 @@ def _train(args) -> int:
 
     options = {name: getattr(args, name) for name in args.option_names if getattr(args, name) is not None}
     metrics = train(args.split_dir, args.run_dir, args.model, resume=args.resume, device=args.device, **options)
-    print(json.dumps(_summary(metrics), indent=2))
+    if metrics is not None:  # None: one of the processes of a torchrun launch other than process 0
+        print(json.dumps(_summary(metrics), indent=2))
     return 0
 
 

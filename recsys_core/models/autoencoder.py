@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_core.distributed import local_part
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import TorchEstimator
 from recsys_core.interactions import RowBatch, group_pairs_by_row, row_batch
@@ -250,7 +251,7 @@ class RowsEstimator(TorchEstimator):
     def batches(self, rng):
         order = rng.permutation(self.train_rows)
         for start in range(0, len(order), self.batch_size):
-            yield row_batch(self.matrix, order[start:start + self.batch_size]).to(self.device)
+            yield row_batch(self.matrix, local_part(order[start:start + self.batch_size])).to(self.device)
 
     def _noisy(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Input dropout WITHOUT the 1/(1-p) rescaling of nn.Dropout: a kept rating keeps its value

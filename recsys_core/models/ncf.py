@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys_core.distributed import local_part
 from recsys_core.estimators import PairsEstimator
 from recsys_core.evaluation import hit_rate_at_k, rank_of_positive
 from recsys_core.interactions import csr_triplets
@@ -105,7 +106,7 @@ class NCFEstimator(PairsEstimator):
         labels = torch.cat([torch.ones(len(self.users)), torch.zeros(negatives.size)])
         order = torch.from_numpy(rng.permutation(len(users)))
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = local_part(order[start:start + self.batch_size])
             yield users[idx].to(self.device), items[idx].to(self.device), labels[idx].to(self.device)
 
     def losses(self, batch):
