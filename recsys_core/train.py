@@ -32,6 +32,7 @@ from recsys_core.evaluation import beaten_by, evaluate_predictor, top_k
 from recsys_core.interactions import csr_triplets, load_split_data, rating_range
 from recsys_core.io import atomic_file, read_json, write_json
 from recsys_core.predictor import FoldIn, top_items
+from recsys_core.threads import apply_threads, decide_threads
 from recsys_core.training_loop import CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("recsys_core")
@@ -55,7 +56,7 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str = False, device: str | None = None,
-          **options) -> dict:
+          threads: int | None = None, concurrent: int | None = None, on_epoch=None, **options) -> dict:
     """Train ``model`` on one stage-3 split folder into ``run_dir``; returns the metrics (also written).
 
     ``options`` are the model's options (``recsys_core.models.get(model).options``); all are checked
@@ -64,12 +65,18 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     and gives exactly what an uninterrupted run would have given. ``resume="auto"`` resumes when
     ``run_dir`` holds a run of the same model and options (resumable ones aside) with a readable checkpoint,
     and otherwise starts afresh (what the flow does after a killed run).
+
+    ``threads``/``concurrent``: torch's threads, chosen by ``recsys_core.threads.decide_threads`` (None =
+    the cores available to this process shared by ``concurrent`` trainings); logged and recorded in
+    metrics.json. ``on_epoch(epoch, valid) -> stop?`` is the training loop's per-epoch hook (a sweep's
+    pruner); models fitted in closed form have no epochs and ignore it.
     """
     run_dir = Path(run_dir)
     split_dir = Path(split_dir)
     if resume not in (False, True, "auto"):
         raise RecsysError(f"resume must be true, false or 'auto', got {resume!r}")
     dev = pick_device(device)
+    thread_choice = decide_threads(threads, concurrent)
     if resume == "auto":
         registration = models.get(model)
         config = registration.resolve(options)
@@ -83,30 +90,32 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
         registration = models.get(model)
         config = registration.resolve(options)
     data = load_split_data(split_dir)
+    apply_threads(thread_choice)
     torch.set_float32_matmul_precision("high")
     estimator = registration.create(config, device=dev)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_config = {**estimator.describe(), "split_dir": str(split_dir.resolve())}
     write_json(run_dir / "config.json", run_config)
     blind = data.valid.nnz == 0
-    log.info("training %s on %s (%d users x %d items, %d ratings) on %s", registration.name, split_dir,
-             *data.train.shape, data.train.nnz, dev)
+    log.info("training %s on %s (%d users x %d items, %d ratings) on %s, %s", registration.name, split_dir,
+             *data.train.shape, data.train.nnz, dev, thread_choice.describe())
     if blind:
         log.warning("%s has no valid part: %s trains blind (nothing is selected on valid%s); split with a valid "
                     "part to select on it", split_dir, registration.name,
                     "; no early stopping: the last epoch is kept" if isinstance(estimator, TorchEstimator) else "")
     started = time.perf_counter()
-    result = estimator.fit(data, run_dir=run_dir, resume=resume)
+    hook = {"on_epoch": on_epoch} if on_epoch is not None and isinstance(estimator, TorchEstimator) else {}
+    result = estimator.fit(data, run_dir=run_dir, resume=resume, **hook)
     train_seconds = time.perf_counter() - started
     with atomic_file(run_dir / MODEL_FILE) as tmp:
         torch.save({"config": run_config, "dims": data_dims(data), "state_dict": estimator.state_dict()}, tmp)
     history = result.get("history")
-    summary = {"train_seconds": round(train_seconds, 3), "device": str(dev)}
+    summary = {"train_seconds": round(train_seconds, 3), "device": str(dev), **thread_choice.as_dict()}
     if history is not None:
         write_json(run_dir / "history.json", {"valid_metric": estimator.valid_metric, **history})
         plot_learning_curve(history, estimator, run_dir / "learning_curve.png")
         summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
-                   "stopped_early": result["stopped_early"], **summary,
+                   "stopped_early": result["stopped_early"], "pruned_at_epoch": result.get("pruned"), **summary,
                    "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
     metrics = _evaluate_and_write(estimator, data, run_config, run_dir, summary)
     _write_recommendations(estimator, data, run_dir, int(config.k))

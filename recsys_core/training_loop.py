@@ -117,15 +117,19 @@ def new_history() -> dict:
     return {"epoch": [], "train_loss": [], "valid": [], "lr": [], "seconds": []}
 
 
-def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: bool = False) -> dict:
+def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: bool = False,
+        on_epoch=None) -> dict:
     """Train ``estimator.model`` for ``config.epochs`` epochs (or until early stopping).
 
     The estimator answers ``n_batches()``, ``batches(rng)``, ``losses(batch)`` (one optimizer step per
     yielded loss), ``validate()`` and ``valid_metric``/``higher_is_better``. With a ``run_dir`` a checkpoint
     is written after every epoch (``resume=True`` continues from it).
 
-    Returns {"history", "best_epoch", "best_valid", "stopped_early", "epochs_done"}; the model holds
-    the best weights by the valid metric (the last ones when there is no valid part).
+    ``on_epoch(epoch, valid)``, when given, is called after every epoch's validation; a true answer stops
+    training there (a sweep's pruner: the run ends as if stopped early, ``pruned`` names the epoch).
+
+    Returns {"history", "best_epoch", "best_valid", "stopped_early", "epochs_done", "pruned"}; the model
+    holds the best weights by the valid metric (the last ones when there is no valid part).
     """
     model = estimator.model
     optimizer = make_optimizer(model, config)
@@ -135,7 +139,7 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
         raise RecsysError("resuming needs the run folder that holds the checkpoint")
     history = new_history()
     state = {"best_valid": None, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
-             "stopped_early": False, "reference_loss": None}
+             "stopped_early": False, "reference_loss": None, "pruned": None}
     start_epoch = 1
     if resume:
         ckpt = load_checkpoint(checkpoint_path)
@@ -179,6 +183,9 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
                            ("seconds", seconds)):
             history[key].append(value)
         _early_stopping(state, valid, higher, epoch, model, int(config.patience))
+        if on_epoch is not None and not state["stopped_early"] and on_epoch(epoch, valid):
+            state.update(stopped_early=True, pruned=epoch)
+            log.info("pruned after epoch %d: valid %s is not promising", epoch, estimator.valid_metric)
         log.info("epoch %d: train loss %.4f, valid %s %s, %.1f s", epoch, train_loss, estimator.valid_metric,
                  "-" if valid is None else f"{valid:.4f}", seconds)
         if checkpoint_path is not None:
@@ -191,7 +198,7 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
         model.load_state_dict(state["best_model"])
     return {"history": history, "best_epoch": state["best_epoch"] or (history["epoch"][-1] if history["epoch"] else 0),
             "best_valid": state["best_valid"], "stopped_early": state["stopped_early"],
-            "epochs_done": history["epoch"][-1] if history["epoch"] else 0}
+            "epochs_done": history["epoch"][-1] if history["epoch"] else 0, "pruned": state.get("pruned")}
 
 
 def _drain(pending: list, totals: dict, state: dict, epoch: int, config: LoopOptions, lr: float) -> None:
