@@ -492,3 +492,75 @@ def _decode(param: Param, value):
     if param.kind == "ints":
         return [int(part) for part in value.split(",") if part]
     return value
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def write_table(rows: list[dict], dest) -> Path:
+    """sweep.parquet: one row per trial (every column of ``Study.rows``; test metrics as test_<name>)."""
+    import polars as pl
+
+    from recsys_core.io import atomic_file
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = pl.DataFrame([{c: row.get(c) for c in columns} for row in rows], infer_schema_length=None)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(dest) as tmp:
+        table.write_parquet(tmp)
+    return dest
+
+
+def plot(rows: list[dict], dest) -> Path:
+    """Valid metric vs trial, one panel per split and model: complete trials as dots, pruned as x, failed as
+    marks on the axis, the best-so-far line and the chosen trial circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recsys_core.io import atomic_file
+
+    panels: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        panels.setdefault((row["split"], row["model"]), []).append(row)
+    n = max(1, len(panels))
+    cols = min(n, 3)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.8 * cols, 3.4 * ((n + cols - 1) // cols)),
+                             dpi=100, squeeze=False)
+    for ax, ((split, model), trials) in zip(axes.flat, sorted(panels.items())):
+        metric = trials[0]["valid_metric"]
+        higher = not metric.startswith(("rmse", "mae"))
+        for state, marker, color in ((COMPLETE, "o", "C0"), (PRUNED, "x", "C1")):
+            pts = [(r["trial"], r["valid"]) for r in trials if r["state"] == state and r["valid"] is not None]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, color=color, label=state, zorder=3)
+        failed = [r["trial"] for r in trials if r["state"] == FAILED]
+        if failed:
+            ax.scatter(failed, [0] * len(failed), marker="|", color="C3", label=FAILED,
+                       transform=ax.get_xaxis_transform())
+        best, line = None, []
+        for r in sorted(trials, key=lambda r: r["trial"]):
+            if r["state"] == COMPLETE and r["valid"] is not None:
+                best = r["valid"] if best is None else (max if higher else min)(best, r["valid"])
+            line.append((r["trial"], best))
+        pts = [(x, y) for x, y in line if y is not None]
+        if pts:
+            ax.step(*zip(*pts), where="post", color="C2", label="best so far")
+        chosen = [r for r in trials if r.get("chosen")]
+        if chosen:
+            ax.scatter([chosen[0]["trial"]], [chosen[0]["valid"]], s=160, facecolors="none", edgecolors="k",
+                       label="chosen", zorder=4)
+        ax.set_title(f"{split} / {model}")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"valid {metric}")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    dest = Path(dest)
+    with atomic_file(dest) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return dest
