@@ -183,11 +183,11 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
                            ("seconds", seconds)):
             history[key].append(value)
         _early_stopping(state, valid, higher, epoch, model, int(config.patience))
+        log.info("epoch %d: train loss %.4f, valid %s %s, %.1f s", epoch, train_loss, estimator.valid_metric,
+                 "-" if valid is None else f"{valid:.4f}", seconds)
         if on_epoch is not None and not state["stopped_early"] and on_epoch(epoch, valid):
             state.update(stopped_early=True, pruned=epoch)
             log.info("pruned after epoch %d: valid %s is not promising", epoch, estimator.valid_metric)
-        log.info("epoch %d: train loss %.4f, valid %s %s, %.1f s", epoch, train_loss, estimator.valid_metric,
-                 "-" if valid is None else f"{valid:.4f}", seconds)
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, {
                 "model": _cpu_state(model), "optimizer": optimizer.state_dict(),

@@ -180,7 +180,7 @@ class Fanout:
         futures = [self._runner.submit(task, parameters=call.params) for call in calls]
         by_key = {f.wrapped_future.key: (i, f) for i, f in enumerate(futures)}
         finished: dict[int, Done] = {}
-        for dask_future in as_completed([f.wrapped_future for f in futures]):
+        for dask_future in as_completed([f.wrapped_future for f in futures], loop=self._runner.client.loop):
             index, future = by_key[dask_future.key]
             future.wait()
             finished[index] = Done(calls[index], future.state, time.perf_counter() - started)
