@@ -371,6 +371,19 @@ def read_outcome(run_dir, metric: str) -> dict:
             "error": None if state != FAILED else f"no valid {metric} in metrics.json"}
 
 
+def _grid_sampler(*args, **kwargs):
+    """Optuna's GridSampler without its end-of-grid ``study.stop()`` in ``after_trial``: that call raises
+    RuntimeError outside ``study.optimize`` (ask-and-tell, as here), so telling the grid's last point failed
+    the whole sweep; the trial budget (capped at the grid's size) ends a sweep here."""
+    import optuna
+
+    class RoundsGridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+
+    return RoundsGridSampler(*args, **kwargs)
+
+
 class Study:
     """One model's sweep on one split: asks rounds of trials, is told their outcomes, chooses on valid."""
 
@@ -395,7 +408,7 @@ class Study:
 
         s = self.sweep
         if s.sampler == "grid":
-            return optuna.samplers.GridSampler({p.name: [_encode(v) for v in p.grid()] for p in s.space}, seed=s.seed)
+            return _grid_sampler({p.name: [_encode(v) for v in p.grid()] for p in s.space}, seed=s.seed)
         if s.sampler == "random":
             return optuna.samplers.RandomSampler(seed=s.seed)
         # TPE: random until a few rounds have completed, then the model of good vs bad configurations.

@@ -105,6 +105,21 @@ def test_same_seed_same_trials_other_seed_other_trials(sampler):
         assert len(set(first)) == len(first)  # a grid visits each point once
 
 
+def test_a_grid_is_walked_to_its_last_point():
+    """Telling the grid's last point ends the sweep quietly (Optuna's GridSampler calls study.stop() there,
+    which raises outside study.optimize), whatever that trial's state; the budget is capped at the grid."""
+    for last in (COMPLETE, FAILED, PRUNED):
+        study = _study("grid", trials=10, batch=2, space={"dim": {"choices": [4, 8, 16]}})
+        seen = []
+        while trial_round := study.next_round():
+            for trial in trial_round:
+                state = last if len(seen) == 2 else COMPLETE
+                study.tell(trial, _fake_outcome(trial, 1.0 - len(seen) * 0.1, 1.0, state=state))
+                seen.append(trial.params["dim"])
+        assert sorted(seen) == [4, 8, 16] and study.done
+        assert study.best().number == (2 if last == COMPLETE else 1)
+
+
 def test_selection_reads_valid_only_and_skips_pruned_and_failed():
     study = _study("random", trials=4, batch=4)
     trials = study.next_round()
