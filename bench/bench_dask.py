@@ -1,10 +1,11 @@
 """Wall time of the flow's training fan-out, sequential vs ``--task-runner dask`` (a local cluster), two workloads:
 
-- ``sweep``: a sweep of ``--trials`` trials of one model on the embedded default sample (scale 0.01, N3M);
+- ``sweep``: a sweep of ``--trials`` trials of one model on the embedded default sample (``--sweep-scale`` 0.01,
+  N3M), after the flow's plain training of that model (same epochs);
 - ``fanout``: 4 netflix-time splits (N3M N6M N1Y NF) x 2 models on a ``--fanout-scale`` sample.
 
     .venv/bin/python bench/bench_dask.py [--repeat 1] [--trials 16] [--sweep-model mf] [--sweep-epochs 8]
-        [--fanout-scale 0.1] [--fanout-models mf autoencoder] [--fanout-epochs 2] [--workers 2]
+        [--sweep-scale 0.01] [--fanout-scale 0.1] [--fanout-models mf autoencoder] [--fanout-epochs 2] [--workers 2]
 
 Each measurement is the user's command, ``python flows/full.py ...`` in a fresh process (its temporary Prefect
 API included, in both modes alike), on a data dir whose ETL stages are built once first and whose training
@@ -63,6 +64,7 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--sweep-model", default="mf")
     p.add_argument("--sweep-epochs", type=int, default=8, help="epochs of every trial (fixed in the sweep)")
+    p.add_argument("--sweep-scale", type=float, default=0.01, help="sample scale of the sweep (0.01: the default)")
     p.add_argument("--fanout-scale", type=float, default=0.1)
     p.add_argument("--fanout-models", nargs="+", default=["mf", "autoencoder"])
     p.add_argument("--fanout-epochs", type=int, default=2)
@@ -78,7 +80,10 @@ def main() -> int:
         args.sweep_model: {"fixed": {"epochs": args.sweep_epochs}}}}))
     options = json.dumps({m: {"epochs": args.fanout_epochs} for m in args.fanout_models})
     workloads = {
-        "sweep": (work / "sweep-data", ["--models", args.sweep_model, "--sweep", str(sweep_file)]),
+        # the plain training of stage 4 (before the sweep) gets the trials' epochs too, not the model's default
+        "sweep": (work / "sweep-data", ["--sample-scale", str(args.sweep_scale), "--models", args.sweep_model,
+                                        "--sweep", str(sweep_file), "--model-options",
+                                        json.dumps({args.sweep_model: {"epochs": args.sweep_epochs}})]),
         "fanout": (work / "fanout-data", ["--sample-scale", str(args.fanout_scale), "--splits", "N3M", "N6M",
                                           "N1Y", "NF", "--models", *args.fanout_models, "--model-options", options]),
     }
