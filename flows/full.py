@@ -35,11 +35,15 @@ if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
 from prefect import flow  # noqa: E402
 
 from recsys_core.errors import RecsysError  # noqa: E402
+from recsys_core.sweep import load_sweep_file, parse_sweep  # noqa: E402
+from recsys_core.threads import decide_threads  # noqa: E402
 from recsys_core.tracking import require as require_mlflow  # noqa: E402
-from tasks import plan, report, schedule  # noqa: E402
+from tasks import plan, report, schedule, sweeps  # noqa: E402
 from tasks.caching import hash_memo  # noqa: E402
+from tasks.fanout import RUNNERS, Call, Fanout, check_runner  # noqa: E402
 from tasks.logs import forward_library_logs, quiet_user_error_tracebacks  # noqa: E402
 from tasks.stages import convert_task, matrices_task, split_task, synth_task, train_task  # noqa: E402
+from tasks.sweeps import run_sweeps  # noqa: E402
 from tasks.tracking import track_task, tracking_uri  # noqa: E402
 
 UNTIL = ("convert", "split", "matrices", "train")
@@ -66,18 +70,37 @@ def full_pipeline(
     top_k: int = 10,
     until: str = "train",
     mlflow_tracking_uri: str | None = None,
+    task_runner: str = "sequential",
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+    threads: int | None = None,
+    sweep: dict | str | None = None,
 ) -> dict:
     """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths).
 
     ``model_options`` maps a model name to its options, e.g. ``{"autoencoder": {"layers": [128, 256, 256]}}``
     (the names and values of ``python -m recsys_core train``'s flags, as JSON). Every option of every model
     is checked before the first stage runs.
+
+    ``task_runner``: ``sequential`` (training in the flow's process, one run after another) or ``dask``
+    (every training task at once on a local cluster of ``dask_workers`` processes sized to the machine, or on
+    the cluster at ``dask_address``); ETL stages always run in the flow's process. ``threads``: torch threads
+    per training (None: chosen from the cores, see recsys_core.threads). ``sweep``: a sweep object
+    (docs/sweeps.md) or ``"default"`` (every model of ``models`` over its shipped search space).
     """
     forward_library_logs()
     _check_choice("protocol", protocol, PROTOCOLS)
     _check_choice("device", device, DEVICES)
     _check_choice("until", until, UNTIL)
     configs = model_configs(models, model_options, seed=seed, k=top_k)
+    check_runner(task_runner, dask_address, dask_workers)
+    decide_threads(threads)  # a bad value is one sentence now, not in every task
+    sweep_spec = None
+    if sweep is not None:
+        sweep_spec = parse_sweep(sweep, models, seed=seed)
+        stray = sorted(set(sweep_spec.models) - set(models))
+        if stray:
+            configs.update(model_configs(stray, None, seed=seed, k=top_k))
     data = Path(data_dir).resolve()
     memo = hash_memo(data)
     run = _Run(data, source)
@@ -121,15 +144,22 @@ def full_pipeline(
     if until == "matrices":
         return run.finish()
 
-    # Stage 4: per split and model: train, evaluate beside the baselines, write top-K recommendations.
+    # Stage 4: per split and model: train, evaluate beside the baselines, write top-K recommendations; on the
+    # task runner (all at once on Dask), then the sweep's rounds of trials on the same runner.
     runs = []
-    for split_name in plan.split_names(matrices, memo):
-        split_dir = str(matrices.path / split_name)
-        for model in models:
-            config = {**configs[model], "device": resolve_device(device)}
-            trained = plan.train_spec(data, matrices, memo, split_name, model, config)
-            label = f"train {split_name}/{model}"
-            run.stage(train_task, trained, label, split_dir=split_dir, model=model, config=config)
+    split_names = plan.split_names(matrices, memo)
+    with Fanout(task_runner, str(data), dask_address, dask_workers) as fanout:
+        calls, specs = [], []
+        for split_name in split_names:
+            for model in models:
+                config = {**configs[model], "device": resolve_device(device)}
+                trained = plan.train_spec(data, matrices, memo, split_name, model, config)
+                specs.append((split_name, model, trained))
+                calls.append(Call(f"train {split_name}/{model}", dict(
+                    spec=trained, data_dir=str(data), split_dir=str(matrices.path / split_name), model=model,
+                    config=config, threads=threads)))
+        for (split_name, model, trained), done in zip(specs, fanout.run(train_task, calls)):
+            run.record(done, trained)
             run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
             for what, name in (("metrics", "metrics.json"), ("recommendations", "recommendations.parquet"),
                                ("learning curve", "learning_curve.png")):
@@ -141,6 +171,18 @@ def full_pipeline(
             curve = trained.path / "learning_curve.png"
             if curve.exists():
                 report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
+        if sweep_spec is not None:
+            swept = run_sweeps(sweep_spec, fanout, data, matrices, memo, split_names, configs,
+                               resolve_device(device), threads, top_k)
+            run.report["stages"].extend(swept.stages)
+            run.report["sweep"] = sweeps.summary_rows(swept.rows)
+            run.report["sweep_chosen"] = swept.chosen
+            run.artifacts.update(swept.files)
+            report.publish_table("recsys-sweep", run.report["sweep"], "every sweep trial: options, valid and test "
+                                 "metrics, epochs, seconds, state; chosen on valid only")
+            for chosen in swept.chosen:
+                runs.append({"split": chosen["split"], "model": f"{chosen['model']} (sweep #{chosen['trial']})",
+                             "run_dir": chosen["run_dir"]})
     run.report["metrics"] = report.metric_rows(runs)
     report.publish_table("recsys-metrics", run.report["metrics"], "stage 4: test metrics, models beside baselines")
     run.report["runs"] = report.run_rows(data)
@@ -163,6 +205,14 @@ class _Run:
         status = "cached" if state.name == "Cached" else result["status"]
         seconds = round(time.perf_counter() - started, 2)
         self.report["stages"].append({"stage": label, "status": status, "seconds": seconds,
+                                      "output": spec.out_dir})
+        return result
+
+    def record(self, done, spec) -> dict:
+        """A training task's end (``tasks.fanout.Done``) in the report; re-raises its error."""
+        result = done.result()
+        status = "cached" if done.state.name == "Cached" else result["status"]
+        self.report["stages"].append({"stage": done.call.label, "status": status, "seconds": round(done.seconds, 2),
                                       "output": spec.out_dir})
         return result
 
@@ -277,6 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda when available, else cpu")
     g.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     g.add_argument("--top-k", type=int, default=10, help="length of the recommendation lists and cut-off of HR/NDCG")
+    g = p.add_argument_group("where training runs")
+    g.add_argument("--task-runner", choices=RUNNERS, default="sequential",
+                   help="sequential: every training in this process, one after another; dask: all at once on a "
+                   "Dask cluster (a local one sized to this machine unless --dask-address)")
+    g.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                   help="use the existing Dask cluster at this scheduler address (implies --task-runner dask; every "
+                   "worker must see --data-dir at the same path and run the same code)")
+    g.add_argument("--dask-workers", type=int, metavar="N",
+                   help="worker processes of the local cluster (default: one per available core)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per training (default: the available cores shared by the trainings at once, "
+                   "or RECSYS_THREADS; the log and metrics.json say what was used)")
+    g = p.add_argument_group("sweeps")
+    g.add_argument("--sweep", metavar="FILE|default",
+                   help="run a hyperparameter sweep declared in a YAML or JSON file (docs/sweeps.md), or 'default': "
+                   "every model of --models over its shipped search space; chosen on valid only")
     p.add_argument("--until", choices=UNTIL, default="train", help="last stage to run")
     p.add_argument("--mlflow-tracking-uri", metavar="URI",
                    help="log every training run to this MLflow store, e.g. sqlite:///mlflow.db (default: "
@@ -311,6 +377,8 @@ def print_summary(result: dict) -> None:
         hidden = ("run_dir", "n", "n_recall_users")
         rows = [{k: v for k, v in r.items() if k not in hidden} for r in result["metrics"]]
         console.print(report.rich_table("Test metrics (a model beaten by a baseline is flagged)", rows))
+    if result.get("sweep"):
+        console.print(report.rich_table("Sweep: every trial (chosen on valid only)", result["sweep"]))
     console.print("[bold]Artifacts[/bold]")
     for what, where in result.get("artifacts", {}).items():
         console.print(f"  {what}: {where}", soft_wrap=True)
@@ -368,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     report_json = args.pop("report_json")
     quiet_user_error_tracebacks()
+    if args["dask_address"]:
+        args["task_runner"] = "dask"
     try:
+        if args["sweep"] not in (None, "default"):
+            args["sweep"] = load_sweep_file(args["sweep"])
         with local_run_settings(preload=("recsys_core.models",) if args["until"] == "train" else ()):
             result = full_pipeline(**args)
     except RecsysError as err:

@@ -103,9 +103,9 @@ class TorchEstimator(Estimator):
         self.model = self.build(data_dims(data)).to(self.device)
         self.prepare(data)
 
-    def fit(self, data, run_dir: Path | None = None, resume: bool = False) -> dict:
+    def fit(self, data, run_dir: Path | None = None, resume: bool = False, on_epoch=None) -> dict:
         self.bind(data)
-        return fit_loop(self, self.config, run_dir, resume)
+        return fit_loop(self, self.config, run_dir, resume, on_epoch=on_epoch)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

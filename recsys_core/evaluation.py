@@ -111,11 +111,11 @@ def evaluate_predictor(predictor, data, *, rating_model: bool = True, k: int = 1
         if part.nnz == 0:
             continue
         metrics = rating_metrics(predictor, part, clip) if rating_model else {}
-        if name == "test":
-            if data.negatives is not None:
-                metrics.update(sampled_ranking(predictor, part, data.negatives, k))
-            if recall_users > 0:
-                metrics.update(full_catalogue_recall(predictor, data.train, part, k, recall_users))
+        if name == "test" and data.negatives is not None:
+            metrics.update(sampled_ranking(predictor, part, data.negatives, k))
+        # Recall@K on valid too for ranking models: what a sweep selects them on (never on test).
+        if recall_users > 0 and (name == "test" or not rating_model):
+            metrics.update(full_catalogue_recall(predictor, data.train, part, k, recall_users))
         result[name] = metrics
     return result
 

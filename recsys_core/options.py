@@ -178,6 +178,9 @@ class ModelOptions:
     """Options every model has: what the evaluation of its run folder uses."""
 
     presets: ClassVar[dict[str, dict]] = {}
+    # The search space a sweep uses for this model when it declares none (recsys_core.sweep; docs/sweeps.md):
+    # {option: {"choices": [...]} or {"low": .., "high": .., "log": bool}}; {} = none shipped.
+    sweep_space: ClassVar[dict[str, dict]] = {}
 
     k: int = option(10, "cut-off of HR/NDCG/Recall and length of the written recommendation lists", low=1,
                     resumable=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from recsys_core.evaluation import beaten_by, evaluate_predictor, top_k
 from recsys_core.interactions import csr_triplets, load_split_data, rating_range
 from recsys_core.io import atomic_file, read_json, write_json
 from recsys_core.predictor import FoldIn, top_items
+from recsys_core.threads import apply_threads, decide_threads
 from recsys_core.training_loop import CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("recsys_core")
@@ -55,7 +57,7 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str = False, device: str | None = None,
-          **options) -> dict | None:
+          threads: int | None = None, concurrent: int | None = None, on_epoch=None, **options) -> dict | None:
     """Train ``model`` on one stage-3 split folder into ``run_dir``; returns the metrics (also written).
 
     ``options`` are the model's options (``recsys_core.models.get(model).options``); all are checked
@@ -68,12 +70,20 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     Several processes (``recsys_core.distributed``): ``nproc=N`` (models trained by the loop) spawns N
     processes on this host that train one model together; under ``torchrun`` every process calls this
     function, process 0 returns the metrics and the others ``None``.
+
+    ``threads``/``concurrent``: torch's threads, chosen by ``recsys_core.threads.decide_threads`` (None =
+    the cores available to this process shared by ``concurrent`` trainings); logged and recorded in
+    metrics.json. ``on_epoch(epoch, valid) -> stop?`` is the training loop's per-epoch hook (a sweep's
+    pruner); models fitted in closed form have no epochs and ignore it.
     """
     run_dir = Path(run_dir)
     split_dir = Path(split_dir)
     if resume not in (False, True, "auto"):
         raise RecsysError(f"resume must be true, false or 'auto', got {resume!r}")
     dev = pick_device(device)
+    if concurrent is None and "LOCAL_WORLD_SIZE" in os.environ:  # torchrun: the processes on this host share it
+        concurrent = int(os.environ["LOCAL_WORLD_SIZE"])
+    thread_choice = apply_threads(decide_threads(threads, concurrent))
     registration = models.get(model)
     ctx = distributed.from_environment(dev)  # the group torchrun started, joined here; else one process
     try:
@@ -92,9 +102,13 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
                                   "leave nproc out under torchrun")
             config = config.replace(registration.name, nproc=ctx.world)
         elif nproc > 1:
+            if on_epoch is not None:
+                raise RecsysError("an on_epoch hook (a sweep's pruner) needs one process: leave nproc out")
+            # the spawned processes share this process's threads (distributed.spawn divides them)
             return distributed.spawn(nproc, dev, _train_process, str(split_dir), str(run_dir), registration.name,
-                                     config.to_dict(), resume, str(dev))
-        return _train_process(split_dir, run_dir, registration.name, config.to_dict(), resume, str(dev))
+                                     config.to_dict(), resume, str(dev), thread_choice.as_dict())
+        return _train_process(split_dir, run_dir, registration.name, config.to_dict(), resume, str(dev),
+                              thread_choice.as_dict(), on_epoch)
     finally:
         distributed.leave()
 
@@ -110,14 +124,17 @@ def _decide_resume(run_dir: Path, registration, options: dict, resume: bool | st
     return False
 
 
-def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: bool, device: str) -> dict | None:
+def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: bool, device: str,
+                   thread_info: dict, on_epoch=None) -> dict | None:
     """What every training process does (the only one, or one of ``distributed.current()``'s group): train;
-    process 0 also writes the run folder and returns the metrics."""
+    process 0 also writes the run folder and returns the metrics. ``thread_info``: the thread decision of
+    the calling process (``ThreadChoice.as_dict``); the threads this process really has are recorded."""
     split_dir, run_dir = Path(split_dir), Path(run_dir)
     ctx = distributed.current()
     registration = models.get(model)
     config = registration.options.from_saved(saved_options, model)
     dev = ctx.device if ctx.enabled else pick_device(device)
+    thread_info = {**thread_info, "threads": torch.get_num_threads()}
     data = load_split_data(split_dir)
     torch.set_float32_matmul_precision("high")
     estimator = registration.create(config, device=dev)
@@ -127,14 +144,17 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
         write_json(run_dir / "config.json", run_config)
     blind = data.valid.nnz == 0
     if ctx.is_main:
-        log.info("training %s on %s (%d users x %d items, %d ratings) on %s%s", registration.name, split_dir,
-                 *data.train.shape, data.train.nnz, dev, f" and {ctx.world - 1} more processes" if ctx.enabled else "")
+        log.info("training %s on %s (%d users x %d items, %d ratings) on %s%s, %d torch thread%s (%s)",
+                 registration.name, split_dir, *data.train.shape, data.train.nnz, dev,
+                 f" and {ctx.world - 1} more processes" if ctx.enabled else "", thread_info["threads"],
+                 "s" if thread_info["threads"] != 1 else "", thread_info["threads_reason"])
     if blind and ctx.is_main:
         log.warning("%s has no valid part: %s trains blind (nothing is selected on valid%s); split with a valid "
                     "part to select on it", split_dir, registration.name,
                     "; no early stopping: the last epoch is kept" if isinstance(estimator, TorchEstimator) else "")
     started = time.perf_counter()
-    result = estimator.fit(data, run_dir=run_dir, resume=resume)
+    hook = {"on_epoch": on_epoch} if on_epoch is not None and isinstance(estimator, TorchEstimator) else {}
+    result = estimator.fit(data, run_dir=run_dir, resume=resume, **hook)
     train_seconds = time.perf_counter() - started
     world = ctx.world
     distributed.leave()  # training is over: process 0 evaluates and writes alone
@@ -143,14 +163,14 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
     with atomic_file(run_dir / MODEL_FILE) as tmp:
         torch.save({"config": run_config, "dims": data_dims(data), "state_dict": estimator.state_dict()}, tmp)
     history = result.get("history")
-    summary = {"train_seconds": round(train_seconds, 3), "device": str(dev)}
+    summary = {"train_seconds": round(train_seconds, 3), "device": str(dev), **thread_info}
     if world > 1:
         summary["processes"] = world
     if history is not None:
         write_json(run_dir / "history.json", {"valid_metric": estimator.valid_metric, **history})
         plot_learning_curve(history, estimator, run_dir / "learning_curve.png")
         summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
-                   "stopped_early": result["stopped_early"], **summary,
+                   "stopped_early": result["stopped_early"], "pruned_at_epoch": result.get("pruned"), **summary,
                    "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
     metrics = _evaluate_and_write(estimator, data, run_config, run_dir, summary)
     _write_recommendations(estimator, data, run_dir, int(config.k))

@@ -125,15 +125,19 @@ def new_history() -> dict:
     return {"epoch": [], "train_loss": [], "valid": [], "lr": [], "seconds": []}
 
 
-def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: bool = False) -> dict:
+def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: bool = False,
+        on_epoch=None) -> dict:
     """Train ``estimator.model`` for ``config.epochs`` epochs (or until early stopping).
 
     The estimator answers ``n_batches()``, ``batches(rng)``, ``losses(batch)`` (one optimizer step per
     yielded loss), ``validate()`` and ``valid_metric``/``higher_is_better``. With a ``run_dir`` a checkpoint
     is written after every epoch (``resume=True`` continues from it).
 
-    Returns {"history", "best_epoch", "best_valid", "stopped_early", "epochs_done"}; the model holds
-    the best weights by the valid metric (the last ones when there is no valid part).
+    ``on_epoch(epoch, valid)``, when given, is called after every epoch's validation; a true answer stops
+    training there (a sweep's pruner: the run ends as if stopped early, ``pruned`` names the epoch).
+
+    Returns {"history", "best_epoch", "best_valid", "stopped_early", "epochs_done", "pruned"}; the model
+    holds the best weights by the valid metric (the last ones when there is no valid part).
     """
     model = estimator.model
     optimizer = make_optimizer(model, config)
@@ -143,7 +147,7 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
         raise RecsysError("resuming needs the run folder that holds the checkpoint")
     history = new_history()
     state = {"best_valid": None, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
-             "stopped_early": False, "reference_loss": None}
+             "stopped_early": False, "reference_loss": None, "pruned": None}
     ctx = distributed.current()
     start_epoch = 1
     if resume:
@@ -191,6 +195,12 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
             history[key].append(value)
         log.info("epoch %d: train loss %.4f, valid %s %s, %.1f s", epoch, train_loss, estimator.valid_metric,
                  "-" if valid is None else f"{valid:.4f}", seconds)
+        if on_epoch is not None and not state["stopped_early"]:
+            # process 0 asks the hook (a sweep's pruner); every process stops with it
+            prune = ctx.broadcast(bool(on_epoch(epoch, valid)) if ctx.is_main else None)
+            if prune:
+                state.update(stopped_early=True, pruned=epoch)
+                log.info("pruned after epoch %d: valid %s is not promising", epoch, estimator.valid_metric)
         if checkpoint_path is not None and ctx.is_main:
             save_checkpoint(checkpoint_path, {
                 "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
@@ -201,7 +211,7 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
         model.load_state_dict(state["best_model"])
     return {"history": history, "best_epoch": state["best_epoch"] or (history["epoch"][-1] if history["epoch"] else 0),
             "best_valid": state["best_valid"], "stopped_early": state["stopped_early"],
-            "epochs_done": history["epoch"][-1] if history["epoch"] else 0}
+            "epochs_done": history["epoch"][-1] if history["epoch"] else 0, "pruned": state.get("pruned")}
 
 
 def _steps(losses, run_step):

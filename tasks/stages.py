@@ -203,16 +203,24 @@ def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> dict:
 
 
 @stage_task("train")
-def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, config: dict) -> dict:
+def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, config: dict, threads: int | None = None,
+               concurrent: int | None = 1, prune: dict | None = None) -> dict:
     """Train, evaluate (model + baselines) and write top-K recommendations of one model.
 
     The run folder keeps its checkpoint when a run fails or is killed; the library's ``resume="auto"``
     continues from it on the next run of the same key (giving the result of an uninterrupted run), or
-    starts afresh when there is nothing it can continue.
+    starts afresh when there is nothing it can continue. ``threads``/``concurrent``: torch's threads
+    (``recsys_core.threads.decide_threads``; ``concurrent=None`` on a Dask worker: its task slots). ``prune``:
+    a sweep trial's pruning rule (``recsys_core.sweep.MedianRule``; it is part of ``spec``'s key).
     """
+    from recsys_core.sweep import MedianRule
     from recsys_core.train import train
+    from tasks.logs import forward_library_logs
 
+    forward_library_logs()  # on a Dask worker too: the library's log lines go to this task run
     options = dict(config)
     device = options.pop("device", None)
+    on_epoch = MedianRule.from_dict(prune).callback() if prune else None
     return run_stage(spec, data_dir, lambda out: train(split_dir, out, model=model, resume="auto", device=device,
+                                                       threads=threads, concurrent=concurrent, on_epoch=on_epoch,
                                                        **options), keep_partial=True)

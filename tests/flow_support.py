@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough for a run of every stage in seconds on 2 cores, big enough for every split to be non-empty.
@@ -43,6 +45,15 @@ def prefect_sandbox(home: Path) -> Iterator[str]:
     with temporary_settings(settings):
         with prefect_test_harness(server_startup_timeout=180):  # a loaded 2-core machine needs minutes
             yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session", name="sandbox")
+def sandbox_fixture(tmp_path_factory):
+    """The ``sandbox`` fixture of flow tests (import ``sandbox_fixture``): a temporary Prefect home and test
+    API, {"api_url", "home"}."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    with prefect_sandbox(home) as api_url:
+        yield {"api_url": api_url, "home": home}
 
 
 def subprocess_env(api_url: str, home: Path) -> dict:

@@ -22,7 +22,7 @@ from tests.flow_support import (
     all_manifests_verify,
     cli_args,
     model_options,
-    prefect_sandbox,
+    sandbox_fixture,  # noqa: F401 (the sandbox fixture)
     start_cli,
     statuses,
     subprocess_env,
@@ -30,13 +30,6 @@ from tests.flow_support import (
 
 ETL = ("convert", "split", "matrices")
 TRAIN = "train N3M/autoencoder"
-
-
-@pytest.fixture(scope="session")
-def sandbox(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    with prefect_sandbox(home) as api_url:
-        yield {"api_url": api_url, "home": home}
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,9 @@ def _add_train(subparsers, name: str, summary: str) -> None:
                         "--epochs, --patience and evaluation options may change); gives exactly the result "
                         "of an uninterrupted run")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cuda when present, else cpu)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (default: the cores available to this process, from its CPU affinity and "
+                        "cgroup quota, or RECSYS_THREADS; the log and metrics.json say what was used)")
     names = add_model_options(p)
     p.set_defaults(func=_train, option_names=names)
 
@@ -121,7 +124,8 @@ def _train(args) -> int:
     from recsys_core.train import train
 
     options = {name: getattr(args, name) for name in args.option_names if getattr(args, name) is not None}
-    metrics = train(args.split_dir, args.run_dir, args.model, resume=args.resume, device=args.device, **options)
+    metrics = train(args.split_dir, args.run_dir, args.model, resume=args.resume, device=args.device,
+                    threads=args.threads, **options)
     if metrics is not None:  # None: one of the processes of a torchrun launch other than process 0
         print(json.dumps(_summary(metrics), indent=2))
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -46,6 +47,10 @@ class ALSOptions(ModelOptions):
     iterations: int = option(15, "alternating sweeps (all users, then all items)", low=1)
     cg_steps: int = option(3, "conjugate-gradient steps per row and sweep, warm-started from the last sweep",
                            low=1)
+    # A sweep's default space (docs/sweeps.md).
+    sweep_space: ClassVar[dict] = {"factors": {"choices": [16, 32, 64, 128]},
+                                   "reg": {"low": 0.1, "high": 100.0, "log": True},
+                                   "alpha": {"low": 0.1, "high": 40.0, "log": True}}
 
 
 def solve_rows(interactions: torch.Tensor, fixed: torch.Tensor, start: torch.Tensor, reg: float, alpha: float,

@@ -10,6 +10,8 @@ evaluation ever needs the dense input, and evaluation never needs the dense outp
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -192,6 +194,11 @@ class AutoencoderOptions(RowsOptions):
     preset: str | None = option(None, "the paper's whole configuration for that split: " + "; ".join(
         f"{k}: layers {','.join(map(str, v['layers']))} dropout {v['dropout']}" for k, v in PRESETS.items()),
         choices=PRESETS)
+    # A sweep's default space (docs/sweeps.md).
+    sweep_space: ClassVar[dict] = {"layers": {"choices": [[32], [64], [128], [64, 64]]},
+                                   "dropout": {"low": 0.0, "high": 0.8}, "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                   "weight_decay": {"low": 1e-4, "high": 0.05, "log": True},
+                                   "activation": {"choices": ["selu", "elu", "relu"]}}
 
 
 @register("autoencoder", options=AutoencoderOptions, orientation="user",

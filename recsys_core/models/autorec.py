@@ -4,6 +4,8 @@ estimator with AutoRec's defaults; the orientation is fixed by the model name.""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from recsys_core.models import register
 from recsys_core.models.autoencoder import RowsEstimator, RowsOptions
 from recsys_core.options import options
@@ -18,6 +20,10 @@ class AutoRecOptions(RowsOptions):
     weight_decay: float = 0.001
     batch_size: int = 32
     patience: int = 5
+    # A sweep's default space (docs/sweeps.md), shared by autorec-item and autorec-user.
+    sweep_space: ClassVar[dict] = {"layers": {"choices": [[100], [300], [500]]},
+                                   "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                   "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True}}
 
 
 register("autorec-item", options=AutoRecOptions, orientation="item",

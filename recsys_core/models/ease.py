@@ -18,6 +18,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,6 +43,8 @@ PAIR_CHUNK = 1 << 24    # gathered weights per step of predict_pairs (64 MB)
 class EASEOptions(ModelOptions):
     reg: float = option(500.0, "L2 weight lambda added to the diagonal of X^T X (Steck: 500 on ML-20M, 1000 on "
                                "Netflix)", low=0, low_open=True, log=True)
+    # A sweep's default space (docs/sweeps.md).
+    sweep_space: ClassVar[dict] = {"reg": {"low": 10.0, "high": 5000.0, "log": True}}
 
 
 def item_gram(by_item: sp.csr_matrix, by_user: sp.csr_matrix, threads: int) -> np.ndarray:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from torch import nn
@@ -65,6 +67,10 @@ class MFOptions(LoopOptions):
     lr: float = 0.002
     batch_size: int = 1024
     patience: int = 4
+    # A sweep's default space (docs/sweeps.md).
+    sweep_space: ClassVar[dict] = {"dim": {"choices": [8, 16, 32, 64]}, "lr": {"low": 5e-4, "high": 1e-2, "log": True},
+                                   "l2": {"low": 1e-3, "high": 0.1, "log": True},
+                                   "batch_size": {"choices": [256, 1024, 4096]}}
 
 
 @register("mf", options=MFOptions, help="biased matrix factorization: mu + b_u + b_i + p_u.q_i, L2")

@@ -3,6 +3,8 @@ layers. ``mlp_tower`` is also NCF's tower."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -61,6 +63,10 @@ class MLPOptions(LoopOptions):
     lr: float = 0.002
     batch_size: int = 1024
     patience: int = 4
+    # A sweep's default space (docs/sweeps.md).
+    sweep_space: ClassVar[dict] = {"dim": {"choices": [16, 32, 64]}, "hidden": {"choices": [[32], [64, 32], [128, 64]]},
+                                   "dropout": {"low": 0.0, "high": 0.5}, "lr": {"low": 5e-4, "high": 1e-2, "log": True},
+                                   "l2": {"low": 1e-3, "high": 0.1, "log": True}}
 
 
 @register("mlp", options=MLPOptions, help="embedding MLP for ratings: [e_u, e_i] -> hidden layers with dropout")

@@ -5,6 +5,8 @@ Each returns a logit for "user interacted with item"; training uses BCE with sam
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from torch import nn
@@ -66,6 +68,10 @@ class NCFOptions(LoopOptions):
     batch_size: int = 256
     epochs: int = 20
     patience: int = 3
+    # A sweep's default space (docs/sweeps.md), shared by gmf, ncf-mlp and neumf.
+    sweep_space: ClassVar[dict] = {"dim": {"choices": [8, 16, 32, 64]}, "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                   "negatives": {"low": 2, "high": 8},
+                                   "weight_decay": {"low": 1e-7, "high": 1e-3, "log": True}}
 
 
 @register("gmf", options=NCFOptions, kind="gmf", help="NCF generalized matrix factorization (implicit)")

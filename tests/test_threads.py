@@ -1,0 +1,91 @@
+"""Thread counts are chosen (recsys_core.threads): the cores this process really has (affinity, cgroup
+quota), shared by the trainings running at once; the choice is logged and recorded in metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+from train_fixtures import make_rating_split
+
+from recsys_core.cli import main
+from recsys_core.errors import RecsysError
+from recsys_core.threads import ENV, available_cores, cgroup_cpu_limit, decide_threads
+from recsys_core.train import train
+from tests.flow_support import ROOT
+
+MF = dict(epochs=2, patience=0, recall_users=20, dim=4)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    return make_rating_split(tmp_path_factory.mktemp("small") / "N3M", n_users=120, n_items=40, n_ratings=3000)
+
+
+def test_cgroup_v2_and_v1_quotas_are_read(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(v2) == 1.5
+    assert available_cores(v2) == min(2, len(os.sched_getaffinity(0)))  # 1.5 CPUs: 2 threads can be busy
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(v1) == 1.0
+    assert available_cores(v1) == 1
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no quota"
+    assert cgroup_cpu_limit(v1) is None
+    assert cgroup_cpu_limit(tmp_path / "none") is None
+
+
+def test_the_decision(tmp_path):
+    none = tmp_path / "no-cgroup"
+    cores = len(os.sched_getaffinity(0))
+    assert decide_threads(environ={}, root=none).threads == cores
+    assert decide_threads(concurrent=cores * 4, environ={}, root=none).threads == 1  # never below one
+    assert decide_threads(concurrent=2, environ={}, root=none).threads == max(1, cores // 2)
+    assert decide_threads(3, environ={ENV: "5"}, root=none).threads == 3  # an explicit request wins
+    chosen = decide_threads(environ={ENV: "5"}, root=none)
+    assert chosen.threads == 5 and ENV in chosen.reason
+    assert decide_threads(0, environ={}, root=none).threads == cores  # 0 = choose
+    for bad in (-1, 1.5, True):
+        with pytest.raises(RecsysError, match="threads must be"):
+            decide_threads(bad, environ={}, root=none)
+    with pytest.raises(RecsysError, match=f"{ENV} must be a positive integer"):
+        decide_threads(environ={ENV: "many"}, root=none)
+
+
+def test_affinity_of_the_process_is_what_counts():
+    """A process pinned to one core gets one thread, whatever /proc says about the machine."""
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from recsys_core.threads import decide_threads; print(decide_threads().threads)")
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "1"
+
+
+def test_train_logs_and_records_the_threads(split, tmp_path, caplog):
+    import torch
+
+    with caplog.at_level(logging.INFO, logger="recsys_core"):
+        metrics = train(split.path, tmp_path / "run", "mf", threads=1, **MF)
+    assert torch.get_num_threads() == 1
+    assert "1 torch thread (asked for" in caplog.text
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["training"]
+    assert saved["threads"] == metrics["training"]["threads"] == 1
+    assert saved["cores_available"] == available_cores()
+    # the command line: --threads reaches the same decision
+    assert main(["train", str(split.path), str(tmp_path / "cli"), "--model", "mf", "--threads", "2",
+                 "--epochs", "1", "--dim", "4", "--recall-users", "20"]) == 0
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["training"]["threads"] == 2
+    assert main(["train", str(split.path), str(tmp_path / "bad"), "--model", "mf", "--threads", "-2"]) == 2
+    assert not (tmp_path / "bad").exists()
+    torch.set_num_threads(2)
