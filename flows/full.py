@@ -61,6 +61,8 @@ def full_pipeline(
     seed: int = 0,
     top_k: int = 10,
     until: str = "train",
+    registry_model: str | None = None,
+    promotion_margin: float = 0.001,
 ) -> dict:
     """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths)."""
     forward_library_logs()
@@ -126,6 +128,11 @@ def full_pipeline(
                 report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
     run.report["metrics"] = report.metric_rows(runs)
     report.publish_table("recsys-metrics", run.report["metrics"], "stage 4: test metrics, models beside baselines")
+    if registry_model:  # champion vs challenger: promote only a better model (tasks/promote.py, docs/serving.md)
+        from tasks.promote import promote_runs
+
+        decisions = promote_runs(data, registry_model, runs, promotion_margin, top_k, resolve_device(device))
+        run.report["promotion"] = [d["line"] for d in decisions]
     return run.finish()
 
 
@@ -239,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     g.add_argument("--top-k", type=int, default=10, help="length of the recommendation lists and cut-off of HR/NDCG")
     p.add_argument("--until", choices=UNTIL, default="train", help="last stage to run")
+    p.add_argument("--registry-model", metavar="NAME", help="registry model (e.g. netflix-{split}) whose champion "
+                   "the trained models challenge; a better one is promoted (DATA_DIR/registry, docs/serving.md)")
+    p.add_argument("--promotion-margin", type=float, default=0.001,
+                   help="relative improvement on the primary valid metric a challenger needs to be promoted")
     p.add_argument("--report-json", metavar="FILE",
                    help="also write the run's report (stage statuses, stats, metrics, paths) as JSON (not a flow parameter)")
     return p
@@ -268,6 +279,8 @@ def print_summary(result: dict) -> None:
         hidden = ("run_dir", "n", "n_recall_users")
         rows = [{k: v for k, v in r.items() if k not in hidden} for r in result["metrics"]]
         console.print(report.rich_table("Test metrics (a model beaten by a baseline is flagged)", rows))
+    for line in result.get("promotion", []):
+        console.print(f"[bold]{line}[/bold]", soft_wrap=True)
     console.print("[bold]Artifacts[/bold]")
     for what, where in result.get("artifacts", {}).items():
         console.print(f"  {what}: {where}", soft_wrap=True)

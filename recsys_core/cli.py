@@ -20,6 +20,7 @@ STAGE_MODULES = [
     "recsys_core.split",
     "recsys_core.matrices",
     "recsys_core.train",
+    "recsys_core.serving.cli",
 ]
 
 
