@@ -285,10 +285,13 @@ def promote_if_better(registry: Registry, name: str, run_dirs: list[str], *, mar
     checks, under the lock, that the champion is still the one compared against, so two runs deciding
     at once cannot both promote against the same champion."""
     champion = registry.champion(name)
-    decision = decide(name, champion, [str(Path(r).resolve()) for r in run_dirs], margin=margin, k=k,
-                      recall_users=recall_users, device=device)
+    candidates = sorted(str(Path(r).resolve()) for r in run_dirs)
+    earlier = _earlier_rejection(name, registry.history(name), candidates, champion, margin)
+    if earlier is not None:
+        return earlier
+    decision = decide(name, champion, candidates, margin=margin, k=k, recall_users=recall_users, device=device)
     summary = {"metric": decision.metric, "decided_on": decision.decided_on, "margin": margin,
-               "rows": decision.rows, "coverage": decision.coverage}
+               "rows": decision.rows, "coverage": decision.coverage, "candidates": candidates}
     if decision.challenger is None or (champion and decision.challenger == champion.get("run_dir")):
         return decision  # nothing new was compared: no history line
     if decision.promoted:
@@ -299,3 +302,21 @@ def promote_if_better(registry: Registry, name: str, run_dirs: list[str], *, mar
         registry.reject(name, decision.challenger, decision.reason, by=by, decision=summary)
     log.info(decision.line())
     return decision
+
+
+def _earlier_rejection(name: str, history: list[dict], candidates: list[str], champion: dict | None,
+                       margin: float) -> Decision | None:
+    """The same runs already rejected against the same champion with the same margin (a scheduled run
+    with nothing retrained): that decision again, without evaluating or recording anything."""
+    champion_version = (champion or {}).get("version")
+    for event in reversed(history):
+        summary = event.get("decision") or {}
+        if (event["event"] == "rejected" and summary.get("candidates") == candidates
+                and event.get("champion_version") == champion_version and summary.get("margin") == margin):
+            return Decision(name, False, f"already kept out on {event['time']}: {event['reason']}",
+                            summary.get("metric", ""), summary.get("decided_on", ""), margin, event["run_dir"],
+                            (champion or {}).get("run_dir"), champion_version, summary.get("rows", []),
+                            summary.get("coverage"))
+        if event["event"] in ("promoted", "rolled_back"):
+            return None
+    return None

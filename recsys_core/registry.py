@@ -251,6 +251,7 @@ class Registry:
         ``expected_champion``: the champion version the caller's decision was taken against (None: no
         champion); when another writer changed the champion meanwhile, nothing is written and a
         RecsysError says so. False (default) promotes whatever the current champion is."""
+        check_name(name)
         run = verify_run(run_dir)
         with self.lock(name):
             versions = [e["version"] for e in self.history(name) if e["event"] == "promoted"]
@@ -271,6 +272,7 @@ class Registry:
     def reject(self, name: str, run_dir: str | Path, reason: str, *, by: str = "flow",
                decision: dict | None = None) -> dict:
         """Record that ``run_dir`` was compared and kept out (the champion stays)."""
+        check_name(name)
         run = verify_run(run_dir)
         with self.lock(name):
             current = self.champion(name)
