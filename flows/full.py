@@ -131,7 +131,8 @@ def full_pipeline(
     if registry_model:  # champion vs challenger: promote only a better model (tasks/promote.py, docs/serving.md)
         from tasks.promote import promote_runs
 
-        decisions = promote_runs(data, registry_model, runs, promotion_margin, top_k, resolve_device(device))
+        decisions = promote_runs(data, registry_model, runs, promotion_margin, top_k, resolve_device(device),
+                                 splits_spec.out_dir)
         run.report["promotion"] = [d["line"] for d in decisions]
     return run.finish()
 

@@ -278,7 +278,7 @@ def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, mar
 
 def promote_if_better(registry: Registry, name: str, run_dirs: list[str], *, margin: float = DEFAULT_MARGIN,
                       k: int = 10, recall_users: int = DEFAULT_RECALL_USERS, device: str = "cpu",
-                      by: str = "flow") -> Decision:
+                      by: str = "flow", split_stats: str | Path | None = None) -> Decision:
     """``decide``, then record it: a promotion moves the champion pointer, a rejection is a history line.
 
     The comparison runs without the writer lock (it takes minutes at full scale); the promotion then
@@ -296,10 +296,11 @@ def promote_if_better(registry: Registry, name: str, run_dirs: list[str], *, mar
         return decision  # nothing new was compared: no history line
     if decision.promoted:
         event = registry.promote(name, decision.challenger, decision.reason, by=by, primary_metric=decision.metric,
-                                 decision=summary, expected_champion=(champion or {}).get("version"))
+                                 decision=summary, expected_champion=(champion or {}).get("version"),
+                                 split_stats=split_stats)
         decision.version = event["version"]
     else:
-        registry.reject(name, decision.challenger, decision.reason, by=by, decision=summary)
+        registry.reject(name, decision.challenger, decision.reason, by=by, decision=summary, split_stats=split_stats)
     log.info(decision.line())
     return decision
 

@@ -66,7 +66,7 @@ def check_name(name: str) -> str:
 # --------------------------------------------------------------------------- run folders
 
 
-def verify_run(run_dir: str | Path) -> dict:
+def verify_run(run_dir: str | Path, split_stats: str | Path | None = None) -> dict:
     """Check a run folder is complete; returns what a registry entry records about it.
 
     Raises RecsysError (one sentence naming the file) when a required file is missing or a file listed in
@@ -105,7 +105,7 @@ def verify_run(run_dir: str | Path) -> dict:
         # no manifest, so its data key is hashed from its split folder and its code key is unknown
         "data_key": (made_from.get("inputs") or {}).get("matrices") or _split_key(split_dir),
         "code_key": (made_from.get("code") or {}).get("source_sha256"),
-        "trained_on": trained_on(split_dir),
+        "trained_on": trained_on(split_stats) or trained_on(split_dir),
     }
 
 
@@ -118,26 +118,19 @@ def _split_key(split_dir: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def trained_on(split_dir: str | None) -> dict | None:
-    """First and last date of the training ratings, from the split's ``stats.json``: in the matrices folder
-    itself or, in the flow's layout, in the ``splits/`` folder beside ``matrices/``."""
+def trained_on(split_dir: str | Path | None) -> dict | None:
+    """First and last date of the training ratings, from a split's ``stats.json`` (``split_dir`` is a split
+    folder of stage 2, or a matrices folder holding a copy; None when there is none)."""
     if not split_dir:
         return None
-    split = Path(split_dir)
-    candidates = [split / "stats.json"]
-    parts = split.parts
-    if "matrices" in parts:
-        i = len(parts) - 1 - parts[::-1].index("matrices")
-        candidates.append(Path(*parts[:i], "splits", *parts[i + 1:]) / "stats.json")
-    for path in candidates:
-        if path.is_file():
-            try:
-                train = read_json(path).get("train") or {}
-            except ValueError:
-                continue
-            return {"first_date": train.get("first_date"), "last_date": train.get("last_date"),
-                    "ratings": train.get("ratings"), "stats": str(path)}
-    return None
+    path = Path(split_dir)
+    path = path if path.name == "stats.json" else path / "stats.json"
+    try:
+        train = read_json(path).get("train") or {}
+    except (OSError, ValueError):
+        return None
+    return {"first_date": train.get("first_date"), "last_date": train.get("last_date"),
+            "ratings": train.get("ratings"), "stats": str(path)}
 
 
 # --------------------------------------------------------------------------- the registry
@@ -245,14 +238,15 @@ class Registry:
 
     def promote(self, name: str, run_dir: str | Path, reason: str, *, by: str = "cli",
                 primary_metric: str | None = None, decision: dict | None = None,
-                expected_champion: int | None | bool = False) -> dict:
+                expected_champion: int | None | bool = False, split_stats: str | Path | None = None) -> dict:
         """Make ``run_dir`` (verified first) the champion of ``name`` as a new version; returns the entry.
 
         ``expected_champion``: the champion version the caller's decision was taken against (None: no
         champion); when another writer changed the champion meanwhile, nothing is written and a
-        RecsysError says so. False (default) promotes whatever the current champion is."""
+        RecsysError says so. False (default) promotes whatever the current champion is. ``split_stats``:
+        the stage-2 split folder (or its stats.json) the run was trained on, for the training dates."""
         check_name(name)
-        run = verify_run(run_dir)
+        run = verify_run(run_dir, split_stats)
         with self.lock(name):
             versions = [e["version"] for e in self.history(name) if e["event"] == "promoted"]
             current = self.champion(name)
@@ -270,10 +264,10 @@ class Registry:
         return event
 
     def reject(self, name: str, run_dir: str | Path, reason: str, *, by: str = "flow",
-               decision: dict | None = None) -> dict:
+               decision: dict | None = None, split_stats: str | Path | None = None) -> dict:
         """Record that ``run_dir`` was compared and kept out (the champion stays)."""
         check_name(name)
-        run = verify_run(run_dir)
+        run = verify_run(run_dir, split_stats)
         with self.lock(name):
             current = self.champion(name)
             event = {"time": now_utc(), "event": "rejected", "version": None, **run, "reason": reason, "by": by,

@@ -31,11 +31,13 @@ def _table(decision: dict) -> list[dict]:
 
 
 @task(name="promote", task_run_name="promote {name}")
-def promote_task(registry_dir: str, name: str, run_dirs: list[str], margin: float, k: int, device: str) -> dict:
+def promote_task(registry_dir: str, name: str, run_dirs: list[str], margin: float, k: int, device: str,
+                 split_stats: str | None = None) -> dict:
     from recsys_core.promotion import promote_if_better
     from recsys_core.registry import Registry
 
-    decision = promote_if_better(Registry(registry_dir), name, run_dirs, margin=margin, k=k, device=device).as_dict()
+    decision = promote_if_better(Registry(registry_dir), name, run_dirs, margin=margin, k=k, device=device,
+                                 split_stats=split_stats).as_dict()
     create_table_artifact(table=_table(decision), key=_artifact_key(name),
                           description=f"{decision['line']} (champion vs challenger vs baselines on the newest "
                                       f"split, {decision['decided_on']} {decision['metric']} decides)")
@@ -56,8 +58,9 @@ def registry_names(registry_model: str, splits: list[str]) -> dict[str, str]:
 
 
 def promote_runs(data_dir: str | Path, registry_model: str, runs: list[dict], margin: float, k: int,
-                 device: str) -> list[dict]:
-    """One decision per split of the flow's trained ``runs`` ({"split", "model", "run_dir"})."""
+                 device: str, split_root: str | Path | None = None) -> list[dict]:
+    """One decision per split of the flow's trained ``runs`` ({"split", "model", "run_dir"}); ``split_root``
+    is the stage-2 output holding each split's stats.json (the training dates the registry records)."""
     from recsys_core.registry import default_root
 
     splits = list(dict.fromkeys(run["split"] for run in runs))
@@ -66,5 +69,6 @@ def promote_runs(data_dir: str | Path, registry_model: str, runs: list[dict], ma
     for split in splits:
         run_dirs = [run["run_dir"] for run in runs if run["split"] == split]
         decisions.append(promote_task(registry_dir=str(default_root(data_dir)), name=names[split],
-                                      run_dirs=run_dirs, margin=margin, k=k, device=device))
+                                      run_dirs=run_dirs, margin=margin, k=k, device=device,
+                                      split_stats=str(Path(split_root) / split) if split_root else None))
     return decisions

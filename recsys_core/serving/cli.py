@@ -85,7 +85,7 @@ def _cmd_show(args) -> int:
 def _cmd_promote(args) -> int:
     registry = _registry(args)
     event = registry.promote(args.name, args.run_dir, f"manual: {args.reason}" if args.reason else "manual promotion",
-                             by="cli", primary_metric=args.primary_metric)
+                             by="cli", primary_metric=args.primary_metric, split_stats=args.split_stats)
     print(f"{args.name}: version {event['version']} is now the champion ({event['run_dir']})")
     return 0
 
@@ -137,6 +137,9 @@ def add_cli(subparsers) -> None:
     promote.add_argument("name", help="registry model name (created if new)")
     promote.add_argument("run_dir", help="a run folder written by `train` or the flow")
     promote.add_argument("--reason", help="why, recorded in the history")
+    promote.add_argument("--split-stats", metavar="SPLIT_DIR",
+                         help="the stage-2 split folder the run was trained on (its stats.json gives the "
+                              "training dates that GET /model reports)")
     promote.add_argument("--primary-metric", help="the metric later challengers are compared on "
                                                   "(default: kept, or chosen by the first comparison)")
     promote.set_defaults(func=_cmd_promote)
