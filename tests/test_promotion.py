@@ -126,3 +126,13 @@ def test_ranking_registry_and_a_stale_decision(loop_runs, tmp_path):
     registry.promote("top", loop_runs["mf_new"], "operator")
     with pytest.raises(RecsysError, match="changed to version 2 while version 1 was being compared"):
         registry.promote("top", loop_runs["ae_new"], "late", expected_champion=1)
+
+
+def test_fast_scoring_gives_the_estimators_scores(loop_runs):
+    """The serving fast path (precomputed user vectors, one numpy product) answers what the model does."""
+    for label, applies in (("ae_new", True), ("mf_new", True), ("mlp_old", False)):
+        model = ServableModel(loop_runs[label])
+        rows = np.arange(model.n_users)
+        before = model.score_rows(rows)
+        assert model.prepare_fast_scoring() is applies
+        np.testing.assert_allclose(model.score_rows(rows), before, rtol=1e-5, atol=1e-5)

@@ -4,15 +4,8 @@ requests; a broken champion kept out; rollback."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,47 +13,9 @@ import pytest
 
 from recsys_core.matrices import load_split
 from recsys_core.registry import Registry
+from tests.loop_fixtures import serving
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = "demo"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(registry_dir: Path, log: Path, watch_interval: float = 0.2):
-    """``python -m recsys_core serve`` in its own process group; yields an httpx client bound to it."""
-    port = free_port()
-    env = {**os.environ, "RECSYS_PROGRESS": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "recsys_core", "serve", "--registry", str(registry_dir),
-                                   "--model", NAME, "--host", "127.0.0.1", "--port", str(port),
-                                   "--watch-interval", str(watch_interval)],
-                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, f"the server exited: {log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                client.get("/health")
-                break
-            assert time.monotonic() < deadline, f"the server did not answer within 120 s: {log.read_text()}"
-            time.sleep(0.2)
-        yield client
-    finally:
-        client.close()
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
@@ -76,7 +31,7 @@ def service(loop_runs, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     registry = Registry(root / "registry")
     registry.promote(NAME, loop_runs["ae_old"], "test champion")
-    with serving(root / "registry", root / "server.log") as client:
+    with serving(root / "registry", NAME, root / "server.log") as (client, _):
         yield {"client": client, "registry": registry, "log": root / "server.log", "root": root}
     assert "Traceback" not in (root / "server.log").read_text()
 
@@ -240,7 +195,7 @@ def test_broken_champion_is_not_served_and_rollback_restores(service, loop_runs)
 
 def test_no_champion_yet_then_the_first_promotion(loop_runs, tmp_path):
     registry = Registry(tmp_path / "registry")
-    with serving(tmp_path / "registry", tmp_path / "server.log") as client:
+    with serving(tmp_path / "registry", NAME, tmp_path / "server.log") as (client, _):
         response = client.get("/health")
         assert response.status_code == 503 and response.json()["status"] == "no champion"
         response = client.get("/users/7/recommendations")

@@ -62,6 +62,8 @@ class ServableModel:
         self.global_mean = float(data.train.data.mean())
         self.popularity = np.bincount(data.train.indices, minlength=self.n_items).astype(np.float32)
         self._item_vectors: np.ndarray | None = None
+        self._linear: tuple | None = None   # see prepare_fast_scoring
+        self._mf_items: tuple | None = None
         self._fold_in = self._fold_in_method()
 
     # --- ids ----------------------------------------------------------------------------------------------
@@ -86,7 +88,35 @@ class ServableModel:
     # --- scores -------------------------------------------------------------------------------------------
     def score_rows(self, rows) -> np.ndarray:
         """Scores of every item for known user rows: ``[len(rows), n_items]`` float32."""
-        return np.asarray(self.estimator.score_rows(np.asarray(rows, np.int64)), np.float32)
+        rows = np.asarray(rows, np.int64)
+        if self._linear is not None:
+            users, weight, bias, offset = self._linear
+            return users[rows] @ weight + bias + offset[rows, None]
+        return np.asarray(self.estimator.score_rows(rows), np.float32)
+
+    def prepare_fast_scoring(self) -> bool:
+        """Precompute, for models whose output layer is linear in a per-user vector, every user's vector,
+        so that scoring a user is one vector-matrix product in numpy (no encoder pass, no torch call):
+        score(u) = h_u @ W + b + offset_u. The autoencoders' h_u is the decoder's last hidden layer of the
+        user's training vector (W: the output layer, offset_u: the user's mean with center="row"); MF's
+        is p_u (W: item factors, b: item biases, offset_u: mu + b_u). Returns whether it applies."""
+        from recsys_core.estimators import PairsEstimator, RowsEstimator
+        from recsys_core.models.factorization import BiasedMF
+
+        est, model = self.estimator, self.estimator.model
+        with torch.no_grad():
+            if isinstance(est, RowsEstimator) and est.orientation == "user" and not model.last_layer_activation:
+                rows = np.arange(self.n_users)
+                users = torch.cat([est._hidden_for(rows[lo:lo + 4096]) for lo in range(0, self.n_users, 4096)])
+                weight, bias, offset = model._dec_weight(0).T, model.dec_b[0], est.row_offset
+            elif type(est) is PairsEstimator and isinstance(model, BiasedMF) and not model.squash:
+                users, weight, bias = model.user_factors.weight, model.item_factors.weight.T, model.item_bias.weight[:, 0]
+                offset = (model.user_bias.weight[:, 0] + model.global_mean).numpy()
+            else:
+                return False
+            as_numpy = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in (users, weight, bias)]
+        self._linear = (*as_numpy, np.asarray(offset, np.float32))
+        return True
 
     def predict_pairs(self, rows, cols) -> np.ndarray:
         return np.asarray(self.estimator.predict_pairs(np.asarray(rows, np.int64), np.asarray(cols, np.int64)),
@@ -122,11 +152,13 @@ class ServableModel:
     def _mf_fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Ridge solve of [p_u, b_u] against frozen item factors and biases: training's per-example L2
         summed over the user's n ratings is l2 * n * (|p_u|^2 + b_u^2), so the ridge is l2 * n."""
-        model = self.estimator.model
-        with torch.no_grad():
-            q = model.item_factors.weight.detach().cpu().numpy().astype(np.float64)
-            b = model.item_bias.weight.detach().cpu().numpy()[:, 0].astype(np.float64)
-            mu = float(model.global_mean.detach())
+        if self._mf_items is None:  # float64 copies, made once
+            model = self.estimator.model
+            with torch.no_grad():
+                self._mf_items = (model.item_factors.weight.detach().cpu().numpy().astype(np.float64),
+                                  model.item_bias.weight.detach().cpu().numpy()[:, 0].astype(np.float64),
+                                  float(model.global_mean.detach()))
+        q, b, mu = self._mf_items
         x = np.hstack([q[cols], np.ones((len(cols), 1))])
         y = values.astype(np.float64) - mu - b[cols]
         ridge = max(float(self.config.get("l2", 0.0)) * len(cols), 1e-6)

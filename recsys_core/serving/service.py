@@ -137,6 +137,7 @@ def load_champion(registry: Registry, name: str, pointer: dict, device: str = "c
     if expected and file_sha256(model_file) != expected:
         raise RecsysError(f"{model_file} changed since version {pointer.get('version')} of {name} was promoted")
     model = ServableModel(run_dir, device)
+    model.prepare_fast_scoring()
     model.item_vectors()
     if model.n_users:
         model.score_rows([0])

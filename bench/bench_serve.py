@@ -1,0 +1,168 @@
+"""Latency, throughput and memory of the recommendation service (GET /users/{id}/recommendations?k=10).
+
+    .venv/bin/python bench/bench_serve.py --run RUN_DIR [--run RUN_DIR ...] [--rate 100] [--requests 3000]
+    .venv/bin/python bench/bench_serve.py --registry data/registry --model netflix-N3M
+
+For each run folder: a throw-away registry with that run as champion (``--run``; or the given registry
+model), a real ``python -m recsys_core serve`` process on a free port of 127.0.0.1, then from this
+process (an asyncio + httpx load generator on the same machine):
+
+1. warm-up: 200 requests;
+2. fixed rate: ``--requests`` requests sent open-loop at ``--rate`` per second, each to a random user of
+   the champion's split (seeded); a request's latency runs from the moment it was DUE to its response, so
+   a stalled server is not hidden by a generator that waits for it (no coordinated omission);
+3. maximum throughput: ``--max-requests`` requests from ``--concurrency`` closed-loop clients.
+
+Prints p50/p90/p99/max latency, achieved requests/s and errors per phase, and the server's RSS (now and
+peak, from /proc); writes everything as JSON (``--out``). The generator shares the machine's cores with
+the server, so the maximum-throughput phase measures both together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from measure import memory_mb  # noqa: E402
+
+os.environ.setdefault("RECSYS_PROGRESS", "0")
+
+
+def percentiles(latencies_s: list[float]) -> dict:
+    if not latencies_s:
+        return {}
+    ms = np.asarray(latencies_s) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+
+
+async def _get(client, user: int, k: int) -> bool:
+    response = await client.get(f"/users/{user}/recommendations", params={"k": k})
+    return response.status_code == 200 and len(response.json()["items"]) == k
+
+
+async def fixed_rate(base_url: str, users: np.ndarray, rate: float, k: int) -> dict:
+    """Open loop: request i is due at start + i / rate, whatever the earlier ones are doing."""
+    import httpx
+
+    latencies, errors = [], []
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+        start = time.perf_counter() + 0.05
+
+        async def one(i: int, user: int) -> None:
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                ok = await _get(client, int(user), k)
+            except Exception as err:  # counted, not raised: the run goes on
+                errors.append(repr(err))
+                return
+            (latencies.append(time.perf_counter() - due) if ok else errors.append("bad answer"))
+
+        await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
+        elapsed = time.perf_counter() - start
+    return {"requests": len(users), "target_rps": rate, "achieved_rps": round(len(latencies) / elapsed, 1),
+            "errors": len(errors), **percentiles(latencies)}
+
+
+async def max_throughput(base_url: str, users: np.ndarray, concurrency: int, k: int) -> dict:
+    import httpx
+
+    latencies, errors = [], []
+    queue = list(map(int, users))[::-1]
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        async def worker() -> None:
+            while queue:
+                user = queue.pop()
+                sent = time.perf_counter()
+                try:
+                    ok = await _get(client, user, k)
+                except Exception as err:
+                    errors.append(repr(err))
+                    continue
+                (latencies.append(time.perf_counter() - sent) if ok else errors.append("bad answer"))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {"requests": len(users), "concurrency": concurrency, "rps": round(len(latencies) / elapsed, 1),
+            "errors": len(errors), **percentiles(latencies)}
+
+
+def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
+    from recsys_core.matrices import load_split
+    from tests.loop_fixtures import serving
+
+    log = work / f"server-{name}.log"
+    started = time.perf_counter()
+    with serving(registry_dir, name, log, watch_interval=2.0) as (client, server):
+        ready_s = time.perf_counter() - started
+        model = client.get("/model").json()
+        split_dir = json.loads((Path(model["run_dir"]) / "config.json").read_text())["split_dir"]
+        user_ids = load_split(split_dir).user_ids
+        rng = np.random.default_rng(args.seed)
+        base = str(client.base_url)
+        asyncio.run(fixed_rate(base, rng.choice(user_ids, 200), 200.0, args.k))   # warm-up
+        steady = asyncio.run(fixed_rate(base, rng.choice(user_ids, args.requests), args.rate, args.k))
+        burst = asyncio.run(max_throughput(base, rng.choice(user_ids, args.max_requests), args.concurrency, args.k))
+        memory = memory_mb(server.pid)
+    return {"model": model["model_type"], "run_dir": model["run_dir"], "n_users": model["n_users"],
+            "n_items": model["n_items"], "server_ready_s": round(ready_s, 1),
+            "load_seconds": model["load_seconds"], "fixed_rate": steady, "max_throughput": burst,
+            "server_rss_mb": round(memory["rss"], 1), "server_peak_rss_mb": round(memory["peak"], 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="append", default=[], help="a run folder to serve (repeatable)")
+    p.add_argument("--registry", help="a registry folder (with --model) instead of --run")
+    p.add_argument("--model", help="registry model name (with --registry)")
+    p.add_argument("--rate", type=float, default=100.0, help="requests per second of the fixed-rate phase")
+    p.add_argument("--requests", type=int, default=3000, help="requests of the fixed-rate phase")
+    p.add_argument("--max-requests", type=int, default=3000, help="requests of the maximum-throughput phase")
+    p.add_argument("--concurrency", type=int, default=8, help="clients of the maximum-throughput phase")
+    p.add_argument("-k", type=int, default=10, help="items per answer")
+    p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
+    p.add_argument("--out", default="bench-serve.json", help="JSON results")
+    args = p.parse_args()
+    if not args.run and not (args.registry and args.model):
+        p.error("give --run RUN_DIR (repeatable) or --registry DIR --model NAME")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        work = Path(tmp)
+        targets = [(Path(args.registry), args.model)] if args.registry else []
+        if args.run:
+            from recsys_core.registry import Registry
+
+            for i, run in enumerate(args.run):
+                Registry(work / "registry").promote(f"bench-{i}", run, "benchmark")
+                targets.append((work / "registry", f"bench-{i}"))
+        for registry_dir, name in targets:
+            result = bench_one(registry_dir, name, args, work)
+            results.append(result)
+            print(json.dumps(result, indent=2), flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print("| model | users x items | p50 ms @ rate | p99 ms @ rate | achieved rps | max rps (p50 / p99 ms) | "
+          "server RSS MB (peak) |")
+    for r in results:
+        f, m = r["fixed_rate"], r["max_throughput"]
+        print(f"| {r['model']} | {r['n_users']:,} x {r['n_items']:,} | {f['p50_ms']} @ {f['target_rps']:g} | "
+              f"{f['p99_ms']} | {f['achieved_rps']} | {m['rps']} ({m['p50_ms']} / {m['p99_ms']}) | "
+              f"{r['server_rss_mb']} ({r['server_peak_rss_mb']}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
