@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +16,7 @@ from recsys_core.matrices import load_split
 from recsys_core.registry import Registry
 from tests.loop_fixtures import serving
 
+ROOT = Path(__file__).resolve().parents[1]
 NAME = "demo"
 
 
@@ -205,3 +207,20 @@ def test_no_champion_yet_then_the_first_promotion(loop_runs, tmp_path):
         assert client.get("/model").json()["model_type"] == "mf"
         assert client.post("/recommendations", json={"ratings": {"1": 5, "2": 1}}).status_code == 200
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_compose_api_service_runs_this_serve_command_on_localhost_only():
+    import yaml
+
+    from recsys_core.cli import build_parser
+
+    api = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]
+    command = api["command"]
+    assert command[:3] == ["python", "-m", "recsys_core"]
+    args = build_parser().parse_args(command[3:])
+    assert args.command == "serve" and args.registry == "/app/data/registry" and args.model == "netflix-N3M"
+    assert all(str(port).startswith("127.0.0.1:") for port in api["ports"])
+    assert any(str(v).endswith(":/app/data") for v in api["volumes"])
+    weekly = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    params = weekly["weekly-retrain"]["parameters"]
+    assert params["registry_model"].replace("{split}", params["splits"][0]) == args.model
