@@ -11,7 +11,10 @@ process (an asyncio load generator on the same machine, raw keep-alive HTTP/1.1 
 2. fixed rate: ``--requests`` requests sent open-loop at ``--rate`` per second, each to a random user of
    the champion's split (seeded); a request's latency runs from the moment it was DUE to its response, so
    a stalled server is not hidden by a generator that waits for it (no coordinated omission);
-3. maximum throughput: ``--max-requests`` requests from ``--concurrency`` closed-loop clients.
+3. maximum throughput: ``--max-requests`` requests from ``--concurrency`` closed-loop clients;
+4. with ``--swap-to RUN_DIR`` (last target only): the fixed-rate phase again while that run is promoted
+   a quarter of the way in: failed requests, seconds until answers come from the new champion, and the
+   latencies of the requests due meanwhile (the new model loads in the server's worker thread).
 
 Prints p50/p90/p99/max latency, achieved requests/s, errors and the server's CPU time per request per
 phase, and the server's RSS (now and peak, from /proc); writes everything as JSON (``--out``). The
@@ -77,27 +80,33 @@ class Tally:
     def __init__(self):
         self.latencies: list[float] = []
         self.errors: list[str] = []
+        self.answers: list[tuple[float, float, int]] = []   # (due or sent, latency, champion version)
 
     async def ask(self, conn: Connection, user: int, k: int, since: float) -> None:
         """One recommendation request; its latency counts from ``since`` (when it was due or sent)."""
         try:
             status, body = await conn.get(f"/users/{user}/recommendations?k={k}")
-            ok = status == 200 and len(json.loads(body)["items"]) == k
+            answer = json.loads(body) if status == 200 else {}
         except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration) as err:
             self.errors.append(repr(err))
             conn.close()
             conn.writer = None
             return
-        (self.latencies.append(time.perf_counter() - since) if ok else self.errors.append("bad answer"))
+        if len(answer.get("items", ())) != k:
+            self.errors.append(f"HTTP {status}: {body[:200]!r}")
+            return
+        self.latencies.append(time.perf_counter() - since)
+        self.answers.append((since, self.latencies[-1], answer["version"]))
 
     def summary(self, elapsed: float) -> dict:
         return {"rps": round(len(self.latencies) / elapsed, 1), "errors": len(self.errors),
                 **percentiles(self.latencies)}
 
 
-async def fixed_rate(host: str, port: int, users: np.ndarray, rate: float, k: int, connections: int = 32) -> dict:
+async def fixed_rate(host: str, port: int, users: np.ndarray, rate: float, k: int, connections: int = 32,
+                     tally: Tally | None = None) -> dict:
     """Open loop: request i is due at start + i / rate; a free connection sends it (its wait counts)."""
-    tally, due_queue = Tally(), asyncio.Queue()
+    tally, due_queue = tally or Tally(), asyncio.Queue()
     start = time.perf_counter() + 0.05
 
     async def sender(conn: Connection) -> None:
@@ -134,6 +143,26 @@ async def max_throughput(host: str, port: int, users: np.ndarray, concurrency: i
     return {"requests": len(users), "concurrency": concurrency, **tally.summary(time.perf_counter() - start)}
 
 
+async def swap_under_load(host: str, port: int, users: np.ndarray, rate: float, k: int, promote, after_s: float) -> dict:
+    """The fixed-rate phase with a promotion ``after_s`` seconds in: failures, the time until answers come
+    from the new champion, and the latencies of requests due from the promotion to 1 s after that."""
+    tally = Tally()
+
+    async def promoter() -> tuple[float, int]:
+        await asyncio.sleep(after_s)
+        return time.perf_counter(), await asyncio.to_thread(promote)
+
+    steady, (promoted_at, version) = await asyncio.gather(fixed_rate(host, port, users, rate, k, tally=tally),
+                                                          promoter())
+    first_new = min((since + latency for since, latency, v in tally.answers if v == version), default=None)
+    if first_new is None:
+        return {**steady, "new_version_answers": 0}
+    window = [latency for since, latency, _ in tally.answers if promoted_at <= since <= first_new + 1.0]
+    return {**steady, "new_version_after_s": round(first_new - promoted_at, 2),
+            "new_version_answers": sum(v == version for *_, v in tally.answers),
+            "during_swap": {"requests": len(window), **percentiles(window)}}
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -161,7 +190,17 @@ def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
                                            args.k))
         burst["server_cpu_ms_per_request"] = round((cpu_seconds(server.pid) - cpu) / args.max_requests * 1000, 3)
         memory = memory_mb(server.pid)
-    return {"model": model["model_type"], "run_dir": model["run_dir"], "n_users": model["n_users"],
+        swap = None
+        if args.swap_to:
+            from recsys_core.registry import Registry
+
+            def promote() -> int:
+                return Registry(registry_dir).promote(name, args.swap_to, "benchmark: swap under load")["version"]
+
+            swap = asyncio.run(swap_under_load(host, port, rng.choice(user_ids, args.swap_requests), args.rate,
+                                               args.k, promote, after_s=args.swap_requests / args.rate / 4))
+            swap["server_peak_rss_mb"] = round(memory_mb(server.pid)["peak"], 1)
+    return {"swap": swap, "model": model["model_type"], "run_dir": model["run_dir"], "n_users": model["n_users"],
             "n_items": model["n_items"], "server_ready_s": round(ready_s, 1),
             "load_seconds": model["load_seconds"], "fixed_rate": steady, "max_throughput": burst,
             "server_rss_mb": round(memory["rss"], 1), "server_peak_rss_mb": round(memory["peak"], 1)}
@@ -176,6 +215,9 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=3000, help="requests of the fixed-rate phase")
     p.add_argument("--max-requests", type=int, default=3000, help="requests of the maximum-throughput phase")
     p.add_argument("--concurrency", type=int, default=8, help="clients of the maximum-throughput phase")
+    p.add_argument("--swap-to", metavar="RUN_DIR", help="then promote this run during a fixed-rate phase and "
+                                                        "measure the swap (serving the last target only)")
+    p.add_argument("--swap-requests", type=int, default=6000, help="requests of the swap phase")
     p.add_argument("-k", type=int, default=10, help="items per answer")
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
     p.add_argument("--out", default="bench-serve.json", help="JSON results")
@@ -192,8 +234,12 @@ def main() -> int:
             for i, run in enumerate(args.run):
                 Registry(work / "registry").promote(f"bench-{i}", run, "benchmark")
                 targets.append((work / "registry", f"bench-{i}"))
-        for registry_dir, name in targets:
-            result = bench_one(registry_dir, name, args, work)
+        for i, (registry_dir, name) in enumerate(targets):
+            if i < len(targets) - 1:
+                result = bench_one(registry_dir, name, argparse.Namespace(**{**vars(args), "swap_to": None}), work)
+            else:
+                result = bench_one(registry_dir, name, args, work)
+            result["load_average"] = [round(x, 2) for x in os.getloadavg()]
             results.append(result)
             print(json.dumps(result, indent=2), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
