@@ -92,6 +92,8 @@ def test_new_user_and_similar_items(service, loop_runs):
     ("get", "/users/7/recommendations?k=0", None, 422, "k:"),
     ("get", "/users/7/recommendations?k=ten", None, 422, "k:"),
     ("get", "/users/7/recommendations?k=100000", None, 422, "k:"),
+    ("get", "/users/99999999999999999999999/recommendations", None, 422, "user_id"),
+    ("post", "/recommendations", {"ratings": {"99999999999999999999999": 4}}, 404, "99999999999999999999999"),
     ("get", "/items/99999/similar", None, 404, "item 99999 is not in the catalogue"),
     ("get", "/items/1/similar?k=-3", None, 422, "k:"),
     ("post", "/recommendations", {"ratings": {"99999": 4, "1": 5}}, 404, "99999"),

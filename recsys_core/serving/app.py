@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +33,7 @@ from recsys_core.serving.service import MAX_K, BadRequest, ChampionHolder, NoCha
 log = logging.getLogger("recsys_core.serving")
 
 STATUS = {NotFound: 404, BadRequest: 422, Unsupported: 409, NoChampion: 503}
+ID = dict(ge=-2**31, le=2**31 - 1)  # raw ids are int32 in every stage's schema
 
 
 class NewUserRatings(BaseModel):
@@ -110,7 +111,7 @@ def create_app(registry_dir: str, name: str, device: str = "cpu", watch_interval
         return JSONResponse(holder.require().describe())
 
     @app.get("/users/{user_id}/recommendations")
-    async def user_recommendations(user_id: int, k: int = Query(10, ge=1, le=MAX_K)):
+    async def user_recommendations(user_id: int = Path(**ID), k: int = Query(10, ge=1, le=MAX_K)):
         return JSONResponse(holder.require().recommend_user(user_id, k))
 
     @app.post("/recommendations")
@@ -118,7 +119,7 @@ def create_app(registry_dir: str, name: str, device: str = "cpu", watch_interval
         return JSONResponse(holder.require().recommend_ratings(body.ratings, body.k))
 
     @app.get("/items/{item_id}/similar")
-    async def similar_items(item_id: int, k: int = Query(10, ge=1, le=MAX_K)):
+    async def similar_items(item_id: int = Path(**ID), k: int = Query(10, ge=1, le=MAX_K)):
         return JSONResponse(holder.require().similar_items(item_id, k))
 
     @app.post("/reload")

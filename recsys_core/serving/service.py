@@ -96,6 +96,10 @@ class Champion:
         model = self.model
         if not ratings:
             raise BadRequest("ratings must hold at least one item_id: rating pair")
+        huge = [i for i in ratings if not -2**31 <= i < 2**31]  # beyond any raw id (int32)
+        if huge:
+            raise NotFound(f"item id(s) {', '.join(map(str, huge[:10]))} are not in the catalogue of "
+                           f"{self.name} version {self.version}")
         ids = np.fromiter(ratings.keys(), np.int64, len(ratings))
         values = np.fromiter(ratings.values(), np.float64, len(ratings))
         low, high = model.clip
