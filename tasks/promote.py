@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from recsys_core.errors import RecsysError
 
@@ -30,7 +31,7 @@ def _table(decision: dict) -> list[dict]:
     return rows
 
 
-@task(name="promote", task_run_name="promote {name}")
+@task(name="promote", task_run_name="promote {name}", cache_policy=NO_CACHE)
 def promote_task(registry_dir: str, name: str, run_dirs: list[str], margin: float, k: int, device: str,
                  split_stats: str | None = None) -> dict:
     from recsys_core.promotion import promote_if_better
