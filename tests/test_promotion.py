@@ -136,3 +136,4 @@ def test_fast_scoring_gives_the_estimators_scores(loop_runs):
         before = model.score_rows(rows)
         assert model.prepare_fast_scoring() is applies
         np.testing.assert_allclose(model.score_rows(rows), before, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(model.score_row(3), before[3], rtol=1e-5, atol=1e-5)

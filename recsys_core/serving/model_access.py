@@ -94,6 +94,17 @@ class ServableModel:
             return users[rows] @ weight + bias + offset[rows, None]
         return np.asarray(self.estimator.score_rows(rows), np.float32)
 
+    def score_row(self, row: int) -> np.ndarray:
+        """Scores of every item for one known user row (``[n_items]``; a vector product on the fast path,
+        which OpenBLAS runs ~3x faster than the same product as a 1-row matrix)."""
+        if self._linear is not None:
+            users, weight, bias, offset = self._linear
+            scores = users[row] @ weight
+            scores += bias
+            scores += offset[row]
+            return scores
+        return self.score_rows([row])[0]
+
     def prepare_fast_scoring(self) -> bool:
         """Precompute, for models whose output layer is linear in a per-user vector, every user's vector,
         so that scoring a user is one vector-matrix product in numpy (no encoder pass, no torch call):

@@ -88,7 +88,7 @@ class Champion:
         if row < 0:
             raise NotFound(f"user {user_id} is not known to {self.name} version {self.version}; "
                            "POST their ratings to /recommendations instead")
-        scores = self.model.score_rows([row])[0]
+        scores = self.model.score_row(row)
         scores[self.model.seen_cols(row)] = -np.inf
         return {**self._head(), "user_id": user_id, "items": self._top(scores, k)}
 
