@@ -192,6 +192,12 @@ def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, mar
 
     if not run_dirs:
         raise RecsysError(f"no trained run to compare for registry model {name}")
+    champion_run = (champion_pointer or {}).get("run_dir")
+    champion_version = (champion_pointer or {}).get("version")
+    if champion_run and {Path(r).resolve() for r in run_dirs} == {Path(champion_run).resolve()}:
+        return Decision(name, False, "the challenger is the champion's own run (nothing was retrained)",
+                        champion_pointer.get("primary_metric") or "", "", margin, champion_run, champion_run,
+                        champion_version)
     challengers = [ServableModel(run_dir, device) for run_dir in run_dirs]
     data = challengers[0].data
     for other in challengers[1:]:
@@ -216,7 +222,7 @@ def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, mar
     decided_on = "valid" if data.valid.nnz else "test"
     if not scores:
         return Decision(name, False, f"no challenger can be measured by {metric}", metric, decided_on, margin,
-                        None, (champion_pointer or {}).get("run_dir"), (champion_pointer or {}).get("version"), rows)
+                        None, champion_run, champion_version, rows)
     best = min(scores, key=lambda r: scores[r][decided_on] * (1 if lower_is_better(metric) else -1))
     by_run = {str(c.run_dir): c for c in challengers}
     for run_dir, values in scores.items():
@@ -232,12 +238,10 @@ def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, mar
     mine = scores[best][decided_on]
     beaten = [b for b, values in baselines.items() if _better(values[decided_on], mine, metric)]
 
-    champion_run = (champion_pointer or {}).get("run_dir")
-    champion_version = (champion_pointer or {}).get("version")
     decision = Decision(name, False, "", metric, decided_on, margin, best, champion_run, champion_version, rows)
     champion_value = None
     if champion_pointer is not None and Path(champion_run).resolve() == Path(best).resolve():
-        decision.reason = "the challenger is the champion's own run (nothing was retrained)"
+        decision.reason = "the best challenger is the champion's own run"
         return decision
     if champion_pointer is not None:
         try:
