@@ -161,3 +161,13 @@ def test_concurrent_writers_and_a_reader(tmp_path):
     assert seen and seen == sorted(seen)   # the reader saw versions only move forward
     assert not [p for p in registry.folder("m").iterdir() if ".tmp-" in p.name]
     assert (registry.folder("m") / POINTER).is_file()
+
+
+def test_the_cli_does_not_import_the_web_stack():
+    """`serve` imports fastapi/uvicorn when it runs; every other command stays without them."""
+    code = ("import sys; from recsys_core.cli import build_parser, main; build_parser(); "
+            "main(['registry', '--registry', sys.argv[1], 'ls']); "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "/nonexistent/registry"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip().endswith("[]"), out
