@@ -137,3 +137,27 @@ def test_fast_scoring_gives_the_estimators_scores(loop_runs):
         assert model.prepare_fast_scoring() is applies
         np.testing.assert_allclose(model.score_rows(rows), before, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(model.score_row(3), before[3], rtol=1e-5, atol=1e-5)
+
+
+def test_a_dropped_champion_leaves_no_cyclic_garbage(loop_runs, tmp_path):
+    """The service freezes loaded objects out of the cyclic GC, so a champion must be freed by reference
+    counting alone when a swap drops it: no reference cycle in any model family's champion."""
+    import gc
+
+    from recsys_core.serving.service import load_champion
+
+    registry = Registry(tmp_path / "registry")
+    for label in ("ae_new", "mf_new", "mlp_old"):
+        registry.promote("c", loop_runs[label], "x")
+        champion = load_champion(registry, "c", registry.champion("c"))
+        champion.recommend_user(int(champion.model.user_ids[0]), 10)
+        champion.similar_items(int(champion.model.item_ids[0]), 3)
+        if champion.model.can_fold_in:
+            champion.recommend_ratings({int(champion.model.item_ids[0]): 4.0}, 5)
+        gc.collect()
+        gc.disable()
+        try:
+            del champion
+            assert gc.collect() == 0, label
+        finally:
+            gc.enable()

@@ -64,7 +64,7 @@ class ServableModel:
         self._item_vectors: np.ndarray | None = None
         self._linear: tuple | None = None   # see prepare_fast_scoring
         self._mf_items: tuple | None = None
-        self._fold_in = self._fold_in_method()
+        self._fold_in = self._fold_in_kind()   # a name, not a bound method: no reference cycle (see service)
 
     # --- ids ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -147,17 +147,20 @@ class ServableModel:
         if len(cols) == 0:
             raise RecsysError("at least one rating of an item the model knows is needed to fold a user in")
         order = np.argsort(cols, kind="stable")
-        return np.asarray(self._fold_in(cols[order], values[order]), np.float32)
+        cols, values = cols[order], values[order]
+        if self._fold_in == "encode":
+            return np.asarray(self.estimator.score_new_user(cols, values), np.float32)
+        return self._mf_fold_in(cols, values)
 
-    def _fold_in_method(self):
+    def _fold_in_kind(self) -> str | None:
         from recsys_core.estimators import PairsEstimator, RowsEstimator
         from recsys_core.models.factorization import BiasedMF
 
         est = self.estimator
         if isinstance(est, RowsEstimator) and est.orientation == "user":
-            return est.score_new_user
+            return "encode"
         if type(est) is PairsEstimator and isinstance(est.model, BiasedMF) and not est.model.squash:
-            return self._mf_fold_in
+            return "ridge"
         return None
 
     def _mf_fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:

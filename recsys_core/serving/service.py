@@ -213,11 +213,11 @@ class ChampionHolder:
             self.current = champion  # the swap: one reference assignment
             self._signature = signature
             self.last_error = None
-            # Park what is loaded now outside the cyclic GC: a full collection walks every tracked object
-            # (~230K after loading the full-scale N3M autoencoder, 0.1-0.8 s with the GIL held), and
-            # requests allocate enough to trigger one now and then. One collection here instead, per swap
-            # (the old champion's cycles, if any, are freed first).
-            gc.unfreeze()
+            # Park what is loaded outside the cyclic GC: a full collection walks every tracked object
+            # (~230K with the full-scale N3M autoencoder loaded: 0.1-0.8 s with the GIL held), and requests
+            # allocate enough to trigger one now and then. The collection here walks only what was made
+            # since the last freeze. A champion holds no reference cycle (a test checks it), so the old
+            # one, frozen or not, is freed by reference counting when its last request drops it.
             gc.collect()
             gc.freeze()
             log.info("serving %s version %s (%s) loaded in %.2f s", self.name, champion.version,
