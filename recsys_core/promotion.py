@@ -172,7 +172,10 @@ class Decision:
 
     def line(self) -> str:
         """One line for the run summary."""
-        verdict = f"PROMOTED as version {self.version}" if self.promoted else "KEPT the champion"
+        if self.promoted:
+            verdict = f"PROMOTED as version {self.version}" if self.version else "better (not recorded)"
+        else:
+            verdict = "KEPT the champion"
         return f"registry {self.name}: {verdict}: {self.reason}"
 
     def as_dict(self) -> dict:
