@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from measure import peak_rss_mb  # noqa: E402
+
 os.environ.setdefault("RECSYS_PROGRESS", "0")
 
 
@@ -56,7 +57,7 @@ def main() -> int:
             shutil.rmtree(data, ignore_errors=True)
             params = {"data_dir": str(data), "sample_scale": scale, "models": args.models}
             if args.epochs is not None:
-                params["epochs"] = args.epochs
+                params["model_options"] = {model: {"epochs": args.epochs} for model in args.models}
             first, second = timed_run(params), timed_run(params)
             results.append({"scale": scale, "epochs": args.epochs, "first": first, "second": second})
 

@@ -143,7 +143,8 @@ async def max_throughput(host: str, port: int, users: np.ndarray, concurrency: i
     return {"requests": len(users), "concurrency": concurrency, **tally.summary(time.perf_counter() - start)}
 
 
-async def swap_under_load(host: str, port: int, users: np.ndarray, rate: float, k: int, promote, after_s: float) -> dict:
+async def swap_under_load(host: str, port: int, users: np.ndarray, rate: float, k: int, promote,
+                          after_s: float) -> dict:
     """The fixed-rate phase with a promotion ``after_s`` seconds in: failures, the time until answers come
     from the new champion, and the latencies of requests due from the promotion to 1 s after that."""
     tally = Tally()

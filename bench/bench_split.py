@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from measure import peak_rss_mb  # noqa: E402
+
 os.environ.setdefault("RECSYS_PROGRESS", "0")
 
 from recsys_core import split as split_mod  # noqa: E402

@@ -33,13 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from recsys_core.estimators import ImplicitEstimator, RowsEstimator  # noqa: E402
+from recsys_core import models  # noqa: E402
 from recsys_core.evaluation import rating_metrics  # noqa: E402
 from recsys_core.interactions import csr_triplets, load_split_data  # noqa: E402
-from recsys_core.models import NCF_DEFAULTS, resolve_config  # noqa: E402
+from recsys_core.models import resolve_config  # noqa: E402
 from recsys_core.models.autoencoder import DeepAutoencoder  # noqa: E402
-from recsys_core.models.ncf import NCF  # noqa: E402
-from recsys_core.training import fit, make_optimizer  # noqa: E402
+from recsys_core.training_loop import fit, make_optimizer  # noqa: E402
 
 # Every option the paper's NF run fixes is spelled out, so the library's defaults (tuned for the sample:
 # centering, weight decay) cannot leak into the benchmark or into its comparison with the reference.
@@ -50,6 +49,13 @@ NF = dict(layers=[512, 512, 1024], dropout=0.8, refeed=1, batch_size=128, activa
 def usage() -> dict:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return {"cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024)}
+
+
+def bound(model: str, config, data, device="cpu"):
+    """The estimator of ``model`` with ``config`` bound to ``data``: its network built from config.seed."""
+    estimator = models.get(model).create(config, device=device)
+    estimator.bind(data)
+    return estimator
 
 
 def report(name: str, **fields) -> None:
@@ -86,11 +92,12 @@ def autoencoder(args) -> None:
     torch.set_num_threads(args.threads)
     data = load_split_data(args.split)
     n_users, n_items = data.train.shape
+    layers = args.layers or NF["layers"]
     config = resolve_config("autoencoder", {**NF, "epochs": args.epochs, "patience": 0, "lr": args.lr,
-                                            "optimizer": args.optimizer, "recall_users": 0})
-    torch.manual_seed(0)
-    model = DeepAutoencoder(n_items, NF["layers"], "selu", 0.8, False, False)
-    estimator = RowsEstimator(model, data, config, torch.device("cpu"))
+                                            "optimizer": args.optimizer, "recall_users": 0, "seed": 0,
+                                            "refeed": args.refeed, "layers": layers})
+    estimator = bound("autoencoder", config, data)
+    model = estimator.model
     users_trained = len(estimator.train_rows)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as run_dir:
@@ -101,8 +108,9 @@ def autoencoder(args) -> None:
     started = time.perf_counter()
     test = rating_metrics(estimator, data.test, (1.0, 5.0))
     eval_s = time.perf_counter() - started
-    flops = flops_per_epoch(users_trained, data.train.nnz, n_items, NF["layers"], 1)
-    report("autoencoder-NF-cpu", threads=args.threads, users=n_users, items=n_items, train_nnz=int(data.train.nnz),
+    flops = flops_per_epoch(users_trained, data.train.nnz, n_items, layers, args.refeed)
+    report("autoencoder-NF-cpu", threads=args.threads, refeed=args.refeed, layers=layers, users=n_users, items=n_items,
+           train_nnz=int(data.train.nnz),
            test_nnz=int(data.test.nnz), epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
            seconds_per_epoch=[round(s, 1) for s in epoch_s], fit_wall_s=round(wall, 1),
            eval_pass_s=round(eval_s, 2), test_rmse=round(test["rmse"], 4),
@@ -117,8 +125,7 @@ def autoencoder(args) -> None:
 def reference_full(args, data, initial_state, train_rows) -> None:
     """Train the reference-style implementation for the same epochs from the same initial weights, with
     the same user order and dropout seeds per epoch, then evaluate it on all test users as it does."""
-    from reference_autoencoder import (ReferenceAutoEncoder, as_user_lists, evaluate_users, rmse_of,
-                                       train_batches)
+    from reference_autoencoder import ReferenceAutoEncoder, as_user_lists, evaluate_users, rmse_of, train_batches
 
     n_items = data.train.shape[1]
     start = DeepAutoencoder(n_items, NF["layers"], "selu", 0.8, False, False)
@@ -131,7 +138,7 @@ def reference_full(args, data, initial_state, train_rows) -> None:
     epoch_s = []
     for epoch in range(1, args.reference_epochs + 1):
         order = np.random.default_rng([0, epoch]).permutation(train_rows).tolist()
-        torch.manual_seed(epoch)  # seed 0 * 1_000_003 + epoch, as recsys_core.training
+        torch.manual_seed(epoch)  # seed 0 * 1_000_003 + epoch, as recsys_core.training_loop
         started = time.perf_counter()
         train_batches(ref, optimizer, train_lists, order, n_items, 128, 1)
         epoch_s.append(time.perf_counter() - started)
@@ -145,8 +152,7 @@ def reference_full(args, data, initial_state, train_rows) -> None:
 
 def reference(args, data, model_seed: int) -> None:
     """Time the reference-style implementation on a slice and check step equivalence."""
-    from reference_autoencoder import (ReferenceAutoEncoder, as_user_lists, evaluate_users,
-                                       train_batches)
+    from reference_autoencoder import ReferenceAutoEncoder, as_user_lists, evaluate_users, train_batches
 
     n_users, n_items = data.train.shape
     sizes = [n_items, *NF["layers"]]
@@ -180,14 +186,13 @@ def equivalence(data, train_lists, n_items) -> None:
 
     from recsys_core.interactions import row_batch
 
-    config = resolve_config("autoencoder", {**NF, "optimizer": "sgd", "lr": 0.5, "momentum": 0.0})
-    torch.manual_seed(1)
-    mine = DeepAutoencoder(n_items, NF["layers"], "selu", 0.8, False, False)
+    config = resolve_config("autoencoder", {**NF, "optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "seed": 1})
+    estimator = bound("autoencoder", config, data)
+    mine = estimator.model
     ref = ReferenceAutoEncoder([n_items, *NF["layers"]], "selu", 0.8, False)
     ref.copy_from(mine)
     start = mine.dec_w[0].detach().clone()
     users = sorted(train_lists)[:128]
-    estimator = RowsEstimator(mine, data, config, torch.device("cpu"))
     optimizer = make_optimizer(mine, config)
     torch.manual_seed(7)
     for loss, _ in estimator.losses(row_batch(data.train, np.array(users))):
@@ -210,11 +215,9 @@ def ncf(args) -> None:
     torch.set_num_threads(args.threads)
     data = load_split_data(args.split)
     for batch_size in args.batch_sizes:
-        config = resolve_config("neumf", {"batch_size": batch_size})
-        torch.manual_seed(0)
-        model = NCF(*data.train.shape, "neumf", NCF_DEFAULTS["dim"], NCF_DEFAULTS["hidden"])
-        estimator = ImplicitEstimator(model, data, config, torch.device("cpu"))
-        optimizer = make_optimizer(model, config)
+        config = resolve_config("neumf", {"batch_size": batch_size, "seed": 0})
+        estimator = bound("neumf", config, data)
+        optimizer = make_optimizer(estimator.model, config)
         started = time.perf_counter()
         batches = estimator.batches(np.random.default_rng(1))
         next(batches)  # negative sampling and shuffling of the whole epoch happen before the first batch
@@ -256,10 +259,8 @@ def gpu(args) -> None:
     data = SimpleNamespace(train=train, valid=empty, test=test, meta={"rating_min": 1.0, "rating_max": 5.0})
     make_s = time.perf_counter() - started
     config = resolve_config("autoencoder", {**NF, "epochs": 1, "patience": 0, "amp": args.amp,
-                                            "batch_size": args.batch_size, "eval_batch_size": 8192})
-    torch.manual_seed(0)
-    model = DeepAutoencoder(n_items, NF["layers"], "selu", 0.8, False, False)
-    estimator = RowsEstimator(model, data, config, device)
+                                            "batch_size": args.batch_size, "eval_batch_size": 8192, "seed": 0})
+    estimator = bound("autoencoder", config, data, device)
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(estimator, config, Path(run_dir))
@@ -298,6 +299,10 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--optimizer", default="adam")
     a.add_argument("--lr", type=float, default=0.001)
+    a.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")],
+                   help="encoder sizes instead of the NF architecture's 512,512,1024 (e.g. 64: the default model)")
+    a.add_argument("--refeed", type=int, default=1, help="re-feeding steps (the paper: 1; 0: the sparse path that "
+                                                            "gathers only the observed outputs, as the default model)")
     a.add_argument("--reference-epochs", type=int, default=0,
                    help="also train the reference-style implementation for these many full epochs (same start, "
                         "order and dropout seeds) and evaluate it on every test user")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,13 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
+    # A command-line run: local Prefect defaults before Prefect is imported (it reads them then), and the
+    # temporary API server starting now, while the rest imports (flows/local_api.py says why).
+    from flows import local_api
+
+    local_api.start_early()
+
 from prefect import flow  # noqa: E402
 
 from recsys_core.errors import RecsysError  # noqa: E402
-from tasks import plan, report  # noqa: E402
+from recsys_core.tracking import require as require_mlflow  # noqa: E402
+from tasks import plan, report, schedule  # noqa: E402
 from tasks.caching import hash_memo  # noqa: E402
 from tasks.logs import forward_library_logs, quiet_user_error_tracebacks  # noqa: E402
 from tasks.stages import convert_task, matrices_task, split_task, synth_task, train_task  # noqa: E402
+from tasks.tracking import track_task, tracking_uri  # noqa: E402
 
 UNTIL = ("convert", "split", "matrices", "train")
 PROTOCOLS = ("netflix-time", "time", "leave-one-out", "random")
@@ -49,29 +60,36 @@ def full_pipeline(
     splits: list[str] = ["N3M"],  # noqa: B006 (Prefect parameters need a literal default)
     split_options: dict | None = None,
     models: list[str] = DEFAULT_MODELS,  # noqa: B006
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    layers: list[int] | None = None,
-    dropout: float | None = None,
-    weight_decay: float | None = None,
-    optimizer: str | None = None,
-    patience: int | None = None,
+    model_options: dict[str, dict] | None = None,
     device: str = "auto",
     seed: int = 0,
     top_k: int = 10,
     until: str = "train",
+    mlflow_tracking_uri: str | None = None,
     registry_model: str | None = None,
     promotion_margin: float = 0.001,
 ) -> dict:
-    """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths)."""
+    """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths).
+
+    ``model_options`` maps a model name to its options, e.g. ``{"autoencoder": {"layers": [128, 256, 256]}}``
+    (the names and values of ``python -m recsys_core train``'s flags, as JSON). Every option of every model
+    is checked before the first stage runs.
+    """
     forward_library_logs()
     _check_choice("protocol", protocol, PROTOCOLS)
     _check_choice("device", device, DEVICES)
     _check_choice("until", until, UNTIL)
+    configs = model_configs(models, model_options, seed=seed, k=top_k)
+    if registry_model:
+        from tasks.promote import check_options
+
+        check_options(registry_model, promotion_margin)
     data = Path(data_dir).resolve()
     memo = hash_memo(data)
     run = _Run(data, source)
+    tracking = tracking_uri(mlflow_tracking_uri)
+    if tracking and until == "train":
+        require_mlflow()  # before any work: a missing extra is one sentence, not a failure after training
 
     # Stage 0 (sample only) and stage 1: raw files -> Parquet.
     if source == plan.SAMPLE:
@@ -80,6 +98,8 @@ def full_pipeline(
         source_path, name = sample.path, plan.SAMPLE
     else:
         source_path, name = Path(source).expanduser().resolve(), None
+        if (skipped := schedule.skip_without_data(source_path)) is not None:
+            return skipped  # a scheduled run before the data is there: Skipped, not Failed
     converted = plan.convert_spec(data, source_path, memo, name=name)
     run.stage(convert_task, converted, "convert", source=str(source_path))
     run.artifacts["converted"] = converted.out_dir
@@ -108,26 +128,30 @@ def full_pipeline(
         return run.finish()
 
     # Stage 4: per split and model: train, evaluate beside the baselines, write top-K recommendations.
-    hyper = dict(epochs=epochs, batch_size=batch_size, lr=lr, layers=layers, dropout=dropout,
-                 weight_decay=weight_decay, optimizer=optimizer, patience=patience)
     runs = []
     for split_name in plan.split_names(matrices, memo):
         split_dir = str(matrices.path / split_name)
         for model in models:
-            config = model_config(model, hyper, seed=seed, device=device, k=top_k)
+            config = {**configs[model], "device": resolve_device(device)}
             trained = plan.train_spec(data, matrices, memo, split_name, model, config)
             label = f"train {split_name}/{model}"
             run.stage(train_task, trained, label, split_dir=split_dir, model=model, config=config)
             run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
             for what, name in (("metrics", "metrics.json"), ("recommendations", "recommendations.parquet"),
                                ("learning curve", "learning_curve.png")):
-                run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
+                if (trained.path / name).exists():  # closed-form models have no learning curve
+                    run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
             runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
+            if tracking:
+                track_task(trained.out_dir, trained.key, tracking, f"{split_name}/{model}")
             curve = trained.path / "learning_curve.png"
             if curve.exists():
                 report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
     run.report["metrics"] = report.metric_rows(runs)
     report.publish_table("recsys-metrics", run.report["metrics"], "stage 4: test metrics, models beside baselines")
+    run.report["runs"] = report.run_rows(data)
+    report.publish_table("recsys-runs", run.report["runs"], "every training run under the data dir: model, split, "
+                         "options, valid/test metrics, seconds (compare runs here)")
     if registry_model:  # champion vs challenger: promote only a better model (tasks/promote.py, docs/serving.md)
         from tasks.promote import promote_runs
 
@@ -149,7 +173,8 @@ class _Run:
         state = task_fn(spec=spec, data_dir=self.report["data_dir"], return_state=True, **kwargs)
         result = state.result()  # re-raises the stage's error
         status = "cached" if state.name == "Cached" else result["status"]
-        self.report["stages"].append({"stage": label, "status": status, "seconds": round(time.perf_counter() - started, 2),
+        seconds = round(time.perf_counter() - started, 2)
+        self.report["stages"].append({"stage": label, "status": status, "seconds": seconds,
                                       "output": spec.out_dir})
         return result
 
@@ -160,16 +185,37 @@ class _Run:
         return self.report
 
 
-def model_config(model: str, hyper: dict, seed: int, device: str, k: int) -> dict:
-    """The options recsys_core.train gets for ``model``: only those the model knows, unset ones left out."""
-    from recsys_core.models import MODELS, TRAINING_DEFAULTS
+def model_configs(models: list[str], model_options: dict | None, seed: int, k: int) -> dict[str, dict]:
+    """The options ``recsys_core.train`` gets for each model: the flow's ``seed`` (models that have one) and
+    ``top_k``, then the model's ``model_options``; every one checked here, before any stage runs."""
+    from recsys_core import models as registry
 
-    if model not in MODELS:
-        raise RecsysError(f"unknown model {model!r}; choose among {', '.join(MODELS)}")
-    known = set(TRAINING_DEFAULTS) | set(MODELS[model].defaults)
-    config = {k_: v for k_, v in hyper.items() if v is not None and k_ in known}
-    config.update(seed=seed, k=k, device=resolve_device(device))
-    return config
+    if not models:
+        raise RecsysError(f"models is empty; name at least one of {', '.join(registry.names())}")
+    for model in models:
+        registry.get(model)  # an unknown name is refused with the list of registered models
+    model_options = {} if model_options is None else model_options
+    if not isinstance(model_options, dict) or not all(isinstance(v, dict) for v in model_options.values()):
+        raise RecsysError("model_options must map model names to objects of options, e.g. "
+                          f"{{\"autoencoder\": {{\"layers\": [128, 256, 256]}}}}, got {model_options!r}")
+    stray = sorted(set(model_options) - set(models))
+    if stray:
+        raise RecsysError(f"model_options names {', '.join(stray)}, which {'is' if len(stray) == 1 else 'are'} "
+                          f"not among the models to train ({', '.join(models)}); add it to models or drop its options")
+    configs = {}
+    for model in models:
+        registration = registry.get(model)
+        base = {"k": k, **({"seed": seed} if "seed" in registration.options.names() else {})}
+        config = {**base, **model_options.get(model, {})}
+        registration.resolve(config)  # RecsysError: one sentence naming the model, the option and the value
+        configs[model] = config
+    return configs
+
+
+def registered_models() -> list[str]:
+    from recsys_core import models as registry
+
+    return registry.names()
 
 
 def resolve_device(device: str) -> str:
@@ -217,8 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source", default="sample",
                    help="'sample' (generate a Netflix-format sample under DATA_DIR/raw/sample/), a Netflix path "
                    "(a folder with training_set/ + movie_titles.txt, a training_set/ folder, training_set.tar, "
-                   "nf_prize_dataset.tar.gz) or a MovieLens folder (100K, 1M, 20M/25M/latest)")
-    g.add_argument("--data-dir", default="data", help="where every stage writes (converted/, splits/, matrices/, runs/)")
+                   "nf_prize_dataset.tar.gz, the Kaggle folder with combined_data_*.txt or its zip) or a MovieLens "
+                   "folder (100K, 1M, 20M/25M/latest)")
+    g.add_argument("--data-dir", default="data",
+                   help="where every stage writes (converted/, splits/, matrices/, runs/)")
     g.add_argument("--sample-scale", type=float, default=DEFAULT_SCALE,
                    help="size of the generated sample as a fraction of Netflix (1.0 = 100M ratings)")
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample")
@@ -233,26 +281,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "'{\"valid_share\": 0.5}' (netflix-time); see `python -m recsys_core split --help`")
     g = p.add_argument_group("models")
     g.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL",
-                   help="models to train (autoencoder, autorec-item, autorec-user, mf, mlp, gmf, ncf-mlp, neumf); "
-                   "baselines are evaluated beside each")
-    g.add_argument("--epochs", type=int, help="training epochs (default: the model's own)")
-    g.add_argument("--batch-size", type=int, help="mini-batch size (default: the model's own)")
-    g.add_argument("--lr", type=float, help="learning rate (default: the model's own)")
-    g.add_argument("--layers", type=int, nargs="+", metavar="N", help="autoencoder encoder layer sizes, e.g. 128 256 256")
-    g.add_argument("--dropout", type=float, help="dropout rate (autoencoder: on the code layer)")
-    g.add_argument("--weight-decay", type=float, help="L2 weight decay")
-    g.add_argument("--optimizer", choices=("sgd", "adam", "adagrad", "rmsprop"), help="optimizer")
-    g.add_argument("--patience", type=int, help="early stopping: epochs without a better valid metric (0 = off)")
+                   help=f"models to train, of {', '.join(registered_models())}; baselines are evaluated beside each")
+    g.add_argument("--model-options", type=_json_object, metavar="JSON",
+                   help="options per model as a JSON object keyed by model name, e.g. "
+                   "'{\"autoencoder\": {\"layers\": [128, 256, 256], \"epochs\": 20}, \"mf\": {\"dim\": 32}}': the "
+                   "option names of `python -m recsys_core train --help` (with _ for -), JSON values")
     g.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda when available, else cpu")
     g.add_argument("--seed", type=int, default=0, help="seed of splits and training")
     g.add_argument("--top-k", type=int, default=10, help="length of the recommendation lists and cut-off of HR/NDCG")
     p.add_argument("--until", choices=UNTIL, default="train", help="last stage to run")
+    p.add_argument("--mlflow-tracking-uri", metavar="URI",
+                   help="log every training run to this MLflow store, e.g. sqlite:///mlflow.db (default: "
+                   "MLFLOW_TRACKING_URI when set, else no tracking; needs pip install '.[mlflow]')")
     p.add_argument("--registry-model", metavar="NAME", help="registry model (e.g. netflix-{split}) whose champion "
                    "the trained models challenge; a better one is promoted (DATA_DIR/registry, docs/serving.md)")
     p.add_argument("--promotion-margin", type=float, default=0.001,
                    help="relative improvement on the primary valid metric a challenger needs to be promoted")
     p.add_argument("--report-json", metavar="FILE",
-                   help="also write the run's report (stage statuses, stats, metrics, paths) as JSON (not a flow parameter)")
+                   help="also write the run's report (stage statuses, stats, metrics, paths) as JSON "
+                   "(not a flow parameter)")
     return p
 
 
@@ -295,28 +342,59 @@ def _relative(path: str, root: Path) -> str:
 
 
 @contextlib.contextmanager
-def local_run_settings():
-    """Without a Prefect server (ephemeral local API) flow-run heartbeats serve nothing: they exist to
-    let a server spot crashed runs of deployments. Turning them off saves up to a second per run."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+def local_run_settings(preload: tuple[str, ...] = ()):
+    """Prefect settings of a command-line run (flows/local_api.py says why).
 
+    Without a Prefect server configured: the temporary API in a child process tied to this one, analytics
+    off, a generous start-up wait. Flow-run heartbeats off unless the user set a frequency: they serve a
+    server's detection of crashed deployment runs, and each run ends by joining their thread (up to 1 s).
+
+    ``preload``: modules the run will import, imported while the temporary API boots (the parent would
+    only wait then): torch, through the model registry, is ~1.5 s of an all-cached run.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
+
+    from flows import local_api
+
+    local_api.apply_local_defaults()
+    server = local_api.take_started()
+    updates = {}
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     if PREFECT_API_URL.value():
-        yield
-        return
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        if server is not None:  # a server is configured in a way only Prefect sees (e.g. prefect.toml)
+            server.stop()
+    else:
+        server = server or local_api.LocalAPI()
+        for module in preload:
+            importlib.import_module(module)
+        updates[PREFECT_API_URL] = server.wait_healthy()
+        updates[PREFECT_UI_URL] = ""  # it serves no UI: no "View at <link>" line
+    # The server is stopped at exit (registered before Prefect's log and event workers, so after they flush).
+    with temporary_settings(updates):
         yield
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows import local_api
+
     args = vars(build_parser().parse_args(argv))
     report_json = args.pop("report_json")
     quiet_user_error_tracebacks()
     try:
-        with local_run_settings():
+        with local_run_settings(preload=("recsys_core.models",) if args["until"] == "train" else ()):
             result = full_pipeline(**args)
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except local_api.StartupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; completed stages stay cached, the interrupted one will run again", file=sys.stderr)
         return 130

@@ -2,4 +2,4 @@ import sys
 
 from recsys_core.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m recsys_core"))

@@ -1,14 +1,33 @@
 """Baselines reported beside every model: global mean, item mean, regularized user + item biases, and
-most popular (for ranking). Each answers ``predict_pairs`` and ``score_rows`` like a trained model."""
+most popular (for ranking). Each is fitted on a training matrix when made, answers the ``Predictor``
+questions (``predict_pairs``, ``score_rows``) like a trained model, and saves and restores its state
+(``state_dict()``, ``from_state(state)``) as tensors."""
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 
-class GlobalMean:
+class Baseline:
     rating_model = True
+    fitted: tuple[str, ...] = ()  # the attributes that make up the fitted state
+
+    def state_dict(self) -> dict:
+        return {name: torch.as_tensor(np.asarray(getattr(self, name))) for name in self.fitted}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Baseline":
+        baseline = cls.__new__(cls)
+        for name in cls.fitted:
+            value = state[name]
+            setattr(baseline, name, value.numpy() if value.dim() else value.item())
+        return baseline
+
+
+class GlobalMean(Baseline):
+    fitted = ("mean", "n_items")
 
     def __init__(self, train: sp.csr_matrix):
         self.mean = float(train.data.mean())
@@ -21,10 +40,10 @@ class GlobalMean:
         return np.full((len(rows), self.n_items), self.mean, np.float32)
 
 
-class ItemMean:
+class ItemMean(Baseline):
     """Mean rating of the item in training; the global mean for items without training ratings."""
 
-    rating_model = True
+    fitted = ("item_mean",)
 
     def __init__(self, train: sp.csr_matrix):
         n_items = train.shape[1]
@@ -40,11 +59,11 @@ class ItemMean:
         return np.broadcast_to(self.item_mean, (len(rows), len(self.item_mean))).copy()
 
 
-class UserItemBias:
+class UserItemBias(Baseline):
     """mu + b_u + b_i fitted by alternating closed-form ridge steps:
     b_i = sum_u (r - mu - b_u) / (item_reg + n_i), b_u = sum_i (r - mu - b_i) / (user_reg + n_u)."""
 
-    rating_model = True
+    fitted = ("mean", "user_bias", "item_bias")
 
     def __init__(self, train: sp.csr_matrix, user_reg: float = 10.0, item_reg: float = 25.0, iterations: int = 10):
         rows = np.repeat(np.arange(train.shape[0]), np.diff(train.indptr))
@@ -69,10 +88,11 @@ class UserItemBias:
         return (self.mean + self.user_bias[np.asarray(rows)][:, None] + self.item_bias[None, :]).astype(np.float32)
 
 
-class MostPopular:
+class MostPopular(Baseline):
     """Ranks items by their number of training ratings (no rating prediction)."""
 
     rating_model = False
+    fitted = ("popularity",)
 
     def __init__(self, train: sp.csr_matrix):
         self.popularity = np.bincount(train.indices, minlength=train.shape[1]).astype(np.float32)

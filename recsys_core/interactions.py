@@ -8,6 +8,7 @@ those rows; the whole matrix is never densified.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,23 @@ def csr_triplets(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, cols, values) of every stored entry, rows ascending."""
     rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
     return rows, m.indices.astype(np.int64), m.data.astype(np.float32)
+
+
+def binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """The same sparsity pattern with every stored value 1 (rated = interacted), indices sorted."""
+    out = sp.csr_matrix((np.ones(matrix.nnz, np.float32), matrix.indices, matrix.indptr), shape=matrix.shape)
+    out.sort_indices()
+    return out
+
+
+def torch_csr(matrix: sp.csr_matrix, device=None) -> torch.Tensor:
+    """A scipy CSR matrix as a torch CSR tensor (float32 values, int64 indices) on ``device``."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(matrix.indptr.astype(np.int64)),
+                                       torch.from_numpy(matrix.indices.astype(np.int64)),
+                                       torch.from_numpy(matrix.data.astype(np.float32, copy=False)),
+                                       size=matrix.shape, device=device)
 
 
 @dataclass

@@ -14,9 +14,10 @@ The rule (``decide``):
 
 The champion on the new split: the split has its own id index, so raw user and item ids are mapped.
 A user the champion never saw is folded in from their ratings in the new train part where the model
-can (autoencoders, MF; see ``serving.model_access``); otherwise, and for items new since the champion
-was trained, the champion answers what it would answer if served: its global mean rating for a pair
-it cannot score, its most-popular list for a user it cannot score; new items are never in its lists.
+can (the ``FoldIn`` capability of ``recsys_core.predictor``: the user-facing autoencoders, MF, EASE,
+ALS); otherwise, and for items new since the champion was trained, the champion answers what it would
+answer if served: its global mean rating for a pair it cannot score, its most-popular list for a user it
+cannot score; new items are never in its lists.
 The counts of each case are part of the decision.
 """
 
@@ -279,7 +280,8 @@ def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, mar
         versus = (f"{by_run[best].model_name} {where} {mine:.4f} vs champion version {champion_version} "
                   f"{champion_value:.4f} ({gain:+.2%}, margin {margin:.2%})")
         decision.promoted = gain > margin
-        decision.reason = ("better than the champion: " if decision.promoted else "not better than the champion by the margin: ") + versus
+        verdict = "better than the champion: " if decision.promoted else "not better than the champion by the margin: "
+        decision.reason = verdict + versus
     return decision
 
 

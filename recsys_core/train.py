@@ -1,18 +1,20 @@
-"""Stage 4: train, evaluate and recommend (library functions + the ``train``/``evaluate``/``recommend``
-sub-commands).
+"""Stage 4, the stage API: train, evaluate and recommend on run folders. The ``train``/``evaluate``/
+``recommend`` commands (``recsys_core.cli.train``) and the flow's train task call these functions. The
+models are in ``recsys_core.models`` (one module each); iterative ones are trained by the loop of
+``recsys_core.training_loop``.
 
 A run folder holds:
-``config.json`` (every option, resolved), ``checkpoint.pt`` (last epoch, for ``--resume``),
-``model.pt`` (best weights + config, ``torch.load(weights_only=True)``), ``history.json`` (per epoch:
-train loss, valid metric, lr, seconds), ``learning_curve.png``, ``metrics.json`` (model and baseline
-metrics on valid and test, ``beaten_by``), ``predictions.parquet`` (test pairs: user_id, item_id,
-rating, prediction) and ``recommendations.parquet`` (user_id, rank, item_id, title, score).
+``config.json`` (every option, resolved), ``checkpoint.pt`` (last epoch of an iterative model, for
+``--resume``), ``model.pt`` (best weights or fitted state + config, ``torch.load(weights_only=True)``),
+``history.json`` (iterative models, per epoch: train loss, valid metric, lr, seconds),
+``learning_curve.png`` (iterative models), ``metrics.json`` (model and baseline metrics on valid and test,
+``beaten_by``; ``"valid": null`` and ``"trained_blind": true`` when the split has no valid part),
+``predictions.parquet`` (test pairs: user_id, item_id, rating, prediction) and
+``recommendations.parquet`` (user_id, rank, item_id, title, score).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import time
@@ -22,21 +24,23 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys_core import models
 from recsys_core.baselines import fit_baselines
 from recsys_core.errors import RecsysError
-from recsys_core.estimators import ImplicitEstimator, PairsEstimator, RowsEstimator
-from recsys_core.evaluation import beaten_by, evaluate_predictor, exclude_seen, top_k
+from recsys_core.estimators import TorchEstimator, data_dims
+from recsys_core.evaluation import beaten_by, evaluate_predictor, top_k
 from recsys_core.interactions import csr_triplets, load_split_data, rating_range
 from recsys_core.io import atomic_file, read_json, write_json
-from recsys_core.models import MODELS, TRAINING_DEFAULTS, build_model, resolve_config
-from recsys_core.models.autoencoder import ACTIVATIONS, PRESETS
-from recsys_core.training import CHECKPOINT, fit
+from recsys_core.predictor import FoldIn, top_items
+from recsys_core.training_loop import CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("recsys_core")
 
 MODEL_FILE = "model.pt"
-# Options that may change when a run is resumed (they do not change what was computed so far).
-RESUMABLE_OPTIONS = {"epochs", "patience", "eval_batch_size", "recall_users", "k", "amp"}
+RECOMMENDATIONS = "recommendations.parquet"
+# What a run writes, removed before a fresh start over an unfinished run (resume="auto").
+RUN_FILES = ("config.json", CHECKPOINT, MODEL_FILE, "history.json", "learning_curve.png", "metrics.json",
+             "predictions.parquet", "recommendations.parquet")
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -50,86 +54,122 @@ def pick_device(name: str | None) -> torch.device:
         raise RecsysError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
 
 
-def _dims(data) -> dict:
-    return {"n_users": int(data.train.shape[0]), "n_items": int(data.train.shape[1]),
-            "global_mean": float(data.train.data.mean()), "rating_range": rating_range(data.meta)}
-
-
-def _estimator(config: dict, data, device: torch.device, dims: dict | None = None):
-    torch.manual_seed(int(config["seed"]))  # deterministic initial weights
-    model = build_model(config, dims or _dims(data))
-    family = config["family"]
-    if family == "rows":
-        return RowsEstimator(model, data, config, device, config["orientation"])
-    if family == "pairs":
-        return PairsEstimator(model, data, config, device)
-    return ImplicitEstimator(model, data, config, device)
-
-
-def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool = False, device: str | None = None,
+def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str = False, device: str | None = None,
           **options) -> dict:
     """Train ``model`` on one stage-3 split folder into ``run_dir``; returns the metrics (also written).
 
-    ``options`` are the model's options (see ``recsys_core.models``). ``resume=True`` continues the run
-    in ``run_dir`` from its checkpoint with its saved config (only epochs/patience/evaluation options
-    may be changed) and gives exactly what an uninterrupted run would have given.
+    ``options`` are the model's options (``recsys_core.models.get(model).options``); all are checked
+    before anything is read or written. ``resume=True`` continues the run in ``run_dir`` from its
+    checkpoint with its saved options (only resumable ones such as epochs/patience/evaluation may change)
+    and gives exactly what an uninterrupted run would have given. ``resume="auto"`` resumes when
+    ``run_dir`` holds a run of the same model and options (resumable ones aside) with a readable checkpoint,
+    and otherwise starts afresh (what the flow does after a killed run).
     """
     run_dir = Path(run_dir)
     split_dir = Path(split_dir)
-    if resume:
-        if not (run_dir / "config.json").exists() or not (run_dir / CHECKPOINT).exists():
-            raise RecsysError(f"{run_dir} holds no config.json and checkpoint.pt to resume from")
-        config = read_json(run_dir / "config.json")
-        if model != config["model"] and model != "autoencoder":
-            raise RecsysError(f"{run_dir} holds a {config['model']} run, not {model}")
-        changed = {k for k, v in options.items() if v is not None and config.get(k) != v}
-        if changed - RESUMABLE_OPTIONS:
-            raise RecsysError(f"options {', '.join(sorted(changed - RESUMABLE_OPTIONS))} cannot change when "
-                              f"resuming; only {', '.join(sorted(RESUMABLE_OPTIONS))} can")
-        config.update({k: v for k, v in options.items() if v is not None})
-        split_dir = Path(config["split_dir"])
-    else:
-        config = resolve_config(model, options)
-        config["split_dir"] = str(split_dir.resolve())
+    if resume not in (False, True, "auto"):
+        raise RecsysError(f"resume must be true, false or 'auto', got {resume!r}")
     dev = pick_device(device)
+    if resume == "auto":
+        registration = models.get(model)
+        config = registration.resolve(options)
+        resume = _can_resume(run_dir, model, config)
+        if not resume:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+    if resume:
+        registration, config, split_dir = _resumed_config(run_dir, model, options)
+    else:
+        registration = models.get(model)
+        config = registration.resolve(options)
     data = load_split_data(split_dir)
     torch.set_float32_matmul_precision("high")
-    estimator = _estimator(config, data, dev)
+    estimator = registration.create(config, device=dev)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config)
-    log.info("training %s on %s (%d users x %d items, %d ratings) on %s", config["model"], split_dir,
+    run_config = {**estimator.describe(), "split_dir": str(split_dir.resolve())}
+    write_json(run_dir / "config.json", run_config)
+    blind = data.valid.nnz == 0
+    log.info("training %s on %s (%d users x %d items, %d ratings) on %s", registration.name, split_dir,
              *data.train.shape, data.train.nnz, dev)
+    if blind:
+        log.warning("%s has no valid part: %s trains blind (nothing is selected on valid%s); split with a valid "
+                    "part to select on it", split_dir, registration.name,
+                    "; no early stopping: the last epoch is kept" if isinstance(estimator, TorchEstimator) else "")
     started = time.perf_counter()
-    result = fit(estimator, config, run_dir, resume=resume)
+    result = estimator.fit(data, run_dir=run_dir, resume=resume)
     train_seconds = time.perf_counter() - started
     with atomic_file(run_dir / MODEL_FILE) as tmp:
-        torch.save({"config": config, "dims": _dims(data), "state_dict": estimator.model.state_dict()}, tmp)
-    write_json(run_dir / "history.json", {"valid_metric": estimator.valid_metric, **result["history"]})
-    plot_learning_curve(result["history"], estimator, run_dir / "learning_curve.png")
-    summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
-               "stopped_early": result["stopped_early"], "train_seconds": round(train_seconds, 3),
-               "seconds_per_epoch": round(float(np.mean(result["history"]["seconds"])), 3)
-               if result["history"]["seconds"] else None, "device": str(dev)}
-    metrics = _evaluate_and_write(estimator, data, config, run_dir, summary)
-    _write_recommendations(estimator, data, run_dir, int(config["k"]))
+        torch.save({"config": run_config, "dims": data_dims(data), "state_dict": estimator.state_dict()}, tmp)
+    history = result.get("history")
+    summary = {"train_seconds": round(train_seconds, 3), "device": str(dev)}
+    if history is not None:
+        write_json(run_dir / "history.json", {"valid_metric": estimator.valid_metric, **history})
+        plot_learning_curve(history, estimator, run_dir / "learning_curve.png")
+        summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
+                   "stopped_early": result["stopped_early"], **summary,
+                   "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
+    metrics = _evaluate_and_write(estimator, data, run_config, run_dir, summary)
+    _write_recommendations(estimator, data, run_dir, int(config.k))
     return metrics
 
 
+def _resumed_config(run_dir: Path, model: str, options: dict):
+    """(registration, options, split folder) of the run to resume, with the resumable ``options`` applied."""
+    if not (run_dir / "config.json").exists() or not (run_dir / CHECKPOINT).exists():
+        raise RecsysError(f"{run_dir} holds no config.json and checkpoint.pt to resume from")
+    saved = read_json(run_dir / "config.json")
+    if model != saved["model"] and model != "autoencoder":
+        raise RecsysError(f"{run_dir} holds a {saved['model']} run, not {model}")
+    registration = models.get(saved["model"])
+    config = registration.options.from_saved(saved, registration.name)
+    given = {k: v for k, v in options.items() if v is not None}
+    resumable = {info.name for info in registration.options.describe() if info.resumable}
+    changed = {k for k in given if k not in config.names()
+               or config.replace(registration.name, **{k: given[k]}) != config}
+    if changed - resumable:
+        raise RecsysError(f"options {', '.join(sorted(changed - resumable))} cannot change when "
+                          f"resuming; only {', '.join(sorted(resumable))} can")
+    return registration, config.replace(registration.name, **given), Path(saved["split_dir"])
+
+
+def _can_resume(run_dir: Path, model: str, config) -> bool:
+    """Whether ``run_dir`` holds a run of this model and options (resumable ones aside) to continue."""
+    if not (run_dir / CHECKPOINT).exists() or not (run_dir / "config.json").exists():
+        return False
+    try:
+        saved = read_json(run_dir / "config.json")
+        options = models.get(model).options
+        fixed = [info.name for info in options.describe() if not info.resumable]
+        same = saved.get("model") == model and all(
+            getattr(options.from_saved(saved, model), name) == getattr(config, name) for name in fixed)
+        if not same:
+            log.warning("%s holds a run of other options; training from scratch", run_dir)
+            return False
+        load_checkpoint(run_dir / CHECKPOINT)
+    except (RecsysError, ValueError, KeyError) as err:
+        log.warning("cannot resume %s (%s); training from scratch", run_dir, err)
+        return False
+    log.info("resuming %s from its checkpoint", run_dir)
+    return True
+
+
 def load_run(run_dir, device: str | None = None, split_dir=None):
-    """(config, data, estimator) of a finished run, with its best weights loaded."""
+    """(run config as in config.json, data, estimator) of a finished run, with its fitted state loaded."""
     run_dir = Path(run_dir)
     if not (run_dir / MODEL_FILE).exists():
         raise RecsysError(f"{run_dir} holds no {MODEL_FILE}: train a model there first")
     saved = torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True)
     config = saved["config"]
+    registration = models.get(config["model"])
+    options = registration.options.from_saved(config, registration.name)
+    dev = pick_device(device)
     data = load_split_data(split_dir or config["split_dir"])
-    dims = _dims(data)
+    dims = data_dims(data)
     if (dims["n_users"], dims["n_items"]) != (saved["dims"]["n_users"], saved["dims"]["n_items"]):
         raise RecsysError(f"the split at {split_dir or config['split_dir']} has {dims['n_users']} users x "
                           f"{dims['n_items']} items but the model in {run_dir} was trained on "
                           f"{saved['dims']['n_users']} x {saved['dims']['n_items']}")
-    estimator = _estimator(config, data, pick_device(device), saved["dims"])
-    estimator.model.load_state_dict(saved["state_dict"])
+    estimator = registration.create(options, device=dev).load(saved["state_dict"], data)
     return config, data, estimator
 
 
@@ -157,6 +197,8 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
                "baselines": baseline_metrics, "beaten_by": losers_to,
                "top_k_beaten_by": beaten_by(model_metrics, baseline_metrics, rating_model=False, k=k),
                "evaluation_seconds": round(eval_seconds, 3), "training": training_summary}
+    if data.valid.nnz == 0:  # no early stopping and no model selection happened: say so in the record
+        metrics.update(valid=None, trained_blind=True)
     if losers_to:
         log.warning("%s is beaten by baseline(s) %s on test", config["model"], ", ".join(losers_to))
     write_json(run_dir / "metrics.json", _finite(metrics))
@@ -209,29 +251,34 @@ def _recommendation_table(data, user_ids: np.ndarray, top: np.ndarray, scores: n
 
 
 def _write_recommendations(estimator, data, run_dir: Path, k: int, rows: np.ndarray | None = None,
-                           chunk: int = 2048) -> Path:
+                           chunk: int = 2048, dest: Path | None = None) -> Path:
     known = _known(data)
     if rows is None:
         rows = np.flatnonzero(np.diff(data.train.indptr) > 0)
     tables = []
     for lo in range(0, len(rows), chunk):
         part = rows[lo:lo + chunk]
-        scores = exclude_seen(np.array(estimator.score_rows(part), np.float32, copy=True), part, known)
-        top = top_k(scores, k)
+        top, scores = top_items(estimator, part, k, exclude=known)
         tables.append(_recommendation_table(data, data.user_ids[part], top, scores))
     table = pl.concat(tables) if tables else _recommendation_table(data, np.empty(0, np.int32),
                                                                    np.empty((0, k), np.int64), np.empty((0, 0)))
-    dest = run_dir / "recommendations.parquet"
+    dest = dest or run_dir / RECOMMENDATIONS
     with atomic_file(dest) as tmp:
         table.write_parquet(tmp)
     return dest
 
 
 def recommend(run_dir, k: int = 10, users: list[int] | None = None, device: str | None = None,
-              split_dir=None) -> Path:
-    """Write ``recommendations.parquet``: the top ``k`` unrated items of each user (raw ``users`` ids, or
-    every user with training ratings), best first, with titles."""
+              split_dir=None, out=None) -> Path:
+    """Write the top ``k`` unrated items of each user (raw ``users`` ids, or every user with training
+    ratings), best first, with titles, to ``out`` (default ``RUN_DIR/recommendations-k<k>[-users].parquet``);
+    never to the run's own ``recommendations.parquet``, an output of ``train`` that caches verify."""
+    _check_k(k)
     run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / f"recommendations-k{k}{'-users' if users is not None else ''}.parquet"
+    if out.resolve() == (run_dir / RECOMMENDATIONS).resolve():
+        raise RecsysError(f"{out} is the run's own output (written by train, verified by the pipeline's cache); "
+                          "give another --out")
     _, data, estimator = load_run(run_dir, device, split_dir)
     rows = None
     if users is not None:
@@ -241,16 +288,18 @@ def recommend(run_dir, k: int = 10, users: list[int] | None = None, device: str 
             raise RecsysError(f"user id(s) {', '.join(map(str, missing[:5]))} are not in the split of {run_dir}; "
                               "use recommend_for_ratings for users absent from training")
         rows = np.array([lookup[int(u)] for u in users], np.int64)
-    return _write_recommendations(estimator, data, run_dir, k, rows)
+    return _write_recommendations(estimator, data, run_dir, k, rows, dest=out)
 
 
 def recommend_for_ratings(run_dir, ratings: dict[int, float], k: int = 10, device: str | None = None) -> pl.DataFrame:
-    """Top ``k`` items for a user absent from training, from their ratings {raw item id: rating}:
-    the ratings are fed through the autoencoder (user-oriented autoencoder models only)."""
+    """Top ``k`` items for a user absent from training, from their ratings {raw item id: rating}: the
+    ratings are folded into the model (models with ``fold_in``: user-facing autoencoders, EASE, ALS)."""
+    _check_k(k)
     config, data, estimator = load_run(run_dir, device)
-    if not isinstance(estimator, RowsEstimator) or estimator.orientation != "user":
+    if not isinstance(estimator, FoldIn):
+        able = [name for name, r in models.registry().items() if issubclass(r.estimator, FoldIn)]
         raise RecsysError(f"a {config['model']} model cannot score a user absent from training; "
-                          "use the autoencoder or autorec-user")
+                          f"use one of {', '.join(able)}")
     col_of = {int(i): c for c, i in enumerate(data.item_ids)}
     unknown = [i for i in ratings if int(i) not in col_of]
     if unknown:
@@ -260,10 +309,15 @@ def recommend_for_ratings(run_dir, ratings: dict[int, float], k: int = 10, devic
     cols = np.array([col_of[int(i)] for i in ratings], np.int64)
     order = np.argsort(cols)
     values = np.array(list(ratings.values()), np.float32)[order]
-    scores = estimator.score_new_user(cols[order], values)[None, :].copy()
+    scores = estimator.fold_in(cols[order], values)[None, :].copy()
     scores[0, cols] = -np.inf
     top = top_k(scores, k)
     return _recommendation_table(data, np.array([-1], np.int32), top, scores).drop("user_id")
+
+
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise RecsysError(f"k (items per user) must be an integer of at least 1, got {k!r}")
 
 
 def plot_learning_curve(history: dict, estimator, dest: Path) -> None:
@@ -276,7 +330,8 @@ def plot_learning_curve(history: dict, estimator, dest: Path) -> None:
     epochs = history["epoch"]
     valid = [np.nan if v is None else v for v in history["valid"]]
     if estimator.rating_model:
-        ax.plot(epochs, np.sqrt(history["train_loss"]), marker=".", label="train RMSE (observed ratings, training mode)")
+        ax.plot(epochs, np.sqrt(history["train_loss"]), marker=".",
+                label="train RMSE (observed ratings, training mode)")
         ax.plot(epochs, valid, marker=".", label="valid RMSE")
         ax.set_ylabel("RMSE")
     else:
@@ -288,149 +343,8 @@ def plot_learning_curve(history: dict, estimator, dest: Path) -> None:
         other.legend(loc="upper right")
     ax.set_xlabel("epoch")
     ax.legend(loc="upper left" if not estimator.rating_model else "best")
-    ax.set_title(f"{estimator.config['model']}: learning curve")
+    ax.set_title(f"{estimator.name}: learning curve")
     fig.tight_layout()
     with atomic_file(dest) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    d = TRAINING_DEFAULTS
-    g = p.add_argument_group("training (defaults depend on the model; see docs/train.md)")
-    g.add_argument("--epochs", type=int, help="maximum number of epochs")
-    g.add_argument("--batch-size", type=int, help="users (autoencoders) or ratings (MF, MLP, NCF) per batch")
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adagrad", "rmsprop"],
-                   help="sgd is momentum SGD (the paper's choice with --lr 0.001..0.005)")
-    g.add_argument("--lr", type=float, help="learning rate")
-    g.add_argument("--weight-decay", type=float, help="L2 on weight matrices through the optimizer")
-    g.add_argument("--momentum", type=float, help=f"momentum of sgd and rmsprop (default {d['momentum']})")
-    g.add_argument("--lr-milestones", type=_int_list,
-                   help="comma-separated epochs after which lr is multiplied by --lr-gamma "
-                        "(the paper's schedule: 24,36,48,66,72)")
-    g.add_argument("--lr-gamma", type=float, help=f"factor of the step schedule (default {d['lr_gamma']})")
-    g.add_argument("--patience", type=int, help="stop after this many epochs without a better valid metric "
-                                                "(0 = never stop early)")
-    g.add_argument("--seed", type=int, help=f"seed of weights, shuffling, dropout and sampling (default {d['seed']})")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction,
-                   help="bf16 autocast when training on CUDA (default on; ignored on CPU)")
-    g.add_argument("--eval-batch-size", type=int, help="rows per evaluation batch (memory vs speed)")
-    g.add_argument("-k", "--k", type=int, dest="k", help=f"cut-off of HR/NDCG/Recall and of the written "
-                                                         f"recommendations (default {d['k']})")
-    g.add_argument("--recall-users", type=int, help="test users sampled for full-catalogue Recall@K (0 = skip)")
-    a = p.add_argument_group("autoencoder / AutoRec")
-    a.add_argument("--preset", choices=sorted(PRESETS), help="the paper's architecture for that split: "
-                   + "; ".join(f"{k}: {v['layers']} dropout {v['dropout']}" for k, v in PRESETS.items()))
-    a.add_argument("--layers", type=_int_list, help="encoder layer sizes after the input, e.g. 512,512,1024 "
-                                                   "(the decoder mirrors them)")
-    a.add_argument("--activation", choices=list(ACTIVATIONS), help="activation of every layer")
-    a.add_argument("--dropout", type=float, help="dropout on the code layer (MLP/NCF: between hidden layers)")
-    a.add_argument("--constrained", action=argparse.BooleanOptionalAction,
-                   help="tie decoder weights to the transposed encoder weights")
-    a.add_argument("--last-layer-activation", action=argparse.BooleanOptionalAction,
-                   help="apply the activation to the output layer too")
-    a.add_argument("--noise", type=float, help="input dropout probability (denoising)")
-    a.add_argument("--noise-loss", choices=["all", "dropped"],
-                   help="with --noise: the loss covers all observed ratings (default) or only those dropped "
-                        "from the input (pure denoising: copying the input earns nothing)")
-    a.add_argument("--refeed", type=int, help="dense re-feeding steps per batch (the paper uses 1)")
-    a.add_argument("--output-bias", choices=["mean", "zero"],
-                   help="initial output bias: each output's mean training rating (default; linear output "
-                        "only) or zero (the paper)")
-    a.add_argument("--center", choices=["none", "row"],
-                   help="row: the network reads and predicts residuals from each user's mean training rating "
-                        "(shrunk toward the global mean), added back to every prediction; none: raw ratings "
-                        "(the paper)")
-    m = p.add_argument_group("MF / embedding MLP / NCF")
-    m.add_argument("--dim", type=int, help="embedding size")
-    m.add_argument("--hidden", type=_int_list, help="hidden layer sizes of the MLP tower, e.g. 64,32,16")
-    m.add_argument("--l2", type=float, help="per-example L2 on the embeddings and biases a batch touches")
-    m.add_argument("--squash", action=argparse.BooleanOptionalAction,
-                   help="MF: squash the output into the rating range with a scaled sigmoid")
-    m.add_argument("--negatives", type=int, help="NCF: sampled negatives per positive, resampled every epoch")
-
-
-OPTION_NAMES = ["epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "lr_milestones", "lr_gamma",
-                "patience", "seed", "amp", "eval_batch_size", "k", "recall_users", "preset", "layers",
-                "activation", "dropout", "constrained", "last_layer_activation", "noise", "noise_loss", "refeed", "output_bias", "center",
-                "dim",
-                "hidden", "l2", "squash", "negatives"]
-
-
-def _cmd_train(args) -> int:
-    options = {name: getattr(args, name) for name in OPTION_NAMES}
-    metrics = train(args.split_dir, args.run_dir, args.model, resume=args.resume, device=args.device, **options)
-    print(json.dumps(_summary(metrics), indent=2))
-    return 0
-
-
-def _summary(metrics: dict) -> dict:
-    return {"model": metrics["model"], "test": metrics.get("test"), "beaten_by": metrics["beaten_by"],
-            "baselines_test": {k: v.get("test") for k, v in metrics["baselines"].items()}}
-
-
-def _cmd_evaluate(args) -> int:
-    print(json.dumps(_summary(evaluate(args.run_dir, args.device, args.split_dir)), indent=2))
-    return 0
-
-
-def _cmd_recommend(args) -> int:
-    if args.ratings:
-        try:
-            ratings = {int(i): float(r) for i, r in (pair.split(":") for pair in args.ratings.split(","))}
-        except ValueError:
-            raise RecsysError(f"--ratings must look like 'item:rating,item:rating', got {args.ratings!r}") from None
-        print(recommend_for_ratings(args.run_dir, ratings, args.k, args.device))
-        return 0
-    path = recommend(args.run_dir, args.k, args.users, args.device, args.split_dir)
-    print(path)
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    models = "; ".join(f"{name}: {spec.help}" for name, spec in MODELS.items())
-    p = subparsers.add_parser("train", help="train a model on one split folder of stage 3",
-                              description="Train a model on one stage-3 split folder and write a run folder "
-                                          "(config, checkpoint, model, history, learning curve, metrics with "
-                                          "baselines, test predictions, top-K recommendations).")
-    p.add_argument("split_dir", help="a stage-3 folder, e.g. data/matrices/N3M")
-    p.add_argument("run_dir", help="the run folder to write (created if missing)")
-    p.add_argument("--model", default="autoencoder", choices=list(MODELS), help=f"the model: {models}")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in RUN_DIR from its checkpoint with its saved options (only "
-                        "--epochs, --patience and evaluation options may change); gives exactly the result "
-                        "of an uninterrupted run")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cuda when present, else cpu)")
-    _add_model_options(p)
-    p.set_defaults(func=_cmd_train)
-
-    e = subparsers.add_parser("evaluate", help="re-evaluate a trained run against the baselines",
-                              description="Evaluate the model of RUN_DIR (RMSE/MAE on valid and test, HR@K and "
-                                          "NDCG@K with sampled negatives when the split has them, full-catalogue "
-                                          "Recall@K) beside the baselines; rewrites metrics.json and "
-                                          "predictions.parquet.")
-    e.add_argument("run_dir", help="a run folder written by `train`")
-    e.add_argument("--split-dir", help="evaluate on this split folder instead of the one trained on "
-                                       "(same users and items)")
-    e.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
-    e.set_defaults(func=_cmd_evaluate)
-
-    r = subparsers.add_parser("recommend", help="write top-K recommendations of a trained run",
-                              description="Write RUN_DIR/recommendations.parquet (user_id, rank, item_id, title, "
-                                          "score): the K best items each user has not rated. With --ratings, "
-                                          "print the top K for a new user instead (autoencoder models).")
-    r.add_argument("run_dir", help="a run folder written by `train`")
-    r.add_argument("-k", "--k", type=int, default=10, help="items per user (default 10)")
-    r.add_argument("--users", type=_int_list, help="comma-separated raw user ids (default: every user)")
-    r.add_argument("--ratings", help="ratings of a user absent from training, 'item_id:rating,...' (raw ids)")
-    r.add_argument("--split-dir", help="use this split folder instead of the one trained on")
-    r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
-    r.set_defaults(func=_cmd_recommend)

@@ -63,7 +63,8 @@ def source_name(source: Path) -> str:
 
 def convert_spec(data_dir: Path, source: Path, memo: HashMemo, name: str | None = None) -> StageSpec:
     if not source.exists():
-        raise RecsysError(f"{source}: no such file or folder (source must be 'sample', a Netflix path or a MovieLens folder)")
+        raise RecsysError(f"{source}: no such file or folder (source must be 'sample', a Netflix path or a "
+                          "MovieLens folder)")
     hashes: dict[str, str] = {}
     for root in source_roots(source):
         hashes.update(tree_hashes(root, memo))

@@ -46,6 +46,25 @@ def promote_task(registry_dir: str, name: str, run_dirs: list[str], margin: floa
     return decision
 
 
+def check_options(registry_model: str, margin: float) -> None:
+    """The flow's registry options, checked before any stage runs (one sentence each)."""
+    import math
+
+    from recsys_core.registry import check_name
+
+    if not isinstance(registry_model, str):
+        raise RecsysError(f"registry_model must be a name such as netflix-{SPLIT_PLACEHOLDER}, got {registry_model!r}")
+    try:
+        check_name(registry_model.replace(SPLIT_PLACEHOLDER, "N3M"))
+    except RecsysError:
+        raise RecsysError(f"registry_model {registry_model!r} must be 1-100 letters, digits, '.', '_' or '-' "
+                          f"(starting with a letter or digit; {SPLIT_PLACEHOLDER} stands for each split's name), "
+                          f"e.g. netflix-{SPLIT_PLACEHOLDER}") from None
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise RecsysError(f"promotion_margin must be a relative improvement of 0 or more (0.001 = 0.1%), "
+                          f"got {margin!r}")
+
+
 def registry_names(registry_model: str, splits: list[str]) -> dict[str, str]:
     """{split: registry model name}: ``{split}`` in the name is replaced by each split's name; a name
     without it serves one split only."""

@@ -81,6 +81,50 @@ def metric_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- every run of a data dir
+
+# Options shown for every run when present; any other option that differs between runs of one model is
+# shown as well (config.json holds every resolved option, most of them the model's defaults).
+MAIN_OPTIONS = ("epochs", "lr", "batch_size", "optimizer", "layers", "hidden", "dim", "dropout", "weight_decay", "seed")
+_BOOKKEEPING = {"model", "family", "orientation", "split_dir"}
+
+
+def run_rows(data_dir: Path) -> list[dict]:
+    """One row per finished training run under ``data_dir/runs`` (a manifest and a metrics.json), any data,
+    split or model: key options, valid/test metrics of the model, epochs, seconds, the content of the run."""
+    runs = []
+    for manifest_file in sorted(Path(data_dir).glob("runs/*/*/*/*/manifest.json")):
+        folder = manifest_file.parent
+        try:
+            manifest = json.loads(manifest_file.read_text())
+            metrics = json.loads((folder / "metrics.json").read_text())
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue  # an incomplete or foreign folder: not a run to compare
+        runs.append((folder, manifest, metrics, config))
+    varying: dict[str, set[str]] = {}
+    by_model: dict[str, list[dict]] = {}
+    for _, _, metrics, config in runs:
+        by_model.setdefault(str(metrics.get("model")), []).append(config)
+    for model, configs in by_model.items():
+        keys = set().union(*configs) - _BOOKKEEPING
+        varying[model] = {k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1}
+    rows = []
+    for folder, manifest, metrics, config in runs:
+        model = str(metrics.get("model"))
+        shown = [k for k in MAIN_OPTIONS if k in config] + sorted(varying[model] - set(MAIN_OPTIONS))
+        training = metrics.get("training") or {}
+        rows.append({
+            "data": folder.parents[2].name, "split": metrics.get("split") or folder.parent.name, "model": model,
+            "options": ", ".join(f"{k}={_fmt(config.get(k))}" for k in shown),
+            **{f"valid {k}": v for k, v in _test_metrics({"test": metrics.get("valid")}).items() if k != "n"},
+            **{f"test {k}": v for k, v in _test_metrics(metrics).items() if not k.startswith("n")},
+            "epochs": training.get("epochs_done"), "seconds": manifest.get("elapsed_s"),
+            "note": _note(metrics), "built": manifest.get("created"), "run": folder.relative_to(data_dir).as_posix()})
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # one column set: rating and ranking models mix
+    return [{c: row.get(c) for c in columns} for row in rows]
+
+
 # --------------------------------------------------------------------------- rendering
 
 

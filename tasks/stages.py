@@ -206,23 +206,13 @@ def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> dict:
 def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, config: dict) -> dict:
     """Train, evaluate (model + baselines) and write top-K recommendations of one model.
 
-    The run folder keeps ``checkpoint.pt`` when a run fails or is killed; the next run of the same key
-    resumes from it (the library guarantees the result of an uninterrupted run).
+    The run folder keeps its checkpoint when a run fails or is killed; the library's ``resume="auto"``
+    continues from it on the next run of the same key (giving the result of an uninterrupted run), or
+    starts afresh when there is nothing it can continue.
     """
     from recsys_core.train import train
-    from recsys_core.training import CHECKPOINT
 
     options = dict(config)
     device = options.pop("device", None)
-
-    def build(out: Path) -> dict:
-        if (out / CHECKPOINT).exists() and (out / "config.json").exists():
-            try:
-                log.info("train: resuming %s from its checkpoint", out)
-                return train(split_dir, out, model=model, resume=True, device=device, **options)
-            except RecsysError as err:  # a checkpoint it cannot continue from: start again
-                log.warning("train: cannot resume (%s); training from scratch", err)
-        shutil.rmtree(out, ignore_errors=True)
-        return train(split_dir, out, model=model, device=device, **options)
-
-    return run_stage(spec, data_dir, build, keep_partial=True)
+    return run_stage(spec, data_dir, lambda out: train(split_dir, out, model=model, resume="auto", device=device,
+                                                       **options), keep_partial=True)

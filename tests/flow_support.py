@@ -13,7 +13,12 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough for a run of every stage in seconds on 2 cores, big enough for every split to be non-empty.
-TINY = dict(sample_scale=0.002, epochs=3, patience=0)
+TINY = dict(sample_scale=0.002, model_options={"autoencoder": {"epochs": 3, "patience": 0}})
+
+
+def model_options(models=("autoencoder",), **options) -> dict:
+    """The flow parameter giving every model in ``models`` the same ``options``."""
+    return {"model_options": {model: dict(options) for model in models}}
 
 
 @contextlib.contextmanager
@@ -36,7 +41,7 @@ def prefect_sandbox(home: Path) -> Iterator[str]:
     settings = {PREFECT_HOME: str(home), PREFECT_LOCAL_STORAGE_PATH: str(home / "storage"),
                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     with temporary_settings(settings):
-        with prefect_test_harness(server_startup_timeout=60):
+        with prefect_test_harness(server_startup_timeout=180):  # a loaded 2-core machine needs minutes
             yield PREFECT_API_URL.value()
 
 
@@ -50,11 +55,14 @@ def subprocess_env(api_url: str, home: Path) -> dict:
 
 
 def cli_args(params: dict) -> list[str]:
-    """``--name value`` options of flows/full.py for flow parameters."""
+    """``--name value`` options of flows/full.py for flow parameters (objects as JSON)."""
     args = []
     for name, value in params.items():
         args.append("--" + name.replace("_", "-"))
-        args.extend(str(v) for v in value) if isinstance(value, list) else args.append(str(value))
+        if isinstance(value, list):
+            args.extend(str(v) for v in value)
+        else:
+            args.append(json.dumps(value) if isinstance(value, dict) else str(value))
     return args
 
 

@@ -9,15 +9,25 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 import torch
+from train_fixtures import make_rating_split
 
 from recsys_core.baselines import GlobalMean, ItemMean, MostPopular, UserItemBias
 from recsys_core.errors import RecsysError
-from recsys_core.evaluation import (beaten_by, full_catalogue_recall, hit_rate_at_k, mae, ndcg_at_k,
-                                    rank_of_positive, recall_at_k, rmse, sampled_ranking, top_k)
+from recsys_core.evaluation import (
+    beaten_by,
+    full_catalogue_recall,
+    hit_rate_at_k,
+    mae,
+    ndcg_at_k,
+    rank_of_positive,
+    recall_at_k,
+    rmse,
+    sampled_ranking,
+    top_k,
+)
 from recsys_core.interactions import load_split_data, row_batch
 from recsys_core.sampling import sample_negatives
 from recsys_core.train import load_run, recommend, recommend_for_ratings, train
-from train_fixtures import make_rating_split
 
 torch.set_num_threads(2)
 
@@ -160,7 +170,8 @@ def test_new_user_is_scored_by_feeding_their_ratings_through_the_autoencoder(ae_
     _, data, estimator = load_run(run)
     row = 4
     start, end = data.train.indptr[row], data.train.indptr[row + 1]
-    ratings = {int(data.item_ids[c]): float(v) for c, v in zip(data.train.indices[start:end], data.train.data[start:end])}
+    ratings = {int(data.item_ids[c]): float(v)
+               for c, v in zip(data.train.indices[start:end], data.train.data[start:end])}
     table = recommend_for_ratings(run, ratings, k=5)
     assert len(table) == 5 and not set(table["item_id"].to_list()) & set(ratings)
     # the same ratings as a known user's training row give that user's scores

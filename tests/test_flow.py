@@ -21,6 +21,7 @@ from tests.flow_support import (
     TINY,
     all_manifests_verify,
     cli_args,
+    model_options,
     prefect_sandbox,
     start_cli,
     statuses,
@@ -66,8 +67,9 @@ def golden(sandbox, netflix_raw, tmp_path_factory):
 GOLDEN_TRAINING = dict(epochs=60, patience=0)
 
 
-def _train_params(**changes) -> dict:
-    return {**GOLDEN_TRAINING, **changes}
+def _train_params(models=("autoencoder",), **changes) -> dict:
+    """Flow parameters: ``models``, each with the golden run's training options updated by ``changes``."""
+    return {"models": list(models), **model_options(models, **{**GOLDEN_TRAINING, **changes})}
 
 
 def _copy(golden_dir: Path, tmp_path: Path) -> Path:
@@ -207,7 +209,8 @@ def test_sigkill_mid_stage_leaves_nothing_taken_as_complete(sandbox, golden, net
     marker = tmp_path / "marker"
     params = {"source": str(netflix_raw), "data_dir": str(data), **_train_params(), "seed": 7}
     env = subprocess_env(sandbox["api_url"], sandbox["home"])
-    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *cli_args(params)], cwd=Path(__file__).parents[1],
+    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *cli_args(params)],
+                            cwd=Path(__file__).parents[1],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -229,7 +232,7 @@ def test_sigkill_mid_stage_leaves_nothing_taken_as_complete(sandbox, golden, net
 def test_two_runs_at_once_on_one_data_dir(sandbox, tmp_path):
     data = tmp_path / "data"
     env = subprocess_env(sandbox["api_url"], sandbox["home"])
-    params = {"source": "sample", "data_dir": str(data), **TINY, "epochs": 1}
+    params = {"source": "sample", "data_dir": str(data), **TINY, **model_options(epochs=1, patience=0)}
     reports = [tmp_path / f"report-{i}.json" for i in range(2)]
     procs = [start_cli(params, env, r, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in reports]
     for proc in procs:
@@ -253,6 +256,16 @@ def test_user_error_is_one_sentence_and_nonzero_exit(sandbox, tmp_path, capsys):
     assert err.startswith("error: ") and "missing: no such file or folder" in err
 
 
+def test_bad_model_options_stop_the_flow_before_its_first_stage(sandbox, tmp_path, capsys):
+    from flows.full import main
+
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "--models", "mf", "--model-options", '{"mf": {"lr": -1}}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "error: model mf: option lr must be above 0, got -1"
+    assert not data.exists()
+
+
 def test_help_lists_every_flow_parameter():
     import inspect
 
@@ -266,10 +279,39 @@ def test_leave_one_out_protocol_trains_ncf_and_ranks_against_most_popular(sandbo
     from flows.full import full_pipeline
 
     report = full_pipeline(source=str(netflix_raw), data_dir=str(tmp_path / "data"),
-                           **_train_params(protocol="leave-one-out", models=["neumf"], epochs=1))
+                           protocol="leave-one-out", **_train_params(models=["neumf"], epochs=1))
     assert statuses(report) == {**{stage: "built" for stage in ETL}, "train leave-one-out/neumf": "built"}
     rows = {r["model"]: r for r in report["metrics"]}
     assert rows["neumf"]["kind"] == "model" and rows["most_popular"]["kind"] == "baseline"
     for name in ("neumf", "most_popular"):
         assert 0.0 <= rows[name]["hr@10"] <= 1.0 and rows[name]["n_ranked"] > 0
     assert len(all_manifests_verify(tmp_path / "data")) == 4
+
+
+def test_mlflow_tracking_logs_each_run_once_and_the_run_table_lists_every_run(golden, netflix_raw, tmp_path,
+                                                                                 monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra")
+    import mlflow
+
+    from flows.full import full_pipeline
+
+    data = _copy(golden[0], tmp_path)
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts under ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Tracking turned on after the fact: the cached run is logged once, a second cached run logs nothing.
+    for _ in range(2):
+        report = full_pipeline(source=str(netflix_raw), data_dir=str(data), mlflow_tracking_uri=uri, **_train_params())
+        assert set(statuses(report).values()) == {"cached"}
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("netflix/N3M")  # one experiment per data set and split
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["recsys.model"] == "autoencoder"
+    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == GOLDEN_TRAINING["epochs"]
+
+    # A second model beside it: the run table lists both, with their options and metrics.
+    report = full_pipeline(source=str(netflix_raw), data_dir=str(data), **_train_params(models=["mf"], epochs=1))
+    rows = {row["model"]: row for row in report["runs"]}
+    assert set(rows) == {"autoencoder", "mf"}
+    assert "epochs=60" in rows["autoencoder"]["options"] and "epochs=1" in rows["mf"]["options"]
+    assert all(row["test rmse"] > 0 and row["valid rmse"] > 0 and row["seconds"] > 0 for row in rows.values())
+    assert len(client.search_runs([experiment.experiment_id])) == 1  # tracking was off for that run

@@ -13,7 +13,7 @@ from tests.flow_support import prefect_sandbox
 
 # The embedded default sample: on the smaller test sample no model beats the user+item bias baseline, so
 # nothing could ever be promoted there; here the default autoencoder does after 10 epochs.
-PARAMS = dict(epochs=10, patience=0, registry_model="sample-{split}")
+PARAMS = dict(model_options={"autoencoder": {"epochs": 10, "patience": 0}}, registry_model="sample-{split}")
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,14 @@ def test_one_registry_name_for_several_splits_needs_the_placeholder():
         registry_names("netflix", ["N3M", "NF"])
     with pytest.raises(RecsysError, match="registry model name"):
         registry_names("bad name/{split}", ["N3M"])
+
+
+def test_bad_registry_options_are_refused_before_any_stage_runs(tmp_path):
+    from flows.full import full_pipeline
+
+    data = tmp_path / "data"
+    with pytest.raises(RecsysError, match=r"registry_model 'bad name/\{split\}' must be"):
+        full_pipeline.fn(data_dir=str(data), registry_model="bad name/{split}")
+    with pytest.raises(RecsysError, match="promotion_margin must be"):
+        full_pipeline.fn(data_dir=str(data), registry_model="sample-{split}", promotion_margin=-0.1)
+    assert not data.exists()

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from train_fixtures import make_leave_one_out_split, make_rating_split
 
 from recsys_core.errors import RecsysError
 from recsys_core.interactions import row_batch
 from recsys_core.losses import masked_mse, observed_mse
-from recsys_core.models import MODELS, resolve_config
+from recsys_core.models import registry, resolve_config
 from recsys_core.models.autoencoder import ACTIVATIONS, DeepAutoencoder
 from recsys_core.train import train
-from train_fixtures import make_leave_one_out_split, make_rating_split
 
 torch.set_num_threads(2)
 
@@ -82,12 +82,12 @@ def test_every_activation_gives_finite_outputs(activation):
 def test_unknown_options_are_refused_with_the_list_of_valid_ones():
     with pytest.raises(RecsysError, match="has no option"):
         resolve_config("mf", {"layers": [3]})
-    with pytest.raises(RecsysError, match="unknown activation"):
+    with pytest.raises(RecsysError, match="option activation must be one of selu"):
         resolve_config("autoencoder", {"activation": "softplus"})
-    assert resolve_config("autoencoder", {"preset": "NF"})["layers"] == [512, 512, 1024]
+    assert resolve_config("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
 
 
-RATING_MODELS = [name for name, spec in MODELS.items() if spec.family != "implicit"]
+RATING_MODELS = [name for name, r in registry().items() if r.estimator.rating_model]
 
 
 @pytest.mark.parametrize("model", RATING_MODELS)
@@ -122,7 +122,7 @@ def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
 
 
 def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_split, tmp_path):
-    from recsys_core.estimators import shrunk_means
+    from recsys_core.models.autoencoder import shrunk_means
     from recsys_core.train import load_run
 
     run = tmp_path / "centered"
@@ -141,23 +141,23 @@ def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_spl
     pairs = estimator.predict_pairs(np.repeat(rows, 3), np.tile(cols, 3))
     np.testing.assert_allclose(pairs, scores[:, cols].reshape(-1), rtol=1e-5, atol=1e-5)
     start, end = train_matrix.indptr[3], train_matrix.indptr[4]
-    new_user = estimator.score_new_user(train_matrix.indices[start:end], train_matrix.data[start:end])
+    new_user = estimator.fold_in(train_matrix.indices[start:end], train_matrix.data[start:end])
     np.testing.assert_allclose(new_user, scores[1], rtol=1e-5, atol=1e-5)
     # a user with no ratings at all is scored around the global mean, a heavy rater around their own mean
     assert abs(shrunk_means(np.zeros(0, np.int64), np.zeros(0), 1, 3.5)[0] - 3.5) < 1e-6
     with pytest.raises(RecsysError, match="center"):
         resolve_config("autoencoder", {"center": "user-mean"})
-    assert resolve_config("autoencoder", {"preset": "N3M"})["layers"] == [128, 256, 256]
+    assert resolve_config("autoencoder", {"preset": "N3M"}).layers == (128, 256, 256)
 
 
 def test_presets_are_the_papers_whole_configuration():
-    paper = resolve_config("autoencoder", {"preset": "N3M"})
+    paper = resolve_config("autoencoder", {"preset": "N3M"}).to_dict()
     assert (paper["layers"], paper["dropout"], paper["activation"]) == ([128, 256, 256], 0.65, "selu")
     assert (paper["refeed"], paper["center"], paper["output_bias"], paper["weight_decay"]) == (1, "none", "zero", 0.0)
     assert (paper["optimizer"], paper["lr"], paper["momentum"]) == ("sgd", 0.005, 0.9)
     assert paper["lr_milestones"] == [24, 36, 48, 66, 72]
-    assert resolve_config("autoencoder", {"preset": "NF"})["layers"] == [512, 512, 1024]
-    assert resolve_config("autoencoder", {"preset": "NF", "epochs": 12})["epochs"] == 12  # options win
+    assert resolve_config("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
+    assert resolve_config("autoencoder", {"preset": "NF", "epochs": 12}).epochs == 12  # options win
 
 
 def test_output_bias_starts_at_the_shrunk_item_mean():
@@ -165,7 +165,7 @@ def test_output_bias_starts_at_the_shrunk_item_mean():
     did, and stayed at the top of every user's list."""
     from types import SimpleNamespace
 
-    from recsys_core.estimators import COLUMN_MEAN_SHRINK, RowsEstimator
+    from recsys_core.models.autoencoder import COLUMN_MEAN_SHRINK, RowsEstimator
 
     # item 0: 400 ratings of 4 and 5 (mean 4.5); item 1: one rating of 5; item 2: 400 ratings of 3; item 3: none.
     users = np.arange(400)
@@ -175,9 +175,9 @@ def test_output_bias_starts_at_the_shrunk_item_mean():
     train_matrix = sp.csr_matrix((values, (rows, cols)), shape=(400, 4))
     data = SimpleNamespace(train=train_matrix, train_by_item=train_matrix.T.tocsr(), meta={})
     config = resolve_config("autoencoder", {"center": "none", "output_bias": "mean", "layers": [4]})
-    model = DeepAutoencoder(4, [4], last_layer_activation=False)
-    RowsEstimator(model, data, config, torch.device("cpu"))
-    bias = model.dec_b[0].detach().numpy()
+    estimator = RowsEstimator(config, name="autoencoder")
+    estimator.bind(data)
+    bias = estimator.model.dec_b[0].detach().numpy()
     overall = float(values.mean())
     expected = [(1800 + COLUMN_MEAN_SHRINK * overall) / (400 + COLUMN_MEAN_SHRINK),
                 (5 + COLUMN_MEAN_SHRINK * overall) / (1 + COLUMN_MEAN_SHRINK),

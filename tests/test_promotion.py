@@ -10,7 +10,7 @@ from recsys_core.interactions import csr_triplets
 from recsys_core.matrices import load_split
 from recsys_core.promotion import OnNewSplit, decide, promote_if_better
 from recsys_core.registry import Registry
-from recsys_core.serving.model_access import FoldInUnsupported, ServableModel
+from recsys_core.serving.model_access import FoldInUnsupported, ItemVectorsUnsupported, ServableModel
 
 
 def test_champion_answers_in_the_new_splits_index(loop_runs):
@@ -27,7 +27,8 @@ def test_champion_answers_in_the_new_splits_index(loop_runs):
     predicted = mapped.predict_pairs(rows, cols)
     # a pair both splits know: exactly the champion's own prediction for those raw ids
     known = ~new_users[rows] & ~new_items[cols]
-    own = champion.predict_pairs(champion.rows_of(new.user_ids[rows[known]]), champion.cols_of(new.item_ids[cols[known]]))
+    own = champion.predict_pairs(champion.rows_of(new.user_ids[rows[known]]),
+                                 champion.cols_of(new.item_ids[cols[known]]))
     np.testing.assert_allclose(predicted[known], own, rtol=1e-5)
     # a new user: folded in from their ratings in the new train part
     user = int(np.flatnonzero(new_users & (np.diff(new.valid.indptr) > 0))[0])
@@ -67,13 +68,35 @@ def test_a_model_that_cannot_fold_in_falls_back_and_says_how_often(loop_runs):
 def test_fold_in_reproduces_known_users(loop_runs):
     """Folding a known user's own training ratings in gives the autoencoder's scores exactly, and close
     ones for MF (a ridge solve against its item factors, not its SGD path)."""
-    for label, check in (("ae_new", lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)),
+    exact = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # noqa: E731
+    for label, check in (("ae_new", exact), ("ease_new", exact),
                          ("mf_new", lambda a, b: np.corrcoef(a, b)[0, 1] > 0.9 or pytest.fail("MF fold-in"))):
         model = ServableModel(loop_runs[label])
         train = model.data.train
         row = int(np.argmax(np.diff(train.indptr)))
         lo, hi = train.indptr[row], train.indptr[row + 1]
         check(model.fold_in(train.indices[lo:hi], train.data[lo:hi]), model.score_rows([row])[0])
+
+
+def test_capabilities_come_from_the_predictor_protocol(loop_runs):
+    """What a served model can do is what its estimator's capabilities answer (recsys_core.predictor), for
+    every family: fold-in where the model has it and this configuration does not refuse it, item vectors
+    where it has them."""
+    expected = {"ae_new": (True, True), "mf_new": (True, True), "mlp_old": (False, True), "ease_new": (True, False),
+                "als_new": (True, True), "autorec_item_old": (False, True)}
+    for label, (folds_in, vectors) in expected.items():
+        model = ServableModel(loop_runs[label])
+        assert (model.can_fold_in, model.has_item_vectors) == (folds_in, vectors), label
+        if vectors:
+            unit = model.item_vectors()
+            assert unit.shape[0] == model.n_items
+            np.testing.assert_allclose(np.linalg.norm(unit, axis=1)[np.linalg.norm(unit, axis=1) > 0], 1, rtol=1e-5)
+        else:
+            with pytest.raises(ItemVectorsUnsupported, match="no vector per item"):
+                model.item_vectors()
+        if not folds_in:
+            with pytest.raises(FoldInUnsupported, match="cannot score a user absent"):
+                model.fold_in(np.array([0]), np.array([4.0]))
 
 
 def test_first_champion_must_beat_the_baselines(loop_runs, tmp_path):
@@ -130,7 +153,8 @@ def test_ranking_registry_and_a_stale_decision(loop_runs, tmp_path):
 
 def test_fast_scoring_gives_the_estimators_scores(loop_runs):
     """The serving fast path (precomputed user vectors, one numpy product) answers what the model does."""
-    for label, applies in (("ae_new", True), ("mf_new", True), ("mlp_old", False)):
+    for label, applies in (("ae_new", True), ("mf_new", True), ("als_new", True), ("mlp_old", False),
+                           ("ease_new", False), ("autorec_item_old", False)):
         model = ServableModel(loop_runs[label])
         rows = np.arange(model.n_users)
         before = model.score_rows(rows)
@@ -147,11 +171,12 @@ def test_a_dropped_champion_leaves_no_cyclic_garbage(loop_runs, tmp_path):
     from recsys_core.serving.service import load_champion
 
     registry = Registry(tmp_path / "registry")
-    for label in ("ae_new", "mf_new", "mlp_old"):
+    for label in ("ae_new", "mf_new", "mlp_old", "ease_new", "als_new"):
         registry.promote("c", loop_runs[label], "x")
         champion = load_champion(registry, "c", registry.champion("c"))
         champion.recommend_user(int(champion.model.user_ids[0]), 10)
-        champion.similar_items(int(champion.model.item_ids[0]), 3)
+        if champion.model.has_item_vectors:
+            champion.similar_items(int(champion.model.item_ids[0]), 3)
         if champion.model.can_fold_in:
             champion.recommend_ratings({int(champion.model.item_ids[0]): 4.0}, 5)
         gc.collect()

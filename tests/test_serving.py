@@ -167,7 +167,8 @@ def test_promotion_under_a_stream_of_requests(service, loop_runs):
 
 def test_broken_champion_is_not_served_and_rollback_restores(service, loop_runs):
     """A champion whose weights changed after promotion is refused (the old one keeps serving); a model
-    that cannot fold users in answers POST /recommendations with 409; rollback + POST /reload restore."""
+    that cannot fold users in answers POST /recommendations with 409, one without item vectors
+    /items/{id}/similar; rollback + POST /reload restore."""
     import shutil
 
     client, registry = service["client"], service["registry"]
@@ -191,6 +192,13 @@ def test_broken_champion_is_not_served_and_rollback_restores(service, loop_runs)
     similar = client.get("/items/1/similar", params={"k": 3})
     assert similar.status_code == 200 and len(similar.json()["items"]) == 3
 
+    registry.promote(NAME, loop_runs["ease_new"], "no item vectors")
+    wait_for(lambda: client.get("/health").json()["version"] == registry.champion(NAME)["version"],
+             what="the EASE champion")
+    response = client.get("/items/1/similar")
+    assert response.status_code == 409 and "ease model has no vector per item" in response.json()["detail"]
+    assert client.post("/recommendations", json={"ratings": {"1": 5}}).status_code == 200   # EASE folds in
+
     registry.rollback(NAME, to_version=serving_version)
     reloaded = client.post("/reload").json()
     assert reloaded["changed"] and reloaded["version"] == serving_version
@@ -209,20 +217,3 @@ def test_no_champion_yet_then_the_first_promotion(loop_runs, tmp_path):
         assert client.get("/model").json()["model_type"] == "mf"
         assert client.post("/recommendations", json={"ratings": {"1": 5, "2": 1}}).status_code == 200
     assert "Traceback" not in (tmp_path / "server.log").read_text()
-
-
-def test_compose_api_service_runs_this_serve_command_on_localhost_only():
-    import yaml
-
-    from recsys_core.cli import build_parser
-
-    api = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]
-    command = api["command"]
-    assert command[:3] == ["python", "-m", "recsys_core"]
-    args = build_parser().parse_args(command[3:])
-    assert args.command == "serve" and args.registry == "/app/data/registry" and args.model == "netflix-N3M"
-    assert all(str(port).startswith("127.0.0.1:") for port in api["ports"])
-    assert any(str(v).endswith(":/app/data") for v in api["volumes"])
-    weekly = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
-    params = weekly["weekly-retrain"]["parameters"]
-    assert params["registry_model"].replace("{split}", params["splits"][0]) == args.model

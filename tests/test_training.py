@@ -9,11 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from train_fixtures import make_rating_split
 
 from recsys_core.cli import build_parser, main
 from recsys_core.errors import RecsysError
 from recsys_core.train import train
-from train_fixtures import make_rating_split
 
 torch.set_num_threads(2)
 
@@ -137,9 +137,16 @@ def test_cli_train_evaluate_recommend(split, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["model"] == "mf"
     assert main(["evaluate", str(run)]) == 0
     assert "rmse" in capsys.readouterr().out
+    own = (run / "recommendations.parquet").read_bytes()
     assert main(["recommend", str(run), "-k", "3", "--users", "7,10"]) == 0
-    table = pl.read_parquet(run / "recommendations.parquet")
+    table = pl.read_parquet(capsys.readouterr().out.strip())
     assert sorted(set(table["user_id"])) == [7, 10] and len(table) == 6
+    assert main(["recommend", str(run), "-k", "2", "--out", str(tmp_path / "top2.parquet")]) == 0
+    assert pl.read_parquet(tmp_path / "top2.parquet")["rank"].max() == 2
+    # Ad-hoc recommendations never replace the run's own (an output of train that caches verify).
+    assert main(["recommend", str(run), "--out", str(run / "recommendations.parquet")]) == 2
+    assert "the run's own output" in capsys.readouterr().err
+    assert (run / "recommendations.parquet").read_bytes() == own
 
 
 def test_cli_reports_bad_input_in_one_sentence(tmp_path, capsys):
@@ -153,9 +160,10 @@ def test_trains_on_folders_made_by_the_real_split_and_matrices_stages(tmp_path):
     """stage-1 table -> split (leave-one-out with negatives) -> matrices -> train + recommend."""
     import datetime as dt
 
+    from split_fixtures import write_stage1
+
     from recsys_core.matrices import build_matrices
     from recsys_core.split import split
-    from split_fixtures import write_stage1
 
     rng = np.random.default_rng(0)
     start = dt.datetime(2005, 1, 1, tzinfo=dt.timezone.utc)
@@ -170,3 +178,40 @@ def test_trains_on_folders_made_by_the_real_split_and_matrices_stages(tmp_path):
     table = pl.read_parquet(tmp_path / "run" / "recommendations.parquet")
     assert set(table["user_id"].to_list()) == {u * 10 + 3 for u in range(120)}
     assert table["title"][0].startswith("Movie ")
+
+
+def test_resume_auto_continues_an_unfinished_run_and_restarts_anything_else(split, tmp_path, caplog):
+    options = dict(patience=0, recall_users=0)
+    straight = train(split.path, tmp_path / "straight", "mf", epochs=3, **options)
+    run = tmp_path / "run"
+    train(split.path, run, "mf", epochs=1, **options)  # as a run stopped after epoch 1 leaves its checkpoint
+    caplog.set_level("INFO", logger="recsys_core")
+    resumed = train(split.path, run, "mf", resume="auto", epochs=3, **options)
+    assert "resuming" in caplog.text
+    assert resumed["test"] == straight["test"]
+    assert json.loads((run / "history.json").read_text())["epoch"] == [1, 2, 3]
+    caplog.clear()  # other model options than the run's: start afresh, with a warning
+    fresh = train(split.path, run, "mf", resume="auto", epochs=2, lr=0.01, **options)
+    assert "training from scratch" in caplog.text
+    assert json.loads((run / "history.json").read_text())["epoch"] == [1, 2]
+    caplog.clear()  # a checkpoint that does not load: start afresh too
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    again = train(split.path, run, "mf", resume="auto", epochs=2, lr=0.01, **options)
+    assert "cannot resume" in caplog.text and again["test"] == fresh["test"]
+
+
+def test_a_split_without_valid_part_trains_blind_and_says_so(tmp_path, caplog):
+    from train_fixtures import make_leave_one_out_split
+
+    loo = make_leave_one_out_split(tmp_path / "loo", n_users=80, n_items=150, mean_per_user=20)
+    caplog.set_level("WARNING", logger="recsys_core")
+    metrics = train(loo.path, tmp_path / "run", "gmf", epochs=1, recall_users=0)
+    assert "trains blind" in caplog.text and "no early stopping" in caplog.text
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["valid"] is None and on_disk["trained_blind"] is True
+    assert metrics["trained_blind"] is True
+
+
+def test_a_split_with_valid_part_is_not_blind(split, tmp_path):
+    metrics = train(split.path, tmp_path / "run", "mf", epochs=1, recall_users=0)
+    assert "trained_blind" not in metrics and metrics["valid"]["rmse"] > 0

@@ -5,10 +5,21 @@ Each returns a logit for "user interacted with item"; training uses BCE with sam
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from recsys_core.models.factorization import mlp_tower
+from recsys_core.estimators import PairsEstimator
+from recsys_core.evaluation import hit_rate_at_k, rank_of_positive
+from recsys_core.interactions import csr_triplets
+from recsys_core.losses import binary_cross_entropy
+from recsys_core.models import register
+from recsys_core.models.mlp import mlp_tower
+from recsys_core.options import option, options
+from recsys_core.sampling import sample_negatives
+from recsys_core.training_loop import LoopOptions
+
+VALID_NEGATIVES = 99  # validation: the held-out item ranked among this many sampled non-interactions
 
 
 class NCF(nn.Module):
@@ -43,3 +54,84 @@ class NCF(nn.Module):
         if self.kind in ("mlp", "neumf"):
             parts.append(self.tower(torch.cat([self.mlp_user(users), self.mlp_item(items)], dim=-1)))
         return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+@options
+class NCFOptions(LoopOptions):
+    dim: int = option(16, "embedding size (of each part in NeuMF)", low=1)
+    hidden: tuple[int, ...] = option((64, 32, 16), "hidden layer sizes of the MLP tower, e.g. 64,32,16", item_low=1)
+    dropout: float = option(0.0, "dropout between hidden layers", low=0, high=1, high_open=True)
+    negatives: int = option(4, "sampled negatives per positive, resampled every epoch", low=1)
+    batch_size: int = 256
+    epochs: int = 20
+    patience: int = 3
+
+
+@register("gmf", options=NCFOptions, kind="gmf", help="NCF generalized matrix factorization (implicit)")
+@register("ncf-mlp", options=NCFOptions, kind="mlp", help="NCF multi-layer perceptron (implicit)")
+@register("neumf", options=NCFOptions, kind="neumf", help="NCF NeuMF = GMF + MLP fused (implicit)")
+class NCFEstimator(PairsEstimator):
+    """NCF: every training rating is a positive; ``negatives`` unrated items per positive, drawn afresh
+    each epoch from the epoch's seeded generator; BCE on logits. Scores are probabilities."""
+
+    family = "implicit"
+    rating_model = False
+    valid_metric = "hr@10"
+    higher_is_better = True
+
+    def __init__(self, config, *, name, device=None, kind: str = "neumf"):
+        super().__init__(config, name=name, device=device)
+        self.kind = kind
+
+    def build(self, dims: dict) -> NCF:
+        c = self.config
+        return NCF(dims["n_users"], dims["n_items"], self.kind, c.dim, list(c.hidden), c.dropout)
+
+    def prepare(self, data) -> None:
+        super().prepare(data)
+        self.n_negatives = int(self.config.negatives)
+        seen = data.train + data.valid + data.test  # never sample a known interaction as a negative
+        seen.sort_indices()
+        self.seen = seen.tocsr()
+        self._valid_ranking = None
+
+    def n_batches(self) -> int:
+        return -(-len(self.users) * (1 + self.n_negatives) // self.batch_size)
+
+    def batches(self, rng):
+        negatives = sample_negatives(self.seen, self.users.numpy(), self.n_negatives, rng)
+        users = torch.cat([self.users, self.users.repeat_interleave(self.n_negatives)])
+        items = torch.cat([self.items, torch.from_numpy(negatives.reshape(-1))])
+        labels = torch.cat([torch.ones(len(self.users)), torch.zeros(negatives.size)])
+        order = torch.from_numpy(rng.permutation(len(users)))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield users[idx].to(self.device), items[idx].to(self.device), labels[idx].to(self.device)
+
+    def losses(self, batch):
+        users, items, labels = batch
+        with self.autocast():
+            logits = self.model(users, items)
+        loss = binary_cross_entropy(logits, labels)
+        yield loss, loss.detach()
+
+    def validate(self) -> float | None:
+        """HR@10 of each valid interaction among 99 fixed sampled non-interactions."""
+        if self.data.valid.nnz == 0:
+            return None
+        if self._valid_ranking is None:
+            rows, cols, _ = csr_triplets(self.data.valid)
+            negatives = sample_negatives(self.seen, rows, VALID_NEGATIVES, np.random.default_rng(12345))
+            self._valid_ranking = rows, cols, negatives
+        rows, cols, negatives = self._valid_ranking
+        pos = self.predict_pairs(rows, cols)
+        neg = self.predict_pairs(np.repeat(rows, VALID_NEGATIVES), negatives.reshape(-1))
+        return hit_rate_at_k(rank_of_positive(pos, neg.reshape(len(rows), -1)), 10)
+
+    def predict_pairs(self, rows, cols):
+        return self._pairs_in_chunks(rows, cols, transform=torch.sigmoid)
+
+    def item_vectors(self) -> np.ndarray:
+        """The item embeddings of the parts the model has (GMF's and the MLP tower's side by side in NeuMF)."""
+        parts = [getattr(self.model, name).weight for name in ("gmf_item", "mlp_item") if hasattr(self.model, name)]
+        return torch.cat(parts, dim=1).detach().float().cpu().numpy()

@@ -8,10 +8,10 @@
     POST /reload                              re-read the champion pointer now (the watcher does it every few s)
 
 Errors are JSON ``{"detail": "<one sentence>"}``: 404 unknown user/item, 422 bad parameters, 409 when the
-served model cannot fold a user in, 503 before a champion exists; never a traceback. Handlers return
-ready ``JSONResponse``s (no response-model pass over the body). The scoring handlers are ``async``: a
-request is ~1 ms of numpy/torch on the event loop (no thread hop); model loading, the slow part of a
-swap, runs in a worker thread so requests keep being answered meanwhile.
+served model cannot fold a user in or has no item vectors, 503 before a champion exists; never a
+traceback. Handlers return ready ``JSONResponse``s (no response-model pass over the body). The scoring
+handlers are ``async``: a request is ~1 ms of numpy/torch on the event loop (no thread hop); model
+loading, the slow part of a swap, runs in a worker thread so requests keep being answered meanwhile.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import numpy as np
 from recsys_core.errors import RecsysError
 from recsys_core.evaluation import top_k
 from recsys_core.registry import POINTER, Registry, file_sha256
-from recsys_core.serving.model_access import FoldInUnsupported, ServableModel
+from recsys_core.serving.model_access import FoldInUnsupported, ItemVectorsUnsupported, ServableModel
 
 log = logging.getLogger("recsys_core.serving")
 
@@ -63,7 +63,8 @@ class Champion:
     def describe(self) -> dict:
         p, m = self.pointer, self.model
         return {"model": self.name, "version": self.version, "run_dir": p["run_dir"], "model_type": m.model_name,
-                "rating_model": m.rating_model, "can_fold_in": m.can_fold_in, "n_users": m.n_users,
+                "rating_model": m.rating_model, "can_fold_in": m.can_fold_in,
+                "has_item_vectors": m.has_item_vectors, "n_users": m.n_users,
                 "n_items": m.n_items, "primary_metric": p.get("primary_metric"), "metrics": p.get("metrics"),
                 "trained_on": p.get("trained_on"), "data_key": p.get("data_key"), "code_key": p.get("code_key"),
                 "promoted_at": p.get("promoted_at"), "reason": p.get("reason"), "loaded_at": self.loaded_at,
@@ -123,7 +124,10 @@ class Champion:
         col = int(self.model.cols_of([item_id])[0])
         if col < 0:
             raise NotFound(f"item {item_id} is not in the catalogue of {self.name} version {self.version}")
-        vectors = self.model.item_vectors()
+        try:
+            vectors = self.model.item_vectors()
+        except ItemVectorsUnsupported as err:
+            raise Unsupported(str(err)) from None
         scores = vectors @ vectors[col]
         scores[col] = -np.inf
         return {**self._head(), "item_id": item_id, "title": self.model.titles[col],
@@ -143,7 +147,8 @@ def load_champion(registry: Registry, name: str, pointer: dict, device: str = "c
         raise RecsysError(f"{model_file} changed since version {pointer.get('version')} of {name} was promoted")
     model = ServableModel(run_dir, device)
     model.prepare_fast_scoring()
-    model.item_vectors()
+    if model.has_item_vectors:
+        model.item_vectors()
     if model.n_users:
         model.score_rows([0])
     return Champion(name, pointer, model, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,5 +1,7 @@
-"""THE training loop, shared by every model: epochs of batches, one optimizer step per loss the
-estimator yields, validation and early stopping, a checkpoint after every epoch, exact resume.
+"""THE training loop of iterative models (``fit``): epochs of batches, one optimizer step per loss the
+estimator yields, validation and early stopping, a checkpoint after every epoch, exact resume. Models
+solved in closed form (EASE, ALS sweeps) fit themselves and never come here. The stage API that writes a
+run folder around it is ``recsys_core.train``.
 
 Determinism: every epoch draws its shuffling/sampling from ``np.random.default_rng([seed, epoch])``
 and re-seeds torch with ``seed, epoch`` before its first batch, so epoch e is the same computation
@@ -22,6 +24,7 @@ import torch
 
 from recsys_core.errors import RecsysError
 from recsys_core.io import atomic_file
+from recsys_core.options import ModelOptions, option, options
 from recsys_core.progress import progress_bar
 
 log = logging.getLogger("recsys_core")
@@ -31,29 +34,52 @@ SYNC_EVERY = 20  # batches between the loop's looks at the loss (each look waits
 EXPLODE_FACTOR = 1e4  # a batch loss this many times the run's first one counts as diverged
 
 
-def make_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
+# The optimizers the loop offers, by option value: torch.optim class name and whether it takes momentum.
+OPTIMIZERS = {"sgd": ("SGD", True), "adam": ("Adam", False), "adagrad": ("Adagrad", False),
+              "rmsprop": ("RMSprop", True)}
+
+
+@options
+class LoopOptions(ModelOptions):
+    """Options of every model trained by ``fit``: epochs of mini-batches and an optimizer."""
+
+    seed: int = option(0, "seed of weights, shuffling, dropout and sampling", low=0)
+    epochs: int = option(40, "maximum number of epochs", low=1, resumable=True)
+    batch_size: int = option(128, "examples per batch: users (autoencoders) or ratings (MF, MLP, NCF)", low=1)
+    optimizer: str = option("adam", "sgd is momentum SGD (the paper's choice with lr 0.001..0.005)",
+                            choices=OPTIMIZERS)
+    lr: float = option(0.001, "learning rate", low=0, low_open=True, log=True)
+    weight_decay: float = option(0.0, "L2 on weight matrices and embeddings through the optimizer (not biases)",
+                                 low=0)
+    momentum: float = option(0.9, "momentum of sgd and rmsprop", low=0, high=1, high_open=True)
+    lr_milestones: tuple[int, ...] = option((), "epochs after which lr is multiplied by lr_gamma (the paper's "
+                                                "schedule: 24,36,48,66,72)", item_low=1)
+    lr_gamma: float = option(0.5, "factor of the step schedule", low=0, low_open=True)
+    patience: int = option(5, "early stopping: epochs without a better valid metric (0 = never stop early)",
+                           low=0, resumable=True)
+    amp: bool = option(True, "bf16 autocast when training on CUDA (ignored on CPU)", resumable=True)
+
+
+def make_optimizer(model: torch.nn.Module, config: LoopOptions) -> torch.optim.Optimizer:
     """Weight decay applies to weight matrices and embeddings, not to biases and scalars."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
-    wd = float(config["weight_decay"])
-    groups = [{"params": decay, "weight_decay": wd}, {"params": other, "weight_decay": 0.0}]
-    name, lr = config["optimizer"], float(config["lr"])
-    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad,
-               "rmsprop": torch.optim.RMSprop}
-    if name not in classes:
-        raise RecsysError(f"unknown optimizer {name!r}")
-    extra = {"momentum": float(config["momentum"])} if name in ("sgd", "rmsprop") else {}
+    groups = [{"params": decay, "weight_decay": float(config.weight_decay)},
+              {"params": other, "weight_decay": 0.0}]
+    class_name, takes_momentum = OPTIMIZERS[config.optimizer]
+    optimizer_class = getattr(torch.optim, class_name)
+    extra = {"momentum": float(config.momentum)} if takes_momentum else {}
     # Fused kernels: on CPU one pass over the parameters instead of a dozen (Adam: 17x faster step).
     try:
-        return classes[name](groups, lr=lr, fused=True, **extra)
+        return optimizer_class(groups, lr=float(config.lr), fused=True, **extra)
     except (RuntimeError, TypeError, ValueError):
-        return classes[name](groups, lr=lr, foreach=True, **extra)
+        return optimizer_class(groups, lr=float(config.lr), foreach=True, **extra)
 
 
-def lr_for_epoch(config: dict, epoch: int) -> float:
+def lr_for_epoch(config: LoopOptions, epoch: int) -> float:
     """Step schedule: lr * gamma ** (number of milestones <= epoch); epochs count from 1."""
-    passed = sum(1 for m in config.get("lr_milestones") or [] if epoch > int(m))
-    return float(config["lr"]) * float(config["lr_gamma"]) ** passed
+    passed = sum(1 for m in config.lr_milestones if epoch > int(m))
+    return float(config.lr) * float(config.lr_gamma) ** passed
 
 
 def _rng_state() -> dict:
@@ -91,16 +117,22 @@ def new_history() -> dict:
     return {"epoch": [], "train_loss": [], "valid": [], "lr": [], "seconds": []}
 
 
-def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
-    """Train ``estimator.model`` for ``config["epochs"]`` epochs (or until early stopping).
+def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: bool = False) -> dict:
+    """Train ``estimator.model`` for ``config.epochs`` epochs (or until early stopping).
+
+    The estimator answers ``n_batches()``, ``batches(rng)``, ``losses(batch)`` (one optimizer step per
+    yielded loss), ``validate()`` and ``valid_metric``/``higher_is_better``. With a ``run_dir`` a checkpoint
+    is written after every epoch (``resume=True`` continues from it).
 
     Returns {"history", "best_epoch", "best_valid", "stopped_early", "epochs_done"}; the model holds
     the best weights by the valid metric (the last ones when there is no valid part).
     """
     model = estimator.model
     optimizer = make_optimizer(model, config)
-    seed = int(config["seed"])
-    checkpoint_path = Path(run_dir) / CHECKPOINT
+    seed = int(config.seed)
+    checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    if resume and checkpoint_path is None:
+        raise RecsysError("resuming needs the run folder that holds the checkpoint")
     history = new_history()
     state = {"best_valid": None, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
              "stopped_early": False, "reference_loss": None}
@@ -116,7 +148,7 @@ def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
         log.info("resuming %s from epoch %d", checkpoint_path, start_epoch - 1)
 
     higher = estimator.higher_is_better
-    for epoch in range(start_epoch, int(config["epochs"]) + 1):
+    for epoch in range(start_epoch, int(config.epochs) + 1):
         if state["stopped_early"]:
             break
         lr = lr_for_epoch(config, epoch)
@@ -128,7 +160,7 @@ def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
         started = time.perf_counter()
         totals = {"total": 0.0, "count": 0}
         pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
-        with progress_bar(f"epoch {epoch}/{config['epochs']}", estimator.n_batches(), "batches") as bar:
+        with progress_bar(f"epoch {epoch}/{config.epochs}", estimator.n_batches(), "batches") as bar:
             for b, batch in enumerate(estimator.batches(rng), start=1):
                 for step, (loss, reported) in enumerate(estimator.losses(batch)):
                     optimizer.zero_grad(set_to_none=True)
@@ -146,14 +178,15 @@ def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
         for key, value in (("epoch", epoch), ("train_loss", train_loss), ("valid", valid), ("lr", lr),
                            ("seconds", seconds)):
             history[key].append(value)
-        _early_stopping(state, valid, higher, epoch, model, int(config["patience"]))
+        _early_stopping(state, valid, higher, epoch, model, int(config.patience))
         log.info("epoch %d: train loss %.4f, valid %s %s, %.1f s", epoch, train_loss, estimator.valid_metric,
                  "-" if valid is None else f"{valid:.4f}", seconds)
-        save_checkpoint(checkpoint_path, {
-            "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": {"lr": float(config["lr"]), "milestones": [int(m) for m in config.get("lr_milestones") or []],
-                          "gamma": float(config["lr_gamma"]), "last_epoch": epoch},
-            "rng": _rng_state(), "epoch": epoch, "history": history, "early_stopping": state})
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, {
+                "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": {"lr": float(config.lr), "milestones": [int(m) for m in config.lr_milestones],
+                              "gamma": float(config.lr_gamma), "last_epoch": epoch},
+                "rng": _rng_state(), "epoch": epoch, "history": history, "early_stopping": state})
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
     return {"history": history, "best_epoch": state["best_epoch"] or (history["epoch"][-1] if history["epoch"] else 0),
@@ -161,7 +194,7 @@ def fit(estimator, config: dict, run_dir: Path, resume: bool = False) -> dict:
             "epochs_done": history["epoch"][-1] if history["epoch"] else 0}
 
 
-def _drain(pending: list, totals: dict, state: dict, epoch: int, config: dict, lr: float) -> None:
+def _drain(pending: list, totals: dict, state: dict, epoch: int, config: LoopOptions, lr: float) -> None:
     """Check and sum the losses of the last batches with one device-to-host copy, not one per step."""
     if not pending:
         return
@@ -175,13 +208,13 @@ def _drain(pending: list, totals: dict, state: dict, epoch: int, config: dict, l
     pending.clear()
 
 
-def _check_loss(value: float, state: dict, epoch: int, batch: int, config: dict, lr: float) -> None:
+def _check_loss(value: float, state: dict, epoch: int, batch: int, config: LoopOptions, lr: float) -> None:
     if state["reference_loss"] is None and math.isfinite(value):
         state["reference_loss"] = max(value, 1e-8)
     if not math.isfinite(value) or value > EXPLODE_FACTOR * state["reference_loss"]:
         raise RecsysError(
             f"training diverged in epoch {epoch}, batch {batch}: the loss became {value:.4g} "
-            f"(first loss {state['reference_loss']:.4g}) with optimizer {config['optimizer']} at lr {lr:g}; "
+            f"(first loss {state['reference_loss']:.4g}) with optimizer {config.optimizer} at lr {lr:g}; "
             f"lower --lr (the checkpoint of epoch {epoch - 1} is intact)")
 
 

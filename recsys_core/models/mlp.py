@@ -1,0 +1,75 @@
+"""An embedding MLP for explicit ratings: rating = mu + b_u + b_i + MLP([e_u, e_i]), dropout between hidden
+layers. ``mlp_tower`` is also NCF's tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys_core.estimators import PairsEstimator
+from recsys_core.models import register
+from recsys_core.options import option, options
+from recsys_core.training_loop import LoopOptions
+
+
+def mlp_tower(sizes: list[int], dropout: float) -> nn.Sequential:
+    """Linear + ReLU (+ dropout) for each consecutive pair of ``sizes``."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class EmbeddingMLP(nn.Module):
+    """rating = mu + b_u + b_i + MLP([e_u, e_i]) with dropout between hidden layers."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 32, hidden: list[int] = (64, 32),
+                 dropout: float = 0.2, global_mean: float = 0.0):
+        super().__init__()
+        self.user_emb = nn.Embedding(n_users, dim)
+        self.item_emb = nn.Embedding(n_items, dim)
+        self.user_bias = nn.Embedding(n_users, 1)
+        self.item_bias = nn.Embedding(n_items, 1)
+        for emb in (self.user_emb, self.item_emb):
+            nn.init.normal_(emb.weight, std=0.05)
+        for emb in (self.user_bias, self.item_bias):
+            nn.init.zeros_(emb.weight)
+        hidden = list(hidden)
+        self.tower = mlp_tower([2 * dim, *hidden], dropout)
+        self.head = nn.Linear(hidden[-1] if hidden else 2 * dim, 1)
+        nn.init.zeros_(self.head.bias)
+        self.global_mean = nn.Parameter(torch.tensor(float(global_mean)))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.user_emb(users), self.item_emb(items)], dim=-1)
+        return (self.global_mean + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
+                + self.head(self.tower(x)).squeeze(-1))
+
+    def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return ((self.user_emb(users) ** 2).sum(-1) + (self.item_emb(items) ** 2).sum(-1)
+                + self.user_bias(users).squeeze(-1) ** 2 + self.item_bias(items).squeeze(-1) ** 2).mean()
+
+
+@options
+class MLPOptions(LoopOptions):
+    dim: int = option(32, "embedding size", low=1)
+    hidden: tuple[int, ...] = option((64, 32), "hidden layer sizes of the MLP tower, e.g. 64,32,16", item_low=1)
+    dropout: float = option(0.2, "dropout between hidden layers", low=0, high=1, high_open=True)
+    l2: float = option(0.02, "per-example L2 on the embeddings and biases a batch touches", low=0)
+    lr: float = 0.002
+    batch_size: int = 1024
+    patience: int = 4
+
+
+@register("mlp", options=MLPOptions, help="embedding MLP for ratings: [e_u, e_i] -> hidden layers with dropout")
+class MLP(PairsEstimator):
+    def build(self, dims: dict) -> EmbeddingMLP:
+        c = self.config
+        return EmbeddingMLP(dims["n_users"], dims["n_items"], c.dim, list(c.hidden), c.dropout, dims["global_mean"])
+
+    def item_vectors(self) -> np.ndarray:
+        """The item embeddings."""
+        return self.model.item_emb.weight.detach().float().cpu().numpy()

@@ -1,0 +1,70 @@
+"""What evaluation, recommendation and serving ask of a model or a baseline: the ``Predictor`` protocol.
+
+Every trained model and every baseline answers two questions about the users and items of the split it
+was fitted on (rows and columns of its CSR matrices):
+
+- ``predict_pairs(rows, cols)``: one prediction per (user row, item column) pair, ``[n]``;
+- ``score_rows(rows)``: a score for every item, ``[len(rows), n_items]`` (ranking, recommendations).
+
+``rating_model`` says whether the predictions are ratings (RMSE applies) or interaction scores (only
+their order means something). Capabilities some predictors add, each its own protocol so that a caller
+asks ``isinstance(p, FoldIn)`` instead of a model name:
+
+- ``FoldIn.fold_in(cols, values)``: scores for a user absent from training, from their ratings;
+- ``ItemVectors.item_vectors()``: one vector per item column (similar items, ``[n_items, d]``);
+- ``LinearScores.linear_scores()``: the model's scores as one product per user (a service precomputes it).
+
+A capability method may still refuse for one configuration of its model (I-AutoRec has no user to fold
+in; a squashed MF is not linear): ``fold_in`` then raises ``RecsysError``, ``linear_scores`` returns None.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_core.evaluation import exclude_seen, top_k
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    rating_model: bool
+
+    def predict_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray: ...
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class FoldIn(Protocol):
+    def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Scores of every item for a new user who rated item columns ``cols`` (ascending) with ``values``."""
+        ...
+
+
+@runtime_checkable
+class ItemVectors(Protocol):
+    def item_vectors(self) -> np.ndarray:
+        """One row per item column: the model's representation of the item."""
+        ...
+
+
+@runtime_checkable
+class LinearScores(Protocol):
+    def linear_scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(users ``[n_users, d]``, weight ``[d, n_items]``, bias ``[n_items]``, offset ``[n_users]``), float32,
+        such that ``score_rows(rows) == users[rows] @ weight + bias + offset[rows, None]``; None when this
+        model's scores are not linear in a per-user vector."""
+        ...
+
+
+def top_items(predictor: Predictor, rows: np.ndarray, k: int, exclude: sp.csr_matrix | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best item columns of each row, best first, never one stored for that row in ``exclude``
+    (those score -inf). Returns (columns ``[len(rows), k]``, scores ``[len(rows), n_items]``)."""
+    scores = np.array(predictor.score_rows(rows), np.float32, copy=True)
+    if exclude is not None:
+        exclude_seen(scores, rows, exclude)
+    return top_k(scores, k), scores

@@ -1,0 +1,164 @@
+"""docker-compose.yml, docker-compose.gpu.yml, Dockerfile and .env.example, without a Docker engine.
+
+A real compose implementation (podman-compose, from PyPI; ``config --dry-run`` needs no engine) resolves
+the files with an .env as a user writes it; the resolved model and the files themselves are then checked
+for what makes the deployment safe and able to reach its data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.flow_support import ROOT
+
+PODMAN_COMPOSE = Path(sys.executable).with_name("podman-compose")
+CLIENTS = ("pool", "deploy", "worker")  # every service that calls the Prefect API
+PASSWORD = "p@ss/w:rd#1?&x%20"  # a URL would break on each of these characters
+AUTH = "admin:s3cr$t"
+
+
+def _env_file(folder: Path, **changes: str) -> Path:
+    values = {"POSTGRES_PASSWORD": PASSWORD, "PREFECT_API_AUTH_STRING": AUTH, "RAW_DATA_DIR": "./raw-data/netflix",
+              **changes}
+    path = folder / ".env"
+    # compose's .env syntax: single quotes keep $, # and the rest literal
+    path.write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
+    return path
+
+
+def compose_config(tmp_path: Path, *files: str, **env: str) -> subprocess.CompletedProcess:
+    """``podman-compose config`` of a copy of the project's compose files with an .env in tmp_path."""
+    for name in ("docker-compose.yml", "docker-compose.gpu.yml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    _env_file(tmp_path, **env)
+    args = [str(PODMAN_COMPOSE), "--dry-run", "--podman-path", "/bin/true", "--env-file", str(tmp_path / ".env")]
+    for name in files or ("docker-compose.yml",):
+        args += ["-f", str(tmp_path / name)]
+    return subprocess.run([*args, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory):
+    if not PODMAN_COMPOSE.exists():
+        pytest.skip("podman-compose is not installed (requirements-extras.lock installs it)")
+    done = compose_config(tmp_path_factory.mktemp("compose"), "docker-compose.yml", "docker-compose.gpu.yml")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return yaml.safe_load(done.stdout)["services"]
+
+
+def _environment(service: dict) -> dict:
+    env = service.get("environment") or {}
+    return dict(item.split("=", 1) for item in env) if isinstance(env, list) else env
+
+
+def test_compose_resolves_and_publishes_only_on_loopback(resolved):
+    assert set(resolved) == {"postgres", "server", "pool", "deploy", "worker", "api"}
+    published = sorted(port for service in resolved.values() for port in service.get("ports", []))
+    assert published == ["127.0.0.1:4200:4200", "127.0.0.1:8000:8000"]
+
+
+def test_api_serves_the_weekly_retrains_champion_from_the_workers_data_dir(resolved):
+    """The api service's command parses with this project's serve sub-command, reads the registry the
+    worker's flows write (the data volume + prefect.yaml's data_dir) and serves the registry model the
+    weekly retrain promotes."""
+    from recsys_core.cli import build_parser
+
+    api = resolved["api"]
+    command = api["command"]
+    assert command[:3] == ["python", "-m", "recsys_core"]
+    args = build_parser("serve").parse_args(command[3:])
+    assert args.command == "serve" and args.host == "0.0.0.0" and args.port == 8000
+    assert api["image"] == resolved["server"]["image"]  # the CPU image even with the GPU override
+    assert "recsys-data:/app/data" in api["volumes"] and "recsys-data:/app/data" in resolved["worker"]["volumes"]
+    weekly = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    params = weekly["weekly-retrain"]["parameters"]
+    assert args.registry == f"/app/{params['data_dir']}/registry"  # the flow's DATA_DIR/registry, working dir /app
+    assert params["registry_model"].replace("{split}", params["splits"][0]) == args.model
+    assert "8000/health" in " ".join(api["healthcheck"]["test"])
+    assert AUTH not in yaml.safe_dump(api)  # it calls no Prefect API
+
+
+def test_every_api_call_needs_the_auth_string(resolved):
+    assert _environment(resolved["server"])["PREFECT_SERVER_API_AUTH_STRING"] == AUTH
+    for name in CLIENTS:
+        env = _environment(resolved[name])
+        assert env["PREFECT_API_AUTH_STRING"] == AUTH and env["PREFECT_API_URL"] == "http://server:4200/api", name
+
+
+def test_the_database_password_reaches_only_postgres_and_the_server_and_any_password_works(resolved):
+    holders = {name for name, service in resolved.items() if PASSWORD in yaml.safe_dump(service)}
+    assert holders == {"postgres", "server"}
+    assert not any("env_file" in service for service in resolved.values())
+    server = _environment(resolved["server"])
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in server
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in server
+    assert _environment(resolved["postgres"])["POSTGRES_PASSWORD"] == PASSWORD
+
+    # Prefect builds the URL from the separate settings and escapes it: the password comes back whole.
+    from prefect.settings import Settings
+    from sqlalchemy.engine import make_url
+
+    settings = Settings(server={"database": {
+        "driver": server["PREFECT_SERVER_DATABASE_DRIVER"], "host": server["PREFECT_SERVER_DATABASE_HOST"],
+        "port": int(server["PREFECT_SERVER_DATABASE_PORT"]), "user": server["PREFECT_SERVER_DATABASE_USER"],
+        "name": server["PREFECT_SERVER_DATABASE_NAME"], "password": server["PREFECT_SERVER_DATABASE_PASSWORD"]}})
+    url = make_url(settings.server.database.connection_url.get_secret_value())
+    assert (url.password, url.host, url.database, url.drivername) == (PASSWORD, "postgres", "prefect",
+                                                                      "postgresql+asyncpg")
+
+
+def test_healthchecks_volumes_and_the_read_only_raw_data_mount(resolved):
+    for name in ("postgres", "server", "worker"):
+        assert resolved[name]["healthcheck"]["test"], name
+    worker = resolved["worker"]
+    assert "--with-healthcheck" in worker["command"]
+    assert "8080/health" in " ".join(worker["healthcheck"]["test"])
+    assert _environment(worker)["PREFECT_WORKER_WEBSERVER_PORT"] == "8080"
+    volumes = worker["volumes"]
+    assert "recsys-data:/app/data" in volumes
+    results = _environment(worker)["PREFECT_LOCAL_STORAGE_PATH"]
+    assert f"prefect-results:{results}" in volumes  # Prefect's result storage outlives the container
+    raw = [v for v in volumes if isinstance(v, dict) and v.get("type") == "bind"]
+    assert raw == [{"type": "bind", "source": "./raw-data/netflix", "target": "/app/data/raw/netflix",
+                    "read_only": True, "bind": {"create_host_path": True}}]
+    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    for name in ("netflix", "weekly-retrain"):  # relative to the deployments' working directory, /app
+        assert "/app/" + deployments[name]["parameters"]["source"] == raw[0]["target"]
+
+
+def test_gpu_override_builds_the_cuda_torch_for_the_worker(resolved):
+    worker = resolved["worker"]
+    assert "TORCH=cuda" in worker["build"]["args"] and worker["image"] != resolved["server"]["image"]
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_missing_secrets_stop_compose(tmp_path):
+    if not PODMAN_COMPOSE.exists():
+        pytest.skip("podman-compose is not installed")
+    done = compose_config(tmp_path, PREFECT_API_AUTH_STRING="")
+    assert done.returncode != 0 and "PREFECT_API_AUTH_STRING" in done.stdout + done.stderr
+
+
+def test_image_runs_as_a_non_root_user_and_has_the_torch_build_argument():
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert "ARG TORCH=cpu" in lines
+    assert any("cuda)" in line for line in lines)
+    assert "DO_NOT_TRACK=1 \\" in lines and "PREFECT_SERVER_ANALYTICS_ENABLED=false \\" in lines
+
+
+def test_env_example_names_every_variable_the_compose_files_need():
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert {"POSTGRES_PASSWORD", "PREFECT_API_AUTH_STRING", "RAW_DATA_DIR", "PREFECT_BIND", "API_PORT"} <= set(example)
+    assert example["PREFECT_BIND"] == "127.0.0.1"
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and "${POSTGRES_PASSWORD:?" in text
