@@ -83,7 +83,7 @@ def full_pipeline(
     if registry_model:
         from tasks.promote import check_options
 
-        check_options(registry_model, promotion_margin)
+        check_options(registry_model, promotion_margin, list(splits) if protocol == "netflix-time" else None)
     data = Path(data_dir).resolve()
     memo = hash_memo(data)
     run = _Run(data, source)

@@ -46,8 +46,9 @@ def promote_task(registry_dir: str, name: str, run_dirs: list[str], margin: floa
     return decision
 
 
-def check_options(registry_model: str, margin: float) -> None:
-    """The flow's registry options, checked before any stage runs (one sentence each)."""
+def check_options(registry_model: str, margin: float, splits: list[str] | None = None) -> None:
+    """The flow's registry options, checked before any stage runs (one sentence each); ``splits``: the
+    split names when they are known before splitting (netflix-time)."""
     import math
 
     from recsys_core.registry import check_name
@@ -63,6 +64,8 @@ def check_options(registry_model: str, margin: float) -> None:
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
         raise RecsysError(f"promotion_margin must be a relative improvement of 0 or more (0.001 = 0.1%), "
                           f"got {margin!r}")
+    if splits:
+        registry_names(registry_model, splits)
 
 
 def registry_names(registry_model: str, splits: list[str]) -> dict[str, str]:

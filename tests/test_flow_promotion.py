@@ -71,4 +71,6 @@ def test_bad_registry_options_are_refused_before_any_stage_runs(tmp_path):
         full_pipeline.fn(data_dir=str(data), registry_model="bad name/{split}")
     with pytest.raises(RecsysError, match="promotion_margin must be"):
         full_pipeline.fn(data_dir=str(data), registry_model="sample-{split}", promotion_margin=-0.1)
+    with pytest.raises(RecsysError, match=r"put \{split\} in the name"):
+        full_pipeline.fn(data_dir=str(data), registry_model="sample", splits=["N3M", "NF"])
     assert not data.exists()
