@@ -75,6 +75,8 @@ def full_pipeline(
     dask_workers: int | None = None,
     threads: int | None = None,
     sweep: dict | str | None = None,
+    registry_model: str | None = None,
+    promotion_margin: float = 0.001,
 ) -> dict:
     """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths).
 
@@ -101,6 +103,10 @@ def full_pipeline(
         stray = sorted(set(sweep_spec.models) - set(models))
         if stray:
             configs.update(model_configs(stray, None, seed=seed, k=top_k))
+    if registry_model:
+        from tasks.promote import check_options
+
+        check_options(registry_model, promotion_margin, list(splits) if protocol == "netflix-time" else None)
     data = Path(data_dir).resolve()
     memo = hash_memo(data)
     run = _Run(data, source)
@@ -188,6 +194,12 @@ def full_pipeline(
     run.report["runs"] = report.run_rows(data)
     report.publish_table("recsys-runs", run.report["runs"], "every training run under the data dir: model, split, "
                          "options, valid/test metrics, seconds (compare runs here)")
+    if registry_model:  # champion vs challenger: promote only a better model (tasks/promote.py, docs/serving.md)
+        from tasks.promote import promote_runs
+
+        decisions = promote_runs(data, registry_model, runs, promotion_margin, top_k, resolve_device(device),
+                                 splits_spec.out_dir)
+        run.report["promotion"] = [d["line"] for d in decisions]
     return run.finish()
 
 
@@ -347,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-tracking-uri", metavar="URI",
                    help="log every training run to this MLflow store, e.g. sqlite:///mlflow.db (default: "
                    "MLFLOW_TRACKING_URI when set, else no tracking; needs pip install '.[mlflow]')")
+    p.add_argument("--registry-model", metavar="NAME", help="registry model (e.g. netflix-{split}) whose champion "
+                   "the trained models challenge; a better one is promoted (DATA_DIR/registry, docs/serving.md)")
+    p.add_argument("--promotion-margin", type=float, default=0.001,
+                   help="relative improvement on the primary valid metric a challenger needs to be promoted")
     p.add_argument("--report-json", metavar="FILE",
                    help="also write the run's report (stage statuses, stats, metrics, paths) as JSON "
                    "(not a flow parameter)")
@@ -379,6 +395,8 @@ def print_summary(result: dict) -> None:
         console.print(report.rich_table("Test metrics (a model beaten by a baseline is flagged)", rows))
     if result.get("sweep"):
         console.print(report.rich_table("Sweep: every trial (chosen on valid only)", result["sweep"]))
+    for line in result.get("promotion", []):
+        console.print(f"[bold]{line}[/bold]", soft_wrap=True)
     console.print("[bold]Artifacts[/bold]")
     for what, where in result.get("artifacts", {}).items():
         console.print(f"  {what}: {where}", soft_wrap=True)

@@ -11,7 +11,11 @@ their order means something). Capabilities some predictors add, each its own pro
 asks ``isinstance(p, FoldIn)`` instead of a model name:
 
 - ``FoldIn.fold_in(cols, values)``: scores for a user absent from training, from their ratings;
-- ``ItemVectors.item_vectors()``: one vector per item column (similar items, ``[n_items, d]``).
+- ``ItemVectors.item_vectors()``: one vector per item column (similar items, ``[n_items, d]``);
+- ``LinearScores.linear_scores()``: the model's scores as one product per user (a service precomputes it).
+
+A capability method may still refuse for one configuration of its model (I-AutoRec has no user to fold
+in; a squashed MF is not linear): ``fold_in`` then raises ``RecsysError``, ``linear_scores`` returns None.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ class FoldIn(Protocol):
 class ItemVectors(Protocol):
     def item_vectors(self) -> np.ndarray:
         """One row per item column: the model's representation of the item."""
+        ...
+
+
+@runtime_checkable
+class LinearScores(Protocol):
+    def linear_scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(users ``[n_users, d]``, weight ``[d, n_items]``, bias ``[n_items]``, offset ``[n_users]``), float32,
+        such that ``score_rows(rows) == users[rows] @ weight + bias + offset[rows, None]``; None when this
+        model's scores are not linear in a per-user vector."""
         ...
 
 

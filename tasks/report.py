@@ -157,6 +157,8 @@ def summary_markdown(report: dict) -> str:
         parts += ["\n## Split statistics\n", markdown_table(report["split_stats"])]
     if report.get("metrics"):
         parts += ["\n## Test metrics\n", markdown_table(report["metrics"])]
+    if report.get("promotion"):
+        parts += ["\n## Registry\n", "".join(f"- {line}\n" for line in report["promotion"])]
     if report.get("artifacts"):
         parts += ["\n## Artifacts\n", "\n".join(f"- {k}: `{v}`" for k, v in report["artifacts"].items()) + "\n"]
     return "".join(parts)

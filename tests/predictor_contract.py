@@ -18,8 +18,9 @@ import torch
 from train_fixtures import make_leave_one_out_split
 
 from recsys_core import models
+from recsys_core.errors import RecsysError
 from recsys_core.interactions import load_split_data
-from recsys_core.predictor import Predictor, top_items
+from recsys_core.predictor import FoldIn, ItemVectors, LinearScores, Predictor, top_items
 
 # Tiny: every model fits in seconds. Leave-one-out with sampled negatives, as the ranking models meet it.
 FIXTURE = dict(n_users=120, n_items=90, mean_per_user=20, n_negatives=30, seed=5)
@@ -82,6 +83,28 @@ class PredictorContract:
             rated = set(data.train.indices[data.train.indptr[row]:data.train.indptr[row + 1]].tolist())
             assert not rated & set(top[row].tolist()), row
         assert np.all(np.diff(np.take_along_axis(scores, top, axis=1), axis=1) <= 0)  # best first
+
+    def test_capabilities_answer_as_the_predictor_does(self, fitted, data):
+        """The optional capabilities, where the predictor has them: item vectors one per item column;
+        linear scores reproduce ``score_rows``; fold-in scores every item (or refuses in one sentence)."""
+        n_items = data.train.shape[1]
+        if isinstance(fitted, ItemVectors):
+            vectors = np.asarray(fitted.item_vectors())
+            assert vectors.ndim == 2 and vectors.shape[0] == n_items and np.isfinite(vectors).all()
+        linear = fitted.linear_scores() if isinstance(fitted, LinearScores) else None
+        if linear is not None:
+            users, weight, bias, offset = linear
+            rows = np.array([7, 2, 7], np.int64)
+            np.testing.assert_allclose(users[rows] @ weight + bias + offset[rows, None], fitted.score_rows(rows),
+                                       rtol=1e-4, atol=1e-4)
+        if isinstance(fitted, FoldIn):
+            lo, hi = data.train.indptr[3], data.train.indptr[4]
+            try:
+                scores = np.asarray(fitted.fold_in(data.train.indices[lo:hi], data.train.data[lo:hi]))
+            except RecsysError as err:  # a configuration of the model without the capability (I-AutoRec)
+                assert "cannot" in str(err)
+            else:
+                assert scores.shape == (n_items,) and np.isfinite(scores).all()
 
     def test_saved_state_restores_the_same_predictor(self, fitted, data):
         restored = self.reload(fitted, data)

@@ -59,9 +59,30 @@ def _environment(service: dict) -> dict:
 
 
 def test_compose_resolves_and_publishes_only_on_loopback(resolved):
-    assert set(resolved) == {"postgres", "server", "pool", "deploy", "worker"}
-    published = [port for service in resolved.values() for port in service.get("ports", [])]
-    assert published == ["127.0.0.1:4200:4200"]
+    assert set(resolved) == {"postgres", "server", "pool", "deploy", "worker", "api"}
+    published = sorted(port for service in resolved.values() for port in service.get("ports", []))
+    assert published == ["127.0.0.1:4200:4200", "127.0.0.1:8000:8000"]
+
+
+def test_api_serves_the_weekly_retrains_champion_from_the_workers_data_dir(resolved):
+    """The api service's command parses with this project's serve sub-command, reads the registry the
+    worker's flows write (the data volume + prefect.yaml's data_dir) and serves the registry model the
+    weekly retrain promotes."""
+    from recsys_core.cli import build_parser
+
+    api = resolved["api"]
+    command = api["command"]
+    assert command[:3] == ["python", "-m", "recsys_core"]
+    args = build_parser("serve").parse_args(command[3:])
+    assert args.command == "serve" and args.host == "0.0.0.0" and args.port == 8000
+    assert api["image"] == resolved["server"]["image"]  # the CPU image even with the GPU override
+    assert "recsys-data:/app/data" in api["volumes"] and "recsys-data:/app/data" in resolved["worker"]["volumes"]
+    weekly = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    params = weekly["weekly-retrain"]["parameters"]
+    assert args.registry == f"/app/{params['data_dir']}/registry"  # the flow's DATA_DIR/registry, working dir /app
+    assert params["registry_model"].replace("{split}", params["splits"][0]) == args.model
+    assert "8000/health" in " ".join(api["healthcheck"]["test"])
+    assert AUTH not in yaml.safe_dump(api)  # it calls no Prefect API
 
 
 def test_every_api_call_needs_the_auth_string(resolved):
@@ -137,7 +158,7 @@ def test_image_runs_as_a_non_root_user_and_has_the_torch_build_argument():
 def test_env_example_names_every_variable_the_compose_files_need():
     example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
-    assert {"POSTGRES_PASSWORD", "PREFECT_API_AUTH_STRING", "RAW_DATA_DIR", "PREFECT_BIND"} <= set(example)
+    assert {"POSTGRES_PASSWORD", "PREFECT_API_AUTH_STRING", "RAW_DATA_DIR", "PREFECT_BIND", "API_PORT"} <= set(example)
     assert example["PREFECT_BIND"] == "127.0.0.1"
     text = (ROOT / "docker-compose.yml").read_text()
     assert "change-me" not in text and "${POSTGRES_PASSWORD:?" in text

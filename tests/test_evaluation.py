@@ -183,8 +183,8 @@ def test_new_user_is_scored_by_feeding_their_ratings_through_the_autoencoder(ae_
         recommend_for_ratings(run, {999_999: 4.0})
 
 
-def test_new_user_needs_a_user_facing_autoencoder(ae_run, tmp_path):
+def test_new_user_needs_a_model_that_folds_in(ae_run, tmp_path):
     split, _ = ae_run
-    train(split.path, tmp_path / "mf", "mf", epochs=1, recall_users=0)
+    train(split.path, tmp_path / "mlp", "mlp", epochs=1, recall_users=0)  # MF folds in since the loop's port
     with pytest.raises(RecsysError, match="cannot score a user absent from training"):
-        recommend_for_ratings(tmp_path / "mf", {1: 5.0})
+        recommend_for_ratings(tmp_path / "mlp", {1: 5.0})

@@ -163,7 +163,7 @@ def _add_recommend(subparsers, name: str, summary: str) -> None:
                                           "or --out; the run's own recommendations.parquet is never touched. With "
                                           "--ratings, "
                                           "print the top K for a new user instead (models that fold in a new "
-                                          "user: user-facing autoencoders, EASE, ALS).")
+                                          "user: user-facing autoencoders, MF, EASE, ALS).")
     r.add_argument("run_dir", help="a run folder written by `train`")
     r.add_argument("-k", "--k", type=int, default=10, help="items per user (default 10)")
     r.add_argument("--users", type=int_list, help="comma-separated raw user ids (default: every user)")

@@ -143,3 +143,9 @@ class ALS(Estimator):
 
     def item_vectors(self) -> np.ndarray:
         return self.item_factors.cpu().numpy()
+
+    def linear_scores(self):
+        """score = x_u . y_i: no bias, no offset."""
+        users, items = self.user_factors.float().cpu().numpy(), self.item_factors.float().cpu().numpy()
+        return (np.ascontiguousarray(users), np.ascontiguousarray(items.T), np.zeros(len(items), np.float32),
+                np.zeros(len(users), np.float32))

@@ -362,3 +362,29 @@ class RowsEstimator(TorchEstimator):
                                             torch.as_tensor(values, dtype=torch.float32, device=self.device),
                                             torch.zeros(1, dtype=torch.int64, device=self.device))
             return self.model.output_full(self.model.decode_hidden(code)).float().cpu().numpy()[0] + offset
+
+    def _hidden_of_every_row(self, chunk: int = 4096) -> torch.Tensor:
+        """The decoder's last hidden layer of every input row (in eval mode), ``[rows, h1]``."""
+        rows = np.arange(self.matrix.shape[0])
+        return torch.cat([self._hidden_for(rows[lo:lo + chunk]) for lo in range(0, len(rows), chunk)])
+
+    def item_vectors(self) -> np.ndarray:
+        """User orientation: the output-layer row that makes each item's output (``[n_items, h1]``); item
+        orientation (I-AutoRec): each item's code, the decoder's last hidden layer of its rating vector."""
+        with self._eval_mode():
+            if self.orientation == "user":
+                weight = self.model._dec_weight(0)
+            else:
+                weight = self._hidden_of_every_row()
+            return weight.detach().float().cpu().numpy()
+
+    def linear_scores(self):
+        """User orientation with a linear output: score(u) = h_u @ W + b + offset_u, h_u the decoder's last
+        hidden layer of u's training vector, W the output layer, offset_u u's mean (center="row").
+        None otherwise (I-AutoRec's outputs are users; an output activation is not linear)."""
+        if self.orientation != "user" or self.model.last_layer_activation:
+            return None
+        with self._eval_mode():
+            parts = (self._hidden_of_every_row(), self.model._dec_weight(0).T, self.model.dec_b[0])
+            out = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in parts]
+        return (*out, np.asarray(self.row_offset, np.float32))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,3 +75,7 @@ class MLP(PairsEstimator):
     def build(self, dims: dict) -> EmbeddingMLP:
         c = self.config
         return EmbeddingMLP(dims["n_users"], dims["n_items"], c.dim, list(c.hidden), c.dropout, dims["global_mean"])
+
+    def item_vectors(self) -> np.ndarray:
+        """The item embeddings."""
+        return self.model.item_emb.weight.detach().float().cpu().numpy()

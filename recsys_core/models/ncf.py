@@ -137,3 +137,8 @@ class NCFEstimator(PairsEstimator):
 
     def predict_pairs(self, rows, cols):
         return self._pairs_in_chunks(rows, cols, transform=torch.sigmoid)
+
+    def item_vectors(self) -> np.ndarray:
+        """The item embeddings of the parts the model has (GMF's and the MLP tower's side by side in NeuMF)."""
+        parts = [getattr(self.model, name).weight for name in ("gmf_item", "mlp_item") if hasattr(self.model, name)]
+        return torch.cat(parts, dim=1).detach().float().cpu().numpy()

@@ -1,0 +1,258 @@
+"""Latency, throughput and memory of the recommendation service (GET /users/{id}/recommendations?k=10).
+
+    .venv/bin/python bench/bench_serve.py --run RUN_DIR [--run RUN_DIR ...] [--rate 100] [--requests 3000]
+    .venv/bin/python bench/bench_serve.py --registry data/registry --model netflix-N3M
+
+For each run folder: a throw-away registry with that run as champion (``--run``; or the given registry
+model), a real ``python -m recsys_core serve`` process on a free port of 127.0.0.1, then from this
+process (an asyncio load generator on the same machine, raw keep-alive HTTP/1.1 connections):
+
+1. warm-up: 200 requests;
+2. fixed rate: ``--requests`` requests sent open-loop at ``--rate`` per second, each to a random user of
+   the champion's split (seeded); a request's latency runs from the moment it was DUE to its response, so
+   a stalled server is not hidden by a generator that waits for it (no coordinated omission);
+3. maximum throughput: ``--max-requests`` requests from ``--concurrency`` closed-loop clients;
+4. with ``--swap-to RUN_DIR`` (last target only): the fixed-rate phase again while that run is promoted
+   a quarter of the way in: failed requests, seconds until answers come from the new champion, and the
+   latencies of the requests due meanwhile (the new model loads in the server's worker thread).
+
+Prints p50/p90/p99/max latency, achieved requests/s, errors and the server's CPU time per request per
+phase, and the server's RSS (now and peak, from /proc); writes everything as JSON (``--out``). The
+generator shares the machine's cores with the server, so the maximum-throughput phase measures both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from measure import memory_mb  # noqa: E402
+
+os.environ.setdefault("RECSYS_PROGRESS", "0")
+
+
+def percentiles(latencies_s: list[float]) -> dict:
+    if not latencies_s:
+        return {}
+    ms = np.asarray(latencies_s) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p90_ms": round(float(np.percentile(ms, 90)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection over raw asyncio streams: a few microseconds of client CPU per
+    request, so the generator takes as little as possible of the cores it shares with the server (httpx
+    costs ~0.7 ms of CPU per request here, as much as the server's own work)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Tally:
+    """Latencies and errors of one phase."""
+
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.answers: list[tuple[float, float, int]] = []   # (due or sent, latency, champion version)
+
+    async def ask(self, conn: Connection, user: int, k: int, since: float) -> None:
+        """One recommendation request; its latency counts from ``since`` (when it was due or sent)."""
+        try:
+            status, body = await conn.get(f"/users/{user}/recommendations?k={k}")
+            answer = json.loads(body) if status == 200 else {}
+        except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration) as err:
+            self.errors.append(repr(err))
+            conn.close()
+            conn.writer = None
+            return
+        if len(answer.get("items", ())) != k:
+            self.errors.append(f"HTTP {status}: {body[:200]!r}")
+            return
+        self.latencies.append(time.perf_counter() - since)
+        self.answers.append((since, self.latencies[-1], answer["version"]))
+
+    def summary(self, elapsed: float) -> dict:
+        return {"rps": round(len(self.latencies) / elapsed, 1), "errors": len(self.errors),
+                **percentiles(self.latencies)}
+
+
+async def fixed_rate(host: str, port: int, users: np.ndarray, rate: float, k: int, connections: int = 32,
+                     tally: Tally | None = None) -> dict:
+    """Open loop: request i is due at start + i / rate; a free connection sends it (its wait counts)."""
+    tally, due_queue = tally or Tally(), asyncio.Queue()
+    start = time.perf_counter() + 0.05
+
+    async def sender(conn: Connection) -> None:
+        while (item := await due_queue.get()) is not None:
+            await tally.ask(conn, item[1], k, since=item[0])
+
+    pool = [Connection(host, port) for _ in range(connections)]
+    senders = [asyncio.create_task(sender(conn)) for conn in pool]
+    for i, user in enumerate(users):
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        due_queue.put_nowait((due, int(user)))
+    for _ in senders:
+        due_queue.put_nowait(None)
+    await asyncio.gather(*senders)
+    for conn in pool:
+        conn.close()
+    return {"requests": len(users), "target_rps": rate, **tally.summary(time.perf_counter() - start)}
+
+
+async def max_throughput(host: str, port: int, users: np.ndarray, concurrency: int, k: int) -> dict:
+    """Closed loop: ``concurrency`` connections, each sending its next request when the last is answered."""
+    tally, queue = Tally(), list(map(int, users))[::-1]
+
+    async def worker(conn: Connection) -> None:
+        while queue:
+            await tally.ask(conn, queue.pop(), k, since=time.perf_counter())
+
+    pool = [Connection(host, port) for _ in range(concurrency)]
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(conn) for conn in pool))
+    for conn in pool:
+        conn.close()
+    return {"requests": len(users), "concurrency": concurrency, **tally.summary(time.perf_counter() - start)}
+
+
+async def swap_under_load(host: str, port: int, users: np.ndarray, rate: float, k: int, promote,
+                          after_s: float) -> dict:
+    """The fixed-rate phase with a promotion ``after_s`` seconds in: failures, the time until answers come
+    from the new champion, and the latencies of requests due from the promotion to 1 s after that."""
+    tally = Tally()
+
+    async def promoter() -> tuple[float, int]:
+        await asyncio.sleep(after_s)
+        return time.perf_counter(), await asyncio.to_thread(promote)
+
+    steady, (promoted_at, version) = await asyncio.gather(fixed_rate(host, port, users, rate, k, tally=tally),
+                                                          promoter())
+    first_new = min((since + latency for since, latency, v in tally.answers if v == version), default=None)
+    if first_new is None:
+        return {**steady, "new_version_answers": 0}
+    window = [latency for since, latency, _ in tally.answers if promoted_at <= since <= first_new + 1.0]
+    return {**steady, "new_version_after_s": round(first_new - promoted_at, 2),
+            "new_version_answers": sum(v == version for *_, v in tally.answers),
+            "during_swap": {"requests": len(window), **percentiles(window)}}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
+    from recsys_core.matrices import load_split
+    from tests.loop_fixtures import serving
+
+    log = work / f"server-{name}.log"
+    started = time.perf_counter()
+    with serving(registry_dir, name, log, watch_interval=2.0) as (client, server):
+        ready_s = time.perf_counter() - started
+        model = client.get("/model").json()
+        split_dir = json.loads((Path(model["run_dir"]) / "config.json").read_text())["split_dir"]
+        user_ids = load_split(split_dir).user_ids
+        rng = np.random.default_rng(args.seed)
+        host, port = client.base_url.host, client.base_url.port
+        asyncio.run(fixed_rate(host, port, rng.choice(user_ids, 200), 200.0, args.k))   # warm-up
+        cpu = cpu_seconds(server.pid)
+        steady = asyncio.run(fixed_rate(host, port, rng.choice(user_ids, args.requests), args.rate, args.k))
+        steady["server_cpu_ms_per_request"] = round((cpu_seconds(server.pid) - cpu) / args.requests * 1000, 3)
+        cpu = cpu_seconds(server.pid)
+        burst = asyncio.run(max_throughput(host, port, rng.choice(user_ids, args.max_requests), args.concurrency,
+                                           args.k))
+        burst["server_cpu_ms_per_request"] = round((cpu_seconds(server.pid) - cpu) / args.max_requests * 1000, 3)
+        memory = memory_mb(server.pid)
+        swap = None
+        if args.swap_to:
+            from recsys_core.registry import Registry
+
+            def promote() -> int:
+                return Registry(registry_dir).promote(name, args.swap_to, "benchmark: swap under load")["version"]
+
+            swap = asyncio.run(swap_under_load(host, port, rng.choice(user_ids, args.swap_requests), args.rate,
+                                               args.k, promote, after_s=args.swap_requests / args.rate / 4))
+            swap["server_peak_rss_mb"] = round(memory_mb(server.pid)["peak"], 1)
+    return {"swap": swap, "model": model["model_type"], "run_dir": model["run_dir"], "n_users": model["n_users"],
+            "n_items": model["n_items"], "server_ready_s": round(ready_s, 1),
+            "load_seconds": model["load_seconds"], "fixed_rate": steady, "max_throughput": burst,
+            "server_rss_mb": round(memory["rss"], 1), "server_peak_rss_mb": round(memory["peak"], 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="append", default=[], help="a run folder to serve (repeatable)")
+    p.add_argument("--registry", help="a registry folder (with --model) instead of --run")
+    p.add_argument("--model", help="registry model name (with --registry)")
+    p.add_argument("--rate", type=float, default=100.0, help="requests per second of the fixed-rate phase")
+    p.add_argument("--requests", type=int, default=3000, help="requests of the fixed-rate phase")
+    p.add_argument("--max-requests", type=int, default=3000, help="requests of the maximum-throughput phase")
+    p.add_argument("--concurrency", type=int, default=8, help="clients of the maximum-throughput phase")
+    p.add_argument("--swap-to", metavar="RUN_DIR", help="then promote this run during a fixed-rate phase and "
+                                                        "measure the swap (serving the last target only)")
+    p.add_argument("--swap-requests", type=int, default=6000, help="requests of the swap phase")
+    p.add_argument("-k", type=int, default=10, help="items per answer")
+    p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
+    p.add_argument("--out", default="bench-serve.json", help="JSON results")
+    args = p.parse_args()
+    if not args.run and not (args.registry and args.model):
+        p.error("give --run RUN_DIR (repeatable) or --registry DIR --model NAME")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        work = Path(tmp)
+        targets = [(Path(args.registry), args.model)] if args.registry else []
+        if args.run:
+            from recsys_core.registry import Registry
+
+            for i, run in enumerate(args.run):
+                Registry(work / "registry").promote(f"bench-{i}", run, "benchmark")
+                targets.append((work / "registry", f"bench-{i}"))
+        for i, (registry_dir, name) in enumerate(targets):
+            if i < len(targets) - 1:
+                result = bench_one(registry_dir, name, argparse.Namespace(**{**vars(args), "swap_to": None}), work)
+            else:
+                result = bench_one(registry_dir, name, args, work)
+            result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+            results.append(result)
+            print(json.dumps(result, indent=2), flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print("| model | users x items | p50 / p99 ms at rate | achieved rps | server CPU ms/request | "
+          "max rps (p50 / p99 ms) | server RSS MB (peak) |")
+    for r in results:
+        f, m = r["fixed_rate"], r["max_throughput"]
+        print(f"| {r['model']} | {r['n_users']:,} x {r['n_items']:,} | {f['p50_ms']} / {f['p99_ms']} at "
+              f"{f['target_rps']:g} | {f['rps']} | {f['server_cpu_ms_per_request']} | {m['rps']} "
+              f"({m['p50_ms']} / {m['p99_ms']}) | {r['server_rss_mb']} ({r['server_peak_rss_mb']}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
