@@ -13,6 +13,9 @@ def sample_negatives(seen: sp.csr_matrix, users: np.ndarray, n_per_user: int, rn
     Users who have seen nearly every item may keep a seen item after ``max_rounds`` (reported nowhere:
     with realistic catalogues this does not happen).
     """
+    if not seen.has_sorted_indices:  # the keys below must ascend
+        seen = seen.copy()
+        seen.sort_indices()
     n_items = seen.shape[1]
     keys = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr)) * n_items + seen.indices
     users = np.repeat(np.asarray(users, dtype=np.int64), n_per_user)

@@ -71,8 +71,9 @@ class NCFOptions(LoopOptions):
 @register("ncf-mlp", options=NCFOptions, kind="mlp", help="NCF multi-layer perceptron (implicit)")
 @register("neumf", options=NCFOptions, kind="neumf", help="NCF NeuMF = GMF + MLP fused (implicit)")
 class NCFEstimator(PairsEstimator):
-    """NCF: every training rating is a positive; ``negatives`` unrated items per positive, drawn afresh
-    each epoch from the epoch's seeded generator; BCE on logits. Scores are probabilities."""
+    """NCF: every training rating is a positive; ``negatives`` items outside the user's training ratings per
+    positive, drawn afresh each epoch from the epoch's seeded generator; BCE on logits. Scores are
+    probabilities. Training never reads the valid or test part; validation reads valid, never test."""
 
     family = "implicit"
     rating_model = False
@@ -90,9 +91,10 @@ class NCFEstimator(PairsEstimator):
     def prepare(self, data) -> None:
         super().prepare(data)
         self.n_negatives = int(self.config.negatives)
-        seen = data.train + data.valid + data.test  # never sample a known interaction as a negative
-        seen.sort_indices()
-        self.seen = seen.tocsr()
+        # Training negatives: any item outside the user's TRAIN ratings (as the NCF paper's code does). Excluding
+        # the held-out items too (it once used train + valid + test) never pushes the test item down while the
+        # evaluation's 99 negatives are: on MovieLens 100K that inflated NeuMF's HR@10 from 0.595 to 0.614.
+        self.seen = data.train
         self._valid_ranking = None
 
     def n_batches(self) -> int:
@@ -121,7 +123,10 @@ class NCFEstimator(PairsEstimator):
             return None
         if self._valid_ranking is None:
             rows, cols, _ = csr_triplets(self.data.valid)
-            negatives = sample_negatives(self.seen, rows, VALID_NEGATIVES, np.random.default_rng(12345))
+            # valid negatives avoid train and valid ratings; test is never read before training ends
+            known = (self.data.train + self.data.valid).tocsr()
+            known.sort_indices()
+            negatives = sample_negatives(known, rows, VALID_NEGATIVES, np.random.default_rng(12345))
             self._valid_ranking = rows, cols, negatives
         rows, cols, negatives = self._valid_ranking
         pos = self.predict_pairs(rows, cols)
