@@ -102,8 +102,11 @@ def full_catalogue_recall(predictor, train, test, k: int, max_users: int, seed: 
 
 
 def evaluate_predictor(predictor, data, *, rating_model: bool = True, k: int = 10,
-                       recall_users: int = 5000) -> dict:
-    """All metrics of one predictor on the valid and test parts: {"valid": {...}, "test": {...}}."""
+                       recall_users: int = 5000, ranking: bool = True) -> dict:
+    """All metrics of one predictor on the valid and test parts: {"valid": {...}, "test": {...}}.
+
+    ``ranking=False`` (a predictor whose scores all tie, the global mean): its ranking metrics are None, not
+    numbers. Its HR/Recall would only measure the tie-break (lower item column first), not a ranking."""
     clip = rating_range(data.meta)
     result: dict = {}
     for name in ("valid", "test"):
@@ -113,9 +116,11 @@ def evaluate_predictor(predictor, data, *, rating_model: bool = True, k: int = 1
         metrics = rating_metrics(predictor, part, clip) if rating_model else {}
         if name == "test":
             if data.negatives is not None:
-                metrics.update(sampled_ranking(predictor, part, data.negatives, k))
+                metrics.update(sampled_ranking(predictor, part, data.negatives, k) if ranking
+                               else {f"hr@{k}": None, f"ndcg@{k}": None})
             if recall_users > 0:
-                metrics.update(full_catalogue_recall(predictor, data.train, part, k, recall_users))
+                metrics.update(full_catalogue_recall(predictor, data.train, part, k, recall_users) if ranking
+                               else {f"recall@{k}": None})
         result[name] = metrics
     return result
 
@@ -136,7 +141,8 @@ def beaten_by(model_metrics: dict, baseline_metrics: dict[str, dict], rating_mod
     """Names of the baselines that do strictly better than the model on its primary test metric.
 
     ``rating_model=False`` asks it of the top-K lists (HR@K, else Recall@K) whatever the model is: a model
-    fit to RMSE can rank worse than most-popular, and its top-K list is still what a user receives.
+    fit to RMSE can rank worse than most-popular, and its top-K list is still what a user receives. A
+    baseline without that metric (None: the global mean has no ranking) is never said to beat the model.
     """
     primary = primary_metric(model_metrics, rating_model, k)
     if primary is None:

@@ -191,7 +191,7 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
     for name, baseline in fit_baselines(data.train).items():
         rating = baseline.rating_model and estimator.rating_model
         baseline_metrics[name] = evaluate_predictor(baseline, data, rating_model=rating, k=k,
-                                                    recall_users=recall_users)
+                                                    recall_users=recall_users, ranking=baseline.ranks)
     losers_to = beaten_by(model_metrics, baseline_metrics, estimator.rating_model, k)
     metrics = {"model": config["model"], "split": data.meta.get("split"), **model_metrics,
                "baselines": baseline_metrics, "beaten_by": losers_to,
