@@ -11,6 +11,8 @@ Re-recorded on purpose:
   was never pushed down while the evaluation's negatives were) and their valid negatives from outside train +
   valid (test is never read before training ends). Their test HR@10 falls as expected, e.g. gmf 0.313 -> 0.267,
   neumf 0.280 -> 0.253; every other model's numbers are unchanged.
+- issue 14 part 4 (baselines): only baseline values changed. user_item_bias is Surprise's BaselineOnly (reg_u 15,
+  reg_i 10; was 10 / 25); global_mean has no ranking, so its hr/ndcg/recall are None and its counts gone.
 """
 
 from __future__ import annotations
