@@ -116,6 +116,9 @@ class MostPopular(Baseline):
         return np.broadcast_to(self.popularity, (len(rows), len(self.popularity))).copy()
 
 
+BASELINES = {"global_mean": GlobalMean, "item_mean": ItemMean, "user_item_bias": UserItemBias,
+             "most_popular": MostPopular}
+
+
 def fit_baselines(train: sp.csr_matrix) -> dict:
-    return {"global_mean": GlobalMean(train), "item_mean": ItemMean(train),
-            "user_item_bias": UserItemBias(train), "most_popular": MostPopular(train)}
+    return {name: baseline(train) for name, baseline in BASELINES.items()}
