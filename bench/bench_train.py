@@ -92,8 +92,10 @@ def autoencoder(args) -> None:
     torch.set_num_threads(args.threads)
     data = load_split_data(args.split)
     n_users, n_items = data.train.shape
+    layers = args.layers or NF["layers"]
     config = resolve_config("autoencoder", {**NF, "epochs": args.epochs, "patience": 0, "lr": args.lr,
-                                            "optimizer": args.optimizer, "recall_users": 0, "seed": 0})
+                                            "optimizer": args.optimizer, "recall_users": 0, "seed": 0,
+                                            "refeed": args.refeed, "layers": layers})
     estimator = bound("autoencoder", config, data)
     model = estimator.model
     users_trained = len(estimator.train_rows)
@@ -106,8 +108,9 @@ def autoencoder(args) -> None:
     started = time.perf_counter()
     test = rating_metrics(estimator, data.test, (1.0, 5.0))
     eval_s = time.perf_counter() - started
-    flops = flops_per_epoch(users_trained, data.train.nnz, n_items, NF["layers"], 1)
-    report("autoencoder-NF-cpu", threads=args.threads, users=n_users, items=n_items, train_nnz=int(data.train.nnz),
+    flops = flops_per_epoch(users_trained, data.train.nnz, n_items, layers, args.refeed)
+    report("autoencoder-NF-cpu", threads=args.threads, refeed=args.refeed, layers=layers, users=n_users, items=n_items,
+           train_nnz=int(data.train.nnz),
            test_nnz=int(data.test.nnz), epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
            seconds_per_epoch=[round(s, 1) for s in epoch_s], fit_wall_s=round(wall, 1),
            eval_pass_s=round(eval_s, 2), test_rmse=round(test["rmse"], 4),
@@ -296,6 +299,10 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--optimizer", default="adam")
     a.add_argument("--lr", type=float, default=0.001)
+    a.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")],
+                   help="encoder sizes instead of the NF architecture's 512,512,1024 (e.g. 64: the default model)")
+    a.add_argument("--refeed", type=int, default=1, help="re-feeding steps (the paper: 1; 0: the sparse path that "
+                                                            "gathers only the observed outputs, as the default model)")
     a.add_argument("--reference-epochs", type=int, default=0,
                    help="also train the reference-style implementation for these many full epochs (same start, "
                         "order and dropout seeds) and evaluate it on every test user")

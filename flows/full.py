@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source", default="sample",
                    help="'sample' (generate a Netflix-format sample under DATA_DIR/raw/sample/), a Netflix path "
                    "(a folder with training_set/ + movie_titles.txt, a training_set/ folder, training_set.tar, "
-                   "nf_prize_dataset.tar.gz) or a MovieLens folder (100K, 1M, 20M/25M/latest)")
+                   "nf_prize_dataset.tar.gz, the Kaggle folder with combined_data_*.txt or its zip) or a MovieLens "
+                   "folder (100K, 1M, 20M/25M/latest)")
     g.add_argument("--data-dir", default="data",
                    help="where every stage writes (converted/, splits/, matrices/, runs/)")
     g.add_argument("--sample-scale", type=float, default=DEFAULT_SCALE,

@@ -32,60 +32,13 @@ from numpy.lib import format as npy_format
 from scipy.sparse import _sparsetools
 
 from recsys_core.errors import InputError, RecsysError
+from recsys_core.idset import IdSet
 from recsys_core.io import atomic_dir, read_json, write_json
 from recsys_core.progress import track
 
 log = logging.getLogger("recsys_core")
 
 PARTS = ("train", "valid", "test")
-# Raw ids up to this value are indexed through a lookup array (fast); larger ones through np.unique.
-MAX_LOOKUP_ID = 1 << 28
-
-
-# --------------------------------------------------------------------------------------------- index
-
-
-class DenseIndex:
-    """Sorted distinct raw ids and the map raw id -> position (row or column)."""
-
-    def __init__(self, id_arrays: list[np.ndarray]):
-        nonempty = [a for a in id_arrays if len(a)]
-        top = max((int(a.max()) for a in nonempty), default=-1)
-        low = min((int(a.min()) for a in nonempty), default=0)
-        self._lookup: np.ndarray | None = None
-        if low >= 0 and top <= MAX_LOOKUP_ID:
-            present = np.zeros(top + 1, dtype=bool)
-            for a in nonempty:
-                present[a] = True
-            self.ids = np.flatnonzero(present).astype(np.int32)
-            self._lookup = np.full(top + 1, -1, dtype=np.int32)
-            self._lookup[self.ids] = np.arange(len(self.ids), dtype=np.int32)
-        else:
-            self.ids = np.unique(np.concatenate(nonempty)).astype(np.int32) if nonempty else np.zeros(0, np.int32)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def positions_into(self, raw: np.ndarray, out: np.ndarray) -> None:
-        """Write the positions of ids known to be in the index into ``out`` (no checks, no temporaries)."""
-        if self._lookup is not None:
-            np.take(self._lookup, raw, out=out, mode="clip")  # "raise" would buffer the whole output
-        else:
-            out[:] = np.searchsorted(self.ids, raw)
-
-    def positions(self, raw: np.ndarray) -> np.ndarray:
-        """Positions of raw ids; -1 where an id is not in the index."""
-        if self._lookup is not None:
-            inside = (raw >= 0) & (raw < len(self._lookup))
-            if inside.all():
-                return self._lookup[raw]
-            out = np.full(raw.shape, -1, dtype=np.int32)
-            out[inside] = self._lookup[raw[inside]]
-            return out
-        pos = np.searchsorted(self.ids, raw)
-        found = (pos < len(self.ids)) & (self.ids[np.minimum(pos, len(self.ids) - 1)] == raw)
-        return np.where(found, pos, -1).astype(np.int32)
-
 
 # --------------------------------------------------------------------------------------------- CSR
 
@@ -189,7 +142,7 @@ def _read_chunks(parquet: pq.ParquetFile, path: Path, name: str, dtype) -> list[
     return [np.asarray(c.to_numpy(zero_copy_only=False)).astype(dtype, copy=False) for c in column.chunks]
 
 
-def _fill(chunks: list[np.ndarray], index: DenseIndex | None = None, dtype=np.int32) -> np.ndarray:
+def _fill(chunks: list[np.ndarray], index: IdSet | None = None, dtype=np.int32) -> np.ndarray:
     """Concatenate chunks into one fresh array; with ``index``, their positions in it instead of the ids."""
     out = np.empty(sum(len(c) for c in chunks), dtype=dtype)
     start = 0
@@ -211,7 +164,7 @@ def _rating_scale(chunks: list[np.ndarray]) -> tuple[float | None, float | None,
     return float(values[0]), float(values[-1]), (float(steps.min()) if len(steps) else None)
 
 
-def _items_table(split_dir: Path, index: DenseIndex) -> pa.Table:
+def _items_table(split_dir: Path, index: IdSet) -> pa.Table:
     frame = pl.DataFrame({"col": np.arange(len(index), dtype=np.int32), "item_id": index.ids})
     catalogue_path = split_dir / "items.parquet"
     if catalogue_path.is_file():
@@ -224,7 +177,7 @@ def _items_table(split_dir: Path, index: DenseIndex) -> pa.Table:
                         pl.col("year").cast(pl.Int16)).to_arrow()
 
 
-def _negatives(split_dir: Path, users: DenseIndex, items: DenseIndex) -> dict[str, np.ndarray] | None:
+def _negatives(split_dir: Path, users: IdSet, items: IdSet) -> dict[str, np.ndarray] | None:
     path = split_dir / "negatives.parquet"
     if not path.is_file():
         return None
@@ -286,10 +239,10 @@ def _build_split_matrices(split_dir: Path, out_dir: Path) -> dict:
         lap("read")
         return chunks
 
-    def indexed(name: str) -> tuple[DenseIndex, dict[str, np.ndarray]]:
+    def indexed(name: str) -> tuple[IdSet, dict[str, np.ndarray]]:
         # read one id column of the three parts, build the index, map into row/column numbers, drop the ids
         chunks = read(name, np.int32)
-        index = DenseIndex([c for part in PARTS for c in chunks[part]])
+        index = IdSet(c for part in PARTS for c in chunks[part])
         lap("index")
         numbers = {part: _fill(chunks.pop(part), index) for part in PARTS}
         lap("map")

@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import tarfile
 import threading
 import time
@@ -52,6 +53,20 @@ N_DAYS = (LAST_DATE - FIRST_DATE).days + 1
 MIN_SCALE = 1e-4
 MAX_SCALE = 2.0
 FORMAT_VERSION = 1
+
+# Layouts: "netflix" = the Prize distribution's training_set/mv_*.txt + movie_titles.txt; "kaggle" = the
+# Kaggle "Netflix Prize data" set: combined_data_1..4.txt (the movies' blocks one after the other),
+# movie_titles.csv, probe.txt, qualifying.txt (+ README), optionally as the Kaggle zip archive.
+LAYOUTS = ("netflix", "kaggle")
+KAGGLE_ZIP = "netflix-prize-data.zip"
+# The last movie of combined_data_1..3.txt in the real set (the fourth ends with movie 17,770).
+KAGGLE_FILE_ENDS = (4_499, 9_210, 13_367)
+# The real probe set holds 1,408,395 of the training ratings (recent ones), the qualifying set 2,817,131
+# (customer, movie, date) triples that are NOT in the training set.
+PROBE_FRACTION = 1_408_395 / REAL_RATINGS
+QUALIFYING_FRACTION = 2_817_131 / REAL_RATINGS
+PROBE_FROM = dt.date(2005, 1, 1)  # probe ratings are drawn among those of the last year
+_ZIP_TIME = (2019, 11, 20, 0, 0, 0)  # fixed: deterministic zip
 
 _USER_BITS = 20  # pair key = movie_index << 20 | user_index (users < 2**20 up to MAX_SCALE)
 _LINES_PER_CHUNK = 1 << 22  # ratings formatted and written per chunk of movies (bounds memory)
@@ -339,9 +354,10 @@ def _tar_header(name: str, size: int, is_dir: bool = False) -> bytes:
 def _format_movies(movie_counts, users, codes, id_lengths, id_text, suffixes):
     """Per movie of the chunk, the list of byte pieces of its lines (in the given line order).
 
-    Lines of one id length are fixed-width records (id + 14-byte suffix), built by two gathers into a
-    structured array. Lines are sorted by customer id inside each movie, so each movie's lines of one
-    length form one contiguous run: a movie is a few slices, one per id length.
+    Lines of one id length are fixed-width records (id + a fixed-width suffix: ``,r,YYYY-MM-DD\\n`` for
+    ratings), built by two gathers into a structured array. Lines are sorted by customer id inside each
+    movie, so each movie's lines of one length form one contiguous run: a movie is a few slices, one per
+    id length.
     """
     n_local = len(movie_counts)
     local_movie = np.repeat(np.arange(n_local), movie_counts)
@@ -350,10 +366,10 @@ def _format_movies(movie_counts, users, codes, id_lengths, id_text, suffixes):
     buffers = {}
     for width in np.flatnonzero(per_movie_length.sum(axis=0)):
         rows = np.flatnonzero(lengths == width)
-        records = np.empty(len(rows), dtype=[("id", f"S{width}"), ("rest", "S14")])
+        records = np.empty(len(rows), dtype=[("id", f"S{width}"), ("rest", suffixes.dtype)])
         records["id"] = id_text[int(width)][users[rows]]
         records["rest"] = suffixes[codes[rows]]
-        line_bytes = int(width) + 14
+        line_bytes = int(width) + suffixes.dtype.itemsize
         starts = np.concatenate([[0], np.cumsum(per_movie_length[:, width])]) * line_bytes
         buffers[int(width)] = (memoryview(records.view(np.uint8)), starts)
     out = []
@@ -509,15 +525,78 @@ def load_oracle(out_dir) -> Oracle:
 
 
 # --------------------------------------------------------------------------------------------------
+# The Kaggle layout's extra files.
+
+KAGGLE_FILES = ["combined_data_1.txt", "combined_data_2.txt", "combined_data_3.txt", "combined_data_4.txt",
+                "movie_titles.csv", "probe.txt", "qualifying.txt", "README"]
+_KAGGLE_README = """Synthetic data in the layout of the Kaggle "Netflix Prize data" set, written by recsys_core.synth.
+
+combined_data_1.txt .. combined_data_4.txt: the training ratings, movie after movie: a line "<movie id>:",
+    then one line "customer_id,rating,YYYY-MM-DD" per rating of that movie.
+movie_titles.csv: "movie_id,year_of_release,title" (ISO-8859-1; year may be NULL; titles hold commas).
+probe.txt: "<movie id>:" then one customer id per line: training ratings to hold out.
+qualifying.txt: "<movie id>:" then "customer_id,YYYY-MM-DD" lines: pairs without a rating in the data.
+"""
+
+
+def _write_probe_and_qualifying(out_dir: Path, n_movies: int, probe_parts, qualifying_parts, id_lengths,
+                                id_text) -> dict:
+    """probe.txt (``<movie>:`` then customer ids) and qualifying.txt (``<movie>:`` then
+    ``customer,YYYY-MM-DD``), only movies with lines, formatted like the rating lines."""
+    mask = (1 << _USER_BITS) - 1
+    probe = np.concatenate(probe_parts) if probe_parts else np.empty(0, np.int64)
+    qualifying = np.concatenate([keys for keys, _ in qualifying_parts]) if qualifying_parts else probe[:0]
+    days = np.concatenate([d for _, d in qualifying_parts]) if qualifying_parts else probe[:0]
+    dates = np.array([f",{(FIRST_DATE + dt.timedelta(days=d)).isoformat()}\n".encode() for d in range(N_DAYS)],
+                     dtype="S12")
+    for name, keys, codes, suffixes in (("probe.txt", probe, np.zeros(len(probe), np.int64), np.array([b"\n"], "S1")),
+                                        ("qualifying.txt", qualifying, days, dates)):
+        counts = np.bincount(keys >> _USER_BITS, minlength=n_movies)
+        per_movie = _format_movies(counts, (keys & mask).astype(np.int32), codes, id_lengths, id_text, suffixes)
+        with atomic_file(out_dir / name) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+            try:
+                for movie_index in np.flatnonzero(counts).tolist():
+                    _writev_all(fd, [f"{movie_index + 1}:\n".encode(), *per_movie[movie_index]])
+            finally:
+                os.close(fd)
+    return {"probe_ratings": int(len(probe)), "qualifying_pairs": int(len(qualifying))}
+
+
+def _write_kaggle_zip(out_dir: Path) -> None:
+    """netflix-prize-data.zip as downloaded from Kaggle: the layout's files at the archive root, deflated
+    (level 1: a third of the time of level 6 for ~10% more bytes), fixed dates (deterministic)."""
+    with atomic_file(out_dir / KAGGLE_ZIP) as tmp, \
+            zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name in KAGGLE_FILES:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with open(out_dir / name, "rb") as source, archive.open(info, "w", force_zip64=True) as member:
+                shutil.copyfileobj(source, member, 1 << 20)
+
+
+# --------------------------------------------------------------------------------------------------
 # Generator.
 
 
-def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = False) -> dict:
+def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = False, layout: str = "netflix",
+                     zip_archive: bool = False) -> dict:
     """Write a synthetic Netflix Prize data set of the given scale into ``out_dir``; return synth.json.
 
-    The returned dict also holds ``phase_seconds`` (timings; not written to synth.json so that equal
-    seeds give byte-identical files).
+    ``layout="netflix"``: training_set/mv_*.txt + movie_titles.txt (``tar``: also training_set.tar);
+    ``layout="kaggle"``: combined_data_1..4.txt, movie_titles.csv, probe.txt, qualifying.txt, README
+    (``zip_archive``: also the Kaggle archive netflix-prize-data.zip holding them). The same scale and seed give
+    the same ratings in either layout. The returned dict also holds ``phase_seconds`` (timings; not
+    written to synth.json so that equal seeds give byte-identical files).
     """
+    if layout not in LAYOUTS:
+        raise RecsysError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if tar and layout != "netflix":
+        raise RecsysError("--tar writes training_set.tar of the netflix layout; the kaggle layout's archive is --zip")
+    if zip_archive and layout != "kaggle":
+        raise RecsysError("--zip writes the Kaggle archive: use it with --layout kaggle")
+    kaggle = layout == "kaggle"
     scale = float(scale)
     if not (MIN_SCALE <= scale <= MAX_SCALE):
         raise RecsysError(f"scale must be between {MIN_SCALE} and {MAX_SCALE}, got {scale}")
@@ -565,7 +644,35 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     user_factor_rows = np.ascontiguousarray(world.user_factors.T)
     item_factor_rows = np.ascontiguousarray(world.item_factors.T)
     activity_grid = np.linspace(0.0, 1.0, len(calendar_of_activity))
+    probe_first_day = (PROBE_FROM - FIRST_DATE).days
+    probe_rate = PROBE_FRACTION / (1.0 - day_cdf[probe_first_day])
+    probe_parts: list[np.ndarray] = []
+    qualifying_parts: list[tuple[np.ndarray, np.ndarray]] = []
     phase("setup")
+
+    def calendar_days(y: np.ndarray) -> np.ndarray:
+        x = np.interp(y, activity_grid, calendar_of_activity)
+        return np.clip(np.searchsorted(day_cdf, x, side="right") - 1, 0, N_DAYS - 1)
+
+    def probe_and_qualifying(chunk_index: int, u: np.ndarray, m: np.ndarray, day: np.ndarray):
+        """Kaggle's probe.txt (training ratings of the last year) and qualifying.txt (pairs NOT rated,
+        dated late in the customer's activity) for one chunk, from a random stream of their own."""
+        side = np.random.default_rng([seed, 5, chunk_index])
+        chunk_keys = (m.astype(np.int64) << _USER_BITS) | u  # sorted: movie-major, customers ascending
+        pick = (day >= probe_first_day) & (side.random(len(u)) < probe_rate)
+        probe = chunk_keys[pick]
+        wanted = int(round(len(u) * QUALIFYING_FRACTION))
+        drawn = 3 * wanted  # about half of the draws hit a rated pair (popular movies, active customers)
+        candidates = (m[side.integers(0, len(u), drawn)].astype(np.int64) << _USER_BITS) | \
+            users[side.integers(0, len(users), drawn)]
+        position = np.minimum(np.searchsorted(chunk_keys, candidates), max(len(chunk_keys) - 1, 0))
+        unrated = _distinct(candidates[chunk_keys[position] != candidates]) if len(chunk_keys) else candidates[:0]
+        if len(unrated) > wanted:
+            unrated = np.sort(side.choice(unrated, wanted, replace=False))
+        who = unrated & ((1 << _USER_BITS) - 1)
+        start, end = world.user_start[who], world.user_end[who]
+        y = end - (end - start) * 0.1 * side.random(len(unrated))
+        return probe, (unrated, calendar_days(y))
 
     def make_chunk(chunk_index: int):
         """Ratings, dates and formatted lines of one chunk of movies (runs in a worker thread)."""
@@ -590,16 +697,22 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         # When: uniform in the user's activity window, then onto the calendar.
         start = world.user_start[u]
         y = start + (world.user_end[u] - start) * rng.random(len(u))
-        x = np.interp(y, activity_grid, calendar_of_activity)
-        day = np.clip(np.searchsorted(day_cdf, x, side="right") - 1, 0, N_DAYS - 1)
+        day = calendar_days(y)
         day_counts = np.bincount(day, minlength=N_DAYS)
+        side = probe_and_qualifying(chunk_index, u, m, day) if kaggle else None
         t1 = time.perf_counter()
         per_movie = _format_movies(movie_counts[m0:m1], u, (rating - 1) * N_DAYS + day, id_lengths, id_text, suffixes)
-        return m0, m1, per_movie, stats, day_counts, (t1 - t0, time.perf_counter() - t1)
+        return m0, m1, per_movie, stats, day_counts, side, (t1 - t0, time.perf_counter() - t1)
 
     n_chunks = len(chunk_bounds) - 1
+    combined_ends = [int(round(end * n_movies / REAL_MOVIES)) for end in KAGGLE_FILE_ENDS] + [n_movies]
     with contextlib.ExitStack() as stack:
-        folder = stack.enter_context(atomic_dir(out_dir / "training_set"))
+        folder = None if kaggle else stack.enter_context(atomic_dir(out_dir / "training_set"))
+        combined_fds = []
+        for number in range(1, len(combined_ends) + 1) if kaggle else ():
+            combined_tmp = stack.enter_context(atomic_file(out_dir / f"combined_data_{number}.txt"))
+            combined_fds.append(os.open(combined_tmp, os.O_WRONLY | os.O_TRUNC))
+            stack.callback(os.close, combined_fds[-1])
         tar_fd = None
         if tar:
             tar_tmp = stack.enter_context(atomic_file(tar_path))
@@ -613,13 +726,16 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
             pending = deque(pool.submit(make_chunk, i) for i in range(min(2, n_chunks)))
             with progress_bar("synth: writing movies", n_movies, "movies") as bar:
                 for chunk_index in range(n_chunks):
-                    m0, m1, per_movie, stats, day_counts, seconds = pending.popleft().result()
+                    m0, m1, per_movie, stats, day_counts, side, seconds = pending.popleft().result()
                     if chunk_index + 2 < n_chunks:
                         pending.append(pool.submit(make_chunk, chunk_index + 2))
                     sq_error += stats[0]
                     expected_var += stats[1]
                     rating_hist += stats[2]
                     day_hist += day_counts
+                    if side is not None:
+                        probe_parts.append(side[0])
+                        qualifying_parts.append(side[1])
                     phases["ratings (threads)"] = round(phases.get("ratings (threads)", 0.0) + seconds[0], 3)
                     phases["format (threads)"] = round(phases.get("format (threads)", 0.0) + seconds[1], 3)
                     phase("wait for chunks")
@@ -627,6 +743,10 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
                         movie_id = m0 + offset + 1
                         name = f"mv_{movie_id:07d}.txt"
                         pieces.insert(0, f"{movie_id}:\n".encode())
+                        if kaggle:  # the movie's block goes into the combined file holding its id range
+                            fd = combined_fds[sum(1 for end in combined_ends[:-1] if movie_id > end)]
+                            bytes_written += _writev_all(fd, pieces)
+                            continue
                         fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                         try:
                             size = _writev_all(fd, pieces)
@@ -648,8 +768,15 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     phase("write")
 
     titles = _titles(n_movies, params, seed)
-    with atomic_file(out_dir / "movie_titles.txt") as tmp:
+    with atomic_file(out_dir / ("movie_titles.csv" if kaggle else "movie_titles.txt")) as tmp:
         tmp.write_bytes(titles)
+    side_counts = {}
+    if kaggle:
+        side_counts = _write_probe_and_qualifying(out_dir, n_movies, probe_parts, qualifying_parts, id_lengths,
+                                                  id_text)
+        with atomic_file(out_dir / "README") as tmp:
+            tmp.write_text(_KAGGLE_README)
+        phase("probe, qualifying")
     item_ids = np.arange(1, n_movies + 1, dtype=np.int32)
     _save_npz(
         out_dir / "oracle.npz",
@@ -692,10 +819,16 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         "oracle_expected_rmse": float(np.sqrt(expected_var / max(n_ratings, 1))),
         "ratings_per_month": month_counts,
         "training_set_bytes": bytes_written,
+        "layout": layout,
         "tar": bool(tar),
-        "files": ["training_set/", "movie_titles.txt", "oracle.npz", "synth.json"]
-        + (["training_set.tar"] if tar else []),
+        **side_counts,
+        "files": (KAGGLE_FILES + ([KAGGLE_ZIP] if zip_archive else []) if kaggle
+                  else ["training_set/", "movie_titles.txt"])
+        + ["oracle.npz", "synth.json"] + (["training_set.tar"] if tar else []),
     }
+    if zip_archive:
+        _write_kaggle_zip(out_dir)
+        phase("zip")
     write_json(out_dir / "synth.json", meta)
     phase("metadata")
     log.info("synth: wrote %d ratings (%d bytes) to %s", n_ratings, bytes_written, out_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flows import local_api
-from tests.flow_support import ROOT, TINY, cli_args, statuses
+from tests.flow_support import ROOT, TINY, cli_args, model_options, statuses
 
 
 def _local_env(home: Path) -> dict:
@@ -75,7 +75,7 @@ def test_main_command_passes_with_every_core_busy(tmp_path):
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     try:
         report = tmp_path / "report.json"
-        params = {"data_dir": str(tmp_path / "data"), **TINY, "epochs": 1}
+        params = {"data_dir": str(tmp_path / "data"), **TINY, **model_options(epochs=1, patience=0)}
         done = subprocess.run([sys.executable, "flows/full.py", *cli_args(params), "--report-json", str(report)],
                               cwd=ROOT, env=_local_env(tmp_path / "prefect-home"), capture_output=True, text=True,
                               timeout=900)

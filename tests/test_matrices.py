@@ -11,11 +11,9 @@ import pytest
 import scipy.sparse as sp
 from split_fixtures import random_rows, read_rows, ts, write_stage1
 
-from recsys_core import matrices as matrices_mod
 from recsys_core.cli import main as cli_main
 from recsys_core.errors import InputError
 from recsys_core.matrices import (
-    DenseIndex,
     build_matrices,
     csr_from_coo,
     load_split,
@@ -126,17 +124,6 @@ def test_csr_builder_equals_scipy_and_rejects_repeats():
         csr_from_coo(np.array([1, 1], np.int32), np.array([2, 2], np.int32), np.ones(2, np.float32), (3, 3))
 
 
-@pytest.mark.parametrize("lookup_limit", [matrices_mod.MAX_LOOKUP_ID, 50])
-def test_dense_index_both_paths(monkeypatch, lookup_limit):
-    monkeypatch.setattr(matrices_mod, "MAX_LOOKUP_ID", lookup_limit)
-    index = DenseIndex([np.array([900, 5, 77], np.int32), np.array([], np.int32), np.array([5, 3], np.int32)])
-    assert index.ids.tolist() == [3, 5, 77, 900]
-    assert index.positions(np.array([900, 3, 77, 4, 10_000], np.int32)).tolist() == [3, 0, 2, -1, -1]
-    out = np.full(3, -9, np.int32)
-    index.positions_into(np.array([77, 3, 900], np.int32), out)
-    assert out.tolist() == [2, 0, 3]
-
-
 def test_round_trip_from_split_stage(tmp_path):
     rows = random_rows(2000, seed=2, n_items=90)
     src = write_stage1(tmp_path / "in", rows)
@@ -172,7 +159,7 @@ def test_leave_one_out_negatives_map_to_columns(tmp_path):
     assert [int(m.user_ids[r]) for r in neg_rows] == sorted(raw)
     for r, cols in zip(neg_rows, neg_items):
         assert [int(m.item_ids[c]) for c in cols] == raw[int(m.user_ids[r])]
-        rated = set(m.train[r].indices) | set(m.test[r].indices)
+        rated = set(m.train[r].indices) | set(m.valid[r].indices) | set(m.test[r].indices)
         assert not rated & set(cols.tolist())
     assert all(m.test[r].nnz == 1 for r in neg_rows)
 

@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 from split_fixtures import random_rows, read_rows, ts, write_stage1
 
-from recsys_core import split as split_mod
 from recsys_core.cli import main as cli_main
 from recsys_core.errors import InputError, RecsysError
 from recsys_core.schema import RATINGS_SCHEMA
@@ -21,6 +20,7 @@ from recsys_core.split import (
     SALT_VALID_TEST,
     hash_unit,
     hash_unit_scalar,
+    reading,
     split,
 )
 
@@ -55,19 +55,6 @@ def test_vectorised_hash_equals_the_plain_python_hash():
         assert fast.tolist() == slow
     assert 0.45 < float((hash_unit(0, 1, users, items) < 0.5).mean()) < 0.55
     assert not np.array_equal(hash_unit(0, 1, users, items), hash_unit(1, 1, users, items))
-
-
-@pytest.mark.parametrize("bitmap_limit", [split_mod.MAX_BITMAP_ID, 100])
-def test_id_set_bitmap_and_sorted_paths(monkeypatch, bitmap_limit):
-    monkeypatch.setattr(split_mod, "MAX_BITMAP_ID", bitmap_limit)
-    ids = split_mod.IdSet()
-    ids.add(np.array([5, 90, 5], np.int32))
-    ids.add(np.array([3000, 7], np.int32))
-    ids.add(np.array([], np.int32))
-    assert len(ids) == 4
-    assert ids.contains(np.array([5, 7, 90, 3000, 6, 4000, -5], np.int32)).tolist() == [True] * 4 + [False] * 3
-    ids.add(np.array([-2], np.int32))  # a negative id switches to the sorted path
-    assert ids.contains(np.array([-2, 5, -5], np.int32)).tolist() == [True, True, False] and len(ids) == 5
 
 
 # ------------------------------------------------------------------------------------------- netflix-time
@@ -131,7 +118,7 @@ def reference_time_split(rows, train_start, train_end, test_start, test_end, see
 
 @pytest.mark.parametrize("seed", [0, 11])
 def test_netflix_time_equals_reference_row_for_row(tmp_path, monkeypatch, seed):
-    monkeypatch.setattr(split_mod, "READ_BATCH_ROWS", 257)  # many batches, partial row groups
+    monkeypatch.setattr(reading, "READ_BATCH_ROWS", 257)  # many batches, partial row groups
     rows = random_rows(2400, seed=seed)
     src = write_stage1(tmp_path / "in", rows, row_group_size=700)
     stats = split(src, tmp_path / "out", "netflix-time", seed=seed)
@@ -170,13 +157,18 @@ def test_paper_split_dates():
 
 PROTOCOL_CASES = [
     ("netflix-time", {"seed": 2}),
+    ("netflix-time", {"seed": 2, "valid_share": 0.0}),
     ("time", {"train_start": "2004-01-01", "train_end": "2005-06-30", "test_start": "2005-07-01",
               "test_end": "2005-12-31", "seed": 2}),
+    ("time", {"train_start": "2004-01-01", "train_end": "2005-06-30", "test_start": "2005-07-01",
+              "test_end": "2005-12-31", "valid_share": 0.3}),
     ("time", {"quantile": 0.8, "seed": 2}),
-    ("leave-one-out", {"valid": True, "negatives": 5, "seed": 2}),
-    ("leave-one-out", {"negatives": 0, "min_interactions": 4}),
+    ("time", {"quantile": 0.8, "valid_share": 0.5, "seed": 2}),
+    ("leave-one-out", {"negatives": 5, "seed": 2}),
+    ("leave-one-out", {"valid": False, "negatives": 0, "min_interactions": 4}),
+    ("random", {"seed": 2}),
     ("random", {"fraction": 0.2, "valid_fraction": 0.1, "seed": 2}),
-    ("random", {"fraction": 0.2, "keep_unseen": True}),
+    ("random", {"fraction": 0.2, "valid_fraction": 0.0, "keep_unseen": True}),
 ]
 
 
@@ -196,6 +188,9 @@ def test_invariants_of_every_protocol(tmp_path, protocol, options):
             assert s[p]["ratings"] == len(got[p])
             assert s[p]["users"] == len({r[0] for r in got[p]})
             assert_ratings_schema(pq.read_schema(folder / f"{p}.parquet"))
+        # every protocol validates by default; an explicit 0 / False turns it off
+        off = options.get("valid_share") == 0.0 or options.get("valid_fraction") == 0.0 or options.get("valid") is False
+        assert (s["valid"]["ratings"] == 0) == off, s["valid"]
         train_users = {r[0] for r in got["train"]}
         train_items = {r[1] for r in got["train"]}
         held = got["valid"] + got["test"]
@@ -205,34 +200,44 @@ def test_invariants_of_every_protocol(tmp_path, protocol, options):
             assert {r[0] for r in held} <= train_users and {r[1] for r in held} <= train_items
             if "quantile" in cfg:
                 cut = dt.datetime.fromisoformat(cfg["cut"])
-                assert all(r[3] < cut for r in got["train"]) and all(r[3] >= cut for r in held)
-                in_test = [r for r in all_rows if r[3] >= cut]
+                low = dt.datetime.fromisoformat(cfg.get("valid_cut", cfg["cut"]))
+                assert all(r[3] < low for r in got["train"]) and all(r[3] >= cut for r in got["test"])
+                assert all(low <= r[3] < cut for r in got["valid"]) if "valid_cut" in cfg else True
+                in_heldout = [r for r in all_rows if r[3] >= low]
             else:
                 assert all(cfg["train_start"] <= day(r) <= cfg["train_end"] for r in got["train"])
-                assert all(cfg["test_start"] <= day(r) <= cfg["test_end"] for r in held)
-                in_test = [r for r in all_rows if cfg["test_start"] <= day(r) <= cfg["test_end"]]
+                assert all(cfg["test_start"] <= day(r) <= cfg["test_end"] for r in got["test"])
+                first_held = cfg.get("valid_start", cfg["test_start"])
+                assert all(first_held <= day(r) <= cfg.get("valid_end", cfg["test_end"]) for r in got["valid"])
+                in_heldout = [r for r in all_rows if cfg["test_start"] <= day(r) <= cfg["test_end"]
+                              or "valid_start" in cfg and cfg["valid_start"] <= day(r) <= cfg["valid_end"]]
             dropped = s["dropped"]
             assert len(held) + dropped["heldout_ratings_of_users_not_in_train"] + \
-                dropped["heldout_ratings_of_items_not_in_train"] == len(in_test)
+                dropped["heldout_ratings_of_items_not_in_train"] == len(in_heldout)
         elif protocol == "leave-one-out":
             assert len(got["train"]) + len(held) == len(all_rows)
             assert {r[0] for r in held} <= train_users
             assert len({r[0] for r in got["test"]}) == len(got["test"])  # one test rating per user
+            assert {r[0] for r in got["valid"]} <= {r[0] for r in got["test"]}
+            assert len({r[0] for r in got["valid"]}) == len(got["valid"])
             counts = {}
             for r in all_rows:
                 counts[r[0]] = counts.get(r[0], 0) + 1
             min_interactions = json.loads((folder / "split.json").read_text())["min_interactions"]
+            assert min_interactions == options.get("min_interactions", 3 if options.get("valid", True) else 2)
             short = [u for u, c in counts.items() if c < min_interactions]
             assert s["train_only_users"] == len(short)
             assert len(got["test"]) == len(counts) - len(short)
+            if options.get("valid", True):
+                assert len(got["valid"]) == len(got["test"])  # the second-latest of every test user
         else:
             dropped = s["dropped"]
             assert len(got["train"]) + len(held) + dropped["heldout_ratings_of_users_not_in_train"] + \
                 dropped["heldout_ratings_of_items_not_in_train"] == len(all_rows)
             if not options.get("keep_unseen"):
                 assert {r[0] for r in held} <= train_users and {r[1] for r in held} <= train_items
-            share = len(got["test"]) / len(all_rows)
-            assert abs(share - options["fraction"]) < 0.05
+            assert abs(len(got["test"]) / len(all_rows) - options.get("fraction", 0.1)) < 0.05
+            assert abs(len(got["valid"]) / len(all_rows) - options.get("valid_fraction", 0.05)) < 0.03
 
 
 # ------------------------------------------------------------------------------------------- time, random
@@ -247,6 +252,84 @@ def test_time_quantile_cut(tmp_path):
     assert len(got["train"]) == 74  # 'lower' quantile of 100 distinct days is the 75th: 74 before it
     assert got["valid"] == [] and stats["time"]["valid"]["ratings"] == 0
     assert max(r[3] for r in got["train"]) < min(r[3] for r in got["test"])
+
+
+def reference_mirrored_time_split(rows, train_start, train_end, test_start, test_end):
+    """time's default, row by row: valid = the last days of the train range, as many as the test period has."""
+    def day(row):
+        return row[3].astimezone(dt.timezone.utc).date()
+
+    valid_start = train_end - (test_end - test_start)
+    train = [r for r in rows if train_start <= day(r) < valid_start]
+    users, items = {r[0] for r in train}, {r[1] for r in train}
+    kept = [r for r in rows if r[0] in users and r[1] in items]
+    return {"train": sorted(train),
+            "valid": sorted(r for r in kept if valid_start <= day(r) <= train_end),
+            "test": sorted(r for r in kept if test_start <= day(r) <= test_end)}
+
+
+def test_time_valid_mirrors_the_test_period_by_dates(tmp_path, monkeypatch):
+    monkeypatch.setattr(reading, "READ_BATCH_ROWS", 301)
+    rows = random_rows(2400, seed=12)
+    src = write_stage1(tmp_path / "in", rows, row_group_size=700)
+    d = dt.date.fromisoformat
+    stats = split(src, tmp_path / "out", "time", train_start="2004-01-01", train_end="2005-10-31",
+                  test_start="2005-11-01", test_end="2005-12-31")["time"]
+    expected = reference_mirrored_time_split(rows, d("2004-01-01"), d("2005-10-31"), d("2005-11-01"), d("2005-12-31"))
+    got = parts_of(tmp_path / "out" / "time")
+    assert got == expected and len(got["valid"]) > 50 and len(got["test"]) > 50
+    cfg = json.loads((tmp_path / "out" / "time" / "split.json").read_text())
+    # the test period has 61 days: valid is the last 61 days of the train range
+    assert (cfg["train_end"], cfg["valid_start"], cfg["valid_end"]) == ("2005-08-31", "2005-09-01", "2005-10-31")
+    assert cfg["valid"] == "period before test" and "valid_share" not in cfg
+    assert stats["valid"]["ratings"] == len(expected["valid"]) and stats["valid"]["first_date"] >= "2005-09-01"
+
+
+def test_time_valid_mirrors_the_test_share_by_quantile(tmp_path):
+    # one rating a day for 100 days; a Latin square of (user, item) so that train holds every user and item
+    rows = [((k // 10 + k % 10) % 10 + 1, k % 10 + 1, 3.0, ts(dt.date(2003, 1, 1) + dt.timedelta(days=k)))
+            for k in range(100)]
+    src = write_stage1(tmp_path / "in", rows)
+    stats = split(src, tmp_path / "out", "time", quantile=0.8)["time"]
+    got = parts_of(tmp_path / "out" / "time")
+    # the 'lower' 0.6 and 0.8 quantiles of 100 days are days 59 and 79: train days 0..58, valid 59..78, test 79..99
+    day = lambda r: (r[3].date() - dt.date(2003, 1, 1)).days  # noqa: E731
+    assert sorted(map(day, got["train"])) == list(range(59))
+    assert sorted(map(day, got["valid"])) == list(range(59, 79))
+    assert sorted(map(day, got["test"])) == list(range(79, 100))
+    assert stats["valid"]["ratings"] == 20 and stats["dropped"] == {
+        "heldout_ratings_of_users_not_in_train": 0, "heldout_ratings_of_items_not_in_train": 0}
+    cfg = json.loads((tmp_path / "out" / "time" / "split.json").read_text())
+    assert (cfg["valid_cut"], cfg["cut"]) == ("2003-03-01T00:00:00+00:00", "2003-03-21T00:00:00+00:00")
+
+
+def test_time_valid_options_and_errors(tmp_path):
+    src = write_stage1(tmp_path / "in", random_rows(600, seed=2))
+    dates = {"train_start": "2005-11-01", "train_end": "2005-11-20", "test_start": "2005-11-21",
+             "test_end": "2005-12-31"}
+    with pytest.raises(RecsysError, match=r"train range 2005-11-01..2005-11-20 is too short to give its last 41 days"):
+        split(src, tmp_path / "out", "time", **dates)
+    with pytest.raises(RecsysError, match="needs a quantile above 0.5"):
+        split(src, tmp_path / "out", "time", quantile=0.5)
+    assert not (tmp_path / "out").exists()
+    # valid_share: the paper's rule (a share of the test period); 0: no valid set, train keeps its whole range
+    stats = split(src, tmp_path / "out", "time", **dates, valid_share=0.0)["time"]
+    assert stats["valid"]["ratings"] == 0
+    assert json.loads((tmp_path / "out" / "time" / "split.json").read_text())["train_end"] == "2005-11-20"
+
+
+def test_random_test_part_does_not_depend_on_valid_fraction(tmp_path):
+    rows = random_rows(2000, seed=6, n_items=30)
+    src = write_stage1(tmp_path / "in", rows)
+    split(src, tmp_path / "a", "random", seed=3)  # default: fraction 0.1, valid_fraction 0.05
+    split(src, tmp_path / "b", "random", seed=3, valid_fraction=0.0)
+    split(src, tmp_path / "c", "random", seed=3, valid_fraction=0.2)
+    a, b, c = (parts_of(tmp_path / x / "random") for x in "abc")
+    assert a["test"] == b["test"] == c["test"]
+    assert b["valid"] == [] and set(a["valid"]) < set(c["valid"])
+    assert set(a["train"]) == set(b["train"]) - set(a["valid"])
+    u = [hash_unit_scalar(3, 2, r[0], r[1]) for r in a["valid"]]
+    assert all(0.1 <= x < 0.15 for x in u)
 
 
 def test_random_is_reproducible_and_order_free(tmp_path):
@@ -268,7 +351,7 @@ def test_leave_one_out_known_case(tmp_path):
         (3, 6, 5.0, ts("2005-03-01")),                                  # one rating: train only
     ]
     src = write_stage1(tmp_path / "in", rows, items=[5, 6, 7, 8, 9, 10, 11])
-    stats = split(src, tmp_path / "out", "leave-one-out", valid=True, negatives=1, seed=4)["leave-one-out"]
+    stats = split(src, tmp_path / "out", "leave-one-out", negatives=1, seed=4)["leave-one-out"]  # valid by default
     got = parts_of(tmp_path / "out" / "leave-one-out")
     assert [r[:2] for r in got["test"]] == [(1, 7)]
     assert [r[:2] for r in got["valid"]] == [(1, 6)]
@@ -278,8 +361,8 @@ def test_leave_one_out_known_case(tmp_path):
     # the rated items are 5..9; user 1 rated 5, 6, 7, 8 -> only item 9 is free (10, 11 are never rated)
     assert negatives == [{"user_id": 1, "negatives": [9]}]
     assert stats["users_without_room_for_negatives"] == 0
-    # 2 negatives: user 1 rated 4 of the 5 rated items, too few left to sample from -> train only, counted
-    stats = split(src, tmp_path / "out2", "leave-one-out", negatives=2, seed=4)["leave-one-out"]
+    # without valid, 2 negatives: user 1 rated 4 of the 5 rated items, too few left to sample from -> train only
+    stats = split(src, tmp_path / "out2", "leave-one-out", valid=False, negatives=2, seed=4)["leave-one-out"]
     got = parts_of(tmp_path / "out2" / "leave-one-out")
     assert [r[:2] for r in got["test"]] == [(2, 9)]
     assert [r[:2] for r in got["train"]] == [(1, 5), (1, 6), (1, 7), (1, 8), (2, 5), (3, 6)]
@@ -289,9 +372,9 @@ def test_leave_one_out_known_case(tmp_path):
     assert [row["user_id"] for row in negatives] == [2]
     drawn = negatives[0]["negatives"]  # user 2 rated 5 and 9: two distinct of 6, 7, 8
     assert len(set(drawn)) == 2 and set(drawn) <= {6, 7, 8}
-    # with --valid no user has both 3 ratings and room for 2 negatives: an empty test part is an error
+    # with valid no user has both 3 ratings and room for 2 negatives: an empty test part is an error
     with pytest.raises(RecsysError, match="empty test part"):
-        split(src, tmp_path / "out3", "leave-one-out", valid=True, negatives=2, seed=4)
+        split(src, tmp_path / "out3", "leave-one-out", negatives=2, seed=4)
     assert not (tmp_path / "out3").exists()
 
 
@@ -399,6 +482,10 @@ def test_cli_runs_and_reports_errors_in_one_sentence(tmp_path, capsys):
                      "--seed", "4"]) == 0
     out = capsys.readouterr().out
     assert "| | NF | N3M |" in out and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["N3M", "NF"]
+    assert cli_main(["split", str(src), str(tmp_path / "out"), "--protocol", "leave-one-out", "--no-valid",
+                     "--negatives", "3"]) == 0
+    assert json.loads((tmp_path / "out" / "leave-one-out" / "stats.json").read_text())["valid"]["ratings"] == 0
+    capsys.readouterr()
     assert cli_main(["split", str(src), str(tmp_path / "out"), "--protocol", "random", "--valid"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: option --valid does not apply to --protocol random"
@@ -411,6 +498,6 @@ def test_cli_help_explains_every_option(capsys):
         cli_main(["split", "--help"])
     text = capsys.readouterr().out
     for flag in ("--protocol", "--seed", "--splits", "--valid-share", "--train-start", "--train-end", "--test-start",
-                 "--test-end", "--quantile", "--valid", "--negatives", "--min-interactions", "--fraction",
+                 "--test-end", "--quantile", "--valid", "--no-valid", "--negatives", "--min-interactions", "--fraction",
                  "--valid-fraction", "--keep-unseen"):
         assert flag in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,105 @@ def test_cli_help_run_and_errors(tmp_path, capsys):
         load_oracle(tmp_path / "bad")
     with pytest.raises(RecsysError, match="synth.json"):
         synth.read_synth_meta(tmp_path / "bad")
+
+
+# ------------------------------------------------------------------------------------------------
+# The Kaggle layout: the same ratings, written as combined_data_1..4.txt (+ probe, qualifying, zip).
+
+PROBE_LINE = re.compile(rb"[1-9][0-9]{0,6}")
+QUALIFYING_LINE = re.compile(rb"([1-9][0-9]{0,6}),(\d{4}-\d{2}-\d{2})")
+
+
+def parse_blocks(data: bytes, line: re.Pattern) -> dict[int, list[re.Match]]:
+    """``<movie>:`` blocks of probe.txt / qualifying.txt, every line checked against ``line``."""
+    blocks: dict[int, list] = {}
+    current = None
+    for text in data.split(b"\n")[:-1]:
+        if text.endswith(b":"):
+            current = int(text[:-1])
+            assert current not in blocks
+            blocks[current] = []
+        else:
+            match = line.fullmatch(text)
+            assert match and current is not None, text
+            blocks[current].append(match)
+    return blocks
+
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "kaggle"
+    meta = generate_netflix(out, scale=SCALE, seed=7, layout="kaggle", zip_archive=True)
+    return out, meta
+
+
+def test_kaggle_layout_holds_the_same_ratings_as_the_per_movie_files(generated, kaggle):
+    (per_movie, meta), (out, kaggle_meta) = generated, kaggle
+    names = ["combined_data_1.txt", "combined_data_2.txt", "combined_data_3.txt", "combined_data_4.txt",
+             "movie_titles.csv", "probe.txt", "qualifying.txt", "README", "netflix-prize-data.zip", "oracle.npz",
+             "synth.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert kaggle_meta["layout"] == "kaggle" and meta["layout"] == "netflix"
+    for key in ("ratings", "rating_counts", "ratings_per_month", "oracle_rmse", "training_set_bytes"):
+        assert kaggle_meta[key] == meta[key], key
+    movie_files = sorted((per_movie / "training_set").iterdir())
+    combined = [(out / f"combined_data_{n}.txt").read_bytes() for n in range(1, 5)]
+    assert b"".join(combined) == b"".join(p.read_bytes() for p in movie_files)  # the files, one after the other
+    # each file holds the real set's share of the movie ids (real: 1-4499, 4500-9210, 9211-13367, 13368-17770)
+    firsts = [int(block.split(b":", 1)[0]) for block in combined]
+    n = meta["movies"]
+    assert firsts == [1] + [round(end * n / 17_770) + 1 for end in (4_499, 9_210, 13_367)]
+    assert (out / "movie_titles.csv").read_bytes() == (per_movie / "movie_titles.txt").read_bytes()
+    assert (out / "oracle.npz").read_bytes() == (per_movie / "oracle.npz").read_bytes()
+
+
+def test_kaggle_probe_and_qualifying_in_their_real_formats(parsed, kaggle):
+    out, meta = kaggle
+    _, users, movies, _, days = parsed
+    rated = {(int(m), int(u)): d for m, u, d in zip(movies, users, days)}
+    probe = parse_blocks((out / "probe.txt").read_bytes(), PROBE_LINE)
+    pairs = [(movie, int(match.group())) for movie, lines in probe.items() for match in lines]
+    assert len(pairs) == meta["probe_ratings"] == len(set(pairs))
+    assert abs(len(pairs) - 0.014 * meta["ratings"]) < 0.003 * meta["ratings"]
+    assert all(pair in rated and rated[pair] >= dt.date(2005, 1, 1) for pair in pairs)  # recent training ratings
+    qualifying = parse_blocks((out / "qualifying.txt").read_bytes(), QUALIFYING_LINE)
+    triples = [(movie, int(m.group(1)), dt.date.fromisoformat(m.group(2).decode()))
+               for movie, lines in qualifying.items() for m in lines]
+    assert len(triples) == meta["qualifying_pairs"] == len({t[:2] for t in triples})
+    assert abs(len(triples) - 0.028 * meta["ratings"]) < 0.003 * meta["ratings"]
+    assert not any(t[:2] in rated for t in triples)  # pairs without a rating in the data
+    assert set(t[0] for t in triples) <= set(range(1, meta["movies"] + 1))
+    assert all(dt.date(1999, 11, 11) <= t[2] <= dt.date(2005, 12, 31) for t in triples)
+    assert np.mean([t[2] >= dt.date(2005, 1, 1) for t in triples]) > 0.5  # dated late, as the real ones
+    for blocks in (probe, qualifying):  # movies ascending, customers ascending inside each
+        assert list(blocks) == sorted(blocks)
+        for lines in blocks.values():
+            ids = [int(m.group(1) if m.re is QUALIFYING_LINE else m.group()) for m in lines]
+            assert ids == sorted(ids)
+
+
+def test_kaggle_zip_and_repeatability(kaggle, tmp_path):
+    out, _ = kaggle
+    with zipfile.ZipFile(out / "netflix-prize-data.zip") as archive:
+        assert archive.testzip() is None
+        infos = archive.infolist()
+        assert [i.filename for i in infos] == synth.KAGGLE_FILES
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
+        for info in infos:
+            assert archive.read(info) == (out / info.filename).read_bytes()
+    again = tmp_path / "again"
+    generate_netflix(again, scale=SCALE, seed=7, layout="kaggle", zip_archive=True)
+    assert all_files(again) == all_files(out)
+
+
+def test_kaggle_options_and_cli(tmp_path, capsys):
+    with pytest.raises(RecsysError, match="layout must be one of netflix, kaggle"):
+        generate_netflix(tmp_path / "a", scale=0.0005, layout="zip")
+    with pytest.raises(RecsysError, match="use it with --layout kaggle"):
+        generate_netflix(tmp_path / "a", scale=0.0005, zip_archive=True)
+    with pytest.raises(RecsysError, match="the kaggle layout's archive is --zip"):
+        generate_netflix(tmp_path / "a", scale=0.0005, tar=True, layout="kaggle")
+    assert cli_main(["synth", str(tmp_path / "k"), "--scale", "0.0005", "--layout", "kaggle", "--zip"]) == 0
+    assert (tmp_path / "k" / "netflix-prize-data.zip").is_file() and not (tmp_path / "k" / "training_set").exists()
+    assert cli_main(["synth", str(tmp_path / "t"), "--scale", "0.0005", "--tar", "--layout", "kaggle"]) == 2
+    assert "--zip" in capsys.readouterr().err

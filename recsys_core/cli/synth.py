@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add(subparsers, name: str, summary: str) -> None:
-    from recsys_core.synth import MAX_SCALE, MIN_SCALE
+    from recsys_core.synth import KAGGLE_ZIP, LAYOUTS, MAX_SCALE, MIN_SCALE
 
     parser = subparsers.add_parser(
         name,
@@ -16,7 +16,9 @@ def add(subparsers, name: str, summary: str) -> None:
             "plus OUT/oracle.npz (the generating model: biases and factors) and OUT/synth.json "
             "(parameters and counts). Ratings follow mean + user bias + item bias + low-rank product + "
             "Gaussian noise, rounded and clipped to 1..5; dates span 1999-11-11..2005-12-31 and grow "
-            "toward 2005 like the real data."
+            "toward 2005 like the real data. --layout kaggle writes the same ratings in the layout of the Kaggle "
+            "'Netflix Prize data' set instead: OUT/combined_data_1.txt .. combined_data_4.txt (the movies' "
+            "blocks one after the other), OUT/movie_titles.csv, OUT/probe.txt, OUT/qualifying.txt, OUT/README."
         ),
     )
     parser.add_argument("out", metavar="OUT", help="output folder (created; files in it are replaced atomically)")
@@ -38,13 +40,24 @@ def add(subparsers, name: str, summary: str) -> None:
         "--tar", action="store_true",
         help="also write OUT/training_set.tar with members training_set/mv_0000001.txt ..., as distributed",
     )
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default="netflix",
+        help="netflix: the Prize distribution's per-movie files; kaggle: the Kaggle set's combined_data_*.txt "
+             "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--zip", action="store_true",
+        help=f"with --layout kaggle: also write OUT/{KAGGLE_ZIP}, the layout's files in one zip archive, as "
+             "downloaded from Kaggle",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from recsys_core.synth import generate_netflix
 
-    meta = generate_netflix(args.out, scale=args.scale, seed=args.seed, tar=args.tar)
+    meta = generate_netflix(args.out, scale=args.scale, seed=args.seed, tar=args.tar, layout=args.layout,
+                            zip_archive=args.zip)
     print(
         f"wrote {meta['ratings']:,} ratings of {meta['customers']:,} customers on {meta['movies']:,} movies "
         f"({meta['first_date']} .. {meta['last_date']}) to {args.out}; oracle RMSE {meta['oracle_rmse']:.4f}"

@@ -20,8 +20,10 @@ from recsys_core.convert.common import (
     RatingScale,
     RatingsSink,
     Timings,
+    describe_os_error,
     write_meta,
 )
+from recsys_core.convert.kaggle import convert_kaggle, find_kaggle, kaggle_input_bytes
 from recsys_core.convert.movielens import convert_movielens, find_format
 from recsys_core.convert.netflix import DEFAULT_BATCH_MB, convert_netflix, find_input
 from recsys_core.errors import RecsysError
@@ -30,7 +32,8 @@ from recsys_core.io import atomic_dir
 log = logging.getLogger("recsys_core")
 
 RECOGNISED = ("a Netflix Prize folder (training_set/ + movie_titles.txt), a training_set/ folder, training_set.tar, "
-              "nf_prize_dataset.tar.gz, or a MovieLens folder (u.data, ratings.dat or ratings.csv)")
+              "nf_prize_dataset.tar.gz, the Kaggle 'Netflix Prize data' folder (combined_data_1..4.txt + "
+              "movie_titles.csv) or its zip archive, or a MovieLens folder (u.data, ratings.dat or ratings.csv)")
 
 
 @dataclass
@@ -49,7 +52,9 @@ class ConversionReport:
                 f"MB/s); phases (thread seconds): {phases}; peak RSS {self.peak_rss_mb:.0f} MB")
 
 
-def _input_bytes(src: Path) -> int:
+def _input_bytes(src: Path, netflix) -> int:
+    if netflix is not None and netflix.kind.startswith("kaggle"):
+        return kaggle_input_bytes(netflix.path)
     if src.is_file():
         return src.stat().st_size
     folder = src / "training_set" if (src / "training_set").is_dir() else src
@@ -76,7 +81,7 @@ def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = D
         raise RecsysError(f"{src} does not exist; expected {RECOGNISED}")
     if compression not in COMPRESSIONS:
         raise RecsysError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
-    netflix = find_input(src)
+    netflix = find_input(src) or find_kaggle(src)
     movielens = None if netflix else find_format(src)
     if netflix is None and movielens is None:
         raise RecsysError(f"{src} is not a recognised data set; expected {RECOGNISED}")
@@ -85,27 +90,45 @@ def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = D
     timings = Timings()
     start = time.perf_counter()
     try:
+        # A convert killed for real (SIGKILL) leaves its temporary folder; atomic_dir removes those of dead
+        # writers first (about 1 GB each at full scale), never that of a conversion still running.
         with atomic_dir(out_dir) as tmp:
-            sink = RatingsSink(tmp / "ratings.parquet", compression)
+            sink = RatingsSink(tmp / "ratings.parquet", compression, label=out_dir / "ratings.parquet")
             try:
-                if netflix is not None:
+                if netflix is not None and netflix.kind.startswith("kaggle"):
+                    log.info("converting Netflix (%s layout) %s into %s", netflix.kind, netflix.path, out_dir)
+                    catalog = convert_kaggle(netflix.path, tmp, sink, timings, batch_mb, label_dir=out_dir)
+                elif netflix is not None:
                     log.info("converting Netflix %s %s into %s", netflix.kind, netflix.path, out_dir)
-                    catalog = convert_netflix(netflix, tmp, sink, timings, batch_mb)
+                    catalog = convert_netflix(netflix, tmp, sink, timings, batch_mb, label_dir=out_dir)
                 else:
                     log.info("converting %s %s into %s", movielens.source, src, out_dir)
-                    catalog = convert_movielens(src, movielens, tmp, sink, timings)
+                    catalog = convert_movielens(src, movielens, tmp, sink, timings, label_dir=out_dir)
             finally:
                 sink.close()
             meta = write_meta(tmp, "netflix" if netflix else movielens.source, sink, catalog,
-                              _scale(netflix, movielens))
+                              _scale(netflix, movielens), label=out_dir / "meta.json")
     except OSError as err:  # unreadable input, full disk, ...: the user's environment, one sentence
-        raise RecsysError(f"{err.filename or src}: {err.strerror or err} (nothing was written to {out_dir})") from err
+        raise _environment_error(err, out_dir) from err
     timings.wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = ConversionReport(meta, timings, _input_bytes(netflix.path if netflix else src / movielens.ratings_name),
-                              peak)
+    report = ConversionReport(meta, timings,
+                              _input_bytes(netflix.path if netflix else src / movielens.ratings_name, netflix), peak)
     log.info("converted %s into %s: %s", src, out_dir, report.summary())
     return report
+
+
+def _environment_error(err: OSError, out_dir: Path) -> RecsysError:
+    """Name the side that failed: an input that could not be read, or the output folder that could not
+    be written (creating the temporary folder, renaming it into place; the files inside it name
+    themselves, see ``common.writing``)."""
+    names = [Path(name) for name in (err.filename, err.filename2) if name is not None]
+    parent = out_dir.resolve().parent
+    if not names or any(path.resolve().parent == parent and path.name.startswith(f".{out_dir.name}.")
+                        for path in names) or any(path.resolve() == out_dir.resolve() for path in names):
+        return RecsysError(f"could not write {out_dir}: {describe_os_error(err)}; the previous output, if any, "
+                           "is unchanged")
+    return RecsysError(f"{names[0]}: {describe_os_error(err)} (nothing was written to {out_dir})")
 
 
 def _scale(netflix, movielens) -> RatingScale:

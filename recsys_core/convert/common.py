@@ -3,8 +3,10 @@ running statistics, the catalogue writer, meta.json, and checks of text files.""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import os
 import re
 import threading
 import time
@@ -15,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_core.errors import InputError
+from recsys_core.errors import InputError, RecsysError
+from recsys_core.idset import IdSet
 from recsys_core.io import write_json
 from recsys_core.schema import ITEMS_SCHEMA, RATINGS_SCHEMA
 
@@ -27,14 +30,24 @@ COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
 # snappy/lz4 gain nothing over "none" once the dictionary encoding has done its work.
 DEFAULT_COMPRESSION = "zstd"
 
-# The largest raw user id tracked with a dense bitmap (one byte each); larger ids fall back to sets.
-_DENSE_ID_LIMIT = 1 << 27
 # Rows per Parquet row group at most (a Netflix batch of 128 MB is ~6.5M rows, one group).
 _ROW_GROUP_ROWS = 1 << 23
+
+# The period a rating's date must lie in (UTC). The Netflix Prize's dates are 1999-2005, MovieLens' 1995-2023;
+# a date before the Unix epoch or after 2099 is a corrupted field (0001-01-01, 9999-12-31, a timestamp in
+# milliseconds), refused with its line rather than stored, where it would stretch every time split.
+FIRST_DAY = dt.date(1970, 1, 1)
+LAST_DAY = dt.date(2099, 12, 31)
+PERIOD = f"{FIRST_DAY.isoformat()}..{LAST_DAY.isoformat()}"
+FIRST_SECOND = 0
+END_SECOND = int(dt.datetime(LAST_DAY.year + 1, 1, 1, tzinfo=dt.timezone.utc).timestamp())  # exclusive
+END_DAY = END_SECOND // 86400  # days since the epoch, exclusive
+UTF8_BOM = b"\xef\xbb\xbf"
 
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")
 # Bytes that never occur in a text file: C0 controls except tab, line feed and carriage return.
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -72,58 +85,29 @@ class Timings:
         return {k: round(getattr(self, k), 3) for k in ("read", "parse", "validate", "write", "wall")}
 
 
-class DistinctIds:
-    """Counts distinct non-negative int32 ids seen over many batches (dense bitmap, set beyond)."""
-
-    def __init__(self) -> None:
-        self._seen = np.zeros(1 << 16, dtype=bool)
-        self._sparse: set[int] | None = None
-
-    def add(self, ids: np.ndarray) -> None:
-        if len(ids) == 0:
-            return
-        top = int(ids.max())
-        if self._sparse is None and top >= _DENSE_ID_LIMIT:
-            self._sparse = set(np.flatnonzero(self._seen).tolist())
-        if self._sparse is not None:
-            self._sparse.update(np.unique(ids).tolist())
-            return
-        if top >= len(self._seen):
-            grown = np.zeros(max(top + 1, 2 * len(self._seen)), dtype=bool)
-            grown[: len(self._seen)] = self._seen
-            self._seen = grown
-        self._seen[ids] = True
-
-    def values(self) -> np.ndarray:
-        """The distinct ids, sorted."""
-        if self._sparse is not None:
-            return np.array(sorted(self._sparse), dtype=np.int64)
-        return np.flatnonzero(self._seen)
-
-    def count(self) -> int:
-        return len(self._sparse) if self._sparse is not None else int(np.count_nonzero(self._seen))
-
-
 class RatingsSink:
     """Streams ratings tables (RATINGS_SCHEMA) into one Parquet file, one row group per table,
     and keeps what meta.json needs: counts, distinct users and items, date range."""
 
-    def __init__(self, path: Path, compression: str = DEFAULT_COMPRESSION):
+    def __init__(self, path: Path, compression: str = DEFAULT_COMPRESSION, label: str | Path | None = None):
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
         self.path = path
-        self._writer = pq.ParquetWriter(path, RATINGS_SCHEMA, compression=compression, use_dictionary=True,
-                                        compression_level=1 if compression == "zstd" else None)
+        self.label = label or path  # how messages name the file (its final name, not the temporary's)
+        with writing(self.label):
+            self._writer = pq.ParquetWriter(path, RATINGS_SCHEMA, compression=compression, use_dictionary=True,
+                                            compression_level=1 if compression == "zstd" else None)
         self.ratings = 0
-        self.users = DistinctIds()
-        self.items = DistinctIds()
+        self.users = IdSet()
+        self.items = IdSet()
         self.first_second: int | None = None
         self.last_second: int | None = None
 
     def write(self, table: pa.Table, timings: Timings | None = None) -> None:
         start = time.perf_counter()
         if table.num_rows:
-            self._writer.write_table(table, row_group_size=_ROW_GROUP_ROWS)
+            with writing(self.label):
+                self._writer.write_table(table, row_group_size=_ROW_GROUP_ROWS)
             self.ratings += table.num_rows
             self.users.add(table.column("user_id").to_numpy())
             self.items.add(table.column("item_id").to_numpy())
@@ -135,7 +119,26 @@ class RatingsSink:
             timings.add("write", time.perf_counter() - start)
 
     def close(self) -> None:
-        self._writer.close()
+        with writing(self.label):
+            self._writer.close()
+
+
+def describe_os_error(err: OSError) -> str:
+    """The reason of an OSError in words (pyarrow's own errors carry the errno only in their text)."""
+    if err.errno:
+        return os.strerror(err.errno)
+    return str(err).split(". Detail:")[-1].strip() or type(err).__name__
+
+
+@contextlib.contextmanager
+def writing(dest: str | Path):
+    """Turn an OSError raised while writing ``dest`` (full disk, quota, read-only or vanished folder)
+    into one sentence naming ``dest``, the OUTPUT, not whatever input was being read at the time."""
+    try:
+        yield
+    except OSError as err:
+        raise RecsysError(f"could not write {dest}: {describe_os_error(err)}; the previous output, if any, "
+                          "is unchanged") from None
 
 
 def ratings_table(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarray, seconds: np.ndarray) -> pa.Table:
@@ -152,7 +155,8 @@ def ratings_table(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarra
 
 
 def write_catalogue(path: Path, item_ids: list[int], titles: list[str | None], years: list[int | None],
-                    genres: list[list[str] | None], rated_ids: np.ndarray, titles_label: str) -> int:
+                    genres: list[list[str] | None], rated_ids: np.ndarray, titles_label: str,
+                    label: str | Path | None = None) -> int:
     """Write ITEMS_SCHEMA sorted by id; rated items the catalogue lacks are added without a title
     (with a warning) so that every rated item has a row. Returns the number of rows."""
     missing = sorted(set(rated_ids.tolist()) - set(item_ids))
@@ -171,7 +175,8 @@ def write_catalogue(path: Path, item_ids: list[int], titles: list[str | None], y
         ],
         schema=ITEMS_SCHEMA,
     )
-    pq.write_table(table, path, compression="zstd")
+    with writing(label or path):
+        pq.write_table(table, path, compression="zstd")
     return table.num_rows
 
 
@@ -181,13 +186,14 @@ def _date_of(second: int | None) -> str | None:
     return dt.datetime.fromtimestamp(second, tz=dt.timezone.utc).date().isoformat()
 
 
-def write_meta(out_dir: Path, source: str, sink: RatingsSink, catalog_items: int, scale: RatingScale) -> dict:
+def write_meta(out_dir: Path, source: str, sink: RatingsSink, catalog_items: int, scale: RatingScale,
+               label: str | Path | None = None) -> dict:
     meta = {
         "schema_version": SCHEMA_VERSION,
         "source": source,
         "ratings": sink.ratings,
-        "users": sink.users.count(),
-        "items": sink.items.count(),
+        "users": len(sink.users),
+        "items": len(sink.items),
         "catalog_items": catalog_items,
         "first_date": _date_of(sink.first_second),
         "last_date": _date_of(sink.last_second),
@@ -195,7 +201,8 @@ def write_meta(out_dir: Path, source: str, sink: RatingsSink, catalog_items: int
         "rating_max": scale.maximum,
         "rating_step": scale.step,
     }
-    write_json(out_dir / "meta.json", meta)
+    with writing(label or out_dir / "meta.json"):
+        write_json(out_dir / "meta.json", meta)
     return meta
 
 
@@ -210,8 +217,18 @@ def line_of_offset(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
+def ascii_int(text: str) -> int | None:
+    """The value of a field of ASCII digits (surrounding spaces allowed), else None. (``str.isdigit``
+    also accepts '²' and other digits that ``int`` refuses: the byte 0xB2 of an ISO-8859-1 file.)"""
+    text = text.strip()
+    return int(text) if _ASCII_DIGITS.fullmatch(text) else None
+
+
 def check_text_bytes(data: bytes, label: str, encoding: str) -> str:
-    """Decode a text file, refusing control bytes and (for UTF-8) invalid sequences, with the line."""
+    """Decode a text file, refusing control bytes and (for UTF-8) invalid sequences, with the line.
+    A UTF-8 byte-order mark at the start is dropped."""
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM):]
     control = _CONTROL_BYTES.search(data)
     if control:
         raise InputError(label, f"holds the control byte 0x{control.group()[0]:02x}, so it is not {encoding} text",
@@ -223,9 +240,52 @@ def check_text_bytes(data: bytes, label: str, encoding: str) -> str:
                          line_of_offset(data, err.start)) from None
 
 
+def decode_latin1_or_utf8(data: bytes, label: str) -> str:
+    """Decode a file that should be ISO-8859-1 (the Netflix and MovieLens 100K/1M catalogues). A file an
+    editor saved as UTF-8 (it starts with a byte-order mark, or it is valid UTF-8 holding multi-byte
+    sequences, which ISO-8859-1 text practically never is: 'AmÃ©lie') is decoded as UTF-8, with a warning,
+    instead of turning every accented letter into two."""
+    bom = data.startswith(UTF8_BOM)
+    if bom or not data.isascii():
+        try:
+            text = check_text_bytes(data, label, "UTF-8")
+        except InputError:
+            if bom:
+                raise
+        else:
+            if not text.isascii():
+                log.warning("%s is UTF-8, not ISO-8859-1 as the format says: decoded as UTF-8", label)
+            return text
+    return check_text_bytes(data, label, "ISO-8859-1")
+
+
 def text_lines(text: str) -> list[str]:
-    """Lines of a text file without their endings (a final line ending adds no empty line)."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
+    """Lines of a text file without their endings; blank lines at the end of the file are dropped (a final
+    line ending adds no empty line, and editors leave blank lines at the end)."""
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    while lines and not lines[-1].strip():
         lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines
+
+
+def strip_trailing_blank_lines(text: str) -> str:
+    """``text`` without the blank (whitespace-only) lines that end it."""
+    content = len(text.rstrip())
+    if content == len(text):
+        return text
+    newline = text.find("\n", content)
+    return text if newline < 0 else text[:newline + 1]
+
+
+def trailing_blank_start(data, end: int | None = None, start: int = 0) -> int:
+    """Offset in ``data[start:end]`` where its trailing blank lines (whitespace only) begin: just after the
+    line end of its last line holding anything else (``start`` if there is none). A last line without
+    a line end keeps its trailing spaces."""
+    end = len(data) if end is None else end
+    last = end
+    while last > start and data[last - 1] in b" \t\r\n\f\v":
+        last -= 1
+    if last == start:
+        return start
+    newline = data.find(b"\n", last, end)
+    return end if newline < 0 else newline + 1

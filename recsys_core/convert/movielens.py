@@ -8,8 +8,11 @@ operations; only when a check fails is the file rescanned line by line to name t
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import itertools
+import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -19,14 +22,22 @@ from typing import Callable
 import polars as pl
 
 from recsys_core.convert.common import (
+    END_SECOND,
+    FIRST_SECOND,
     HALF_STARS,
+    PERIOD,
+    UTF8_BOM,
     WHOLE_STARS,
     RatingScale,
     RatingsSink,
     Timings,
+    ascii_int,
     check_text_bytes,
+    decode_latin1_or_utf8,
     ratings_table,
+    strip_trailing_blank_lines,
     text_lines,
+    trailing_blank_start,
     write_catalogue,
     year_from_title,
 )
@@ -56,7 +67,7 @@ class MovieLensFormat:
 
 
 def _read_ml100k_items(data: bytes, label: str):
-    text = check_text_bytes(data, label, "ISO-8859-1")
+    text = decode_latin1_or_utf8(data, label)
     ids, titles, years, genres = [], [], [], []
     for number, line in enumerate(text_lines(text), start=1):
         fields = line.split("|")
@@ -76,7 +87,7 @@ def _read_ml100k_items(data: bytes, label: str):
 
 
 def _read_ml1m_items(data: bytes, label: str):
-    text = check_text_bytes(data, label, "ISO-8859-1")
+    text = decode_latin1_or_utf8(data, label)
     ids, titles, years, genres = [], [], [], []
     for number, line in enumerate(text_lines(text), start=1):
         fields = line.split("::")
@@ -91,7 +102,7 @@ def _read_ml1m_items(data: bytes, label: str):
 
 
 def _read_csv_items(data: bytes, label: str):
-    text = check_text_bytes(data, label, "UTF-8")
+    text = strip_trailing_blank_lines(check_text_bytes(data, label, "UTF-8"))
     reader = csv.reader(io.StringIO(text, newline=""))
     ids, titles, years, genres = [], [], [], []
     header = next(reader, None)
@@ -119,10 +130,10 @@ def _genre_list(field: str) -> list[str]:
 
 
 def _item_id(field: str, label: str, number: int) -> int:
-    field = field.strip()
-    if not field.isdigit() or not 0 < int(field) <= _INT32_MAX:
-        raise InputError(label, f"the movie id {field!r} is not a positive 32-bit integer", number)
-    return int(field)
+    value = ascii_int(field)
+    if value is None or not 0 < value <= _INT32_MAX:
+        raise InputError(label, f"the movie id {field.strip()!r} is not a positive 32-bit integer", number)
+    return value
 
 
 FORMATS = {
@@ -181,23 +192,62 @@ def _line_problem(line: str, fmt: MovieLensFormat) -> str | None:
     for what, value in (("user id", user), ("movie id", item)):
         if not 0 < value <= _INT32_MAX:
             return f"the {what} {value} is not a positive 32-bit integer"
+    if not math.isfinite(rating):
+        return f"rating {fields[2].strip()!r} is not a number on the {fmt.source} scale {fmt.scale.describe()}"
     steps = (rating - fmt.scale.minimum) / fmt.scale.step
     if not (fmt.scale.minimum <= rating <= fmt.scale.maximum and steps == int(steps)):
         return f"rating {fields[2]} is outside the {fmt.source} scale {fmt.scale.describe()}"
-    if timestamp < 0:
-        return f"timestamp {timestamp} is negative"
+    if not FIRST_SECOND <= timestamp < END_SECOND:
+        hint = " (milliseconds? the format counts seconds)" if FIRST_SECOND <= timestamp // 1000 < END_SECOND else ""
+        return (f"timestamp {timestamp} ({_describe_second(timestamp)}) lies outside the accepted period "
+                f"{PERIOD}{hint}")
     return None
 
 
+def _describe_second(second: int) -> str:
+    try:
+        return dt.datetime.fromtimestamp(second, tz=dt.timezone.utc).date().isoformat()
+    except (OverflowError, OSError, ValueError):
+        return f"about the year {1970 + round(second / 31_556_952):,}"
+
+
 def _locate_problem(path: Path, fmt: MovieLensFormat, fast_path_says: str) -> InputError:
-    """Rescan the ratings file line by line for the first bad line."""
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
+    """Rescan the ratings file line by line for the first bad line (blank lines at its end are fine)."""
+    first_blank = None  # a blank line is a problem only when a line with something on it follows
+    with open(path, encoding="utf-8-sig", errors="replace", newline="\n") as handle:
         lines = itertools.islice(handle, fmt.header_lines, None)
         for number, line in enumerate(lines, start=fmt.header_lines + 1):
-            problem = _line_problem(line.rstrip("\n"), fmt)
+            line = line.rstrip("\n")
+            if not line.strip():
+                first_blank = first_blank or number
+                continue
+            if first_blank is not None:
+                return InputError(path, "is a blank line; a rating follows it", first_blank)
+            problem = _line_problem(line, fmt)
             if problem is not None:
                 return InputError(path, problem, number)
     return InputError(path, f"could not be parsed ({fast_path_says.splitlines()[0]})")
+
+
+def _trailing_blank_lines(path: Path) -> int:
+    """How many blank (whitespace-only) lines end the file."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - (1 << 16)))
+        tail = handle.read()
+    blank = tail[trailing_blank_start(tail):]
+    return blank.count(b"\n") + (1 if blank and not blank.endswith(b"\n") else 0)
+
+
+def _drop_trailing_blank_rows(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """polars reads a blank line as a row of nulls: drop those that are the blank lines ending the file
+    (any other row of nulls stays, and is refused with its line)."""
+    if frame.height == 0 or frame.row(-1) != (None,) * frame.width:
+        return frame
+    empty = frame.select(pl.all_horizontal(pl.all().is_null()))[:, 0]
+    full = (~empty).arg_true()
+    trailing = frame.height - (int(full[-1]) + 1 if len(full) else 0)
+    return frame.head(frame.height - trailing) if trailing <= _trailing_blank_lines(path) else frame
 
 
 def _check_frame(frame: pl.DataFrame, fmt: MovieLensFormat) -> str | None:
@@ -207,11 +257,15 @@ def _check_frame(frame: pl.DataFrame, fmt: MovieLensFormat) -> str | None:
     if frame.null_count().sum_horizontal().item():
         return "empty fields"
     ratings = frame["rating"].cast(pl.Float64)
+    if not ratings.is_finite().all():  # 'nan', 'NaN', 'inf' parse as floats
+        return "rating not a number"
     steps = (ratings - fmt.scale.minimum) / fmt.scale.step
     if ratings.min() < fmt.scale.minimum or ratings.max() > fmt.scale.maximum or (steps != steps.round()).any():
         return "rating outside the scale"
-    if frame["user"].min() <= 0 or frame["item"].min() <= 0 or frame["timestamp"].min() < 0:
-        return "id or timestamp out of range"
+    if frame["user"].min() <= 0 or frame["item"].min() <= 0:
+        return "id out of range"
+    if frame["timestamp"].min() < FIRST_SECOND or frame["timestamp"].max() >= END_SECOND:
+        return "timestamp outside the accepted period"
     return None
 
 
@@ -229,13 +283,16 @@ def _duplicate_error(frame: pl.DataFrame, path: Path, fmt: MovieLensFormat) -> I
 
 def _check_csv_header(path: Path) -> None:
     with open(path, "rb") as handle:
-        first = handle.readline().rstrip(b"\r\n").decode("utf-8", errors="replace")
+        first = handle.readline().rstrip(b"\r\n")
+    if first.startswith(UTF8_BOM):
+        first = first[len(UTF8_BOM):]
+    first = first.decode("utf-8", errors="replace")
     if first != CSV_RATINGS_HEADER:
         raise InputError(path, f"the header must be {CSV_RATINGS_HEADER!r}, found {first[:60]!r}", 1)
 
 
 def convert_movielens(folder: Path, fmt: MovieLensFormat, out_dir: Path, sink: RatingsSink,
-                      timings: Timings) -> int:
+                      timings: Timings, label_dir: Path | None = None) -> int:
     """Write the ratings through ``sink`` and ``out_dir/items.parquet``; return the catalogue size."""
     items_path = folder / fmt.items_name
     if not items_path.is_file():
@@ -246,7 +303,7 @@ def convert_movielens(folder: Path, fmt: MovieLensFormat, out_dir: Path, sink: R
         _check_csv_header(path)
     start = time.perf_counter()
     try:
-        frame = _read_frame(path, fmt)
+        frame = _drop_trailing_blank_rows(_read_frame(path, fmt), path)
     except Exception as err:  # polars raises several types; any of them means a bad line
         raise _locate_problem(path, fmt, str(err)) from None
     parsed = time.perf_counter()
@@ -262,8 +319,8 @@ def convert_movielens(folder: Path, fmt: MovieLensFormat, out_dir: Path, sink: R
     timings.add("validate", time.perf_counter() - parsed)
     sink.write(table, timings)
     ids, titles, years, genres = items
-    return write_catalogue(out_dir / "items.parquet", ids, titles, years, genres, sink.items.values(),
-                           fmt.items_name)
+    return write_catalogue(out_dir / "items.parquet", ids, titles, years, genres, sink.items.ids,
+                           fmt.items_name, label=(label_dir or out_dir) / "items.parquet")
 
 
 __all__ = ["FORMATS", "ML100K_GENRES", "MovieLensFormat", "convert_movielens", "find_format"]

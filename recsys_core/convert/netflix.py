@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import gzip
 import logging
 import os
 import re
@@ -32,12 +33,19 @@ import numpy as np
 import polars as pl
 
 from recsys_core.convert.common import (
+    END_DAY,
+    FIRST_DAY,
+    LAST_DAY,
+    PERIOD,
+    UTF8_BOM,
     WHOLE_STARS,
     RatingsSink,
     Timings,
-    check_text_bytes,
+    ascii_int,
+    decode_latin1_or_utf8,
     ratings_table,
     text_lines,
+    trailing_blank_start,
     write_catalogue,
 )
 from recsys_core.errors import InputError
@@ -57,6 +65,11 @@ _CSV_SCHEMA = {"user": pl.Int32, "rating": pl.Int8, "date": pl.Date}
 _HEAD_PROBE = 256  # bytes read to find the header line; real headers are at most 7 digits + ':'
 _INT32_MAX = 2**31 - 1
 _DENSE_DUPLICATE_LIMIT = 1 << 26  # user ids below this are checked for duplicates with a dense table
+_BLANK_BYTES = frozenset(b" \t\r\n\f\v")
+# What reading a damaged archive raises (gzip.BadGzipFile: a wrong CRC-32 or length in the gzip trailer).
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+_STREAM_BUFFER = 1 << 20  # bytes per read of a streamed archive (tarfile's default, 10 KB, costs ~1 s at 2 GB)
+_MAX_MOVIE_ID = 2**31 - 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,6 +83,20 @@ class _MovieFile:
     size: int
     # load(dest) writes the body (all after the first line) into dest[:n], returns (first line, n).
     load: Callable[[memoryview], tuple[bytes, int]]
+    first_line: int = 2  # line number of the body's first line in the file (a Kaggle block: in combined_data)
+
+
+def archive_error(label: str, err: Exception, member: str | None = None) -> InputError:
+    """One sentence for a damaged archive: a failed checksum says so; the rest is truncation or corruption."""
+    inside = f" inside member {member}" if member else ""
+    text = str(err)
+    if isinstance(err, gzip.BadGzipFile) and ("CRC" in text or "length" in text):
+        return InputError(label, f"is corrupt{inside}: its gzip checksum (CRC-32 and length) does not match its "
+                                 f"content ({text}); the archive was damaged in transfer or on disk")
+    if "Bad CRC-32" in text:  # zipfile
+        return InputError(label, f"is corrupt{inside}: its CRC-32 checksum does not match its content; the "
+                                 "archive was damaged in transfer or on disk")
+    return InputError(label, f"is truncated or corrupt{inside} ({text})")
 
 
 def _movie_id_of(name: str) -> int | None:
@@ -161,6 +188,8 @@ def _open_tar(label: str, **kwargs) -> tarfile.TarFile:
     try:
         archive = tarfile.open(tarinfo=_CheckedTarInfo, **kwargs)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        if isinstance(err, gzip.BadGzipFile) and ("CRC" in str(err) or "length" in str(err)):
+            raise archive_error(label, err) from None  # a small archive is read to its end on opening
         raise InputError(label, f"is truncated or not a tar archive ({err})") from None
     return archive
 
@@ -175,8 +204,8 @@ def _archive_members(archive: tarfile.TarFile, label: str) -> Iterator[tarfile.T
                 raise InputError(label, f"holds the member {member.name!r}, whose path lies outside the archive "
                                         "root; refusing to read it")
             yield member
-    except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise InputError(label, f"is truncated or corrupt ({err})") from None
+    except ARCHIVE_ERRORS as err:
+        raise archive_error(label, err) from None
     if not getattr(archive, "end_marker_seen", False):
         raise InputError(label, "is truncated: it ends without the end-of-archive block")
 
@@ -232,8 +261,8 @@ def _streamed_tar_files(fileobj, label: str) -> Iterator[_MovieFile]:
         found = True
         try:
             data = archive.extractfile(member).read()
-        except (tarfile.TarError, EOFError, zlib.error) as err:
-            raise InputError(label, f"is truncated or corrupt inside member {member.name} ({err})") from None
+        except ARCHIVE_ERRORS as err:
+            raise archive_error(label, err, member.name) from None
         yield _MovieFile(f"{label} member {member.name}", movie_id, len(data), _load_from_bytes(data))
     if not found:
         raise InputError(label, "holds no members named training_set/mv_NNNNNNN.txt")
@@ -250,11 +279,17 @@ class _Batch:
     movie_ids: np.ndarray  # int32 per file
     line_counts: np.ndarray  # int64 per file
     body_starts: np.ndarray  # int64 per file: offset of the body in data (plus a final end offset)
+    first_lines: np.ndarray | None = None  # int64 per file: line number of its first body line (None: all 2)
+
+    def first_line(self, index: int) -> int:
+        return 2 if self.first_lines is None else int(self.first_lines[index])
 
 
 def _check_header(entry: _MovieFile, head: bytes) -> None:
     if entry.size == 0:
         raise InputError(entry.label, "is empty; expected a first line '<movie id>:'", 1)
+    if head.startswith(UTF8_BOM):  # an editor's byte-order mark
+        head = head[len(UTF8_BOM):]
     match = _HEADER.fullmatch(head)
     if match is None:
         shown = head[:40].decode("latin-1")
@@ -273,13 +308,15 @@ def _read_batches(entries: Iterator[_MovieFile], batch_bytes: int, timings: Timi
     movie_ids: list[int] = []
     counts: list[int] = []
     starts: list[int] = []
+    first_lines: list[int] = []
     seen_movies: dict[int, str] = {}
     start = time.perf_counter()
 
     def cut() -> _Batch:
         batch = _Batch(bytes(view[:fill]), labels[:], np.array(movie_ids, dtype=np.int32),
-                       np.array(counts, dtype=np.int64), np.array(starts + [fill], dtype=np.int64))
-        labels.clear(), movie_ids.clear(), counts.clear(), starts.clear()
+                       np.array(counts, dtype=np.int64), np.array(starts + [fill], dtype=np.int64),
+                       np.array(first_lines, dtype=np.int64))
+        labels.clear(), movie_ids.clear(), counts.clear(), starts.clear(), first_lines.clear()
         return batch
 
     for entry in entries:
@@ -300,8 +337,11 @@ def _read_batches(entries: Iterator[_MovieFile], batch_bytes: int, timings: Timi
         if body and buffer[fill + body - 1] != 0x0A:
             buffer[fill + body] = 0x0A
             body += 1
+        if body and (body == 1 or buffer[fill + body - 2] in _BLANK_BYTES):  # blank lines at the end: dropped
+            body = trailing_blank_start(buffer, fill + body, fill) - fill
         labels.append(entry.label)
         movie_ids.append(entry.movie_id)
+        first_lines.append(entry.first_line)
         starts.append(fill)
         counts.append(buffer.count(b"\n", fill, fill + body))
         fill += body
@@ -325,10 +365,13 @@ def _line_problem(line: bytes, seen: dict[int, int], line_number: int) -> str | 
         return f"customer id {user} is not a positive 32-bit integer"
     if not 1 <= rating <= 5:
         return f"rating {rating} is outside the Netflix scale {WHOLE_STARS.describe()}"
+    shown = f"{match.group(3).decode()}-{match.group(4).decode()}-{match.group(5).decode()}"
     try:
-        datetime.date(year, month, day)
+        date = datetime.date(year, month, day)
     except ValueError:
-        return f"impossible date {match.group(3).decode()}-{match.group(4).decode()}-{match.group(5).decode()}"
+        return f"impossible date {shown}"
+    if not FIRST_DAY <= date <= LAST_DAY:
+        return f"the date {shown} lies outside the accepted period {PERIOD}"
     if user in seen:
         return f"customer {user} rated this movie already on line {seen[user]} (duplicate rating)"
     seen[user] = line_number
@@ -340,10 +383,11 @@ def _locate_problem(batch: _Batch, fast_path_says: str) -> InputError:
     for index, label in enumerate(batch.labels):
         body = batch.data[batch.body_starts[index]:batch.body_starts[index + 1]]
         seen: dict[int, int] = {}
+        first = batch.first_line(index)
         for offset, line in enumerate(body.split(b"\n")[:-1]):
-            problem = _line_problem(line, seen, offset + 2)
+            problem = _line_problem(line, seen, first + offset)
             if problem is not None:
-                return InputError(label, problem, offset + 2)
+                return InputError(label, problem, first + offset)
     first, last = batch.labels[0], batch.labels[-1]
     return InputError(f"{first} .. {last}", f"could not be parsed ({fast_path_says.splitlines()[0]})")
 
@@ -398,10 +442,13 @@ def _parse_batch(batch: _Batch, duplicates: _DuplicateChecker, timings: Timings)
     ratings = frame["rating"].to_numpy()
     if frame.height and (ratings.min() < 1 or ratings.max() > 5 or users.min() <= 0):
         raise _locate_problem(batch, "rating or customer id out of range")
+    days = frame["date"].cast(pl.Int32).to_numpy()
+    if frame.height and (days.min() < 0 or days.max() >= END_DAY):
+        raise _locate_problem(batch, "date outside the accepted period")
     if duplicates.has_duplicate(users, batch.line_counts):
         raise _locate_problem(batch, "duplicate rating")
     items = np.repeat(batch.movie_ids, batch.line_counts)
-    seconds = frame["date"].cast(pl.Int32).to_numpy().astype(np.int64) * 86400
+    seconds = days.astype(np.int64) * 86400
     table = ratings_table(users, items, ratings, seconds)
     timings.add("validate", time.perf_counter() - parsed)
     return table
@@ -412,9 +459,10 @@ def _parse_batch(batch: _Batch, duplicates: _DuplicateChecker, timings: Timings)
 
 
 def parse_titles(data: bytes, label: str) -> tuple[list[int], list[str], list[int | None]]:
-    """``movie_titles.txt``: ISO-8859-1 lines ``id,year,title``; year may be NULL; the title may
-    hold commas (only the first two commas separate fields)."""
-    text = check_text_bytes(data, label, "ISO-8859-1")
+    """``movie_titles.txt`` (Kaggle: ``movie_titles.csv``): ISO-8859-1 lines ``id,year,title``; year may
+    be NULL; the title may hold commas (only the first two commas separate fields). A file saved as
+    UTF-8 is recognised and decoded as such (with a warning); blank lines at its end are ignored."""
+    text = decode_latin1_or_utf8(data, label)
     ids: list[int] = []
     titles: list[str] = []
     years: list[int | None] = []
@@ -424,16 +472,16 @@ def parse_titles(data: bytes, label: str) -> tuple[list[int], list[str], list[in
         if len(fields) < 3:
             raise InputError(label, f"expected 'id,year,title' (3 fields) but found {len(fields)} in {line!r}", number)
         movie, year, title = fields
-        if not movie.strip().isdigit():
-            raise InputError(label, f"the movie id {movie!r} is not a number", number)
-        movie_id = int(movie)
+        movie_id = ascii_int(movie)
+        if movie_id is None or not 0 < movie_id <= _MAX_MOVIE_ID:
+            raise InputError(label, f"the movie id {movie!r} is not a positive 32-bit integer", number)
         if movie_id in first_line:
             raise InputError(label, f"movie {movie_id} is listed again (first on line {first_line[movie_id]})", number)
         first_line[movie_id] = number
         year = year.strip()
         if year == "NULL" or year == "":
             years.append(None)
-        elif year.isdigit() and len(year) == 4:
+        elif len(year) == 4 and ascii_int(year) is not None:
             years.append(int(year))
         else:
             raise InputError(label, f"the year {year!r} is neither a 4-digit year nor NULL", number)
@@ -448,9 +496,9 @@ def parse_titles(data: bytes, label: str) -> tuple[list[int], list[str], list[in
 
 @dataclass
 class NetflixInput:
-    kind: str  # "folder" | "tar" | "tar.gz"
-    path: Path  # training_set/ folder, training_set.tar or the tar.gz
-    titles: Path | None  # movie_titles.txt beside (None inside the tar.gz)
+    kind: str  # "folder" | "tar" | "tar.gz" | "kaggle" | "kaggle zip"
+    path: Path  # training_set/ folder, training_set.tar, the tar.gz; Kaggle: the folder or the zip
+    titles: Path | None  # movie_titles.txt (Kaggle: movie_titles.csv) beside (None inside an archive)
 
 
 def find_input(src: Path) -> NetflixInput | None:
@@ -517,7 +565,7 @@ class _Pipeline:
 
 
 def convert_netflix(netflix: NetflixInput, out_dir: Path, sink: RatingsSink, timings: Timings,
-                    batch_mb: float = DEFAULT_BATCH_MB) -> int:
+                    batch_mb: float = DEFAULT_BATCH_MB, label_dir: Path | None = None) -> int:
     """Write the ratings through ``sink`` and ``out_dir/items.parquet``; return the catalogue size."""
     batch_bytes = max(1, int(batch_mb * (1 << 20)))
     titles: tuple | None = None
@@ -532,7 +580,7 @@ def convert_netflix(netflix: NetflixInput, out_dir: Path, sink: RatingsSink, tim
         pipeline.finish()
     finally:
         pipeline.close()
-    return _write_catalogue(out_dir, titles, sink)
+    return write_netflix_catalogue(out_dir, titles, sink, label_dir or out_dir)
 
 
 def _run(entries: Iterator[_MovieFile], total: int | None, pipeline: _Pipeline, batch_bytes: int,
@@ -550,7 +598,11 @@ def _convert_tar_gz(path: Path, pipeline: _Pipeline, batch_bytes: int, timings: 
     label = str(path)
     titles = None
     saw_training = False
-    outer = _open_tar(label, name=path, mode="r|gz")
+    # gzip.GzipFile, not tarfile's own "r|gz": it checks the CRC-32 and length of the gzip trailer, which
+    # tarfile never reads (a corrupted archive converted without complaint). The gzip stream is read to
+    # its end below so that the check runs.
+    compressed = gzip.GzipFile(path, "rb")
+    outer = _open_tar(label, fileobj=compressed, mode="r|", bufsize=_STREAM_BUFFER)
     try:
         for member in _archive_members(outer, label):
             base = member.name.rsplit("/", 1)[-1]
@@ -562,10 +614,17 @@ def _convert_tar_gz(path: Path, pipeline: _Pipeline, batch_bytes: int, timings: 
                 inner = outer.extractfile(member)
                 entries = _streamed_tar_files(inner, f"{label} member {member.name}")
                 _run(entries, None, pipeline, batch_bytes, timings)
-    except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise InputError(label, f"is truncated or corrupt ({err})") from None
+        while compressed.read(_STREAM_BUFFER):  # the end-of-archive padding, then the gzip trailer's check
+            pass
+    except ARCHIVE_ERRORS as err:
+        raise archive_error(label, err) from None
+    except OSError as err:  # the disk under the input: name the input
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, label) from None
+        raise
     finally:
         outer.close()
+        compressed.close()
     if not saw_training:
         raise InputError(label, f"holds no {TRAINING_TAR}")
     if titles is None:
@@ -573,7 +632,8 @@ def _convert_tar_gz(path: Path, pipeline: _Pipeline, batch_bytes: int, timings: 
     return titles
 
 
-def _write_catalogue(out_dir: Path, titles, sink: RatingsSink) -> int:
+def write_netflix_catalogue(out_dir: Path, titles, sink: RatingsSink, label_dir: Path,
+                            titles_name: str = TITLES_NAME) -> int:
     ids, names, years = titles
-    return write_catalogue(out_dir / "items.parquet", ids, names, years, [None] * len(ids), sink.items.values(),
-                           TITLES_NAME)
+    return write_catalogue(out_dir / "items.parquet", ids, names, years, [None] * len(ids), sink.items.ids,
+                           titles_name, label=label_dir / "items.parquet")

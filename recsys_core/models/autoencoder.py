@@ -52,6 +52,18 @@ PRESETS = {
 }
 
 
+def take_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 2-D table, with a backward that sums repeated rows in a fixed order.
+
+    ``table[index]``'s backward (index_put_ with accumulate) adds with parallel float atomics on CPU once
+    a gather holds >= 32K numbers and torch runs > 1 thread, so the order of the additions, and thus the
+    last bits of the gradient, changed from run to run (two identical runs: epoch-1 loss 0.8891577980 vs
+    0.8891577961). The embedding backward sums each row's contributions in index order (its threads
+    split the rows, not the indices): bit-identical at any thread count, and as fast on CPU.
+    """
+    return F.embedding(index, table)
+
+
 class DeepAutoencoder(nn.Module):
     """Encoder ``n -> layers[0] -> ... -> layers[-1]`` (code), decoder mirrored back to ``n``.
 
@@ -119,8 +131,9 @@ class DeepAutoencoder(nn.Module):
     def output_at(self, hidden: torch.Tensor, owner: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Outputs only at (row ``owner[k]``, column ``cols[k]``): gathers output-weight rows, no dense output."""
         # in float32 even under autocast: these few products are the predictions the loss/metrics see
-        w = self._dec_weight(0)[cols].float()
-        return self._out_act((hidden[owner].float() * w).sum(-1) + self.dec_b[0][cols])
+        w = take_rows(self._dec_weight(0), cols).float()
+        bias = take_rows(self.dec_b[0].unsqueeze(1), cols).squeeze(1)
+        return self._out_act((take_rows(hidden, owner).float() * w).sum(-1) + bias)
 
     def output_columns(self, hidden: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Outputs of every row for a subset of columns: ``[rows, len(cols)]``."""
