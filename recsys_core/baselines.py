@@ -78,20 +78,26 @@ class UserItemBias(Baseline):
     fitted = ("mean", "user_bias", "item_bias")
 
     def __init__(self, train: sp.csr_matrix, reg_u: float = 15.0, reg_i: float = 10.0, n_epochs: int = 10):
-        rows = np.repeat(np.arange(train.shape[0]), np.diff(train.indptr))
-        cols = train.indices
         values = train.data.astype(np.float64)
         self.mean = float(values.mean())
         n_users, n_items = train.shape
-        user_count = np.bincount(rows, minlength=n_users)
-        item_count = np.bincount(cols, minlength=n_items)
+        # sum over a user's items of (r - mu - b_i) = (their rating sum - n_u mu) - (pattern @ b_i), and the
+        # same for items: the rating sums are taken once and each step is one sparse product over the rating
+        # pattern. A residual vector per step (gathers, subtractions, weighted bincounts over every rating)
+        # cost 9.4 s of CPU for the 10 steps on the full-scale N3M split (13.7M ratings; 42 s of a 91 s
+        # evaluation on the loaded machine); this 1.2 s. The same sums in another order: biases within 1e-14.
+        pattern = sp.csr_matrix((np.ones(train.nnz), train.indices, train.indptr), shape=train.shape)
+        user_count = np.diff(train.indptr)
+        item_count = np.bincount(train.indices, minlength=n_items)
+        rated = sp.csr_matrix((values, train.indices, train.indptr), shape=train.shape)
+        user_sum = rated @ np.ones(n_items) - self.mean * user_count
+        item_sum = rated.T @ np.ones(n_users) - self.mean * item_count
+        del rated
         self.user_bias = np.zeros(n_users)
         self.item_bias = np.zeros(n_items)
         for _ in range(n_epochs):
-            residual = values - self.mean - self.user_bias[rows]
-            self.item_bias = np.bincount(cols, residual, n_items) / (reg_i + item_count)
-            residual = values - self.mean - self.item_bias[cols]
-            self.user_bias = np.bincount(rows, residual, n_users) / (reg_u + user_count)
+            self.item_bias = (item_sum - pattern.T @ self.user_bias) / (reg_i + item_count)
+            self.user_bias = (user_sum - pattern @ self.item_bias) / (reg_u + user_count)
 
     def predict_pairs(self, rows, cols):
         return (self.mean + self.user_bias[np.asarray(rows)] + self.item_bias[np.asarray(cols)]).astype(np.float32)
