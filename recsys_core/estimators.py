@@ -79,6 +79,11 @@ class Estimator:
         raise NotImplementedError
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.score_rows_tensor(rows).cpu().numpy()
+
+    def score_rows_tensor(self, rows: np.ndarray) -> torch.Tensor:
+        """``score_rows`` as a float32 tensor on this estimator's device that the caller may overwrite: top-K
+        over the whole catalogue (``recsys_core.ranking``) masks and selects in it without a copy."""
         raise NotImplementedError
 
 
@@ -194,12 +199,12 @@ class PairsEstimator(TorchEstimator):
     def predict_pairs(self, rows, cols):
         return self._pairs_in_chunks(rows, cols)
 
-    def score_rows(self, rows):
+    def score_rows_tensor(self, rows):
         rows = np.asarray(rows, np.int64)
         if hasattr(self.model, "score_all"):
             with self._eval_mode():
-                return self.model.score_all(torch.from_numpy(rows).to(self.device)).float().cpu().numpy()
+                return self.model.score_all(torch.from_numpy(rows).to(self.device)).float()
         n_items = self.data.train.shape[1]
         grid_rows = np.repeat(rows, n_items)
         grid_cols = np.tile(np.arange(n_items, dtype=np.int64), len(rows))
-        return self.predict_pairs(grid_rows, grid_cols).reshape(len(rows), n_items)
+        return torch.from_numpy(self.predict_pairs(grid_rows, grid_cols).reshape(len(rows), n_items))

@@ -16,8 +16,10 @@ A predictor answers ``predict_pairs(rows, cols)`` and ``score_rows(rows)`` (see 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from recsys_core.interactions import csr_triplets, rating_range
+from recsys_core.ranking import best_items, mask_items, top_k  # noqa: F401 (top_k: part of this module's API)
 
 
 def rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -42,34 +44,32 @@ def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(gains))
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k highest scores per row, best first (ties: lower column first)."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    return np.take_along_axis(part, order, axis=1)
-
-
 def exclude_seen(scores: np.ndarray, rows: np.ndarray, seen) -> np.ndarray:
     """Set the scores of items stored in CSR ``seen`` for each row to -inf (in place)."""
-    for pos, row in enumerate(rows):
-        scores[pos, seen.indices[seen.indptr[row]:seen.indptr[row + 1]]] = -np.inf
+    mask_items(torch.from_numpy(scores), rows, seen)
     return scores
 
 
 def recall_at_k(top: np.ndarray, relevant_rows: np.ndarray, relevant) -> float:
     """Mean over rows of |top ∩ relevant| / |relevant| (``relevant`` a CSR matrix, rows given)."""
-    recalls = []
-    for pos, row in enumerate(relevant_rows):
-        items = relevant.indices[relevant.indptr[row]:relevant.indptr[row + 1]]
-        recalls.append(np.isin(items, top[pos]).sum() / len(items))
-    return float(np.mean(recalls)) if recalls else float("nan")
+    rows = np.asarray(relevant_rows, np.int64)
+    if len(rows) == 0:
+        return float("nan")
+    starts = relevant.indptr[rows].astype(np.int64)
+    lengths = relevant.indptr[rows + 1].astype(np.int64) - starts
+    positions = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    owner = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    width = int(relevant.shape[1])
+    found = np.isin(owner * width + relevant.indices[positions],
+                    (np.arange(len(rows), dtype=np.int64)[:, None] * width + top).ravel())
+    return float(np.mean(np.bincount(owner, found, len(rows)) / lengths))
 
 
-def rating_metrics(predictor, part, clip: tuple[float, float]) -> dict:
+def rating_metrics(predictor, part, clip: tuple[float, float], prediction: np.ndarray | None = None) -> dict:
+    """RMSE/MAE of the clipped predictions of every stored pair of ``part`` (``prediction``: already made,
+    in ``csr_triplets`` order)."""
     rows, cols, truth = csr_triplets(part)
-    prediction = np.clip(predictor.predict_pairs(rows, cols), *clip)
+    prediction = np.clip(predictor.predict_pairs(rows, cols) if prediction is None else prediction, *clip)
     return {"rmse": rmse(prediction, truth), "mae": mae(prediction, truth), "n": int(len(truth))}
 
 
@@ -88,34 +88,38 @@ def sampled_ranking(predictor, test, negatives, k: int) -> dict:
 
 def full_catalogue_recall(predictor, train, test, k: int, max_users: int, seed: int = 0,
                           chunk: int = 1024) -> dict:
-    """Recall@K over all items not rated in training; at most ``max_users`` test users (seeded sample)."""
+    """Recall@K over all items not rated in training; at most ``max_users`` test users (seeded sample): only
+    those users are scored, ``chunk`` at a time."""
     rows = np.flatnonzero(np.diff(test.indptr) > 0)
     if len(rows) > max_users:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_users, replace=False))
-    hits = []
-    for lo in range(0, len(rows), chunk):
-        part = rows[lo:lo + chunk]
-        scores = exclude_seen(np.array(predictor.score_rows(part), np.float32, copy=True), part, train)
-        hits.append(recall_at_k(top_k(scores, k), part, test) * len(part))
-    return {f"recall@{k}": float(np.sum(hits) / len(rows)) if len(rows) else float("nan"),
-            "n_recall_users": int(len(rows))}
+    top, _ = best_items(predictor, rows, k, exclude=train, block=chunk)
+    return {f"recall@{k}": recall_at_k(top, rows, test), "n_recall_users": int(len(rows))}
 
 
 def evaluate_predictor(predictor, data, *, rating_model: bool = True, k: int = 10,
-                       recall_users: int = 5000) -> dict:
-    """All metrics of one predictor on the valid and test parts: {"valid": {...}, "test": {...}}."""
+                       recall_users: int = 5000, ranking: bool = True,
+                       test_prediction: np.ndarray | None = None) -> dict:
+    """All metrics of one predictor on the valid and test parts: {"valid": {...}, "test": {...}}.
+    ``test_prediction``: its predictions of the test pairs (``csr_triplets`` order), when already made.
+
+    ``ranking=False`` (a predictor whose scores all tie, the global mean): its ranking metrics are None, not
+    numbers. Its HR/Recall would only measure the tie-break (lower item column first), not a ranking."""
     clip = rating_range(data.meta)
     result: dict = {}
     for name in ("valid", "test"):
         part = getattr(data, name)
         if part.nnz == 0:
             continue
-        metrics = rating_metrics(predictor, part, clip) if rating_model else {}
+        metrics = rating_metrics(predictor, part, clip, test_prediction if name == "test" else None) \
+            if rating_model else {}
         if name == "test" and data.negatives is not None:
-            metrics.update(sampled_ranking(predictor, part, data.negatives, k))
+            metrics.update(sampled_ranking(predictor, part, data.negatives, k) if ranking
+                           else {f"hr@{k}": None, f"ndcg@{k}": None})
         # Recall@K on valid too for ranking models: what a sweep selects them on (never on test).
         if recall_users > 0 and (name == "test" or not rating_model):
-            metrics.update(full_catalogue_recall(predictor, data.train, part, k, recall_users))
+            metrics.update(full_catalogue_recall(predictor, data.train, part, k, recall_users) if ranking
+                           else {f"recall@{k}": None})
         result[name] = metrics
     return result
 
@@ -136,7 +140,8 @@ def beaten_by(model_metrics: dict, baseline_metrics: dict[str, dict], rating_mod
     """Names of the baselines that do strictly better than the model on its primary test metric.
 
     ``rating_model=False`` asks it of the top-K lists (HR@K, else Recall@K) whatever the model is: a model
-    fit to RMSE can rank worse than most-popular, and its top-K list is still what a user receives.
+    fit to RMSE can rank worse than most-popular, and its top-K list is still what a user receives. A
+    baseline without that metric (None: the global mean has no ranking) is never said to beat the model.
     """
     primary = primary_metric(model_metrics, rating_model, k)
     if primary is None:

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_core.evaluation import exclude_seen, top_k
+from recsys_core.ranking import mask_items, score_block, top_k_tensor
 
 
 @runtime_checkable
@@ -62,9 +62,10 @@ class LinearScores(Protocol):
 
 def top_items(predictor: Predictor, rows: np.ndarray, k: int, exclude: sp.csr_matrix | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best item columns of each row, best first, never one stored for that row in ``exclude``
-    (those score -inf). Returns (columns ``[len(rows), k]``, scores ``[len(rows), n_items]``)."""
-    scores = np.array(predictor.score_rows(rows), np.float32, copy=True)
+    """The ``k`` best item columns of each row, best first (ties: lower column first), never one stored for
+    that row in ``exclude`` (those score -inf). Returns (columns ``[len(rows), k]``, scores ``[len(rows),
+    n_items]``). For many rows, ``recsys_core.ranking.best_items`` keeps only the k best of each block."""
+    scores = score_block(predictor, np.asarray(rows, np.int64))
     if exclude is not None:
-        exclude_seen(scores, rows, exclude)
-    return top_k(scores, k), scores
+        mask_items(scores, rows, exclude)
+    return top_k_tensor(scores, k)[1].cpu().numpy(), scores.cpu().numpy()

@@ -83,6 +83,9 @@ def sample_negatives(seen: sp.csr_matrix, users: np.ndarray, n_per_user: int, rn
     or equal, never on which item they are. For a given ``rng`` state the draws of a run that needs no
     exact choice are those of the sampler NCF used before the leave-one-out split shared it.
     """
+    if not seen.has_sorted_indices:  # the keys below must ascend
+        seen = seen.copy()
+        seen.sort_indices()
     n_items = seen.shape[1]
     keys = _stored_keys(seen)
     users = np.asarray(users, dtype=np.int64)

@@ -26,13 +26,15 @@ import polars as pl
 import torch
 
 from recsys_core import distributed, models
-from recsys_core.baselines import fit_baselines
+from recsys_core.baselines import BASELINES, fit_baselines
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import TorchEstimator, data_dims
 from recsys_core.evaluation import beaten_by, evaluate_predictor, top_k
 from recsys_core.interactions import csr_triplets, load_split_data, rating_range
 from recsys_core.io import atomic_file, read_json, write_json
-from recsys_core.predictor import FoldIn, top_items
+from recsys_core.predictor import FoldIn
+from recsys_core.progress import progress_bar
+from recsys_core.ranking import best_items
 from recsys_core.threads import apply_threads, decide_threads
 from recsys_core.training_loop import CHECKPOINT, load_checkpoint
 
@@ -246,16 +248,40 @@ def evaluate(run_dir, device: str | None = None, split_dir=None) -> dict:
 
 
 def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary: dict) -> dict:
+    """Model and baseline metrics on valid and test into metrics.json, the model's test predictions into
+    predictions.parquet (made once: the test RMSE reads the same array). Logs the seconds of each phase."""
     k, recall_users = int(config["k"]), int(config["recall_users"])
-    started = time.perf_counter()
-    model_metrics = evaluate_predictor(estimator, data, rating_model=estimator.rating_model, k=k,
-                                       recall_users=recall_users)
-    eval_seconds = time.perf_counter() - started
-    baseline_metrics = {}
-    for name, baseline in fit_baselines(data.train).items():
-        rating = baseline.rating_model and estimator.rating_model
-        baseline_metrics[name] = evaluate_predictor(baseline, data, rating_model=rating, k=k,
-                                                    recall_users=recall_users)
+    seconds: dict[str, float] = {}
+    lap = time.perf_counter()
+
+    def done(phase: str) -> None:
+        nonlocal lap
+        now = time.perf_counter()
+        seconds[phase] = now - lap
+        lap = now
+        bar.advance()
+
+    with progress_bar(f"evaluating {config['model']} and {len(BASELINES)} baselines",
+                      4 + len(BASELINES), "steps") as bar:
+        rows, cols, truth = csr_triplets(data.test)
+        test_prediction = estimator.predict_pairs(rows, cols) if data.test.nnz else None
+        done("test predictions")
+        model_metrics = evaluate_predictor(estimator, data, rating_model=estimator.rating_model, k=k,
+                                           recall_users=recall_users, test_prediction=test_prediction)
+        done("model metrics")
+        eval_seconds = seconds["test predictions"] + seconds["model metrics"]
+        baselines = fit_baselines(data.train)
+        done("baselines fitted")
+        baseline_metrics = {}
+        for name, baseline in baselines.items():
+            rating = baseline.rating_model and estimator.rating_model
+            baseline_metrics[name] = evaluate_predictor(baseline, data, rating_model=rating, k=k,
+                                                        recall_users=recall_users, ranking=baseline.ranks)
+            done(name)
+        _write_predictions(estimator, data, run_dir, (rows, cols, truth, test_prediction))
+        done("predictions.parquet")
+    log.info("evaluation of %s in %.1f s: %s", config["model"], sum(seconds.values()),
+             ", ".join(f"{phase} {value:.1f} s" for phase, value in seconds.items()))
     losers_to = beaten_by(model_metrics, baseline_metrics, estimator.rating_model, k)
     metrics = {"model": config["model"], "split": data.meta.get("split"), **model_metrics,
                "baselines": baseline_metrics, "beaten_by": losers_to,
@@ -266,7 +292,6 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
     if losers_to:
         log.warning("%s is beaten by baseline(s) %s on test", config["model"], ", ".join(losers_to))
     write_json(run_dir / "metrics.json", _finite(metrics))
-    _write_predictions(estimator, data, run_dir)
     return metrics
 
 
@@ -279,9 +304,11 @@ def _finite(obj):
     return obj
 
 
-def _write_predictions(estimator, data, run_dir: Path) -> None:
-    rows, cols, truth = csr_triplets(data.test)
-    prediction = estimator.predict_pairs(rows, cols)
+def _write_predictions(estimator, data, run_dir: Path, made=None) -> None:
+    """The test pairs with the model's predictions (``made``: (rows, cols, truth, prediction) already made)."""
+    rows, cols, truth, prediction = made or (*csr_triplets(data.test), None)
+    if prediction is None:
+        prediction = estimator.predict_pairs(rows, cols)
     if estimator.rating_model:
         prediction = np.clip(prediction, *rating_range(data.meta))
     table = pl.DataFrame({"user_id": data.user_ids[rows], "item_id": data.item_ids[cols],
@@ -297,38 +324,44 @@ def _known(data):
     return known
 
 
-def _titles(data) -> np.ndarray:
+def _titles(data) -> pl.Series:
+    """Title of every item column (null where the split has none), as a string Series to gather from."""
     items = data.items.sort("col") if "col" in data.items.columns else data.items
-    return items["title"].to_numpy() if "title" in items.columns else np.array([None] * len(data.item_ids))
+    if "title" in items.columns:
+        return items["title"].cast(pl.String)
+    return pl.Series("title", [None] * len(data.item_ids), dtype=pl.String)
 
 
 def _recommendation_table(data, user_ids: np.ndarray, top: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
+    """The recommendations table from arrays in one go: ``top`` ``[users, k]`` item columns, best first, and
+    their ``scores`` ``[users, k]``; items that scored -inf (excluded: users who rated nearly everything get
+    fewer than k) are dropped."""
     k = top.shape[1]
+    flat = top.reshape(-1)
     table = pl.DataFrame({
-        "user_id": np.repeat(user_ids, k).astype(np.int32),
+        "user_id": np.repeat(np.asarray(user_ids), k).astype(np.int32),
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_ids)),
-        "item_id": data.item_ids[top.reshape(-1)].astype(np.int32),
-        "title": _titles(data)[top.reshape(-1)],
-        "score": np.take_along_axis(scores, top, axis=1).reshape(-1).astype(np.float32)})
-    # users who rated (nearly) the whole catalogue get fewer than k: excluded items score -inf
+        "item_id": data.item_ids[flat].astype(np.int32),
+        "title": _titles(data).gather(flat) if len(flat) else pl.Series("title", [], dtype=pl.String),
+        "score": scores.reshape(-1).astype(np.float32)})
     return table.filter(pl.col("score") > float("-inf"))
 
 
 def _write_recommendations(estimator, data, run_dir: Path, k: int, rows: np.ndarray | None = None,
-                           chunk: int = 2048, dest: Path | None = None) -> Path:
+                           dest: Path | None = None) -> Path:
+    """Top ``k`` of every user with training ratings (or of ``rows``) among the items they never rated
+    (train, valid or test), scored block by block (``recsys_core.ranking``), written as one table."""
+    started = time.perf_counter()
     known = _known(data)
     if rows is None:
         rows = np.flatnonzero(np.diff(data.train.indptr) > 0)
-    tables = []
-    for lo in range(0, len(rows), chunk):
-        part = rows[lo:lo + chunk]
-        top, scores = top_items(estimator, part, k, exclude=known)
-        tables.append(_recommendation_table(data, data.user_ids[part], top, scores))
-    table = pl.concat(tables) if tables else _recommendation_table(data, np.empty(0, np.int32),
-                                                                   np.empty((0, k), np.int64), np.empty((0, 0)))
+    top, scores = best_items(estimator, rows, k, exclude=known, description="top-k recommendations")
+    table = _recommendation_table(data, data.user_ids[rows], top, scores)
     dest = dest or run_dir / RECOMMENDATIONS
     with atomic_file(dest) as tmp:
         table.write_parquet(tmp)
+    log.info("recommendations: top %d of %d users in %.1f s -> %s", k, len(rows), time.perf_counter() - started,
+             dest)
     return dest
 
 
@@ -376,7 +409,8 @@ def recommend_for_ratings(run_dir, ratings: dict[int, float], k: int = 10, devic
     scores = estimator.fold_in(cols[order], values)[None, :].copy()
     scores[0, cols] = -np.inf
     top = top_k(scores, k)
-    return _recommendation_table(data, np.array([-1], np.int32), top, scores).drop("user_id")
+    return _recommendation_table(data, np.array([-1], np.int32), top,
+                                 np.take_along_axis(scores, top, axis=1)).drop("user_id")
 
 
 def _check_k(k) -> None:

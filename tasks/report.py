@@ -48,8 +48,10 @@ def split_stat_rows(split_root: Path) -> list[dict]:
 
 
 def _test_metrics(metrics: dict) -> dict:
+    """Numeric test metrics; a metric the predictor has no value for (None: the global mean's ranking) is n/a."""
     test = metrics.get("test") or {}
-    return {k: _fmt(v) for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: "n/a" if v is None else _fmt(v) for k, v in test.items()
+            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
 
 
 def _note(metrics: dict) -> str:

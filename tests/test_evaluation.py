@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -15,6 +16,7 @@ from recsys_core.baselines import GlobalMean, ItemMean, MostPopular, UserItemBia
 from recsys_core.errors import RecsysError
 from recsys_core.evaluation import (
     beaten_by,
+    evaluate_predictor,
     full_catalogue_recall,
     hit_rate_at_k,
     mae,
@@ -97,11 +99,45 @@ def test_baselines_by_hand():
     assert MostPopular(train).score_rows([0]).tolist() == [[2.0, 2.0, 0.0]]
     # no regularization and a single item: the bias model reproduces the user's mean exactly
     one_item = sp.csr_matrix(np.array([[5], [3]], np.float32))
-    bias = UserItemBias(one_item, user_reg=0.0, item_reg=0.0)
+    bias = UserItemBias(one_item, reg_u=0.0, reg_i=0.0)
     assert bias.predict_pairs([0, 1], [0, 0]).tolist() == pytest.approx([5.0, 3.0])
     # strong regularization shrinks to the global mean
-    shrunk = UserItemBias(train, user_reg=1e9, item_reg=1e9)
+    shrunk = UserItemBias(train, reg_u=1e9, reg_i=1e9)
     assert shrunk.predict_pairs([0], [0])[0] == pytest.approx(13 / 4)
+
+
+def _surprise_baseline_als(ratings, n_users, n_items, reg_u=15.0, reg_i=10.0, n_epochs=10):
+    """Surprise's BaselineOnly ("als", its default) as its documentation states it, one rating at a time:
+    each epoch, every item's bias from the current user biases, then every user's from the new item biases."""
+    mean = sum(r for _, _, r in ratings) / len(ratings)
+    by_item = {i: [(u, r) for u, j, r in ratings if j == i] for i in range(n_items)}
+    by_user = {u: [(i, r) for v, i, r in ratings if v == u] for u in range(n_users)}
+    bu, bi = [0.0] * n_users, [0.0] * n_items
+    for _ in range(n_epochs):
+        for i, rated in by_item.items():
+            bi[i] = sum(r - mean - bu[u] for u, r in rated) / (reg_i + len(rated))
+        for u, rated in by_user.items():
+            bu[u] = sum(r - mean - bi[i] for i, r in rated) / (reg_u + len(rated))
+    return mean, bu, bi
+
+
+def test_user_item_bias_is_surprises_baseline_only_with_its_defaults():
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((30, 12)) < 0.3, rng.integers(1, 6, (30, 12)), 0).astype(np.float32)
+    dense[:, 11] = 0  # an item nobody rated keeps bias 0 (the prediction is mu + b_u)
+    train = sp.csr_matrix(dense)
+    ratings = [(u, i, float(dense[u, i])) for u, i in zip(*np.nonzero(dense))]
+    mean, bu, bi = _surprise_baseline_als(ratings, 30, 12)
+    fitted = UserItemBias(train)
+    assert fitted.mean == pytest.approx(mean, abs=1e-12)
+    np.testing.assert_allclose(fitted.user_bias, bu, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fitted.item_bias, bi, rtol=0, atol=1e-12)
+    assert fitted.item_bias[11] == 0.0
+    users, items = np.meshgrid(np.arange(30), np.arange(12), indexing="ij")
+    expected = mean + np.array(bu)[users.ravel()] + np.array(bi)[items.ravel()]
+    np.testing.assert_allclose(fitted.predict_pairs(users.ravel(), items.ravel()), expected, rtol=1e-6)
+    # the old regularization (reg_u 10, reg_i 25) is a different model: the test can tell them apart
+    assert not np.allclose(UserItemBias(train, reg_u=10.0, reg_i=25.0).item_bias, bi, atol=1e-3)
 
 
 def test_beaten_by_uses_rmse_for_rating_models_and_hit_rate_for_interaction_models():
@@ -120,6 +156,25 @@ def test_top_k_lists_of_rating_models_are_compared_too():
     assert beaten_by(model, baselines, rating_model=True) == []
     assert beaten_by(model, baselines, rating_model=False) == ["most_popular"]
     assert beaten_by({"test": {"rmse": 0.9}}, baselines, rating_model=False) == []
+
+
+def test_the_global_mean_has_no_ranking_and_never_ranks_better():
+    """All its scores tie: HR/NDCG/Recall would measure the tie-break on item column, not a ranking."""
+    train = sp.csr_matrix(np.array([[5, 0, 0, 4], [0, 0, 3, 0], [1, 0, 0, 0]], np.float32))
+    test = sp.csr_matrix(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]], np.float32))
+    data = SimpleNamespace(train=train, valid=sp.csr_matrix((3, 4), dtype=np.float32), test=test,
+                           meta={}, negatives=(np.arange(3), np.array([[2], [1], [2]])))
+    tied = GlobalMean(train)
+    assert not tied.ranks and ItemMean(train).ranks and MostPopular(train).ranks
+    # ranked anyway, the tie-break puts column 0 first: user 1's held-out item 0 is "hit" by a constant
+    assert evaluate_predictor(tied, data, k=1, recall_users=10)["test"]["recall@1"] > 0
+    metrics = evaluate_predictor(tied, data, k=1, recall_users=10, ranking=False)["test"]
+    assert metrics["hr@1"] is None and metrics["ndcg@1"] is None and metrics["recall@1"] is None
+    assert metrics["rmse"] > 0  # still a rating baseline
+    model = {"test": {"rmse": 0.9, "hr@1": 0.0, "recall@1": 0.0}}
+    baselines = {"global_mean": {"test": {"rmse": 0.8, **{k: v for k, v in metrics.items() if k != "rmse"}}}}
+    assert beaten_by(model, baselines, rating_model=True) == ["global_mean"]  # on RMSE it counts
+    assert beaten_by(model, baselines, rating_model=False) == []              # on ranking it has none
 
 
 def test_row_batch_matches_scipy_slicing_and_negatives_avoid_seen_items():

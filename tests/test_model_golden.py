@@ -4,6 +4,20 @@ the redesign (tests/golden_metrics.json), to 1e-6 (2 torch threads may differ by
 
 Re-record (only when a model's computation is meant to change, and say so in the commit):
 ``.venv/bin/python tests/test_model_golden.py --record``
+
+Re-recorded on purpose:
+- issue 14 part 1 (the NCF test leak): gmf, ncf-mlp, neumf and neumf-on-ratings draw their training negatives
+  from every item outside the user's TRAIN ratings (they skipped the valid and test items, so the held-out item
+  was never pushed down while the evaluation's negatives were) and their valid negatives from outside train +
+  valid (test is never read before training ends). Their test HR@10 falls as expected, e.g. gmf 0.313 -> 0.267,
+  neumf 0.280 -> 0.253; every other model's numbers are unchanged.
+- issue 14 part 4 (baselines): only baseline values changed. user_item_bias is Surprise's BaselineOnly (reg_u 15,
+  reg_i 10; was 10 / 25); global_mean has no ranking, so its hr/ndcg/recall are None and its counts gone.
+- issue 14 part 8 (one top-K tie rule, recsys_core/ranking.py): among items tied across the K-th place the lower
+  column is kept (np.argpartition kept an arbitrary one). Only most_popular's Recall@10 moves (integer
+  popularity counts tie): 0.52616 -> 0.52282 on the rating fixture, 0.1667 -> 0.15 on leave-one-out; no model
+  number changes. Recorded after the merge of main (which had re-recorded neumf-on-ratings for its shared
+  sampler: the merged code reproduces evalfix's values for it).
 """
 
 from __future__ import annotations

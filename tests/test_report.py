@@ -28,3 +28,13 @@ def test_notes_separate_beaten_from_ranked_worse(tmp_path):
     # Each baseline appears once per split, beside the first model that carried it.
     assert [r["model"] for r in rows if r["kind"] == "baseline"] == ["user_item_bias", "most_popular"]
     assert rows[1]["rmse"] == 0.95
+
+
+def test_a_baseline_without_a_ranking_shows_n_a(tmp_path):
+    run = _run(tmp_path, "mf", beaten_by=[], top_k_beaten_by=[])
+    metrics_file = tmp_path / "mf" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["baselines"]["global_mean"] = {"test": {"rmse": 1.1, "recall@10": None}}
+    metrics_file.write_text(json.dumps(metrics))
+    tied = next(r for r in metric_rows([run]) if r["model"] == "global_mean")
+    assert tied["recall@10"] == "n/a" and tied["rmse"] == 1.1

@@ -175,6 +175,11 @@ def test_trains_on_folders_made_by_the_real_split_and_matrices_stages(tmp_path):
     metrics = train(tmp_path / "matrices" / "leave-one-out", tmp_path / "run", "gmf", epochs=2, recall_users=50)
     assert metrics["test"]["n_ranked"] == 120 and 0.0 <= metrics["test"]["hr@10"] <= 1.0
     assert set(metrics["baselines"]["most_popular"]["test"]) >= {"hr@10", "ndcg@10", "recall@10"}
+    # the global mean scores every item the same: no ranking, never said to rank better than a model
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    tied = on_disk["baselines"]["global_mean"]["test"]
+    assert tied["hr@10"] is None and tied["ndcg@10"] is None and tied["recall@10"] is None
+    assert "global_mean" not in on_disk["beaten_by"] + on_disk["top_k_beaten_by"]
     table = pl.read_parquet(tmp_path / "run" / "recommendations.parquet")
     assert set(table["user_id"].to_list()) == {u * 10 + 3 for u in range(120)}
     assert table["title"][0].startswith("Movie ")

@@ -117,9 +117,9 @@ class ALS(Estimator):
         return self
 
     # --- Predictor --------------------------------------------------------------------------------------
-    def score_rows(self, rows) -> np.ndarray:
+    def score_rows_tensor(self, rows) -> torch.Tensor:
         users = self.user_factors[torch.as_tensor(np.asarray(rows, np.int64), device=self.device)]
-        return (users @ self.item_factors.T).cpu().numpy()
+        return users @ self.item_factors.T
 
     def predict_pairs(self, rows, cols) -> np.ndarray:
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)

@@ -118,9 +118,9 @@ class EASE(Estimator):
         return self
 
     # --- Predictor --------------------------------------------------------------------------------------
-    def score_rows(self, rows) -> np.ndarray:
+    def score_rows_tensor(self, rows) -> torch.Tensor:
         inputs = torch_csr(self.x[np.asarray(rows, np.int64)], self.device)
-        return (inputs @ self.weights).cpu().numpy()
+        return inputs @ self.weights
 
     def predict_pairs(self, rows, cols) -> np.ndarray:
         """score(u, j) = sum of B[i, j] over the items i of u: gathered, not a whole row per pair."""
