@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_core.baselines import UserItemBias
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import TorchEstimator
 from recsys_core.interactions import RowBatch, group_pairs_by_row, row_batch
@@ -144,6 +145,9 @@ class DeepAutoencoder(nn.Module):
 COLUMN_MEAN_SHRINK = 25.0
 # center="row": a row's mean is shrunk toward the global mean as if it had this many more ratings
 ROW_MEAN_SHRINK = 10.0
+# fold_in's bias of a new user: one ridge step over its ratings with this regularization (the user_reg of the
+# user+item bias baseline)
+FOLD_IN_USER_REG = 10.0
 
 
 def shrunk_means(owners: np.ndarray, values: np.ndarray, n_owners: int, global_mean: float,
@@ -175,6 +179,10 @@ class RowsOptions(LoopOptions):
     center: str = option("row", "row: the network reads and predicts residuals from each row's shrunk mean "
                                 "training rating, added back to every prediction; none: raw ratings (the paper)",
                          choices=("none", "row"))
+    bias_shrink: float = option(
+        5.0, "blend every prediction toward the user+item bias baseline by the user's number of training ratings "
+             "n: n/(n + bias_shrink) on the network, the rest on mu + b_u + b_i (users with few ratings get mostly "
+             "the biases; 0 = the network alone)", low=0, high=1000)
     weight_decay: float = 0.005
     epochs: int = 60
     patience: int = 8
@@ -229,11 +237,39 @@ class RowsEstimator(TorchEstimator):
             self.row_offset = np.zeros(matrix.shape[0], np.float32)
         self.matrix = matrix
         self.train_rows = np.flatnonzero(np.diff(self.matrix.indptr) > 0)
+        self._prepare_blend(data, float(config.bias_shrink))
         self.input_noise = float(config.noise)
         self.refeed = int(config.refeed)
         self.noise_loss = config.noise_loss
         if config.output_bias == "mean" and not self.model.last_layer_activation:
             self._init_output_bias()
+
+    def _prepare_blend(self, data, shrink: float) -> None:
+        """The user+item bias baseline of this split and each user's weight on the network,
+        n_u / (n_u + shrink) (n_u: the user's training ratings); derived from the data alone, so a loaded
+        run gets it back without extra state."""
+        self.bias_shrink = shrink
+        if shrink <= 0:
+            return
+        baseline = UserItemBias(data.train)
+        self.bias_mean = np.float32(baseline.mean)
+        self.bias_user = np.asarray(baseline.user_bias, np.float32)
+        self.bias_item = np.asarray(baseline.item_bias, np.float32)
+        counts = np.diff(data.train.indptr).astype(np.float32)
+        self.network_weight = counts / (counts + np.float32(shrink))
+
+    def _blend(self, users: np.ndarray, items: np.ndarray | None, network: np.ndarray) -> np.ndarray:
+        """``network`` (pairs: users[k], items[k]; rows: users x every item when ``items`` is None) blended
+        toward mu + b_u + b_i by the users' weights."""
+        if self.bias_shrink <= 0:
+            return network
+        weight = self.network_weight[users]
+        if items is None:
+            biases = self.bias_mean + self.bias_user[users][:, None] + self.bias_item[None, :]
+            weight = weight[:, None]
+        else:
+            biases = self.bias_mean + self.bias_user[users] + self.bias_item[items]
+        return weight * network + (1 - weight) * biases
 
     def _init_output_bias(self) -> None:
         """Start the linear output at each output column's shrunk mean training rating (the item-mean
@@ -307,6 +343,10 @@ class RowsEstimator(TorchEstimator):
         return self.model.decode_hidden(self.model.encode_sparse(batch.cols, batch.values, batch.offsets))
 
     def predict_pairs(self, rows, cols):
+        users, items = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        return self._blend(users, items, self._network_pairs(users, items))
+
+    def _network_pairs(self, rows, cols):
         if self.orientation == "item":
             rows, cols = cols, rows
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
@@ -328,6 +368,9 @@ class RowsEstimator(TorchEstimator):
 
     def score_rows(self, rows):
         rows = np.asarray(rows, np.int64)
+        return self._blend(rows, None, self._network_rows(rows))
+
+    def _network_rows(self, rows):
         with self._eval_mode():
             if self.orientation == "user":
                 full = self.model.output_full(self._hidden_for(rows)).float().cpu().numpy()
@@ -353,4 +396,12 @@ class RowsEstimator(TorchEstimator):
             code = self.model.encode_sparse(torch.as_tensor(cols, dtype=torch.int64, device=self.device),
                                             torch.as_tensor(values, dtype=torch.float32, device=self.device),
                                             torch.zeros(1, dtype=torch.int64, device=self.device))
-            return self.model.output_full(self.model.decode_hidden(code)).float().cpu().numpy()[0] + offset
+            network = self.model.output_full(self.model.decode_hidden(code)).float().cpu().numpy()[0] + offset
+        if self.bias_shrink <= 0:
+            return network
+        # the new user's bias: one ridge step over its ratings against mu + b_i (as the baseline's last step)
+        values = np.asarray(values, np.float64) + (offset if self.center == "row" else 0.0)
+        cols = np.asarray(cols, np.int64)
+        user_bias = float((values - self.bias_mean - self.bias_item[cols]).sum() / (FOLD_IN_USER_REG + len(values)))
+        weight = len(values) / (len(values) + self.bias_shrink)
+        return (weight * network + (1 - weight) * (self.bias_mean + user_bias + self.bias_item)).astype(np.float32)
