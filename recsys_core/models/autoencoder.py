@@ -177,8 +177,9 @@ class RowsOptions(LoopOptions):
     output_bias: str = option("mean", "initial output bias: each output's shrunk mean training rating (mean; "
                                       "linear output only) or zero (the paper)", choices=("mean", "zero"))
     center: str = option("row", "row: the network reads and predicts residuals from each row's shrunk mean "
-                                "training rating, added back to every prediction; none: raw ratings (the paper)",
-                         choices=("none", "row"))
+                                "training rating, added back to every prediction; bias: residuals from the user+item "
+                                "bias baseline mu + b_u + b_i; none: raw ratings (the paper)",
+                         choices=("none", "row", "bias"))
     bias_shrink: float = option(
         5.0, "blend every prediction toward the user+item bias baseline by the user's number of training ratings "
              "n: n/(n + bias_shrink) on the network, the rest on mu + b_u + b_i (users with few ratings get mostly "
@@ -225,7 +226,18 @@ class RowsEstimator(TorchEstimator):
         config = self.config
         matrix = data.train if self.orientation == "user" else data.train_by_item
         self.center = config.center
-        if self.center == "row":
+        if self.center == "bias" or config.bias_shrink > 0:
+            self._fit_biases(data)
+        if self.center == "bias":
+            # The network sees and predicts residuals from the user+item bias baseline (mu + b_u + b_i of the
+            # pair, in either orientation), added back to every prediction: the untrained network is that
+            # baseline, and an unrated input reads as "what the biases expect".
+            owners = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+            users, items = (owners, matrix.indices) if self.orientation == "user" else (matrix.indices, owners)
+            matrix = matrix.copy()
+            matrix.data = (matrix.data - self._biases(users, items)).astype(np.float32)
+            self.row_offset = np.zeros(matrix.shape[0], np.float32)
+        elif self.center == "row":
             # The network sees and predicts residuals from each row's (user's) shrunk mean rating; the
             # offset is added back to every prediction, so unrated inputs read as "the user's mean".
             self.global_mean = float(matrix.data.mean())
@@ -244,32 +256,39 @@ class RowsEstimator(TorchEstimator):
         if config.output_bias == "mean" and not self.model.last_layer_activation:
             self._init_output_bias()
 
-    def _prepare_blend(self, data, shrink: float) -> None:
-        """The user+item bias baseline of this split and each user's weight on the network,
-        n_u / (n_u + shrink) (n_u: the user's training ratings); derived from the data alone, so a loaded
-        run gets it back without extra state."""
-        self.bias_shrink = shrink
-        if shrink <= 0:
-            return
+    def _fit_biases(self, data) -> None:
+        """The user+item bias baseline of this split (derived from the data alone, so a loaded run gets it
+        back without extra state)."""
         baseline = UserItemBias(data.train)
         self.bias_mean = np.float32(baseline.mean)
         self.bias_user = np.asarray(baseline.user_bias, np.float32)
         self.bias_item = np.asarray(baseline.item_bias, np.float32)
+
+    def _biases(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        """mu + b_u + b_i of pairs (users[k], items[k]), or of users x every item when ``items`` is None."""
+        if items is None:
+            return self.bias_mean + self.bias_user[users][:, None] + self.bias_item[None, :]
+        return self.bias_mean + self.bias_user[users] + self.bias_item[items]
+
+    def _prepare_blend(self, data, shrink: float) -> None:
+        """Each user's weight on the network, n_u / (n_u + shrink) (n_u: the user's training ratings)."""
+        self.bias_shrink = shrink
+        if shrink <= 0:
+            return
         counts = np.diff(data.train.indptr).astype(np.float32)
         self.network_weight = counts / (counts + np.float32(shrink))
 
     def _blend(self, users: np.ndarray, items: np.ndarray | None, network: np.ndarray) -> np.ndarray:
         """``network`` (pairs: users[k], items[k]; rows: users x every item when ``items`` is None) blended
         toward mu + b_u + b_i by the users' weights."""
+        if self.center == "bias":
+            network = network + self._biases(users, items)
         if self.bias_shrink <= 0:
             return network
         weight = self.network_weight[users]
         if items is None:
-            biases = self.bias_mean + self.bias_user[users][:, None] + self.bias_item[None, :]
             weight = weight[:, None]
-        else:
-            biases = self.bias_mean + self.bias_user[users] + self.bias_item[items]
-        return weight * network + (1 - weight) * biases
+        return weight * network + (1 - weight) * self._biases(users, items)
 
     def _init_output_bias(self) -> None:
         """Start the linear output at each output column's shrunk mean training rating (the item-mean
@@ -388,20 +407,25 @@ class RowsEstimator(TorchEstimator):
         if self.orientation != "user":
             raise RecsysError(f"a {self.name} model reads item vectors and cannot score a user absent from "
                               "training; use the autoencoder or autorec-user")
-        offset = 0.0
+        cols = np.asarray(cols, np.int64)
+        raw = np.asarray(values, np.float64)
+        biases = None
+        if self.center == "bias" or self.bias_shrink > 0:
+            # the new user's bias: one ridge step over its ratings against mu + b_i (the baseline's last step)
+            user_bias = (raw - self.bias_mean - self.bias_item[cols]).sum() / (FOLD_IN_USER_REG + len(raw))
+            biases = (self.bias_mean + user_bias + self.bias_item).astype(np.float32)
+        offset = np.float32(0.0)
         if self.center == "row":
-            offset = float(shrunk_means(np.zeros(len(values), np.int64), values, 1, self.global_mean)[0])
-            values = np.asarray(values, np.float32) - offset
+            offset = shrunk_means(np.zeros(len(raw), np.int64), raw, 1, self.global_mean)[0]
+        elif self.center == "bias":
+            offset = biases
+        inputs = raw - (offset[cols] if self.center == "bias" else offset)
         with self._eval_mode():
             code = self.model.encode_sparse(torch.as_tensor(cols, dtype=torch.int64, device=self.device),
-                                            torch.as_tensor(values, dtype=torch.float32, device=self.device),
+                                            torch.as_tensor(inputs, dtype=torch.float32, device=self.device),
                                             torch.zeros(1, dtype=torch.int64, device=self.device))
             network = self.model.output_full(self.model.decode_hidden(code)).float().cpu().numpy()[0] + offset
         if self.bias_shrink <= 0:
             return network
-        # the new user's bias: one ridge step over its ratings against mu + b_i (as the baseline's last step)
-        values = np.asarray(values, np.float64) + (offset if self.center == "row" else 0.0)
-        cols = np.asarray(cols, np.int64)
-        user_bias = float((values - self.bias_mean - self.bias_item[cols]).sum() / (FOLD_IN_USER_REG + len(values)))
-        weight = len(values) / (len(values) + self.bias_shrink)
-        return (weight * network + (1 - weight) * (self.bias_mean + user_bias + self.bias_item)).astype(np.float32)
+        weight = np.float32(len(raw) / (len(raw) + self.bias_shrink))
+        return weight * network + (1 - weight) * biases
