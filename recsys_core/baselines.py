@@ -80,6 +80,7 @@ class UserItemBias(Baseline):
     def __init__(self, train: sp.csr_matrix, reg_u: float = 15.0, reg_i: float = 10.0, n_epochs: int = 10):
         values = train.data.astype(np.float64)
         self.mean = float(values.mean())
+        self.reg_u, self.reg_i = float(reg_u), float(reg_i)
         n_users, n_items = train.shape
         # sum over a user's items of (r - mu - b_i) = (their rating sum - n_u mu) - (pattern @ b_i), and the
         # same for items: the rating sums are taken once and each step is one sparse product over the rating

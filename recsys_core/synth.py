@@ -76,24 +76,57 @@ _TAR_MTIME = int(dt.datetime(2006, 1, 4, tzinfo=dt.timezone.utc).timestamp())  #
 
 @dataclass(frozen=True)
 class SynthParams:
-    """Every knob of the generator (written to synth.json)."""
+    """Every knob of the generator (written to synth.json). The defaults are the "real" profile; ``PROFILES``
+    holds the older "plain" one (a global low-rank model, activity and popularity without time or taste)."""
 
     rank: int = 10
-    global_mean: float = 3.7
+    global_mean: float = 3.63  # plain: 3.7 (with the favourite-cluster boost the rating mean is ~3.6)
     user_bias_sd: float = 0.4
     item_bias_sd: float = 0.5
     interaction_sd: float = 0.5  # sd of the low-rank dot product p_user . q_item
     noise_sd: float = 0.9
-    user_activity_sigma: float = 1.25  # lognormal sigma of ratings per user (real: mean 209, median 96)
+    # lognormal sigma of a user's rating rate: with the windows and newcomers below, at scale 1.0 ratings per
+    # user have mean 209, median 96, max ~4,500 (real: 209, 96, 17,653; plain: sigma 1.25 of the count itself)
+    user_activity_sigma: float = 0.5
     min_user_ratings: int = 3
     max_user_fraction: float = 0.95  # a user rates at most this fraction of the rateable movies
-    movie_popularity_sigma: float = 1.8  # lognormal sigma of the movie popularity weights
+    # lognormal sigma of the movie popularity weights; with the exact cap below, 2.3 gives at scale 1.0 a
+    # median of ~530 ratings per movie, mean/median ~10.6 and a most-rated movie at ~240K (real: 561, 10.1,
+    # 232,944; plain's 1.8 gave a median of 1,608)
+    movie_popularity_sigma: float = 2.3
     max_movie_user_fraction: float = 0.5  # expected raters of a movie capped at this fraction of users
+    exact_popularity_cap: bool = True  # cap by water-filling (plain: five rounds of cap and renormalize)
     unreleased_fraction: float = 0.001  # movies with zero popularity (their file holds only the header)
     stay_probability: float = 0.55  # users still active at the end of 2005
     null_year_fraction: float = 0.002
     comma_title_fraction: float = 0.05
     accented_title_fraction: float = 0.04
+    # Arrival: a user's ratings ~ rate x (length of its activity window)**window_exponent (plain: 0,
+    # independent of the window), so customers who joined shortly before a test period have few earlier
+    # ratings, as on real data. Newcomers: a newcomer_share of the customers joins in the last newcomer_span
+    # of activity time (about the last months of 2005) and stays (plain: 0).
+    window_exponent: float = 1.0
+    newcomer_share: float = 0.3
+    newcomer_span: float = 0.03
+    # Taste: every movie belongs to one of taste_clusters clusters (genres); every user has taste_favourites
+    # favourite clusters, draws a taste_share of its movies from them (by popularity inside the cluster) and
+    # rates each cluster with an offset N(0, taste_sd^2), plus taste_boost for the favourites. 0 clusters: none.
+    taste_clusters: int = 24
+    taste_favourites: int = 2
+    taste_share: float = 0.5
+    taste_sd: float = 0.3
+    taste_boost: float = 0.3
+
+
+# "real": heavy-tailed popularity, users arriving over time with ratings in proportion to their time active,
+# taste clusters beyond the global low-rank model (the default); "plain": the generator before issue 14
+# (same files for the same seed as then).
+PROFILES = {
+    "real": SynthParams(),
+    "plain": SynthParams(global_mean=3.7, user_activity_sigma=1.25, movie_popularity_sigma=1.8,
+                         window_exponent=0.0, newcomer_share=0.0, exact_popularity_cap=False, taste_clusters=0),
+}
+DEFAULT_PROFILE = "real"
 
 
 def scaled_shape(scale: float) -> tuple[int, int, int]:
@@ -180,10 +213,16 @@ class _World:
     user_factors: np.ndarray
     item_bias: np.ndarray
     item_factors: np.ndarray
+    # taste (None without clusters): cluster of each movie, favourite clusters of each user, offsets per
+    # (user, cluster)
+    item_cluster: np.ndarray | None = None  # int32 [movies]
+    user_favourites: np.ndarray | None = None  # int32 [users, taste_favourites]
+    user_affinity: np.ndarray | None = None  # float32 [users, taste_clusters]
 
 
-def _water_fill(weights, total, low, high):
-    """Integer counts ~ f*weights clipped to [low, high] with sum ~ total (f found by bisection)."""
+def _water_fill(weights, total, low, high, integer=True):
+    """Integer counts ~ f*weights clipped to [low, high] with sum ~ total (f found by bisection);
+    ``integer=False``: the clipped values themselves."""
     lo, hi = 0.0, float(total) / weights.min()
     for _ in range(100):
         f = 0.5 * (lo + hi)
@@ -191,6 +230,8 @@ def _water_fill(weights, total, low, high):
             lo = f
         else:
             hi = f
+    if not integer:
+        return np.clip(hi * weights, low, high)
     return np.clip(np.rint(hi * weights), low, high).astype(np.int64)
 
 
@@ -207,25 +248,39 @@ def _build_world(n_movies, n_users, target, params: SynthParams, seed) -> _World
     popularity[rng.choice(n_movies, n_unreleased, replace=False)] = 0.0
     # Cap the most popular movies (a movie cannot be rated by more users than exist).
     cap = params.max_movie_user_fraction * n_users
-    for _ in range(5):
-        expected = popularity / popularity.sum() * target
-        popularity = np.minimum(expected, cap)
+    if params.exact_popularity_cap:
+        released = popularity > 0
+        popularity[released] = _water_fill(popularity[released], target, 0, cap, integer=False)
+    else:
+        for _ in range(5):
+            expected = popularity / popularity.sum() * target
+            popularity = np.minimum(expected, cap)
     popularity /= popularity.sum()
 
     rateable = int((popularity > 0).sum())
     high = max(1, int(params.max_user_fraction * rateable))
     low = min(params.min_user_ratings, high)
     activity = rng.lognormal(0.0, params.user_activity_sigma, n_users)
-    counts = _water_fill(activity, min(target, high * n_users), low, high)
+    if not params.window_exponent:
+        counts = _water_fill(activity, min(target, high * n_users), low, high)
 
     starts = rng.random(n_users)
     stays = rng.random(n_users) < params.stay_probability
     ends = np.where(stays, 1.0, starts + (1.0 - starts) * rng.random(n_users))
+    if params.newcomer_share:
+        late = np.random.default_rng([seed, 8]).random((2, n_users))
+        newcomer = late[0] < params.newcomer_share
+        starts[newcomer] = 1.0 - params.newcomer_span * late[1][newcomer]
+        ends[newcomer] = 1.0
     ends = np.maximum(ends, np.minimum(starts + 2e-3, 1.0))
     starts = np.minimum(starts, ends - 2e-3)
+    if params.window_exponent:
+        # activity is (about) a rate: a customer who joined late (or left early) has rated less
+        counts = _water_fill(activity * (ends - starts) ** params.window_exponent, min(target, high * n_users),
+                             low, high)
 
     factor_sd = np.sqrt(params.interaction_sd / np.sqrt(params.rank))
-    return _World(
+    world = _World(
         user_ids=user_ids,
         user_counts=counts,
         user_start=starts,
@@ -237,6 +292,29 @@ def _build_world(n_movies, n_users, target, params: SynthParams, seed) -> _World
         item_bias=rng.normal(0.0, params.item_bias_sd, n_movies).astype(np.float32),
         item_factors=rng.normal(0.0, factor_sd, (n_movies, params.rank)).astype(np.float32),
     )
+    if params.taste_clusters:
+        _add_taste(world, params, seed)
+    return world
+
+
+def _add_taste(world: _World, params: SynthParams, seed: int) -> None:
+    """Clusters of movies, favourite clusters of users (drawn by the clusters' popularity, Gumbel top-k)
+    and per-(user, cluster) rating offsets, from a random stream of their own."""
+    rng = np.random.default_rng([seed, 6])
+    n_clusters, n_users = params.taste_clusters, len(world.user_ids)
+    item_cluster = rng.integers(0, n_clusters, len(world.movie_weights)).astype(np.int32)
+    cluster_weight = np.bincount(item_cluster, world.movie_weights, n_clusters)
+    log_weight = np.full(n_clusters, -np.inf)
+    log_weight[cluster_weight > 0] = np.log(cluster_weight[cluster_weight > 0])
+    favourites_per_user = min(params.taste_favourites, int((cluster_weight > 0).sum()))
+    favourites = np.empty((n_users, favourites_per_user), np.int32)
+    step = 1 << 16
+    for a in range(0, n_users, step):
+        gumbel = -np.log(-np.log(rng.random((min(step, n_users - a), n_clusters)) + 1e-30))
+        favourites[a:a + step] = np.argsort(-(gumbel + log_weight), axis=1)[:, :favourites_per_user]
+    affinity = rng.normal(0.0, params.taste_sd, (n_users, n_clusters)).astype(np.float32)
+    affinity[np.arange(n_users)[:, None], favourites] += np.float32(params.taste_boost)  # distinct per row
+    world.item_cluster, world.user_favourites, world.user_affinity = item_cluster, favourites, affinity
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -250,12 +328,16 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
-def _sample_pairs(world: _World, seed: int, max_rounds: int = 16) -> np.ndarray:
+def _sample_pairs(world: _World, seed: int, max_rounds: int = 16, taste_share: float = 0.0,
+                  taste_rounds: int = 4) -> np.ndarray:
     """Distinct (movie, user) pairs as sorted int64 keys ``movie << 20 | user`` (movie-major).
 
     Users rating a large share of the catalogue get an exact weighted sample without replacement
     (Gumbel top-k). The others draw movies with replacement by popularity, drop the pairs they already
-    have (a per-block bitmap) and draw their deficit again, for a few rounds.
+    have (a per-block bitmap) and draw their deficit again, for a few rounds. With taste clusters, a
+    ``taste_share`` of each user's draws picks one of its favourite clusters and a movie inside it by
+    popularity (in the first ``taste_rounds`` rounds; later rounds fill what is left by popularity alone,
+    so a user whose favourites run out still gets its count).
     """
     counts, weights = world.user_counts, world.movie_weights
     n_users, n_movies = len(counts), len(weights)
@@ -265,6 +347,31 @@ def _sample_pairs(world: _World, seed: int, max_rounds: int = 16) -> np.ndarray:
     heavy_threshold = max(n_movies // 8, 1)
     block = max(1, _BITMAP_CELLS // n_movies)
     bitmaps = threading.local()  # one reusable bitmap of block x movies per worker thread
+    taste = world.item_cluster is not None and taste_share > 0
+    if taste:
+        favourites = world.user_favourites
+        by_cluster = np.argsort(world.item_cluster, kind="stable")  # movies grouped by cluster
+        cluster_cumulative = np.cumsum(weights[by_cluster])
+        cluster_ends = np.cumsum(np.bincount(world.item_cluster, minlength=world.user_affinity.shape[1]))
+        cluster_hi = cluster_cumulative[cluster_ends - 1]
+        cluster_lo = np.concatenate([[0.0], cluster_hi[:-1]])
+        cluster_weight = cluster_hi - cluster_lo
+
+    def taste_weights(rows: np.ndarray) -> np.ndarray:
+        """log of each row's (user's) probability of drawing each movie: the popularity mixture above."""
+        boost = np.zeros((len(rows), n_movies), np.float32)
+        for f in range(favourites.shape[1]):
+            cluster = favourites[rows, f]
+            match = world.item_cluster[None, :] == cluster[:, None]
+            boost += match / np.float32(cluster_weight[cluster][:, None] * favourites.shape[1])
+        with np.errstate(divide="ignore"):
+            return log_weights + np.log(np.float32(1 - taste_share) + np.float32(taste_share) * boost)
+
+    def draw_by_taste(rng, users: np.ndarray) -> np.ndarray:
+        """A movie from one of each user's favourite clusters (uniform among them), by popularity inside."""
+        cluster = favourites[users, rng.integers(0, favourites.shape[1], len(users))]
+        x = cluster_lo[cluster] + rng.random(len(users)) * cluster_weight[cluster]
+        return by_cluster[np.minimum(np.searchsorted(cluster_cumulative, x, side="right"), n_movies - 1)]
 
     def sample_block(block_index: int) -> np.ndarray:
         first = block_index * block
@@ -280,20 +387,23 @@ def _sample_pairs(world: _World, seed: int, max_rounds: int = 16) -> np.ndarray:
             if len(rows) == 0:
                 continue
             gumbel = -np.log(-np.log(rng.random((len(rows), n_movies), dtype=np.float32) + np.float32(1e-30)))
-            order = np.argsort(-(gumbel + log_weights), axis=1)
+            order = np.argsort(-(gumbel + (taste_weights(rows + first) if taste else log_weights)), axis=1)
             take = need[rows]
             keep = np.arange(take.max())[None, :] < take[:, None]
             chosen_rows = np.broadcast_to(rows[:, None], keep.shape)[keep]
             accepted.append(chosen_rows.astype(np.int64) * n_movies + order[:, : take.max()][keep])
         have = np.zeros(size, dtype=np.int64)
         have[heavy] = need[heavy]
-        for _ in range(max_rounds):
+        for round_index in range(max_rounds):
             deficit = need - have
             active = np.flatnonzero(deficit > 0)
             if len(active) == 0:
                 break
             users = np.repeat(active, deficit[active])
             movies = np.searchsorted(cumulative, rng.random(len(users)) * cumulative[-1], side="right")
+            if taste and round_index < taste_rounds:
+                by_taste = np.flatnonzero(rng.random(len(users)) < taste_share)
+                movies[by_taste] = draw_by_taste(rng, users[by_taste] + first)
             flat = users.astype(np.int64) * n_movies + np.minimum(movies, n_movies - 1)
             flat = _distinct(flat[~seen[flat]])
             seen[flat] = True
@@ -458,6 +568,8 @@ class Oracle:
     item_ids: np.ndarray  # sorted int32
     item_bias: np.ndarray
     item_factors: np.ndarray
+    item_cluster: np.ndarray | None = None  # "real" profile: taste cluster of each movie
+    user_affinity: np.ndarray | None = None  # and each customer's offset per cluster
 
     @staticmethod
     def _index(known: np.ndarray, ids, what: str) -> np.ndarray:
@@ -470,7 +582,7 @@ class Oracle:
         return pos
 
     def score(self, user_ids, item_ids) -> np.ndarray:
-        """Noise-free score mu + b_u + b_i + p_u . q_i (float64)."""
+        """Noise-free score mu + b_u + b_i + p_u . q_i (+ a_u[cluster_i] with taste clusters), float64."""
         u = self._index(self.user_ids, user_ids, "customer")
         i = self._index(self.item_ids, item_ids, "movie")
         if u.shape != i.shape:
@@ -480,6 +592,8 @@ class Oracle:
         for a in range(0, u.size, step):
             p = self.user_factors[u.flat[a : a + step]].astype(np.float64)
             scores.flat[a : a + step] += np.einsum("nk,nk->n", p, self.item_factors[i.flat[a : a + step]])
+        if self.user_affinity is not None:
+            scores += self.user_affinity[u, self.item_cluster[i]]
         return scores
 
     def predict(self, user_ids, item_ids) -> np.ndarray:
@@ -521,6 +635,8 @@ def load_oracle(out_dir) -> Oracle:
             item_ids=data["item_ids"],
             item_bias=data["item_bias"],
             item_factors=data["item_factors"],
+            item_cluster=data["item_cluster"] if "item_cluster" in data else None,
+            user_affinity=data["user_affinity"] if "user_affinity" in data else None,
         )
 
 
@@ -581,15 +697,18 @@ def _write_kaggle_zip(out_dir: Path) -> None:
 
 
 def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = False, layout: str = "netflix",
-                     zip_archive: bool = False) -> dict:
+                     zip_archive: bool = False, profile: str = DEFAULT_PROFILE) -> dict:
     """Write a synthetic Netflix Prize data set of the given scale into ``out_dir``; return synth.json.
 
     ``layout="netflix"``: training_set/mv_*.txt + movie_titles.txt (``tar``: also training_set.tar);
     ``layout="kaggle"``: combined_data_1..4.txt, movie_titles.csv, probe.txt, qualifying.txt, README
     (``zip_archive``: also the Kaggle archive netflix-prize-data.zip holding them). The same scale and seed give
-    the same ratings in either layout. The returned dict also holds ``phase_seconds`` (timings; not
+    the same ratings in either layout. ``profile`` picks the generating model (``PROFILES``: "real", the
+    default, or "plain"). The returned dict also holds ``phase_seconds`` (timings; not
     written to synth.json so that equal seeds give byte-identical files).
     """
+    if profile not in PROFILES:
+        raise RecsysError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
     if layout not in LAYOUTS:
         raise RecsysError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     if tar and layout != "netflix":
@@ -607,7 +726,7 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     if out_dir.exists() and not out_dir.is_dir():
         raise RecsysError(f"{out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = SynthParams()
+    params = PROFILES[profile]
     n_movies, n_users, target = scaled_shape(scale)
     phases: dict[str, float] = {}
     clock = time.perf_counter()
@@ -624,7 +743,7 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     day_cdf = _day_cdf()
     phase("model")
 
-    keys = _sample_pairs(world, seed)
+    keys = _sample_pairs(world, seed, taste_share=params.taste_share)
     movie_counts = np.bincount(keys >> _USER_BITS, minlength=n_movies)
     users = (keys & ((1 << _USER_BITS) - 1)).astype(np.int32)
     del keys
@@ -686,6 +805,8 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         score = world.mu + world.user_bias[u] + world.item_bias[m]
         for k in range(params.rank):
             score += user_factor_rows[k][u] * item_factor_rows[k][m]
+        if world.user_affinity is not None:  # the user's offset for the movie's taste cluster
+            score += world.user_affinity.ravel()[u.astype(np.int64) * params.taste_clusters + world.item_cluster[m]]
         noisy = score + rng.normal(0.0, params.noise_sd, len(u)).astype(np.float32)
         rating = np.clip(np.rint(noisy), 1, 5).astype(np.int64)
         mean, square = _expected_rating_and_square(score, params.noise_sd)
@@ -789,6 +910,8 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
             "item_ids": item_ids,
             "item_bias": world.item_bias,
             "item_factors": world.item_factors,
+            **({} if world.item_cluster is None else
+               {"item_cluster": world.item_cluster, "user_affinity": world.user_affinity}),
         },
     )
     n_ratings = int(len(users))
@@ -802,6 +925,7 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         "generator": "recsys_core.synth",
         "scale": scale,
         "seed": seed,
+        "profile": profile,
         "params": asdict(params),
         "movies": n_movies,
         "customers": n_users,

@@ -184,3 +184,41 @@ def test_output_bias_starts_at_the_shrunk_item_mean():
                 (1200 + COLUMN_MEAN_SHRINK * overall) / (400 + COLUMN_MEAN_SHRINK), overall]
     np.testing.assert_allclose(bias, expected, rtol=1e-5)
     assert bias[0] > bias[1] and abs(bias[1] - overall) < 0.1
+
+
+@pytest.mark.parametrize("model, center", [("autoencoder", "row"), ("autorec-item", "bias")])
+def test_predictions_blend_toward_the_biases_by_the_users_train_count(rating_split, tmp_path, model, center):
+    """bias_shrink S: prediction = n/(n+S) * network + S/(n+S) * (mu + b_u + b_i), n the user's training
+    ratings, in every prediction path; center=bias feeds residuals from those biases (issue 14.3)."""
+    from recsys_core.baselines import UserItemBias
+    from recsys_core.train import load_run
+
+    run = tmp_path / model
+    train(rating_split.path, run, model, epochs=2, layers=[16], center=center, bias_shrink=5.0, recall_users=0)
+    _, data, estimator = load_run(run)
+    baseline = UserItemBias(data.train)
+    counts = np.diff(data.train.indptr)
+    rows = np.array([0, 3, 7, int(np.argmin(counts))])
+    cols = np.array([1, 5, 9])
+    users, items = np.repeat(rows, len(cols)), np.tile(cols, len(rows))
+    blended = estimator.predict_pairs(users, items)
+    scores = estimator.score_rows(rows)
+    np.testing.assert_allclose(blended, scores[:, cols].reshape(-1), rtol=1e-5, atol=1e-5)
+    estimator._prepare_blend(data, 0.0)
+    network = estimator.predict_pairs(users, items)
+    biases = baseline.predict_pairs(users, items)
+    weight = counts[users] / (counts[users] + 5.0)
+    np.testing.assert_allclose(blended, weight * network + (1 - weight) * biases, rtol=1e-5, atol=1e-5)
+    assert np.abs(network - biases).max() > 1e-3  # the network is not the biases
+    if center == "bias":  # the network's input: residuals from mu + b_u + b_i (items x users here)
+        by_item = data.train_by_item
+        owners = np.repeat(np.arange(by_item.shape[0]), np.diff(by_item.indptr))
+        np.testing.assert_allclose(estimator.matrix.data,
+                                   by_item.data - baseline.predict_pairs(by_item.indices, owners), atol=1e-5)
+    else:  # a new user with a known user's ratings gets that user's blended scores
+        estimator._prepare_blend(data, 5.0)
+        start, end = data.train.indptr[3], data.train.indptr[4]
+        new_user = estimator.fold_in(data.train.indices[start:end], data.train.data[start:end])
+        np.testing.assert_allclose(new_user, scores[1], rtol=1e-4, atol=1e-4)
+    with pytest.raises(RecsysError, match="bias_shrink"):
+        resolve_config(model, {"bias_shrink": -1})

@@ -114,10 +114,17 @@ def test_ratings_pairs_ids_and_dates(parsed):
     assert per_movie.max() > 4 * np.percentile(per_movie, 10)
 
 
-def test_full_scale_world_is_heavy_tailed():
+def gini(counts) -> float:
+    x = np.sort(np.asarray(counts, dtype=float))
+    n = len(x)
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+@pytest.mark.parametrize("profile", ["real", "plain"])
+def test_full_scale_world_is_heavy_tailed(profile):
     """At scale 1.0 the planned activity looks like Netflix (mean ~209, median ~96 ratings per user)."""
     n_movies, n_users, target = scaled_shape(1.0)
-    world = synth._build_world(n_movies, n_users, target, synth.SynthParams(), seed=0)
+    world = synth._build_world(n_movies, n_users, target, synth.PROFILES[profile], seed=0)
     counts = world.user_counts
     assert abs(counts.sum() - target) < 0.001 * target
     assert 180 < counts.mean() < 240 and 70 < np.median(counts) < 130 and counts.min() >= 3
@@ -125,6 +132,13 @@ def test_full_scale_world_is_heavy_tailed():
     assert expected_raters.max() > 50 * np.median(expected_raters)
     assert expected_raters.max() <= 0.5 * n_users + 1
     assert len(np.unique(world.user_ids)) == n_users
+    if profile == "real":
+        # movies as the real set: median 561 raters, mean/median 10.1, most rated 232,944 (docs/synth.md)
+        released = expected_raters[expected_raters > 0]
+        assert 450 < np.median(released) < 700 and 8 < released.mean() / np.median(released) < 13
+        assert expected_raters.max() > 200_000
+        top = np.sort(released)[::-1][: len(released) // 100]
+        assert top.sum() / released.sum() > 0.25 and gini(released) > 0.8  # plain: 0.24 and 0.78
 
 
 def test_time_splits_populated_like_netflix(parsed):
@@ -147,6 +161,93 @@ def test_time_splits_populated_like_netflix(parsed):
     december_users = np.unique(users[window("2005-12-01", "2005-12-31")])
     train_users = np.unique(users[window("2005-09-01", "2005-11-30")])
     assert np.isin(december_users, train_users).mean() > 0.8
+
+
+def few_earlier_ratings_share(users, days, limit=5):
+    """Among the customers who rate in December 2005 and in the N3M train window (Sep-Nov 2005; the test users
+    of N3M), the share with fewer than ``limit`` ratings in that window."""
+    train = (days >= np.datetime64("2005-09-01")) & (days <= np.datetime64("2005-11-30"))
+    december = days >= np.datetime64("2005-12-01")
+    train_users, train_counts = np.unique(users[train], return_counts=True)
+    test_users = np.intersect1d(np.unique(users[december]), train_users)
+    return float((train_counts[np.searchsorted(train_users, test_users)] < limit).mean())
+
+
+@pytest.fixture(scope="module")
+def default_scale_profiles(tmp_path_factory):
+    """The default sample's scale (0.01, ~1M ratings) in both profiles, converted: (users, movies, days)."""
+    import polars as pl
+
+    from recsys_core.convert import convert
+
+    result = {}
+    for profile in ("real", "plain"):
+        out = tmp_path_factory.mktemp("profiles") / profile
+        generate_netflix(out / "raw", scale=0.01, seed=0, profile=profile)
+        convert(out / "raw", out / "converted")
+        frame = pl.read_parquet(out / "converted" / "ratings.parquet", columns=["user_id", "item_id", "timestamp"])
+        result[profile] = (frame["user_id"].to_numpy(), frame["item_id"].to_numpy(),
+                           frame["timestamp"].dt.date().to_numpy().astype("datetime64[D]"))
+    return result
+
+
+def test_real_profile_many_test_users_have_few_earlier_ratings(default_scale_profiles):
+    """Customers join over time (30% of them shortly before the end of 2005), so on N3M many test users have
+    few train ratings: 11.6% with < 5 and 22.6% with < 10 at scale 0.01 (plain: 5.5% and 15.2%; the same
+    numbers come out of the split and matrices stages)."""
+    real_users, _, real_days = default_scale_profiles["real"]
+    plain_users, _, plain_days = default_scale_profiles["plain"]
+    real = few_earlier_ratings_share(real_users, real_days)
+    assert real > 0.09 and real > 1.5 * few_earlier_ratings_share(plain_users, plain_days), real
+    assert few_earlier_ratings_share(real_users, real_days, limit=10) > 0.18
+
+
+def test_real_profile_popularity_is_more_skewed_than_plain(default_scale_profiles):
+    """At small scales the cap (half the customers) and heavy customers flatten the planned tail (see the
+    full-scale test above); it stays heavier than plain's (scale 0.01: Gini 0.52 vs 0.47)."""
+    real = np.unique(default_scale_profiles["real"][1], return_counts=True)[1]
+    plain = np.unique(default_scale_profiles["plain"][1], return_counts=True)[1]
+    assert gini(real) > gini(plain) + 0.03 and gini(real) > 0.49
+
+
+def test_real_profile_taste_clusters(generated, parsed):
+    """Customers draw half of their movies from two favourite clusters and rate them higher: per customer,
+    the two clusters holding most of its ratings hold far more than two of 24 clusters would by chance, and
+    are rated higher than the rest; the oracle carries the clusters (beyond its rank-10 factors)."""
+    out, meta = generated
+    _, users, movies, ratings, _ = parsed
+    oracle = load_oracle(out)
+    assert meta["profile"] == "real" and meta["params"]["taste_clusters"] == 24
+    assert oracle.user_affinity.shape == (meta["customers"], 24) and oracle.item_cluster.shape == (meta["movies"],)
+    def top_two(cluster):
+        """Per customer with >= 30 ratings: the share of its ratings in its two most-rated clusters, and how
+        much higher it rates them than the rest."""
+        shares, lifts = [], []
+        for user in np.unique(users):
+            mine = users == user
+            if mine.sum() < 30:
+                continue
+            per_cluster = np.bincount(cluster[mine], minlength=24)
+            top = np.argsort(-per_cluster)[:2]
+            shares.append(per_cluster[top].sum() / mine.sum())
+            favourite = np.isin(cluster[mine], top)
+            if (~favourite).sum() >= 5:
+                lifts.append(ratings[mine][favourite].mean() - ratings[mine][~favourite].mean())
+        return np.mean(shares), np.mean(lifts), len(shares)
+
+    share, lift, n = top_two(oracle.item_cluster[movies - 1])
+    chance_share, chance_lift, _ = top_two(np.random.default_rng(0).permutation(oracle.item_cluster)[movies - 1])
+    assert n > 100
+    assert share > chance_share + 0.05, (share, chance_share)  # scale 0.002: 0.25 vs 0.16
+    assert lift > chance_lift + 0.1, (lift, chance_lift)
+
+
+def test_plain_profile_has_no_taste(tmp_path):
+    out = tmp_path / "plain"
+    meta = generate_netflix(out, scale=0.0005, seed=7, profile="plain")
+    assert meta["profile"] == "plain" and meta["params"]["taste_clusters"] == 0
+    oracle = load_oracle(out)
+    assert oracle.user_affinity is None and oracle.item_cluster is None
 
 
 def test_movie_titles_latin1_null_years_commas_accents(generated):
@@ -220,7 +321,8 @@ def test_oracle_on_generated_data(generated, parsed):
     u = np.searchsorted(oracle.user_ids, users)
     i = movies - 1
     manual = (oracle.mu + oracle.user_bias[u] + oracle.item_bias[i]
-              + (oracle.user_factors[u].astype(float) * oracle.item_factors[i]).sum(axis=1))
+              + (oracle.user_factors[u].astype(float) * oracle.item_factors[i]).sum(axis=1)
+              + oracle.user_affinity[u, oracle.item_cluster[i]])
     np.testing.assert_allclose(oracle.score(users, movies), manual, atol=1e-5)
     rmse = oracle.rmse(users, movies, ratings)
     assert rmse == pytest.approx(meta["oracle_rmse"], abs=1e-6)
@@ -255,13 +357,17 @@ def test_cli_help_run_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["synth", "--help"])
     text = capsys.readouterr().out
-    for option in ("--scale", "--seed", "--tar", "OUT"):
+    for option in ("--scale", "--seed", "--tar", "--profile", "OUT"):
         assert option in text
     assert cli_main(["synth", str(tmp_path / "cli"), "--scale", "0.0005", "--seed", "3"]) == 0
     assert "ratings" in capsys.readouterr().out
     assert read_json(tmp_path / "cli" / "synth.json")["seed"] == 3
     assert cli_main(["synth", str(tmp_path / "bad"), "--scale", "5"]) == 2
     assert "scale must be between" in capsys.readouterr().err
+    assert cli_main(["synth", str(tmp_path / "p"), "--scale", "0.0005", "--profile", "plain"]) == 0
+    assert read_json(tmp_path / "p" / "synth.json")["profile"] == "plain"
+    with pytest.raises(RecsysError, match="profile must be one of real, plain"):
+        generate_netflix(tmp_path / "bad", scale=0.0005, profile="fancy")
     (tmp_path / "file").write_text("x")
     assert cli_main(["synth", str(tmp_path / "file")]) == 2
     with pytest.raises(RecsysError, match="oracle.npz"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add(subparsers, name: str, summary: str) -> None:
-    from recsys_core.synth import KAGGLE_ZIP, LAYOUTS, MAX_SCALE, MIN_SCALE
+    from recsys_core.synth import DEFAULT_PROFILE, KAGGLE_ZIP, LAYOUTS, MAX_SCALE, MIN_SCALE, PROFILES
 
     parser = subparsers.add_parser(
         name,
@@ -14,9 +14,10 @@ def add(subparsers, name: str, summary: str) -> None:
             "OUT/training_set/mv_0000001.txt ... (one file per movie: a '<movie id>:' line, then "
             "'customer_id,rating,YYYY-MM-DD' lines), OUT/movie_titles.txt (ISO-8859-1 'id,year,title'), "
             "plus OUT/oracle.npz (the generating model: biases and factors) and OUT/synth.json "
-            "(parameters and counts). Ratings follow mean + user bias + item bias + low-rank product + "
-            "Gaussian noise, rounded and clipped to 1..5; dates span 1999-11-11..2005-12-31 and grow "
-            "toward 2005 like the real data. --layout kaggle writes the same ratings in the layout of the Kaggle "
+            "(parameters and counts). Ratings follow mean + user bias + item bias + low-rank product "
+            "(+ the user's offset for the movie's taste cluster) + Gaussian noise, rounded and clipped to 1..5; "
+            "dates span 1999-11-11..2005-12-31 and grow toward 2005 like the real data. --layout kaggle writes "
+            "the same ratings in the layout of the Kaggle "
             "'Netflix Prize data' set instead: OUT/combined_data_1.txt .. combined_data_4.txt (the movies' "
             "blocks one after the other), OUT/movie_titles.csv, OUT/probe.txt, OUT/qualifying.txt, OUT/README."
         ),
@@ -46,6 +47,12 @@ def add(subparsers, name: str, summary: str) -> None:
              "(default: %(default)s)",
     )
     parser.add_argument(
+        "--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+        help="real: heavy-tailed movie popularity, customers joining over time (many with few ratings before a "
+             "test period), taste clusters beyond the low-rank model; plain: the global low-rank model of "
+             "earlier versions, byte-identical files for a seed (default: %(default)s)",
+    )
+    parser.add_argument(
         "--zip", action="store_true",
         help=f"with --layout kaggle: also write OUT/{KAGGLE_ZIP}, the layout's files in one zip archive, as "
              "downloaded from Kaggle",
@@ -57,7 +64,7 @@ def run(args) -> int:
     from recsys_core.synth import generate_netflix
 
     meta = generate_netflix(args.out, scale=args.scale, seed=args.seed, tar=args.tar, layout=args.layout,
-                            zip_archive=args.zip)
+                            zip_archive=args.zip, profile=args.profile)
     print(
         f"wrote {meta['ratings']:,} ratings of {meta['customers']:,} customers on {meta['movies']:,} movies "
         f"({meta['first_date']} .. {meta['last_date']}) to {args.out}; oracle RMSE {meta['oracle_rmse']:.4f}"
