@@ -18,7 +18,7 @@ import yaml
 from tests.flow_support import ROOT
 
 PODMAN_COMPOSE = Path(sys.executable).with_name("podman-compose")
-CLIENTS = ("pool", "deploy", "worker")  # every service that calls the Prefect API
+CLIENTS = ("pool", "deploy", "worker", "dask-worker-1", "dask-worker-2")  # every service calling the Prefect API
 PASSWORD = "p@ss/w:rd#1?&x%20"  # a URL would break on each of these characters
 AUTH = "admin:s3cr$t"
 
@@ -59,7 +59,8 @@ def _environment(service: dict) -> dict:
 
 
 def test_compose_resolves_and_publishes_only_on_loopback(resolved):
-    assert set(resolved) == {"postgres", "server", "pool", "deploy", "worker", "api"}
+    assert set(resolved) == {"postgres", "server", "pool", "deploy", "worker", "api", "dask-scheduler",
+                             "dask-worker-1", "dask-worker-2"}
     published = sorted(port for service in resolved.values() for port in service.get("ports", []))
     assert published == ["127.0.0.1:4200:4200", "127.0.0.1:8000:8000"]
 
@@ -83,6 +84,31 @@ def test_api_serves_the_weekly_retrains_champion_from_the_workers_data_dir(resol
     assert params["registry_model"].replace("{split}", params["splits"][0]) == args.model
     assert "8000/health" in " ".join(api["healthcheck"]["test"])
     assert AUTH not in yaml.safe_dump(api)  # it calls no Prefect API
+
+
+def test_the_dask_deployment_trains_on_the_compose_dask_cluster_which_sees_the_workers_data(resolved):
+    """netflix-dask's dask_address is the scheduler service's; two workers from the project's image connect to
+    it and mount the data volume and the raw data where the flow's worker does; nothing of it is published."""
+    from flows.full import build_parser
+
+    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    params = deployments["netflix-dask"]["parameters"]
+    assert params["task_runner"] == "dask"
+    scheduler = resolved["dask-scheduler"]
+    command = scheduler["command"]
+    assert command[:2] == ["dask", "scheduler"]
+    port = command[command.index("--port") + 1]
+    assert params["dask_address"] == f"tcp://dask-scheduler:{port}"
+    flow_args = build_parser().parse_args(["--task-runner", "dask", "--dask-address", params["dask_address"]])
+    assert flow_args.dask_address == params["dask_address"]
+    worker_mounts = resolved["worker"]["volumes"]
+    for name in ("dask-worker-1", "dask-worker-2"):
+        worker = resolved[name]
+        assert worker["image"] == scheduler["image"] == resolved["server"]["image"]  # same code
+        assert worker["command"][:3] == ["dask", "worker", params["dask_address"]]
+        assert worker["volumes"] == worker_mounts  # the data dir and the raw data at the same paths
+    for service in (scheduler, resolved["dask-worker-1"], resolved["dask-worker-2"]):
+        assert not service.get("ports")
 
 
 def test_every_api_call_needs_the_auth_string(resolved):
