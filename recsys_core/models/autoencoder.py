@@ -297,17 +297,20 @@ class RowsEstimator(TorchEstimator):
         counts = np.diff(data.train.indptr).astype(np.float32)
         self.network_weight = counts / (counts + np.float32(shrink))
 
-    def _blend(self, users: np.ndarray, items: np.ndarray | None, network: np.ndarray) -> np.ndarray:
-        """``network`` (pairs: users[k], items[k]; rows: users x every item when ``items`` is None) blended
-        toward mu + b_u + b_i by the users' weights."""
-        if self.center == "bias":
-            network = network + self._biases(users, items)
-        if self.bias_shrink <= 0:
+    def _blend(self, users: np.ndarray, items: np.ndarray | None, network: torch.Tensor) -> torch.Tensor:
+        """``network`` (pairs: users[k], items[k]; rows: users x every item when ``items`` is None; a float32
+        tensor this call may overwrite) blended in place toward mu + b_u + b_i by the users' weights."""
+        if self.center != "bias" and self.bias_shrink <= 0:
             return network
-        weight = self.network_weight[users]
-        if items is None:
-            weight = weight[:, None]
-        return weight * network + (1 - weight) * self._biases(users, items)
+        biases = torch.from_numpy(self._biases(users, items).astype(np.float32, copy=False)).to(network.device)
+        if self.center == "bias":
+            network.add_(biases)
+        if self.bias_shrink > 0:
+            weight = torch.from_numpy(self.network_weight[users]).to(network.device)
+            if items is None:
+                weight = weight[:, None]
+            network.mul_(weight).add_(biases.mul_(1 - weight))
+        return network
 
     def _init_output_bias(self) -> None:
         """Start the linear output at each output column's shrunk mean training rating (the item-mean
@@ -382,7 +385,7 @@ class RowsEstimator(TorchEstimator):
 
     def predict_pairs(self, rows, cols):
         users, items = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        return self._blend(users, items, self._network_pairs(users, items))
+        return self._blend(users, items, torch.from_numpy(self._network_pairs(users, items))).numpy()
 
     def _network_pairs(self, rows, cols):
         if self.orientation == "item":
@@ -406,17 +409,7 @@ class RowsEstimator(TorchEstimator):
 
     def score_rows_tensor(self, rows):
         rows = np.asarray(rows, np.int64)
-        scores = self._network_rows(rows)
-        if self.center != "bias" and self.bias_shrink <= 0:
-            return scores
-        # _blend's arithmetic, in place on the [rows, items] block (same float32 operations in the same order)
-        biases = torch.from_numpy(self._biases(rows, None).astype(np.float32, copy=False)).to(scores.device)
-        if self.center == "bias":
-            scores.add_(biases)
-        if self.bias_shrink > 0:
-            weight = torch.from_numpy(self.network_weight[rows]).to(scores.device)[:, None]
-            scores.mul_(weight).add_(biases.mul_(1 - weight))
-        return scores
+        return self._blend(rows, None, self._network_rows(rows))
 
     def _network_rows(self, rows):
         with self._eval_mode():
