@@ -44,7 +44,7 @@ MODEL_FILE = "model.pt"
 RECOMMENDATIONS = "recommendations.parquet"
 # What a run writes, removed before a fresh start over an unfinished run (resume="auto").
 RUN_FILES = ("config.json", CHECKPOINT, MODEL_FILE, "history.json", "learning_curve.png", "metrics.json",
-             "predictions.parquet", "recommendations.parquet")
+             "predictions.parquet", RECOMMENDATIONS)
 
 
 def pick_device(name: str | None) -> torch.device:
