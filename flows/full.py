@@ -36,7 +36,7 @@ from prefect import flow  # noqa: E402
 
 from recsys_core.errors import RecsysError  # noqa: E402
 from recsys_core.sweep import load_sweep_file, parse_sweep  # noqa: E402
-from recsys_core.threads import decide_threads  # noqa: E402
+from recsys_core.threads import check_threads  # noqa: E402
 from recsys_core.tracking import require as require_mlflow  # noqa: E402
 from tasks import plan, report, schedule, sweeps  # noqa: E402
 from tasks.caching import hash_memo  # noqa: E402
@@ -96,7 +96,7 @@ def full_pipeline(
     _check_choice("until", until, UNTIL)
     configs = model_configs(models, model_options, seed=seed, k=top_k)
     check_runner(task_runner, dask_address, dask_workers)
-    decide_threads(threads)  # a bad value is one sentence now, not in every task
+    check_threads(threads)  # a bad value is one sentence now, not in every task
     sweep_spec = None
     if sweep is not None:
         sweep_spec = parse_sweep(sweep, models, seed=seed)

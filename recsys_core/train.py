@@ -35,7 +35,7 @@ from recsys_core.io import atomic_file, read_json, write_json
 from recsys_core.predictor import FoldIn
 from recsys_core.progress import progress_bar
 from recsys_core.ranking import best_items
-from recsys_core.threads import apply_threads, decide_threads
+from recsys_core.threads import apply_threads, check_threads, decide_threads
 from recsys_core.training_loop import CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("recsys_core")
@@ -85,15 +85,19 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     dev = pick_device(device)
     if concurrent is None and "LOCAL_WORLD_SIZE" in os.environ:  # torchrun: the processes on this host share it
         concurrent = int(os.environ["LOCAL_WORLD_SIZE"])
-    thread_choice = apply_threads(decide_threads(threads, concurrent))
+    check_threads(threads)
     registration = models.get(model)
     ctx = distributed.from_environment(dev)  # the group torchrun started, joined here; else one process
     try:
         resume = ctx.decide(lambda: _decide_resume(run_dir, registration, options, resume))
+        resumed_threads = None
         if resume:
             registration, config, split_dir = _resumed_config(run_dir, model, options)
+            # the thread count can change some models' sums (module docstring of recsys_core.threads)
+            resumed_threads = read_json(run_dir / "config.json").get("threads")
         else:
             config = registration.resolve(options)
+        thread_choice = apply_threads(decide_threads(threads, concurrent, resumed=resumed_threads))
         nproc = int(getattr(config, "nproc", 1))
         if ctx.enabled:
             if "nproc" not in config.names():
@@ -143,7 +147,8 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
     run_config = {**estimator.describe(), "split_dir": str(split_dir.resolve())}
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", run_config)
+        # the threads go with the options so that a resumed run keeps them
+        write_json(run_dir / "config.json", {**run_config, "threads": thread_info["threads"]})
     blind = data.valid.nnz == 0
     if ctx.is_main:
         log.info("training %s on %s (%d users x %d items, %d ratings) on %s%s, %d torch thread%s (%s)",

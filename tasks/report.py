@@ -88,7 +88,7 @@ def metric_rows(runs: list[dict]) -> list[dict]:
 # Options shown for every run when present; any other option that differs between runs of one model is
 # shown as well (config.json holds every resolved option, most of them the model's defaults).
 MAIN_OPTIONS = ("epochs", "lr", "batch_size", "optimizer", "layers", "hidden", "dim", "dropout", "weight_decay", "seed")
-_BOOKKEEPING = {"model", "family", "orientation", "split_dir"}
+_BOOKKEEPING = {"model", "family", "orientation", "split_dir", "threads"}
 
 
 def run_rows(data_dir: Path) -> list[dict]:

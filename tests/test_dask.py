@@ -162,7 +162,8 @@ def test_an_existing_scheduler_and_worker_and_a_worker_blind_to_the_data_dir(san
         training = json.loads((Path(report["artifacts"]["run N3M/mf"]) / "metrics.json").read_text())["training"]
         # the worker decided: one task slot, so all the cores this worker process has
         assert training["concurrent_trainings"] == 1 and "Dask worker" in training["threads_reason"]
-        assert training["threads"] == available_cores()
+        # all its cores, unless other work held some of them when it started (recsys_core.threads)
+        assert training["threads"] == available_cores() or "busy with other work" in training["threads_reason"]
         all_manifests_verify(data)
 
         # A second worker in its own mount namespace, where the data dir's folder is an empty tmpfs.

@@ -45,21 +45,60 @@ def test_cgroup_v2_and_v1_quotas_are_read(tmp_path):
     assert cgroup_cpu_limit(tmp_path / "none") is None
 
 
+def quiet(cores):
+    return float(cores)
+
+
 def test_the_decision(tmp_path):
     none = tmp_path / "no-cgroup"
     cores = len(os.sched_getaffinity(0))
-    assert decide_threads(environ={}, root=none).threads == cores
+    assert decide_threads(environ={}, root=none, free=quiet).threads == cores
     assert decide_threads(concurrent=cores * 4, environ={}, root=none).threads == 1  # never below one
-    assert decide_threads(concurrent=2, environ={}, root=none).threads == max(1, cores // 2)
+    assert decide_threads(concurrent=2, environ={}, root=none, free=quiet).threads == max(1, cores // 2)
     assert decide_threads(3, environ={ENV: "5"}, root=none).threads == 3  # an explicit request wins
     chosen = decide_threads(environ={ENV: "5"}, root=none)
     assert chosen.threads == 5 and ENV in chosen.reason
-    assert decide_threads(0, environ={}, root=none).threads == cores  # 0 = choose
+    assert decide_threads(0, environ={}, root=none, free=quiet).threads == cores  # 0 = choose
+    chosen = decide_threads(environ={}, root=none, resumed=3, free=quiet)  # a resumed run keeps its threads
+    assert chosen.threads == 3 and "as the run it resumes" in chosen.reason
+    assert decide_threads(2, environ={}, root=none, resumed=3).threads == 2  # unless asked otherwise
     for bad in (-1, 1.5, True):
         with pytest.raises(RecsysError, match="threads must be"):
             decide_threads(bad, environ={}, root=none)
     with pytest.raises(RecsysError, match=f"{ENV} must be a positive integer"):
         decide_threads(environ={ENV: "many"}, root=none)
+
+
+def test_cores_busy_with_other_work_are_left_to_it(tmp_path, monkeypatch):
+    """Fewer threads than cores when others' work holds some of them (OpenMP barriers stall on a shared core)."""
+    none = tmp_path / "no-cgroup"
+    monkeypatch.setattr("recsys_core.threads.available_cores", lambda root: 4)
+    for free, expected in ((4.0, 4), (3.8, 4), (3.2, 3), (2.8, 3), (2.6, 2), (1.5, 1), (1.33, 1), (0.4, 1)):
+        chosen = decide_threads(environ={}, root=none, free=lambda cores, f=free: f)
+        assert chosen.threads == expected, (free, chosen)
+        assert ("free now" in chosen.reason) == (expected < 4)
+    # two trainings at once share the cores first; a busy core lowers that share only where it must
+    assert decide_threads(concurrent=2, environ={}, root=none, free=lambda cores: 3.2).threads == 2
+    assert decide_threads(concurrent=2, environ={}, root=none, free=lambda cores: 1.33).threads == 1
+
+
+def test_a_process_spinning_on_one_of_two_cores_leaves_one_thread():
+    """The real measurement: two cores of this machine, another process spinning on one of them."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    pair = sorted(os.sched_getaffinity(0))[:2]
+    busy = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{pair[1]}}})\nwhile 1: pass"])
+    try:
+        code = (f"import os; os.sched_setaffinity(0, {set(pair)}); "
+                "from recsys_core.threads import decide_threads as d; c = d(); print(c.threads, '|', c.reason)")
+        env = {k: v for k, v in os.environ.items() if k != ENV}
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                             check=True, timeout=120)
+    finally:
+        busy.kill()
+        busy.wait()
+    threads, reason = out.stdout.strip().split(" | ")
+    assert threads == "1" and "busy with other work" in reason, out.stdout
 
 
 def test_affinity_of_the_process_is_what_counts():
@@ -88,4 +127,16 @@ def test_train_logs_and_records_the_threads(split, tmp_path, caplog):
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["training"]["threads"] == 2
     assert main(["train", str(split.path), str(tmp_path / "bad"), "--model", "mf", "--threads", "-2"]) == 2
     assert not (tmp_path / "bad").exists()
+    torch.set_num_threads(2)
+
+
+def test_a_resumed_run_keeps_the_threads_of_the_run_it_continues(split, tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    run = tmp_path / "run"
+    train(split.path, run, "mf", threads=1, **MF)
+    assert json.loads((run / "config.json").read_text())["threads"] == 1
+    metrics = train(split.path, run, "mf", resume=True, epochs=3)
+    assert metrics["training"]["threads"] == 1 and "as the run it resumes" in metrics["training"]["threads_reason"]
+    import torch
+
     torch.set_num_threads(2)
