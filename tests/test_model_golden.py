@@ -87,7 +87,8 @@ def run_case(root: Path, splits: dict[str, Path], name: str) -> dict:
 
     fixture, model, options = CASES[name]
     run_dir = root / "runs" / name
-    metrics = train(splits[fixture], run_dir, model, device="cpu", **COMMON, **options)
+    # two threads, pinned: the default lowers itself on a loaded machine, and MLP / NCF sum differently at 1
+    metrics = train(splits[fixture], run_dir, model, device="cpu", threads=2, **COMMON, **options)
     history = json.loads((run_dir / "history.json").read_text())
     return _numbers(metrics, history)
 
