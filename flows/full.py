@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes of the local cluster (default: one per available core)")
     g.add_argument("--threads", type=int, metavar="N",
                    help="torch threads per training (default: the available cores shared by the trainings at once, "
-                   "or RECSYS_THREADS; the log and metrics.json say what was used)")
+                   "fewer when other work keeps some busy, or RECSYS_THREADS; the log and metrics.json say what "
+                   "was used)")
     g = p.add_argument_group("sweeps")
     g.add_argument("--sweep", metavar="FILE|default",
                    help="run a hyperparameter sweep declared in a YAML or JSON file (docs/sweeps.md), or 'default': "

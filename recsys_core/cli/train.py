@@ -115,7 +115,8 @@ def _add_train(subparsers, name: str, summary: str) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cuda when present, else cpu)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads (default: the cores available to this process, from its CPU affinity and "
-                        "cgroup quota, or RECSYS_THREADS; the log and metrics.json say what was used)")
+                        "cgroup quota, fewer when other work keeps some busy as training starts, or RECSYS_THREADS; "
+                        "a resumed run keeps its count; the log and metrics.json say what was used)")
     names = add_model_options(p)
     p.set_defaults(func=_train, option_names=names)
 
