@@ -92,9 +92,7 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
         resume = ctx.decide(lambda: _decide_resume(run_dir, registration, options, resume))
         resumed_threads = None
         if resume:
-            registration, config, split_dir = _resumed_config(run_dir, model, options)
-            # the thread count can change some models' sums (module docstring of recsys_core.threads)
-            resumed_threads = read_json(run_dir / "config.json").get("threads")
+            registration, config, split_dir, resumed_threads = _resumed_config(run_dir, model, options)
         else:
             config = registration.resolve(options)
         thread_choice = apply_threads(decide_threads(threads, concurrent, resumed=resumed_threads))
@@ -185,7 +183,8 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
 
 
 def _resumed_config(run_dir: Path, model: str, options: dict):
-    """(registration, options, split folder) of the run to resume, with the resumable ``options`` applied."""
+    """(registration, options, split folder, torch threads or None) of the run to resume, with the resumable
+    ``options`` applied. The threads are kept: the count can change some models' sums (recsys_core.threads)."""
     if not (run_dir / "config.json").exists() or not (run_dir / CHECKPOINT).exists():
         raise RecsysError(f"{run_dir} holds no config.json and checkpoint.pt to resume from")
     saved = read_json(run_dir / "config.json")
@@ -200,7 +199,7 @@ def _resumed_config(run_dir: Path, model: str, options: dict):
     if changed - resumable:
         raise RecsysError(f"options {', '.join(sorted(changed - resumable))} cannot change when "
                           f"resuming; only {', '.join(sorted(resumable))} can")
-    return registration, config.replace(registration.name, **given), Path(saved["split_dir"])
+    return registration, config.replace(registration.name, **given), Path(saved["split_dir"]), saved.get("threads")
 
 
 def _can_resume(run_dir: Path, model: str, config) -> bool:

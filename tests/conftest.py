@@ -1,8 +1,25 @@
-"""Fixtures shared by the registry, promotion and service tests (tests/loop_fixtures.py)."""
+"""Fixtures shared by the registry, promotion and service tests (tests/loop_fixtures.py), and the thread pin of
+the tests that compare trainings bit for bit."""
 
 from __future__ import annotations
 
 import pytest
+
+
+@pytest.fixture
+def two_torch_threads(monkeypatch):
+    """Two torch threads for every training of a test, as a quiet 2-core machine chooses: pinned because the
+    default count lowers itself when other work holds a core (recsys_core.threads), and some models' sums
+    depend on the count. torch's own setting is restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("two_torch_threads")``."""
+    import torch
+
+    from recsys_core.threads import ENV
+
+    monkeypatch.setenv(ENV, "2")
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -20,17 +20,12 @@ from train_fixtures import make_rating_split, sigkill_at_first_checkpoint
 from recsys_core import distributed
 from recsys_core.cli import main
 from recsys_core.errors import RecsysError
-from recsys_core.threads import ENV as THREADS_ENV
 from recsys_core.train import train
 
 torch.set_num_threads(2)
 
-
-@pytest.fixture(autouse=True)
-def fixed_threads(monkeypatch):
-    """Two torch threads, as a quiet 2-core machine chooses: these tests compare runs bit for bit, and the
-    default count lowers itself when other work holds a core (recsys_core.threads)."""
-    monkeypatch.setenv(THREADS_ENV, "2")
+# these tests compare runs bit for bit (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 SMALL = dict(n_users=300, n_items=80, n_ratings=12_000)
 EPOCHS = 4

@@ -17,7 +17,6 @@ import pytest
 import torch
 from train_fixtures import make_rating_split, sigkill_at_first_checkpoint
 
-from recsys_core.threads import ENV
 from recsys_core.train import train
 
 THREADS = 2  # the default on the project's machine; the parallel kernels need > 1
@@ -41,14 +40,7 @@ def split(tmp_path_factory):
                              n_ratings=18_000, rank=4)
 
 
-@pytest.fixture(autouse=True)
-def two_threads(monkeypatch):
-    # What a quiet machine of the project chooses; pinned because the choice lowers itself when other work
-    # holds a core (recsys_core.threads), and some of these models' sums depend on the thread count.
-    monkeypatch.setenv(ENV, str(THREADS))
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")  # THREADS, pinned (tests/conftest.py)
 
 
 def _weights(run_dir):
