@@ -20,6 +20,7 @@ baseline), then per predictor and part one gather and a few bincounts over the h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,12 +55,13 @@ class BucketRow:
     absent: str | None = None
 
     def as_json(self, k: int) -> dict:
-        """The row as metrics.json stores it: the measured families only, HR@K under ``hr@K``."""
+        """The row as metrics.json stores it: the measured families only, HR@K under ``hr@K``, a metric that
+        is not finite (a diverged model's NaN) as null: JSON has no NaN."""
         out: dict = {"bucket": self.bucket}
         if self.ratings is not None:
-            out.update(ratings=self.ratings, users=self.users, rmse=self.rmse)
+            out.update(ratings=self.ratings, users=self.users, rmse=_finite(self.rmse))
         if self.ranked_users is not None:
-            out.update({"ranked_users": self.ranked_users, f"hr@{k}": self.hit_rate})
+            out.update({"ranked_users": self.ranked_users, f"hr@{k}": _finite(self.hit_rate)})
         if self.absent is not None:
             out["absent"] = self.absent
         return out
@@ -125,6 +127,10 @@ class Buckets:
                           hit_rate=float(h / c) if c and not np.isnan(h) else None,
                           absent=None if c else _why_absent(label))
                 for label, c, h in zip(LABELS, counts, hits)]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _distinct_sorted(values: np.ndarray) -> int:

@@ -420,3 +420,13 @@ def test_a_ranking_runs_metrics_json_has_hit_rate_per_bucket(tmp_path):
     popular = {r["bucket"]: r for r in metrics["baselines"]["most_popular"]["buckets"]["test"]}
     assert [r["ranked_users"] for r in popular.values()] == [r["ranked_users"] for r in rows.values()]
     assert all(r["hr@10"] is None for r in metrics["baselines"]["global_mean"]["buckets"]["test"])
+
+
+def test_a_diverged_predictors_buckets_are_written_as_null_not_nan():
+    train, valid, test, table = _tiny_bucket_split()
+    table[:, :] = np.nan
+    data = SimpleNamespace(train=sp.csr_matrix(train), valid=sp.csr_matrix(valid), test=sp.csr_matrix(test),
+                           meta={}, negatives=None)
+    rows = evaluate_predictor(_Table(table), data, k=10, recall_users=0)["buckets"]["test"]
+    assert [r["rmse"] for r in rows] == [None] * 6 and rows[1]["ratings"] > 0
+    json.dumps(rows, allow_nan=False)  # valid JSON
