@@ -82,6 +82,10 @@ def test_first_run_builds_every_stage_and_publishes_artifacts(golden):
     for name in ("metrics.json", "learning_curve.png", "model.pt", "predictions.parquet", "recommendations.parquet"):
         assert (run_dir / name).is_file(), name
     assert len(all_manifests_verify(data)) == 4
+    # where the model loses: one row per bucket, read back from its metrics.json
+    rows = [r for r in report["buckets"] if r["model"] == "autoencoder"]
+    assert [r["bucket"] for r in rows] == ["0", "1-5", "6-20", "21-100", ">100", "new items"]
+    assert {r["metric"] for r in rows} == {"rmse"} and rows[-1]["test"] == "absent"  # N3M drops new items
 
 
 def test_second_run_with_nothing_changed_computes_nothing(golden, netflix_raw):
@@ -94,6 +98,7 @@ def test_second_run_with_nothing_changed_computes_nothing(golden, netflix_raw):
     assert set(statuses(report).values()) == {"cached"}, statuses(report)
     assert seconds <= 0.1 * first_seconds, (seconds, first_seconds)
     assert report["metrics"] == first["metrics"]
+    assert report["buckets"] == first["buckets"]
 
 
 def test_changed_raw_file_reruns_convert_and_everything_after(golden, netflix_raw, tmp_path):
