@@ -25,7 +25,8 @@ from recsys_core.train import train
 torch.set_num_threads(2)
 
 # these tests compare runs bit for bit (tests/conftest.py)
-pytestmark = pytest.mark.usefixtures("two_torch_threads")
+# Heavy (trainings in two processes, one killed and resumed, ~100 s of CPU): out of the fast lane (README), run by CI.
+pytestmark = [pytest.mark.usefixtures("two_torch_threads"), pytest.mark.slow]
 
 SMALL = dict(n_users=300, n_items=80, n_ratings=12_000)
 EPOCHS = 4

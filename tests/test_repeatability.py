@@ -40,7 +40,8 @@ def split(tmp_path_factory):
                              n_ratings=18_000, rank=4)
 
 
-pytestmark = pytest.mark.usefixtures("two_torch_threads")  # THREADS, pinned (tests/conftest.py)
+# Heavy (six models trained three times, one killed and resumed): out of the fast lane (README), run by CI.
+pytestmark = [pytest.mark.usefixtures("two_torch_threads"), pytest.mark.slow]  # THREADS, pinned (tests/conftest.py)
 
 
 def _weights(run_dir):
