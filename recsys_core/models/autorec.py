@@ -1,4 +1,4 @@
-"""AutoRec (Sedhain et al. 2015): one sigmoid hidden layer (the paper's 500; 150 by default for I-AutoRec),
+"""AutoRec (Sedhain et al. 2015): one sigmoid hidden layer (the paper's 500; 150 by default),
 item-based (I-AutoRec: an item's ratings by every user in, all users out) or user-based (U-AutoRec). The
 autoencoder's network and estimator with AutoRec's defaults; the orientation is fixed by the model name."""
 
@@ -33,10 +33,9 @@ register("autorec-item", options=AutoRecOptions, orientation="item",
          help="I-AutoRec: item vector in, all users out, one sigmoid layer (150)")(RowsEstimator)
 @options
 class UserAutoRecOptions(AutoRecOptions):
-    layers: tuple[int, ...] = (500,)
     bias_shrink: float = 150.0
     weight_decay: float = 0.0003
 
 
 register("autorec-user", options=UserAutoRecOptions, orientation="user",
-         help="U-AutoRec: user vector in, all items out, one sigmoid layer (500)")(RowsEstimator)
+         help="U-AutoRec: user vector in, all items out, one sigmoid layer (150)")(RowsEstimator)
