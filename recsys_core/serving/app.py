@@ -100,7 +100,7 @@ class _Gate:
     def __init__(self, app, *, api_key: str | None, reload_open: bool, max_body_bytes: int,
                  max_header_bytes: int, metrics: ServiceMetrics):
         self.app = app
-        self.key = f"Bearer {api_key}".encode() if api_key else None
+        self.key = api_key.encode() if api_key else None
         self.reload_open = reload_open
         self.max_body = max_body_bytes
         self.max_headers = max_header_bytes
@@ -113,7 +113,9 @@ class _Gate:
         path = scope["path"]
         if self.key is not None and path not in OPEN:
             given = next((v for k, v in headers if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, self.key):  # constant time: the key is not guessed byte by byte
+            scheme, _, token = given.partition(b" ")
+            # constant time: the key cannot be guessed byte by byte from how long a refusal takes
+            if not (hmac.compare_digest(token, self.key) and scheme.lower() == b"bearer"):
                 return 401, "this service needs its API key: send the header Authorization: Bearer <key>", \
                     {"WWW-Authenticate": "Bearer"}
         if path == "/reload" and self.key is None:

@@ -85,7 +85,7 @@ def parse_new_user(body: bytes, max_ratings: int = MAX_RATINGS) -> tuple[dict[in
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise BadRequest(f"bad request: the body is not UTF-8 text (byte {err.start})") from None
+        raise BadRequest(f"bad request: the body is not UTF-8 text (at byte offset {err.start})") from None
     try:
         doc = json.loads(text, object_pairs_hook=_Pairs, parse_constant=_no_constant)
     except ValueError as err:
