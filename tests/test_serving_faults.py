@@ -335,3 +335,16 @@ def test_scores_of_a_folded_in_user_do_not_depend_on_key_spelling(limited):
                for key in ("1", "+1", "001")]
     assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 5
     assert np.all(np.diff([entry["score"] for entry in answers[0]]) <= 0)
+
+
+def test_the_services_top_k_is_the_rankings():
+    """The numpy top-k of one row gives exactly ``recsys_core.ranking.top_k``'s answer, ties included."""
+    from recsys_core.ranking import top_k
+    from recsys_core.serving.service import top_k_row
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n, k = int(rng.integers(1, 60)), int(rng.integers(1, 70))
+        scores = rng.integers(0, 5, n).astype(np.float32)      # many ties, also across the cut-off
+        scores[rng.random(n) < 0.3 * rng.random()] = -np.inf   # rated items
+        assert np.array_equal(top_k_row(scores, k), top_k(scores[None, :], k)[0]), (scores, k)
