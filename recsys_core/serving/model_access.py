@@ -87,6 +87,20 @@ class ServableModel:
         pos = np.minimum(pos, len(sorted_ids) - 1)
         return np.where(sorted_ids[pos] == raw, pos, -1)
 
+    @staticmethod
+    def _one(sorted_ids: np.ndarray, raw: int) -> int:
+        """``_lookup`` of one id (one scalar ``searchsorted``: ~1/10 of the array path's cost per request)."""
+        pos = int(sorted_ids.searchsorted(raw))
+        return pos if pos < len(sorted_ids) and int(sorted_ids[pos]) == raw else -1
+
+    def row_of(self, user_id: int) -> int:
+        """Row of one raw user id, -1 where the model does not know the user."""
+        return self._one(self.user_ids, user_id)
+
+    def col_of(self, item_id: int) -> int:
+        """Column of one raw item id, -1 where the item is not in the model's catalogue."""
+        return self._one(self.item_ids, item_id)
+
     def rows_of(self, user_ids) -> np.ndarray:
         """Row of each raw user id, -1 where the model does not know the user."""
         return self._lookup(self.user_ids, user_ids)

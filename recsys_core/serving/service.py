@@ -195,7 +195,7 @@ class Champion:
         return {"model": self.name, "version": self.version}
 
     def recommend_user(self, user_id: int, k: int) -> dict:
-        row = int(self.model.rows_of([user_id])[0])
+        row = self.model.row_of(user_id)
         if row < 0:
             raise NotFound(f"user {user_id} is not known to {self.name} version {self.version}; "
                            "POST their ratings to /recommendations instead")
@@ -230,7 +230,7 @@ class Champion:
         return {**self._head(), "items": self._top(scores, k)}
 
     def similar_items(self, item_id: int, k: int) -> dict:
-        col = int(self.model.cols_of([item_id])[0])
+        col = self.model.col_of(item_id)
         if col < 0:
             raise NotFound(f"item {item_id} is not in the catalogue of {self.name} version {self.version}")
         try:
