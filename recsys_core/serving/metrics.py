@@ -1,7 +1,8 @@
 """Prometheus metrics of the service (``GET /metrics``, prometheus-client's text format).
 
     recsys_http_requests_total{method, route, status}      requests answered (route = the route's template,
-                                                           ``unmatched`` for paths no route has)
+                                                           ``unmatched`` for paths no route has; method
+                                                           ``other`` beyond the standard ones)
     recsys_http_request_duration_seconds{route}            latency histogram, from the first byte the app
                                                            sees to the last it sends
     recsys_champion_version{model}                         the served version (absent before a champion)
@@ -20,6 +21,7 @@ import calendar
 import time
 
 # latency buckets (s): a known user's answer takes ~1 ms; the tail shows the machine, swaps and GC
+METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -62,10 +64,18 @@ class ServiceMetrics:
         self.latency = Histogram("recsys_http_request_duration_seconds", "seconds from request to the last byte "
                                  "of the answer, by route", ["route"], buckets=BUCKETS, registry=self.registry)
         self.registry.register(_ChampionCollector(holder))
+        self._children: dict = {}   # (method, route, status) -> (counter, histogram): labels() once each
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        if method not in METHODS:
+            method = "other"   # a client's made-up method names must not grow the label set
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(method, route, str(status)),
+                                              self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
