@@ -229,3 +229,32 @@ def test_an_unreadable_champion_is_recorded_and_replaced(loop_runs, tmp_path, da
     kept = promote_if_better(registry2, "demo", [loop_runs["mf_bad"]])
     assert not kept.promoted and "beaten by baseline(s)" in kept.reason and kept.champion_error
     assert registry2.history("demo")[-1]["decision"]["champion_error"] == kept.champion_error
+
+
+def test_the_service_loads_a_linear_champion_without_its_training_estimator(loop_runs, tmp_path):
+    """A champion with LinearScores is loaded in a child process: the serving process holds its answering
+    arrays and no estimator or training data; its answers (known users, fold-in, similar items) are the
+    in-process model's; the child ends when the champion is dropped."""
+    from recsys_core.serving.service import load_champion
+
+    registry = Registry(tmp_path / "registry")
+    registry.promote("c", loop_runs["ae_new"], "x")
+    champion = load_champion(registry, "c", registry.champion("c"))
+    served, local = champion.model, ServableModel(loop_runs["ae_new"])
+    assert served.estimator is None and served.data is None and served._remote is not None
+    local.prepare_fast_scoring()
+    rows = np.arange(0, served.n_users, 7)
+    np.testing.assert_allclose(served.score_rows(rows), local.score_rows(rows), rtol=1e-6, atol=1e-6)
+    assert np.array_equal(served.item_ids, local.item_ids) and served.titles == local.titles
+    assert all(np.array_equal(served.seen_cols(r), local.seen_cols(r)) for r in rows)
+    cols, values = np.array([3, 1, 8]), np.array([5.0, 2.0, 4.0], np.float32)
+    np.testing.assert_allclose(served.fold_in(cols, values), local.fold_in(cols, values), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(served.item_vectors(), local.item_vectors(), rtol=1e-6, atol=1e-6)
+    assert (served.can_fold_in, served.has_item_vectors, served.model_name) == (True, True, "autoencoder")
+    process = served._remote.process
+    assert process.poll() is None
+    del champion, served
+    assert process.wait(timeout=30) == 0
+    # a model without LinearScores is loaded in process, as before
+    registry.promote("c", loop_runs["mlp_old"], "x")
+    assert load_champion(registry, "c", registry.champion("c")).model.estimator is not None

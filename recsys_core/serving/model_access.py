@@ -76,6 +76,22 @@ class ServableModel:
         self.has_item_vectors: bool = isinstance(self.estimator, ItemVectors)
         self._item_vectors: np.ndarray | None = None
         self._linear: tuple | None = None   # see prepare_fast_scoring
+        self._remote = None                 # the child process that folds users in (for_serving)
+
+    @classmethod
+    def for_serving(cls, run_dir: str | Path, device: str = "cpu") -> "ServableModel":
+        """The run as the service holds it. A model with ``LinearScores`` is loaded in a child process
+        (``recsys_core.serving.remote``), so this process reads only what answering needs (user vectors,
+        output layer, ids, titles, seen items, item vectors) and never builds the training estimator;
+        fold-ins go to that child. Any other model is loaded here, as ``ServableModel(run_dir)``."""
+        from recsys_core.serving.remote import load_in_child
+
+        model = cls.__new__(cls)
+        model.run_dir = Path(run_dir).resolve()
+        model._remote = None
+        if load_in_child(model, model.run_dir, device):
+            return model
+        return cls(run_dir, device)
 
     # --- ids ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -137,6 +153,8 @@ class ServableModel:
         the autoencoder's last hidden layer, MF's and ALS's user factors), so that scoring a user is one
         numpy vector-matrix product (no encoder pass, no torch call): on the small test fixture
         1.1 -> 0.1 ms per answer. Returns whether it applies."""
+        if self.estimator is None:   # loaded for serving from a child: the arrays are already here
+            return self._linear is not None
         linear = self.estimator.linear_scores() if isinstance(self.estimator, LinearScores) else None
         if linear is None:
             return False
@@ -157,6 +175,8 @@ class ServableModel:
         values = np.asarray(values, np.float32)
         if len(cols) == 0:
             raise RecsysError("at least one rating of an item the model knows is needed to fold a user in")
+        if self._remote is not None:
+            return self._remote.fold_in(cols, values)
         order = np.argsort(cols, kind="stable")
         return np.asarray(self.estimator.fold_in(cols[order], values[order]), np.float32)
 

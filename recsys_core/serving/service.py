@@ -257,7 +257,7 @@ def load_champion(registry: Registry, name: str, pointer: dict, device: str = "c
     expected = pointer.get("model_sha256")
     if expected and file_sha256(model_file) != expected:
         raise RecsysError(f"{run}/model.pt changed since version {pointer.get('version')} of {name} was promoted")
-    model = ServableModel(run_dir, device)
+    model = ServableModel.for_serving(run_dir, device)
     model.prepare_fast_scoring()
     if model.has_item_vectors:
         model.item_vectors()
