@@ -225,3 +225,16 @@ def test_names_are_matched_whole(tmp_path, name):
     with pytest.raises(RecsysError, match="registry model name"):
         registry.promote(name, run, "x")
     assert not (tmp_path / "registry").exists() or list((tmp_path / "registry").iterdir()) == []
+
+
+def test_ls_lists_every_model_when_one_pointer_is_damaged(tmp_path, capsys):
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    registry.promote("good", fake_run(tmp_path / "a"), "x")
+    registry.promote("hurt", fake_run(tmp_path / "b"), "x")
+    (root / "hurt" / POINTER).write_text("[1]")
+    capsys.readouterr()
+    assert cli_main(["registry", "--registry", str(root), "ls", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["good"]["version"] == 1 and "problem" not in rows["good"]
+    assert rows["hurt"]["version"] is None and "rebuilds it from history.jsonl" in rows["hurt"]["problem"]
