@@ -177,6 +177,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_rss_mb(pid: int) -> float:
+    """Resident set size of a process's children (the champion's fold-in process), in MB."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += memory_mb(child).get("rss", 0.0)
+    return round(total, 1)
+
+
 def _champion_run(registry_dir: Path, name: str) -> str:
     """The champion's run folder (the service shows only its id relative to the data dir)."""
     from recsys_core.registry import Registry
@@ -230,7 +239,8 @@ def bench_floor(registry_dir: Path, name: str, args, work: Path) -> dict:
     from tests.loop_fixtures import serving
 
     rates = [float(r) for r in args.rates.split(",")]
-    with serving(registry_dir, name, work / f"server-{name}.log", watch_interval=2.0) as (client, server):
+    with serving(registry_dir, name, work / f"server-{name}.log", watch_interval=2.0,
+                 extra=args.serve_arg) as (client, server):
         model = client.get("/model").json()
         split_dir = json.loads((Path(_champion_run(registry_dir, name)) / "config.json").read_text())["split_dir"]
         user_ids = load_split(split_dir).user_ids
@@ -265,9 +275,11 @@ def bench_floor(registry_dir: Path, name: str, args, work: Path) -> dict:
                 if swap.get("during_swap") else None
             swap["load_average"] = [round(x, 2) for x in os.getloadavg()]
         memory = memory_mb(server.pid)
+        children = children_rss_mb(server.pid)
     return {"model": model["model_type"], "n_users": model["n_users"], "n_items": model["n_items"],
             "load_seconds": model["load_seconds"], "answer_bytes": len(body), "rates": rows, "swap": swap,
-            "server_rss_mb": round(memory["rss"], 1), "server_peak_rss_mb": round(memory["peak"], 1)}
+            "server_rss_mb": round(memory["rss"], 1), "server_peak_rss_mb": round(memory["peak"], 1),
+            "fold_in_process_rss_mb": children}
 
 
 def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
@@ -327,6 +339,8 @@ def main() -> int:
     p.add_argument("--floor", action="store_true", help="the service beside a minimal FastAPI floor server "
                                                         "at each rate of --rates")
     p.add_argument("--rates", default="100,300,500", help="requests/s of the --floor phases (default 100,300,500)")
+    p.add_argument("--serve-arg", action="append", default=[], help="an argument for `recsys serve` "
+                                                                    "(repeatable), e.g. --serve-arg=--load=in-process")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of each --floor phase (at least "
                                                                "--requests requests)")
     args = p.parse_args()

@@ -68,7 +68,8 @@ def _serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(args.registry, args.model, device=args.device, watch_interval=args.watch_interval,
                      api_key=key, reload_open=is_loopback(args.host), max_body_bytes=args.max_body_bytes,
-                     max_ratings=args.max_ratings, max_header_bytes=args.max_header_bytes)
+                     max_ratings=args.max_ratings, max_header_bytes=args.max_header_bytes,
+                     load_in_child=args.load == "child")
     # uvicorn's own limits, explicit: h11 (its header buffer is bounded; the gate also answers 431), open
     # connections + requests beyond --limit-concurrency get 503, idle keep-alive connections close after
     # --keep-alive seconds, and a shutdown waits at most 10 s for requests in flight.
@@ -107,4 +108,7 @@ def add(subparsers, name: str, summary: str) -> None:
                    help="open connections and requests at once; beyond it uvicorn answers 503 (default 256)")
     s.add_argument("--keep-alive", type=int, default=5, help="seconds an idle keep-alive connection stays open "
                                                              "(default 5)")
+    s.add_argument("--load", choices=("child", "in-process"), default="child",
+                   help="where a champion whose scores are linear in a user vector (autoencoder, MF, ALS) is "
+                        "loaded: a child process that also answers its fold-ins (default), or this process")
     s.set_defaults(func=_serve)

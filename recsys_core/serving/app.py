@@ -168,12 +168,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def create_app(registry_dir: str, name: str, device: str = "cpu", watch_interval: float = 2.0, *,
                api_key: str | None = None, reload_open: bool = True, max_body_bytes: int = MAX_BODY_BYTES,
-               max_ratings: int = MAX_RATINGS, max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
+               max_ratings: int = MAX_RATINGS, max_header_bytes: int = MAX_HEADER_BYTES,
+               load_in_child: bool = True) -> FastAPI:
     """The service for registry model ``name`` under ``registry_dir``; ``watch_interval`` seconds between
     looks at the champion pointer (0 = only ``POST /reload``). ``api_key``: when set, every route but
     /health needs ``Authorization: Bearer <api_key>``; ``reload_open``: whether ``POST /reload`` is
-    answered without a key (only when the server binds loopback)."""
-    holder = ChampionHolder(Registry(registry_dir), name, device, watch_interval=watch_interval or 2.0)
+    answered without a key (only when the server binds loopback); ``load_in_child``: load a champion with
+    ``LinearScores`` in a child process (``recsys_core.serving.remote``)."""
+    holder = ChampionHolder(Registry(registry_dir), name, device, watch_interval=watch_interval or 2.0,
+                            in_child=load_in_child)
     metrics = ServiceMetrics(holder)
 
     async def watch() -> None:

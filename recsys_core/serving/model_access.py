@@ -79,13 +79,16 @@ class ServableModel:
         self._remote = None                 # the child process that folds users in (for_serving)
 
     @classmethod
-    def for_serving(cls, run_dir: str | Path, device: str = "cpu") -> "ServableModel":
+    def for_serving(cls, run_dir: str | Path, device: str = "cpu", in_child: bool = True) -> "ServableModel":
         """The run as the service holds it. A model with ``LinearScores`` is loaded in a child process
         (``recsys_core.serving.remote``), so this process reads only what answering needs (user vectors,
         output layer, ids, titles, seen items, item vectors) and never builds the training estimator;
-        fold-ins go to that child. Any other model is loaded here, as ``ServableModel(run_dir)``."""
+        fold-ins go to that child. Any other model, or any with ``in_child`` False, is loaded here, as
+        ``ServableModel(run_dir)``."""
         from recsys_core.serving.remote import load_in_child
 
+        if not in_child:
+            return cls(run_dir, device)
         model = cls.__new__(cls)
         model.run_dir = Path(run_dir).resolve()
         model._remote = None

@@ -244,9 +244,11 @@ class Champion:
                 "items": self._top(scores, k)}
 
 
-def load_champion(registry: Registry, name: str, pointer: dict, device: str = "cpu") -> Champion:
+def load_champion(registry: Registry, name: str, pointer: dict, device: str = "cpu",
+                  in_child: bool = True) -> Champion:
     """Load the run a pointer names, completely: weights checked against the pointer, item vectors
-    computed, one scoring pass run (so the first request pays no lazy start-up)."""
+    computed, one scoring pass run (so the first request pays no lazy start-up). ``in_child``: a model
+    with ``LinearScores`` is loaded by a child process (``ServableModel.for_serving``)."""
     started = time.perf_counter()
     data_dir = registry.root.resolve().parent
     run_dir = Path(pointer["run_dir"])
@@ -257,7 +259,7 @@ def load_champion(registry: Registry, name: str, pointer: dict, device: str = "c
     expected = pointer.get("model_sha256")
     if expected and file_sha256(model_file) != expected:
         raise RecsysError(f"{run}/model.pt changed since version {pointer.get('version')} of {name} was promoted")
-    model = ServableModel.for_serving(run_dir, device)
+    model = ServableModel.for_serving(run_dir, device, in_child)
     model.prepare_fast_scoring()
     if model.has_item_vectors:
         model.item_vectors()
@@ -283,6 +285,7 @@ class ChampionHolder:
     name: str
     device: str = "cpu"
     watch_interval: float = 2.0
+    in_child: bool = True             # load models with LinearScores in a child process (load_champion)
     current: Champion | None = None
     last_error: str | None = None
     last_check: str | None = None
@@ -378,7 +381,7 @@ class ChampionHolder:
                 self._recovered(signature)
                 return {"changed": False, "version": old.version}
             try:
-                champion = load_champion(self.registry, self.name, pointer, self.device)
+                champion = load_champion(self.registry, self.name, pointer, self.device, self.in_child)
             except Exception as err:  # a broken run: keep serving the old champion, say why
                 detail = str(err) if isinstance(err, RecsysError) else f"{type(err).__name__}: {err}"
                 self._failed(f"cannot load version {pointer['version']} of {self.name}: {self._public(detail)}; "
