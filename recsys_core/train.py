@@ -8,7 +8,8 @@ A run folder holds:
 ``--resume``), ``model.pt`` (best weights or fitted state + config, ``torch.load(weights_only=True)``),
 ``history.json`` (iterative models, per epoch: train loss, valid metric, lr, seconds),
 ``learning_curve.png`` (iterative models), ``metrics.json`` (model and baseline metrics on valid and test,
-``beaten_by``; ``"valid": null`` and ``"trained_blind": true`` when the split has no valid part),
+``beaten_by``; ``"valid": null`` and ``"trained_blind": true`` when the split has no valid part; ``"buckets"``,
+the model's and each baseline's, per bucket of the user's training ratings and for new items),
 ``predictions.parquet`` (test pairs: user_id, item_id, rating, prediction) and
 ``recommendations.parquet`` (user_id, rank, item_id, title, score).
 """
@@ -27,6 +28,7 @@ import torch
 
 from recsys_core import distributed, models
 from recsys_core.baselines import BASELINES, fit_baselines
+from recsys_core.buckets import Buckets
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import TorchEstimator, data_dims
 from recsys_core.evaluation import beaten_by, evaluate_predictor, top_k
@@ -74,8 +76,9 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     function, process 0 returns the metrics and the others ``None``.
 
     ``threads``/``concurrent``: torch's threads, chosen by ``recsys_core.threads.decide_threads`` (None =
-    the cores available to this process shared by ``concurrent`` trainings); logged and recorded in
-    metrics.json. ``on_epoch(epoch, valid) -> stop?`` is the training loop's per-epoch hook (a sweep's
+    the cores available to this process shared by ``concurrent`` trainings), for the whole training: its
+    processes on this host share them; logged and recorded in metrics.json, and per process in config.json
+    (a resumed run keeps that). ``on_epoch(epoch, valid) -> stop?`` is the training loop's per-epoch hook (a sweep's
     pruner); models fitted in closed form have no epochs and ignore it.
     """
     run_dir = Path(run_dir)
@@ -83,8 +86,6 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     if resume not in (False, True, "auto"):
         raise RecsysError(f"resume must be true, false or 'auto', got {resume!r}")
     dev = pick_device(device)
-    if concurrent is None and "LOCAL_WORLD_SIZE" in os.environ:  # torchrun: the processes on this host share it
-        concurrent = int(os.environ["LOCAL_WORLD_SIZE"])
     check_threads(threads)
     registration = models.get(model)
     ctx = distributed.from_environment(dev)  # the group torchrun started, joined here; else one process
@@ -95,8 +96,8 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
             registration, config, split_dir, resumed_threads = _resumed_config(run_dir, model, options)
         else:
             config = registration.resolve(options)
-        thread_choice = apply_threads(decide_threads(threads, concurrent, resumed=resumed_threads))
         nproc = int(getattr(config, "nproc", 1))
+        local = nproc  # the processes of this training on this host, which share its threads
         if ctx.enabled:
             if "nproc" not in config.names():
                 raise RecsysError(f"model {registration.name} is not trained by the loop and runs in one process: "
@@ -105,12 +106,19 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
                 raise RecsysError(f"nproc {nproc} was given but torchrun started {ctx.world} processes: "
                                   "leave nproc out under torchrun")
             config = config.replace(registration.name, nproc=ctx.world)
-        elif nproc > 1:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world))
+        # One decision for the whole training, taken by process 0 alone under torchrun (only it measures the
+        # free cores) and given to every process: spawned or started by torchrun, the same request gives each
+        # process the same count (recsys_core.threads).
+        thread_choice = ctx.decide(lambda: decide_threads(threads, concurrent, processes=local,
+                                                          resumed=resumed_threads))
+        if nproc > 1 and not ctx.enabled:
             if on_epoch is not None:
                 raise RecsysError("an on_epoch hook (a sweep's pruner) needs one process: leave nproc out")
-            # the spawned processes share this process's threads (distributed.spawn divides them)
             return distributed.spawn(nproc, dev, _train_process, str(split_dir), str(run_dir), registration.name,
-                                     config.to_dict(), resume, str(dev), thread_choice.as_dict())
+                                     config.to_dict(), resume, str(dev), thread_choice.as_dict(),
+                                     threads=thread_choice.threads)
+        apply_threads(thread_choice)
         return _train_process(split_dir, run_dir, registration.name, config.to_dict(), resume, str(dev),
                               thread_choice.as_dict(), on_epoch)
     finally:
@@ -177,6 +185,8 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
         summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
                    "stopped_early": result["stopped_early"], "pruned_at_epoch": result.get("pruned"), **summary,
                    "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
+    if "blend" in result:  # a row model's blend toward the biases, chosen on valid after training
+        summary["blend"] = result["blend"]
     metrics = _evaluate_and_write(estimator, data, run_config, run_dir, summary)
     _write_recommendations(estimator, data, run_dir, int(config.k))
     return metrics
@@ -270,8 +280,10 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
         rows, cols, truth = csr_triplets(data.test)
         test_prediction = estimator.predict_pairs(rows, cols) if data.test.nnz else None
         done("test predictions")
+        buckets = Buckets.of(data.train)  # per-bucket errors: which bucket each user and item is in, once
         model_metrics = evaluate_predictor(estimator, data, rating_model=estimator.rating_model, k=k,
-                                           recall_users=recall_users, test_prediction=test_prediction)
+                                           recall_users=recall_users, test_prediction=test_prediction,
+                                           buckets=buckets)
         done("model metrics")
         eval_seconds = seconds["test predictions"] + seconds["model metrics"]
         baselines = fit_baselines(data.train)
@@ -280,7 +292,8 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
         for name, baseline in baselines.items():
             rating = baseline.rating_model and estimator.rating_model
             baseline_metrics[name] = evaluate_predictor(baseline, data, rating_model=rating, k=k,
-                                                        recall_users=recall_users, ranking=baseline.ranks)
+                                                        recall_users=recall_users, ranking=baseline.ranks,
+                                                        buckets=buckets)
             done(name)
         _write_predictions(estimator, data, run_dir, (rows, cols, truth, test_prediction))
         done("predictions.parquet")
