@@ -229,7 +229,7 @@ def test_an_unreadable_champion_is_recorded_and_replaced(loop_runs, tmp_path, da
     registry2.promote("demo", broken, "to be broken")
     shutil.rmtree(broken)
     kept = promote_if_better(registry2, "demo", [loop_runs["mf_bad"]])
-    assert not kept.promoted and "beaten by baseline(s)" in kept.reason and kept.champion_error
+    assert not kept.promoted and "loses to" in kept.reason and kept.champion_error
     assert registry2.history("demo")[-1]["decision"]["champion_error"] == kept.champion_error
 
 
