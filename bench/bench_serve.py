@@ -16,6 +16,13 @@ process (an asyncio load generator on the same machine, raw keep-alive HTTP/1.1 
    a quarter of the way in: failed requests, seconds until answers come from the new champion, and the
    latencies of the requests due meanwhile (the new model loads in the server's worker thread).
 
+With ``--floor`` (one target): the service and the *floor* (``bench/floor_server.py``: a minimal FastAPI
+app on the same uvicorn with the same settings, answering the same route with a fixed body, a real
+answer of the service, so the same bytes) run side by side; at each rate of ``--rates`` (default
+100,300,500) the same generator sends the same users to the service, then to the floor. Printed: p50/p99
+and the server's CPU per request of each, and their ratios (service / floor); with ``--swap-to``, the
+service's p99 during a promotion at the first rate against its steady p99 there.
+
 Prints p50/p90/p99/max latency, achieved requests/s, errors and the server's CPU time per request per
 phase, and the server's RSS (now and peak, from /proc); writes everything as JSON (``--out``). The
 generator shares the machine's cores with the server, so the maximum-throughput phase measures both.
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -169,6 +177,111 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_rss_mb(pid: int) -> float:
+    """Resident set size of a process's children (the champion's fold-in process), in MB."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += memory_mb(child).get("rss", 0.0)
+    return round(total, 1)
+
+
+def _champion_run(registry_dir: Path, name: str) -> str:
+    """The champion's run folder (the service shows only its id relative to the data dir)."""
+    from recsys_core.registry import Registry
+
+    return Registry(registry_dir).champion(name)["run_dir"]
+
+
+@contextlib.contextmanager
+def floor_server(body: bytes, work: Path):
+    """``bench/floor_server.py`` answering ``body`` on a free port; yields (host, port, pid)."""
+    import signal
+    import subprocess
+
+    import httpx
+
+    from tests.loop_fixtures import free_port
+
+    (work / "floor-body.json").write_bytes(body)
+    port = free_port()
+    log = open(work / "floor.log", "w")
+    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_server.py"), "--body",
+                               str(work / "floor-body.json"), "--port", str(port)], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (work / "floor.log").read_text()
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the floor server did not start"
+                time.sleep(0.2)
+        yield "127.0.0.1", port, server.pid
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def _phase(host: str, port: int, pid: int, users: np.ndarray, rate: float, k: int) -> dict:
+    cpu = cpu_seconds(pid)
+    result = asyncio.run(fixed_rate(host, port, users, rate, k))
+    result["server_cpu_ms_per_request"] = round((cpu_seconds(pid) - cpu) / len(users) * 1000, 3)
+    return result
+
+
+def bench_floor(registry_dir: Path, name: str, args, work: Path) -> dict:
+    """The service and the floor side by side at each rate (see the module docstring)."""
+    from recsys_core.matrices import load_split
+    from tests.loop_fixtures import serving
+
+    rates = [float(r) for r in args.rates.split(",")]
+    with serving(registry_dir, name, work / f"server-{name}.log", watch_interval=2.0,
+                 extra=args.serve_arg) as (client, server):
+        model = client.get("/model").json()
+        split_dir = json.loads((Path(_champion_run(registry_dir, name)) / "config.json").read_text())["split_dir"]
+        user_ids = load_split(split_dir).user_ids
+        rng = np.random.default_rng(args.seed)
+        host, port = client.base_url.host, client.base_url.port
+        body = client.get(f"/users/{int(user_ids[0])}/recommendations", params={"k": args.k}).content
+        with floor_server(body, work) as (f_host, f_port, f_pid):
+            for h, p in ((host, port), (f_host, f_port)):   # warm-up of both
+                asyncio.run(fixed_rate(h, p, rng.choice(user_ids, 300), 200.0, args.k))
+            rows = []
+            for rate in rates:
+                users = rng.choice(user_ids, max(args.requests, int(rate * args.seconds)))
+                service = _phase(host, port, server.pid, users, rate, args.k)
+                floor = _phase(f_host, f_port, f_pid, users, rate, args.k)
+                rows.append({"rate": rate, "service": service, "floor": floor,
+                             "p99_ratio": round(service["p99_ms"] / floor["p99_ms"], 2),
+                             "cpu_ratio": round(service["server_cpu_ms_per_request"]
+                                                / floor["server_cpu_ms_per_request"], 2),
+                             "load_average": [round(x, 2) for x in os.getloadavg()]})
+                print(json.dumps(rows[-1]), flush=True)
+        swap = None
+        if args.swap_to:
+            from recsys_core.registry import Registry
+
+            def promote() -> int:
+                return Registry(registry_dir).promote(name, args.swap_to, "benchmark: swap under load")["version"]
+
+            steady = rows[0]["service"]
+            swap = asyncio.run(swap_under_load(host, port, rng.choice(user_ids, args.swap_requests), rates[0],
+                                               args.k, promote, after_s=args.swap_requests / rates[0] / 4))
+            swap["p99_vs_steady"] = round(swap["during_swap"]["p99_ms"] / steady["p99_ms"], 2) \
+                if swap.get("during_swap") else None
+            swap["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        memory = memory_mb(server.pid)
+        children = children_rss_mb(server.pid)
+    return {"model": model["model_type"], "n_users": model["n_users"], "n_items": model["n_items"],
+            "load_seconds": model["load_seconds"], "answer_bytes": len(body), "rates": rows, "swap": swap,
+            "server_rss_mb": round(memory["rss"], 1), "server_peak_rss_mb": round(memory["peak"], 1),
+            "fold_in_process_rss_mb": children}
+
+
 def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
     from recsys_core.matrices import load_split
     from tests.loop_fixtures import serving
@@ -178,6 +291,7 @@ def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
     with serving(registry_dir, name, log, watch_interval=2.0) as (client, server):
         ready_s = time.perf_counter() - started
         model = client.get("/model").json()
+        model["run_dir"] = _champion_run(registry_dir, name)
         split_dir = json.loads((Path(model["run_dir"]) / "config.json").read_text())["split_dir"]
         user_ids = load_split(split_dir).user_ids
         rng = np.random.default_rng(args.seed)
@@ -222,6 +336,13 @@ def main() -> int:
     p.add_argument("-k", type=int, default=10, help="items per answer")
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
     p.add_argument("--out", default="bench-serve.json", help="JSON results")
+    p.add_argument("--floor", action="store_true", help="the service beside a minimal FastAPI floor server "
+                                                        "at each rate of --rates")
+    p.add_argument("--rates", default="100,300,500", help="requests/s of the --floor phases (default 100,300,500)")
+    p.add_argument("--serve-arg", action="append", default=[], help="an argument for `recsys serve` "
+                                                                    "(repeatable), e.g. --serve-arg=--load=in-process")
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds of each --floor phase (at least "
+                                                               "--requests requests)")
     args = p.parse_args()
     if not args.run and not (args.registry and args.model):
         p.error("give --run RUN_DIR (repeatable) or --registry DIR --model NAME")
@@ -235,6 +356,25 @@ def main() -> int:
             for i, run in enumerate(args.run):
                 Registry(work / "registry").promote(f"bench-{i}", run, "benchmark")
                 targets.append((work / "registry", f"bench-{i}"))
+        if args.floor:
+            for i, (registry_dir, name) in enumerate(targets):
+                swap_to = args.swap_to if i == len(targets) - 1 else None
+                result = bench_floor(registry_dir, name, argparse.Namespace(**{**vars(args), "swap_to": swap_to}),
+                                     work)
+                results.append(result)
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+            print("| model | rate | service p50 / p99 ms | floor p50 / p99 ms | p99 ratio | service / floor CPU "
+                  "ms per request | CPU ratio | errors (service, floor) | load average |")
+            for r in results:
+                for row in r["rates"]:
+                    s, f = row["service"], row["floor"]
+                    print(f"| {r['model']} | {row['rate']:g} | {s['p50_ms']} / {s['p99_ms']} | {f['p50_ms']} / "
+                          f"{f['p99_ms']} | {row['p99_ratio']} | {s['server_cpu_ms_per_request']} / "
+                          f"{f['server_cpu_ms_per_request']} | {row['cpu_ratio']} | {s['errors']}, {f['errors']} | "
+                          f"{row['load_average'][0]} |")
+                if r["swap"]:
+                    print(f"swap ({r['model']}): {json.dumps(r['swap'])}")
+            return 0
         for i, (registry_dir, name) in enumerate(targets):
             if i < len(targets) - 1:
                 result = bench_one(registry_dir, name, argparse.Namespace(**{**vars(args), "swap_to": None}), work)

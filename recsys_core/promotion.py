@@ -170,6 +170,7 @@ class Decision:
     rows: list[dict] = field(default_factory=list)     # the table: champion, challengers, baselines
     coverage: dict | None = None           # the champion on the new split
     version: int | None = None             # the new champion's version when promoted
+    champion_error: str | None = None      # why the champion could not be loaded or measured
 
     def line(self) -> str:
         """One line for the run summary."""
@@ -250,15 +251,22 @@ def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, mar
         decision.reason = "the best challenger is the champion's own run"
         return decision
     if champion_pointer is not None:
+        # Any failure of loading or re-measuring the champion (a missing folder, a corrupt model.pt that
+        # torch cannot unpickle, weights of the wrong shape) makes it unreadable, not the comparison: the
+        # reason is recorded and the best valid challenger that beats the baselines replaces it.
         try:
             champion = OnNewSplit(ServableModel(champion_run, device), data)
-        except RecsysError as err:
-            champion = None
-            rows.insert(0, {"role": "champion", "model": champion_pointer.get("model"), "run_dir": champion_run,
-                            "note": f"cannot be loaded: {err}"})
-        if champion is not None:
-            decision.coverage = champion.coverage()
+            coverage = champion.coverage()
             values = measure(champion, data, metric, recall_users)
+        except Exception as err:  # every failure means the same: the champion cannot answer
+            champion = None
+            decision.champion_error = str(err) if isinstance(err, RecsysError) else f"{type(err).__name__}: {err}"
+            log.warning("registry %s: champion version %s (%s) cannot be loaded or measured: %s", name,
+                        champion_version, champion_run, decision.champion_error)
+            rows.insert(0, {"role": "champion", "model": champion_pointer.get("model"), "run_dir": champion_run,
+                            "note": f"cannot be loaded: {decision.champion_error}"})
+        if champion is not None:
+            decision.coverage = coverage
             champion_value = values[decided_on]
             cov = decision.coverage
             note = (f"version {champion_version}; new users folded in {cov['users_new_folded_in']}, by fallback "
@@ -275,7 +283,8 @@ def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, mar
         decision.reason = f"first champion: {by_run[best].model_name} ({where} {mine:.4f}) beats every baseline"
     elif champion_value is None:
         decision.promoted = True
-        decision.reason = (f"the champion (version {champion_version}) cannot be loaded; {by_run[best].model_name} "
+        decision.reason = (f"the champion (version {champion_version}) cannot be loaded ({decision.champion_error}); "
+                           f"{by_run[best].model_name} "
                            f"({where} {mine:.4f}) beats every baseline")
     else:
         gain = improvement(mine, champion_value, metric)
@@ -295,14 +304,18 @@ def promote_if_better(registry: Registry, name: str, run_dirs: list[str], *, mar
     The comparison runs without the writer lock (it takes minutes at full scale); the promotion then
     checks, under the lock, that the champion is still the one compared against, so two runs deciding
     at once cannot both promote against the same champion."""
-    champion = registry.champion(name)
+    try:
+        champion = registry.champion(name)
+    except RecsysError:  # a damaged pointer: rebuilt from the history (recorded there), then compared
+        champion = registry.repair(name)
     candidates = sorted(str(Path(r).resolve()) for r in run_dirs)
     earlier = _earlier_rejection(name, registry.history(name), candidates, champion, margin)
     if earlier is not None:
         return earlier
     decision = decide(name, champion, candidates, margin=margin, k=k, recall_users=recall_users, device=device)
     summary = {"metric": decision.metric, "decided_on": decision.decided_on, "margin": margin,
-               "rows": decision.rows, "coverage": decision.coverage, "candidates": candidates}
+               "rows": decision.rows, "coverage": decision.coverage, "candidates": candidates,
+               "champion_error": decision.champion_error}
     if decision.challenger is None or (champion and decision.challenger == champion.get("run_dir")):
         return decision  # nothing new was compared: no history line
     if decision.promoted:

@@ -18,6 +18,9 @@ pointer records ``model.pt``'s sha256, so the service refuses weights that chang
 
 Versions count promotions (1, 2, ...); a rollback moves the pointer back to an earlier version without
 creating one. The champion chain (the versions a rollback walks back through) is replayed from history.
+The history alone determines the champion (its last promotion or rollback): a writer that finds
+``champion.json`` missing, unreadable or not a pointer rewrites it from there and records a
+``pointer_rebuilt`` event, so a damaged pointer never needs a hand edit.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ HISTORY = "history.jsonl"
 LOCK = ".lock"
 RUN_FILES = ("model.pt", "config.json", "metrics.json")
 LOCK_TIMEOUT_S = 600.0
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# \A...\Z, not ^...$: "$" also matches before a final newline, which let "name\n" through as a folder name
+_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 
 def now_utc() -> str:
@@ -153,15 +157,22 @@ class Registry:
 
     # --- reading (no lock) ----------------------------------------------------------------------------
     def champion(self, name: str) -> dict | None:
-        """The current pointer, or None when the model has no champion (yet)."""
+        """The current pointer, or None when the model has no champion (yet). A pointer that cannot be read or
+        is not a champion pointer raises RecsysError (``rollback`` and ``promote`` rebuild it from history)."""
         path = self.folder(name) / POINTER
+        fix = "`registry rollback` or `registry promote` rebuilds it from history.jsonl"
         try:
-            return json.loads(path.read_text())
+            pointer = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        except ValueError:
-            raise RecsysError(f"{path}: not valid JSON; restore it with `registry rollback`") from None
-
+        except (ValueError, UnicodeDecodeError):
+            raise RecsysError(f"{path}: not valid JSON; {fix}") from None
+        except OSError as err:
+            raise RecsysError(f"{path}: cannot be read ({err.strerror or err}); {fix}") from None
+        problem = _pointer_problem(pointer)
+        if problem:
+            raise RecsysError(f"{path}: not a champion pointer ({problem}); {fix}")
+        return pointer
     def history(self, name: str) -> list[dict]:
         path = self.folder(name) / HISTORY
         try:
@@ -189,6 +200,43 @@ class Registry:
                 to = event["version"]
                 chain = chain[:chain.index(to) + 1] if to in chain else chain + [to]
         return chain
+
+    def rebuilt_pointer(self, name: str) -> dict | None:
+        """The pointer history.jsonl implies (its last promotion or rollback), or None when there is none."""
+        last = None
+        for event in self.history(name):
+            if event.get("event") in ("promoted", "rolled_back"):
+                last = event
+        return last
+
+    def repair(self, name: str) -> dict | None:
+        """The current pointer; a missing-but-recorded, unreadable or invalid ``champion.json`` is first
+        rewritten from history.jsonl (and the rebuild recorded there). None when there was never a champion."""
+        with self.lock(name):
+            return self._current(name)
+
+    def _current(self, name: str) -> dict | None:
+        """``champion``, rebuilt from history when the pointer is damaged or missing (caller holds the lock)."""
+        try:
+            pointer = self.champion(name)
+            error = None if pointer is not None else "missing"
+        except RecsysError as err:
+            pointer, error = None, str(err)
+        if error is None:
+            return pointer
+        last = self.rebuilt_pointer(name)
+        if last is None:
+            if pointer is None and error == "missing":
+                return None
+            raise RecsysError(f"{error}; and {self.folder(name) / HISTORY} records no champion to rebuild it from")
+        event = {**last, "time": now_utc(), "event": "pointer_rebuilt", "by": "registry",
+                 "reason": f"{POINTER} was {'missing' if error == 'missing' else 'damaged'}; rebuilt from the "
+                           f"history's last {last['event']} event (version {last['version']})"}
+        for key in ("decision", "from_version", "previous_version"):
+            event.pop(key, None)
+        self._append(name, _finite(event))
+        self._point(name, {**event, "time": last["time"]})
+        return self.champion(name)
 
     def entry(self, name: str, version: int) -> dict:
         for event in self.history(name):
@@ -249,7 +297,7 @@ class Registry:
         run = verify_run(run_dir, split_stats)
         with self.lock(name):
             versions = [e["version"] for e in self.history(name) if e["event"] == "promoted"]
-            current = self.champion(name)
+            current = self._current(name)
             if expected_champion is not False and (current or {}).get("version") != expected_champion:
                 raise RecsysError(f"the champion of {name} changed to version {(current or {}).get('version')} "
                                   f"while version {expected_champion} was being compared; run the comparison again")
@@ -269,7 +317,7 @@ class Registry:
         check_name(name)
         run = verify_run(run_dir, split_stats)
         with self.lock(name):
-            current = self.champion(name)
+            current = self._current(name)
             event = {"time": now_utc(), "event": "rejected", "version": None, **run, "reason": reason, "by": by,
                      "champion_version": (current or {}).get("version")}
             if decision is not None:
@@ -279,7 +327,7 @@ class Registry:
     def rollback(self, name: str, to_version: int | None = None, reason: str = "", *, by: str = "cli") -> dict:
         """Point the champion back at an earlier version (default: the one before the current)."""
         with self.lock(name):
-            current = self.champion(name)
+            current = self._current(name)
             if current is None:
                 raise RecsysError(f"registry model {name!r} has no champion to roll back")
             chain = self.chain(name)
@@ -313,6 +361,18 @@ def _finite(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def _pointer_problem(pointer) -> str | None:
+    """What makes a parsed ``champion.json`` unusable, or None."""
+    if not isinstance(pointer, dict):
+        return f"a JSON {type(pointer).__name__}, not an object"
+    version = pointer.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return f"version {version!r} is not a positive integer"
+    if not isinstance(pointer.get("run_dir"), str) or not pointer["run_dir"]:
+        return f"run_dir {pointer.get('run_dir')!r} is not a folder path"
+    return None
 
 
 def _metric_of(metrics: dict) -> str | None:

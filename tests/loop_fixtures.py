@@ -58,11 +58,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(registry_dir: Path, name: str, log: Path, watch_interval: float = 0.2, extra: list[str] = ()):
+def serving(registry_dir: Path, name: str, log: Path, watch_interval: float = 0.2, extra: list[str] = (),
+            env: dict | None = None):
     """``python -m recsys_core serve`` on a free port of 127.0.0.1 in its own process group, stopped on exit;
-    yields (an httpx client bound to it, the server process) once it answers."""
+    yields (an httpx client bound to it, the server process) once it answers. ``env``: more variables."""
     port = free_port()
-    env = {**os.environ, "RECSYS_PROGRESS": "0",
+    inherited = {k: v for k, v in os.environ.items() if k != "RECSYS_API_KEY"}  # a key only where a test sets one
+    env = {**inherited, **(env or {}), "RECSYS_PROGRESS": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     with open(log, "w") as out:
         server = subprocess.Popen([sys.executable, "-m", "recsys_core", "serve", "--registry", str(registry_dir),

@@ -21,11 +21,12 @@ PODMAN_COMPOSE = Path(sys.executable).with_name("podman-compose")
 CLIENTS = ("pool", "deploy", "worker", "dask-worker-1", "dask-worker-2")  # every service calling the Prefect API
 PASSWORD = "p@ss/w:rd#1?&x%20"  # a URL would break on each of these characters
 AUTH = "admin:s3cr$t"
+API_KEY = "Kq9-_recsys-api-key-0123456789abcdef"
 
 
 def _env_file(folder: Path, **changes: str) -> Path:
     values = {"POSTGRES_PASSWORD": PASSWORD, "PREFECT_API_AUTH_STRING": AUTH, "RAW_DATA_DIR": "./raw-data/netflix",
-              **changes}
+              "RECSYS_API_KEY": API_KEY, **changes}
     path = folder / ".env"
     # compose's .env syntax: single quotes keep $, # and the rest literal
     path.write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
@@ -77,7 +78,8 @@ def test_api_serves_the_weekly_retrains_champion_from_the_workers_data_dir(resol
     args = build_parser("serve").parse_args(command[3:])
     assert args.command == "serve" and args.host == "0.0.0.0" and args.port == 8000
     assert api["image"] == resolved["server"]["image"]  # the CPU image even with the GPU override
-    assert "recsys-data:/app/data" in api["volumes"] and "recsys-data:/app/data" in resolved["worker"]["volumes"]
+    assert {"type": "volume", "source": "recsys-data", "target": "/app/data", "read_only": True} in api["volumes"]
+    assert "recsys-data:/app/data" in resolved["worker"]["volumes"]
     weekly = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     params = weekly["weekly-retrain"]["parameters"]
     assert args.registry == f"/app/{params['data_dir']}/registry"  # the flow's DATA_DIR/registry, working dir /app
@@ -184,7 +186,42 @@ def test_image_runs_as_a_non_root_user_and_has_the_torch_build_argument():
 def test_env_example_names_every_variable_the_compose_files_need():
     example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
-    assert {"POSTGRES_PASSWORD", "PREFECT_API_AUTH_STRING", "RAW_DATA_DIR", "PREFECT_BIND", "API_PORT"} <= set(example)
+    assert {"POSTGRES_PASSWORD", "PREFECT_API_AUTH_STRING", "RAW_DATA_DIR", "PREFECT_BIND", "API_PORT",
+            "RECSYS_API_KEY"} <= set(example)
+    assert example["RECSYS_API_KEY"] == ""   # no usable default: compose stops until one is generated
     assert example["PREFECT_BIND"] == "127.0.0.1"
     text = (ROOT / "docker-compose.yml").read_text()
     assert "change-me" not in text and "${POSTGRES_PASSWORD:?" in text
+
+
+def _networks(service: dict) -> set[str]:
+    networks = service.get("networks") or ["default"]
+    return set(networks) if isinstance(networks, list) else set(networks)
+
+
+def test_api_mounts_the_data_read_only_and_the_dask_scheduler_has_its_own_network():
+    """Read from the compose file itself (no compose tool needed): the api service can read the registry
+    and runs but write nothing; the unauthenticated Dask scheduler is reachable only from the services that
+    submit or run work, on an internal network, and publishes nothing."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    api = services["api"]
+    for mount in api["volumes"]:
+        read_only = mount.get("read_only") if isinstance(mount, dict) else mount.rsplit(":", 1)[-1] == "ro"
+        assert read_only, mount
+    assert "${RECSYS_API_KEY:?" in api["environment"]["RECSYS_API_KEY"]
+    assert compose["networks"]["dask"]["internal"] is True
+    on_dask = {name for name, service in services.items() if "dask" in _networks(service)}
+    assert on_dask == {"dask-scheduler", "worker", "dask-worker-1", "dask-worker-2"}
+    assert _networks(services["dask-scheduler"]) == {"dask"}
+    assert "dask" not in _networks(api) and not services["dask-scheduler"].get("ports")
+
+
+def test_the_api_key_reaches_only_the_api_and_compose_stops_without_it(resolved, tmp_path):
+    holders = {name for name, service in resolved.items() if API_KEY in yaml.safe_dump(service)}
+    assert holders == {"api"}
+    assert _environment(resolved["api"])["RECSYS_API_KEY"] == API_KEY
+    assert resolved["api"]["volumes"] == [{"type": "volume", "source": "recsys-data", "target": "/app/data",
+                                           "read_only": True}]
+    done = compose_config(tmp_path, RECSYS_API_KEY="")
+    assert done.returncode != 0 and "RECSYS_API_KEY" in done.stdout + done.stderr

@@ -188,3 +188,75 @@ def test_a_dropped_champion_leaves_no_cyclic_garbage(loop_runs, tmp_path):
             assert gc.collect() == 0, label
         finally:
             gc.enable()
+
+
+@pytest.mark.parametrize("damage", ["corrupt model.pt", "deleted run folder", "damaged pointer"])
+def test_an_unreadable_champion_is_recorded_and_replaced(loop_runs, tmp_path, damage):
+    """Any failure loading the champion (torch cannot unpickle its weights, its folder is gone) or a
+    damaged champion.json does not stop a scheduled retrain: the reason is in history.jsonl and the best
+    valid challenger that beats the baselines takes over."""
+    import shutil
+
+    registry = Registry(tmp_path / "registry")
+    champion = tmp_path / "champion-run"
+    shutil.copytree(loop_runs["ae_old"], champion)
+    registry.promote("demo", champion, "seed champion")
+    if damage == "corrupt model.pt":
+        (champion / "model.pt").write_bytes(b"\x80\x02garbage \xff\xfe" * 50)
+    elif damage == "deleted run folder":
+        shutil.rmtree(champion)
+    else:
+        (tmp_path / "registry" / "demo" / "champion.json").write_text('{"version": "one"}')
+    decision = promote_if_better(registry, "demo", [loop_runs["mf_bad"], loop_runs["ae_new"]])
+    if damage == "damaged pointer":   # rebuilt from the history, then the champion compared as usual
+        events = [e["event"] for e in registry.history("demo")]
+        assert events[:2] == ["promoted", "pointer_rebuilt"] and registry.champion("demo")["version"] >= 1
+        assert decision.champion_version == 1 and decision.champion_error is None and decision.rows[0]["note"]
+        return
+    assert decision.promoted and decision.version == 2, decision.reason
+    event = registry.history("demo")[-1]
+    assert event["event"] == "promoted" and event["run_dir"] == str(loop_runs["ae_new"].resolve())
+    assert "cannot be loaded" in decision.reason and decision.champion_error
+    assert event["decision"]["champion_error"] == decision.champion_error
+    first_row = event["decision"]["rows"][0]
+    assert first_row["role"] == "champion" and "cannot be loaded" in first_row["note"]
+
+    # beaten by the baselines, a challenger does not replace a broken champion: the rejection is recorded
+    registry2 = Registry(tmp_path / "registry2")
+    registry2.promote("demo", loop_runs["ae_new"], "seed")
+    broken = tmp_path / "broken-2"
+    shutil.copytree(loop_runs["ae_new"], broken)
+    registry2.promote("demo", broken, "to be broken")
+    shutil.rmtree(broken)
+    kept = promote_if_better(registry2, "demo", [loop_runs["mf_bad"]])
+    assert not kept.promoted and "loses to" in kept.reason and kept.champion_error
+    assert registry2.history("demo")[-1]["decision"]["champion_error"] == kept.champion_error
+
+
+def test_the_service_loads_a_linear_champion_without_its_training_estimator(loop_runs, tmp_path):
+    """A champion with LinearScores is loaded in a child process: the serving process holds its answering
+    arrays and no estimator or training data; its answers (known users, fold-in, similar items) are the
+    in-process model's; the child ends when the champion is dropped."""
+    from recsys_core.serving.service import load_champion
+
+    registry = Registry(tmp_path / "registry")
+    registry.promote("c", loop_runs["ae_new"], "x")
+    champion = load_champion(registry, "c", registry.champion("c"))
+    served, local = champion.model, ServableModel(loop_runs["ae_new"])
+    assert served.estimator is None and served.data is None and served._remote is not None
+    local.prepare_fast_scoring()
+    rows = np.arange(0, served.n_users, 7)
+    np.testing.assert_allclose(served.score_rows(rows), local.score_rows(rows), rtol=1e-6, atol=1e-6)
+    assert np.array_equal(served.item_ids, local.item_ids) and served.titles == local.titles
+    assert all(np.array_equal(served.seen_cols(r), local.seen_cols(r)) for r in rows)
+    cols, values = np.array([3, 1, 8]), np.array([5.0, 2.0, 4.0], np.float32)
+    np.testing.assert_allclose(served.fold_in(cols, values), local.fold_in(cols, values), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(served.item_vectors(), local.item_vectors(), rtol=1e-6, atol=1e-6)
+    assert (served.can_fold_in, served.has_item_vectors, served.model_name) == (True, True, "autoencoder")
+    process = served._remote.process
+    assert process.poll() is None
+    del champion, served
+    assert process.wait(timeout=30) == 0
+    # a model without LinearScores is loaded in process, as before
+    registry.promote("c", loop_runs["mlp_old"], "x")
+    assert load_champion(registry, "c", registry.champion("c")).model.estimator is not None

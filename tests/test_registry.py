@@ -171,3 +171,70 @@ def test_the_cli_does_not_import_the_web_stack():
     out = subprocess.run([sys.executable, "-c", code, "/nonexistent/registry"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip().endswith("[]"), out
+
+
+@pytest.mark.parametrize("damage", ["[1, 2]", '{"run_dir": "x"}', '{"version": true, "run_dir": "x"}',
+                                    "{not json", b"\xff\xfe", "directory", "deleted"])
+def test_rollback_and_promote_rebuild_a_damaged_pointer_from_history(tmp_path, capsys, damage):
+    """Whatever happened to champion.json, the history names the champion: ``rollback`` and ``promote``
+    rewrite the pointer from it (recorded as a pointer_rebuilt event), no hand edit needed."""
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    runs = [fake_run(tmp_path / name) for name in ("a", "b", "c")]
+    for run in runs:
+        registry.promote("m", run, "x")
+    registry.rollback("m")                                   # champion: version 2 (b)
+    pointer = root / "m" / POINTER
+    pointer.unlink()
+    if damage == "directory":
+        pointer.mkdir()
+    elif isinstance(damage, bytes):
+        pointer.write_bytes(damage)
+    elif damage != "deleted":
+        pointer.write_text(damage)
+    if damage != "deleted":
+        with pytest.raises(RecsysError, match="rebuilds it from history.jsonl"):
+            registry.champion("m")
+    if damage == "directory":
+        pointer.rmdir()   # a folder in its place cannot be replaced by a file; the rest rebuilds itself
+    assert cli_main(["registry", "--registry", str(root), "rollback", "m"]) == 0, capsys.readouterr().err
+    assert registry.champion("m")["version"] == 1 and registry.champion("m")["run_dir"] == str(runs[0].resolve())
+    events = registry.history("m")
+    rebuilt = events[-2]
+    assert rebuilt["event"] == "pointer_rebuilt" and rebuilt["version"] == 2 and "rolled_back" in rebuilt["reason"]
+    assert registry.chain("m") == [1]
+
+    (root / "m" / POINTER).write_text("[]")
+    event = registry.promote("m", runs[2], "after damage")
+    assert event["version"] == 4 and event["previous_version"] == 1
+    assert [e["event"] for e in registry.history("m")][-2:] == ["pointer_rebuilt", "promoted"]
+
+
+def test_a_pointer_damaged_without_any_history_says_so(tmp_path):
+    registry = Registry(tmp_path / "registry")
+    (tmp_path / "registry" / "m").mkdir(parents=True)
+    (tmp_path / "registry" / "m" / POINTER).write_text("[1]")
+    with pytest.raises(RecsysError, match="records no champion to rebuild it from"):
+        registry.rollback("m")
+
+
+@pytest.mark.parametrize("name", ["demo\n", "\ndemo", "de/mo", "../demo", "", ".demo", "x" * 101])
+def test_names_are_matched_whole(tmp_path, name):
+    registry = Registry(tmp_path / "registry")
+    run = fake_run(tmp_path / "a")
+    with pytest.raises(RecsysError, match="registry model name"):
+        registry.promote(name, run, "x")
+    assert not (tmp_path / "registry").exists() or list((tmp_path / "registry").iterdir()) == []
+
+
+def test_ls_lists_every_model_when_one_pointer_is_damaged(tmp_path, capsys):
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    registry.promote("good", fake_run(tmp_path / "a"), "x")
+    registry.promote("hurt", fake_run(tmp_path / "b"), "x")
+    (root / "hurt" / POINTER).write_text("[1]")
+    capsys.readouterr()
+    assert cli_main(["registry", "--registry", str(root), "ls", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["good"]["version"] == 1 and "problem" not in rows["good"]
+    assert rows["hurt"]["version"] is None and "rebuilds it from history.jsonl" in rows["hurt"]["problem"]

@@ -51,7 +51,9 @@ def test_health_and_model(service, loop_runs):
     assert health.status_code == 200 and health.json()["version"] == 1
     model = client.get("/model").json()
     assert model["version"] == 1 and model["model_type"] == "autoencoder" and model["can_fold_in"]
-    assert model["run_dir"] == str(loop_runs["ae_old"].resolve())
+    # the run's id, never a path of the server's disk (this run lies outside the registry's data dir)
+    assert model["run"] == health.json()["run"] == "ae_old" and "run_dir" not in model
+    assert str(loop_runs["ae_old"].parent) not in health.text + client.get("/model").text
     assert model["metrics"]["valid"]["rmse"] > 0 and model["n_items"] == len(load_split(loop_runs["old"]).item_ids)
 
 

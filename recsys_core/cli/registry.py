@@ -45,13 +45,19 @@ def _print_table(title: str, rows: list[dict]) -> None:
 
 
 def _cmd_ls(args) -> int:
+    from recsys_core.errors import RecsysError
+
     registry = _registry(args)
     rows = []
     for name in registry.names():
-        champion = registry.champion(name) or {}
-        rows.append({"name": name, "version": champion.get("version"), "model": champion.get("model"),
-                     "run_dir": champion.get("run_dir"), "promoted_at": champion.get("promoted_at"),
-                     "events": len(registry.history(name))})
+        try:
+            champion, note = registry.champion(name) or {}, None
+        except RecsysError as err:   # one damaged pointer does not hide the other models
+            champion, note = {}, str(err)
+        row = {"name": name, "version": champion.get("version"), "model": champion.get("model"),
+               "run_dir": champion.get("run_dir"), "promoted_at": champion.get("promoted_at"),
+               "events": len(registry.history(name))}
+        rows.append({**row, "problem": note} if note else row)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
