@@ -214,6 +214,8 @@ def test_no_champion_yet_then_the_first_promotion(loop_runs, tmp_path):
         assert response.status_code == 503 and response.json()["status"] == "no champion"
         response = client.get("/users/7/recommendations")
         assert response.status_code == 503 and "has no champion yet" in response.json()["detail"]
+        # said when it starts, not only when asked
+        assert f"registry model {NAME} has no champion yet" in (tmp_path / "server.log").read_text()
         registry.promote(NAME, loop_runs["mf_new"], "first")
         wait_for(lambda: client.get("/health").status_code == 200, what="the first champion")
         assert client.get("/model").json()["model_type"] == "mf"

@@ -191,6 +191,10 @@ def create_app(registry_dir: str, name: str, device: str = "cpu", watch_interval
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await asyncio.to_thread(holder.poll)  # no or a broken champion: serve 503s until a good one appears
+        if holder.current is None and not holder.last_error:  # nothing to load, and nothing broken either
+            log.warning("registry model %s has no champion yet: every recommendation answers 503 (and /health "
+                        "\"no champion\") until a run is promoted (`flows/full.py --registry-model %s` or "
+                        "`recsys registry promote`)", holder.name, holder.name)
         watcher = asyncio.create_task(watch()) if watch_interval > 0 else None
         try:
             yield
