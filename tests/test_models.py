@@ -208,7 +208,8 @@ def test_predictions_blend_toward_the_biases_by_the_users_train_count(rating_spl
     from recsys_core.train import load_run
 
     run = tmp_path / model
-    train(rating_split.path, run, model, epochs=2, layers=[16], center=center, bias_shrink=5.0, recall_users=0)
+    train(rating_split.path, run, model, epochs=2, layers=[16], center=center, bias_shrink=5.0, recall_users=0,
+          blend_on_valid=False)
     _, data, estimator = load_run(run)
     baseline = UserItemBias(data.train)
     counts = np.diff(data.train.indptr)
@@ -236,3 +237,28 @@ def test_predictions_blend_toward_the_biases_by_the_users_train_count(rating_spl
         np.testing.assert_allclose(new_user, scores[1], rtol=1e-4, atol=1e-4)
     with pytest.raises(RecsysError, match="bias_shrink"):
         resolve_config(model, {"bias_shrink": -1})
+
+
+@pytest.mark.parametrize("model", ["autoencoder", "autorec-user"])
+def test_the_blend_is_chosen_on_valid_and_travels_with_the_weights(rating_split, tmp_path, model):
+    """blend_on_valid: after training, S is the grid point with the lowest valid RMSE (checked against the
+    blend recomputed here at every point), recorded in metrics.json and restored by load_run (issue 17)."""
+    from recsys_core.evaluation import rmse
+    from recsys_core.interactions import csr_triplets, rating_range
+    from recsys_core.models.autoencoder import RowsEstimator
+    from recsys_core.train import load_run
+
+    run = tmp_path / model
+    metrics = train(rating_split.path, run, model, epochs=3, layers=[16], recall_users=0)
+    chosen = metrics["training"]["blend"]["bias_shrink"]
+    _, data, estimator = load_run(run)
+    assert estimator.bias_shrink == chosen
+    users, items, values = csr_triplets(data.valid)
+    low, high = rating_range(data.meta)
+    at = {}
+    for shrink in RowsEstimator.BLEND_GRID:
+        estimator._prepare_blend(data, shrink)
+        at[shrink] = rmse(np.clip(estimator.predict_pairs(users, items), low, high), values)
+    best = min(at, key=lambda k: (at[k], k))
+    assert chosen == best and at[best] == pytest.approx(metrics["training"]["blend"]["valid_rmse"], abs=1e-6)
+    assert metrics["valid"]["rmse"] == pytest.approx(at[best], abs=1e-6)
