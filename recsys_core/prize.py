@@ -1,0 +1,365 @@
+"""The Netflix Prize's own files beside the training set: ``probe.txt`` and ``qualifying.txt``, a submission.
+
+* ``probe.txt``: ``<movie id>:`` lines, each followed by one customer id per line: 1,408,395 training ratings
+  the Prize set aside for participants to test on (the ``netflix-probe`` split protocol, split/probe.py).
+* ``qualifying.txt``: ``<movie id>:`` lines, each followed by ``customer_id,YYYY-MM-DD`` lines: 2,817,131 pairs
+  whose ratings were never published. A submission is one predicted rating per qualifying line, in the same
+  order under the same headers (``write_submission``).
+
+``find_prize_file`` finds either file in every form of a Netflix source the converter reads: a folder holding
+``training_set/`` (or ``training_set.tar``) with the file beside it, the ``training_set/`` folder (the file in
+its parent), the distribution archive ``nf_prize_dataset.tar.gz`` (member ``download/<name>``, streamed,
+never extracted), the Kaggle folder or its zip archive (member streamed), or the file itself. Files are read
+in chunks of lines, so qualifying's 2.8M lines take bounded memory.
+
+``PUBLISHED_RMSE``: the Prize's published numbers (real data, other systems), shown beside a run's probe RMSE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import re
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, ContextManager, Iterator
+
+import numpy as np
+
+from recsys_core.errors import InputError, RecsysError
+
+log = logging.getLogger("recsys_core")
+
+PROBE = "probe.txt"
+QUALIFYING = "qualifying.txt"
+PROBE_PAIRS = 1_408_395  # the real probe.txt
+QUALIFYING_PAIRS = 2_817_131  # the real qualifying.txt (quiz 1,408,342 + test 1,408,789)
+LINES_PER_CHUNK = 1 << 20  # qualifying lines parsed, predicted and written per round (bounded memory)
+_READ_BYTES = 1 << 22
+_MAX_ID = 2**31 - 1
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile, gzip.BadGzipFile)
+_QUALIFYING_LINE = re.compile(rb"\s*(\d{1,10})\s*,\s*(\d{4})-(\d{1,2})-(\d{1,2})\s*")
+
+# The Prize's published RMSE (real Netflix data, other systems): what a probe RMSE is read against.
+PUBLISHED_RMSE = (
+    ("Cinematch (Netflix's own system)", "quiz", 0.9514),
+    ("Cinematch (Netflix's own system)", "test", 0.9525),
+    ("a movie's mean rating", "quiz", 1.0540),
+    ("Grand Prize threshold (10% below Cinematch)", "test", 0.8572),
+    ("BellKor's Pragmatic Chaos (the winner)", "test", 0.8567),
+)
+
+
+@dataclass(frozen=True)
+class PrizeFile:
+    """One of the Prize's side files inside a source."""
+
+    label: str  # how messages name it: its path, or "ARCHIVE member NAME"
+    name: str  # its name inside the source (probe.txt, download/probe.txt)
+    holder: Path  # the file on disk that holds it (itself or the archive): what a cache key hashes
+    open: Callable[[], ContextManager[BinaryIO]]
+
+
+def _plain(path: Path, name: str) -> PrizeFile:
+    return PrizeFile(str(path), name, path, lambda: open(path, "rb"))
+
+
+@contextlib.contextmanager
+def _tar_gz_member(path: Path, member_name: str) -> Iterator[BinaryIO]:
+    """The member of a .tar.gz as a stream (the archive is read up to it; nothing is extracted)."""
+    with gzip.GzipFile(path, "rb") as compressed, tarfile.open(fileobj=compressed, mode="r|") as archive:
+        for member in archive:
+            if member.name == member_name:
+                yield archive.extractfile(member)
+                return
+    raise InputError(path, f"holds no member {member_name}")
+
+
+def _tar_gz_find(path: Path, base: str) -> str | None:
+    """The name of the first regular member whose base name is ``base`` (streams the archive's headers)."""
+    try:
+        with gzip.GzipFile(path, "rb") as compressed, tarfile.open(fileobj=compressed, mode="r|") as archive:
+            for member in archive:
+                if member.isfile() and member.name.rsplit("/", 1)[-1] == base:
+                    return member.name
+    except _ARCHIVE_ERRORS as err:
+        raise InputError(path, f"is truncated or corrupt ({err})") from None
+    return None
+
+
+def _zip_find(path: Path, base: str) -> PrizeFile | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == base]
+    except (zipfile.BadZipFile, OSError) as err:
+        raise InputError(path, f"is not a readable zip archive ({err})") from None
+    if not names:
+        return None
+
+    @contextlib.contextmanager
+    def opener():
+        with zipfile.ZipFile(path) as archive, archive.open(names[0]) as member:
+            yield member
+
+    return PrizeFile(f"{path} member {names[0]}", names[0], path, opener)
+
+
+def find_prize_file(source: str | Path, base: str) -> PrizeFile | None:
+    """``base`` (probe.txt or qualifying.txt) of a Netflix source in any layout, or None where it has none."""
+    source = Path(source)
+    if source.is_file():
+        name = source.name.lower()
+        if source.name == base:
+            return _plain(source, base)
+        if name.endswith((".tar.gz", ".tgz")):
+            member = _tar_gz_find(source, base)
+            if member is None:
+                return None
+
+            def opener(source=source, member=member):
+                return _tar_gz_member(source, member)
+
+            return PrizeFile(f"{source} member {member}", member, source, opener)
+        if name.endswith(".zip"):
+            return _zip_find(source, base)
+        if name.endswith(".tar"):  # training_set.tar: the file lies beside it
+            beside = source.parent / base
+            return _plain(beside, base) if beside.is_file() else None
+        return None
+    if source.is_dir():
+        for folder in (source, source.parent if source.name == "training_set" else None):
+            if folder is not None and (folder / base).is_file():
+                return _plain(folder / base, base)
+    return None
+
+
+def require_prize_file(source: str | Path | None, base: str, what: str) -> PrizeFile:
+    """``find_prize_file`` or one sentence saying that ``source`` has no such file (``what``: who needs it)."""
+    if source is None:
+        raise RecsysError(f"{what} needs the Netflix Prize source that holds {base} (a folder with training_set/, "
+                          "nf_prize_dataset.tar.gz, the Kaggle folder or zip, or the file itself): give --source")
+    if not Path(source).exists():
+        raise RecsysError(f"{source} does not exist ({what} reads {base} from it)")
+    found = find_prize_file(source, base)
+    if found is None:
+        raise RecsysError(f"{source} holds no {base} ({what} needs it): give the Netflix Prize source as "
+                          "distributed (nf_prize_dataset.tar.gz or its download/ folder) or Kaggle's folder or zip")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading: <movie>: blocks, in chunks of lines.
+
+
+@dataclass
+class Chunk:
+    """Consecutive data lines of a probe or qualifying file (headers are not lines here)."""
+
+    movies: np.ndarray  # int64 movie id of each line
+    customers: np.ndarray  # int64 customer id of each line
+    lines: np.ndarray  # int64 line number of each line in the file (1-based)
+
+
+def _lines(stream: BinaryIO, label: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without its end) of a stream, read in blocks; blank lines at the end dropped."""
+    number, rest, blank_run = 0, b"", []
+    try:
+        while True:
+            block = stream.read(_READ_BYTES)
+            if not block:
+                break
+            parts = (rest + block).split(b"\n")
+            rest = parts.pop()
+            for line in parts:
+                number += 1
+                if line.strip():
+                    for pending in blank_run:
+                        yield pending
+                    blank_run = []
+                    yield number, line
+                else:
+                    blank_run.append((number, line))
+    except _ARCHIVE_ERRORS as err:
+        raise InputError(label, f"could not be read to its end: the file or its archive is truncated or corrupt "
+                                f"({err})") from None
+    if rest.strip():
+        for pending in blank_run:
+            yield pending
+        yield number + 1, rest
+
+
+def read_chunks(prize_file: PrizeFile, qualifying: bool, lines_per_chunk: int = LINES_PER_CHUNK) -> Iterator[Chunk]:
+    """The data lines of probe.txt (``customer_id``) or qualifying.txt (``customer_id,YYYY-MM-DD``) under their
+    ``<movie id>:`` headers, checked (one sentence with the file and line for a bad one)."""
+    label = prize_file.label
+    expected = "'customer_id,YYYY-MM-DD'" if qualifying else "a customer id"
+    movies: list[int] = []
+    customers: list[int] = []
+    numbers: list[int] = []
+    movie = None
+    seen_movies: dict[int, int] = {}
+    with prize_file.open() as stream:
+        for number, line in _lines(stream, label):
+            line = line.rstrip(b"\r")
+            text = line.strip()
+            if text.endswith(b":"):
+                head = text[:-1].strip()
+                if not head.isdigit() or not 0 < int(head) <= _MAX_ID:
+                    raise InputError(label, f"the movie id of {_shown(line)} is not a positive 32-bit integer", number)
+                movie = int(head)
+                if movie in seen_movies:
+                    raise InputError(label, f"movie {movie} has a second block (the first starts on line "
+                                            f"{seen_movies[movie]})", number)
+                seen_movies[movie] = number
+                continue
+            if movie is None:
+                raise InputError(label, f"the first line must be '<movie id>:' but is {_shown(line)}", number)
+            if qualifying:
+                match = _QUALIFYING_LINE.fullmatch(text)
+                customer = int(match.group(1)) if match else None
+            else:
+                customer = int(text) if text.isdigit() else None
+            if customer is None or not 0 < customer <= _MAX_ID:
+                raise InputError(label, f"expected {expected} under movie {movie} but found {_shown(line)}", number)
+            movies.append(movie)
+            customers.append(customer)
+            numbers.append(number)
+            if len(numbers) >= lines_per_chunk:
+                yield _chunk(movies, customers, numbers)
+                movies, customers, numbers = [], [], []
+    if numbers or not seen_movies:
+        if not seen_movies:
+            raise InputError(label, f"holds no '<movie id>:' block; expected the Netflix Prize's {prize_file.name}")
+        yield _chunk(movies, customers, numbers)
+
+
+def _chunk(movies, customers, numbers) -> Chunk:
+    return Chunk(np.array(movies, np.int64), np.array(customers, np.int64), np.array(numbers, np.int64))
+
+
+def _shown(line: bytes) -> str:
+    return repr(line[:60].decode("latin-1"))
+
+
+def pair_keys(movies: np.ndarray, customers: np.ndarray) -> np.ndarray:
+    """One int64 per (movie, customer): movie-major, as the rating files are ordered."""
+    return (np.asarray(movies, np.int64) << 32) | np.asarray(customers, np.int64)
+
+
+@dataclass(frozen=True)
+class ProbePairs:
+    keys: np.ndarray  # sorted pair_keys of probe.txt
+    lines: np.ndarray  # the line of each key in the file
+    label: str
+    name: str
+
+
+def read_probe(prize_file: PrizeFile) -> ProbePairs:
+    """Every (movie, customer) pair of probe.txt, sorted, with its line; a pair listed twice is refused."""
+    chunks = list(read_chunks(prize_file, qualifying=False))
+    keys = np.concatenate([pair_keys(c.movies, c.customers) for c in chunks])
+    lines = np.concatenate([c.lines for c in chunks])
+    order = np.argsort(keys, kind="stable")
+    keys, lines = keys[order], lines[order]
+    twice = np.flatnonzero(keys[1:] == keys[:-1])
+    if len(twice):
+        first = int(np.argmin(lines[twice + 1]))
+        at = twice[first]
+        raise InputError(prize_file.label, f"customer {int(keys[at] & 0xFFFFFFFF)} of movie {int(keys[at] >> 32)} is "
+                                           f"listed again (first on line {int(lines[at])})", int(lines[at + 1]))
+    return ProbePairs(keys, lines, prize_file.label, prize_file.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Submissions
+
+
+def format_ratings(values: np.ndarray) -> np.ndarray:
+    """``d.dddd\\n`` records (7 bytes each, values already within 1..5), built without a Python loop."""
+    scaled = np.rint(np.asarray(values, np.float64) * 10_000).astype(np.int64)
+    out = np.empty((len(scaled), 7), np.uint8)
+    out[:, 0] = 48 + scaled // 10_000
+    out[:, 1] = ord(".")
+    for place, divisor in enumerate((1000, 100, 10, 1), start=2):
+        out[:, place] = 48 + (scaled // divisor) % 10
+    out[:, 6] = ord("\n")
+    return out
+
+
+def submission_pieces(chunk: Chunk, previous_movie: int | None, records: np.ndarray) -> tuple[list[bytes], int | None]:
+    """The bytes of a chunk's part of a submission: a ``<movie>:`` header wherever the movie changes (also
+    across chunks: ``previous_movie``), then the records of its lines. Returns (pieces, last movie)."""
+    if len(chunk.movies) == 0:
+        return [], previous_movie
+    starts = np.flatnonzero(np.diff(chunk.movies, prepend=-1 if previous_movie is None else previous_movie))
+    bounds = np.append(starts, len(chunk.movies))
+    flat = records.reshape(-1)
+    pieces = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        pieces.append(f"{int(chunk.movies[a])}:\n".encode())
+        pieces.append(flat[a * 7:b * 7].tobytes())
+    if len(starts) == 0 or starts[0] != 0:  # the chunk continues the previous movie's block
+        head = starts[0] if len(starts) else len(chunk.movies)
+        pieces.insert(0, flat[:head * 7].tobytes())
+    return pieces, int(chunk.movies[-1])
+
+
+@dataclass(frozen=True)
+class SubmissionScore:
+    rmse: float
+    quiz_rmse: float | None
+    test_rmse: float | None
+    n: int
+
+
+def score_submission(predictions: str | Path, truth: str | Path) -> SubmissionScore:
+    """RMSE of a submission against the generator's hidden qualifying ratings (``qualifying_truth.txt``: the
+    same headers, one ``rating,quiz|test`` line per qualifying line); both read line by line in step."""
+    sums = {"quiz": [0.0, 0], "test": [0.0, 0]}
+    with open(predictions, "rb") as left, open(truth, "rb") as right:
+        left_lines, right_lines = _all_lines(left), _all_lines(right)
+        number = 0
+        while True:
+            got, want = next(left_lines), next(right_lines)
+            if got is None and want is None:
+                break
+            number += 1
+            if got is None or want is None:
+                raise InputError(predictions, "ends early" if got is None else "holds more lines than qualifying.txt",
+                                 number)
+            if want.endswith(b":"):
+                if got.strip() != want:
+                    raise InputError(predictions, f"expected the header {want.decode()!r} of qualifying.txt "
+                                                  f"but found {_shown(got)}", number)
+                continue
+            rating, _, part = want.partition(b",")
+            try:
+                value = float(got)
+            except ValueError:
+                raise InputError(predictions, f"expected a predicted rating but found {_shown(got)}",
+                                 number) from None
+            error = value - float(rating)
+            entry = sums[part.decode().strip()]
+            entry[0] += error * error
+            entry[1] += 1
+    n = sums["quiz"][1] + sums["test"][1]
+    if n == 0:
+        raise InputError(truth, "holds no rating")
+
+    def root(total: float, count: int) -> float | None:
+        return float(np.sqrt(total / count)) if count else None
+
+    return SubmissionScore(root(sums["quiz"][0] + sums["test"][0], n), root(*sums["quiz"]), root(*sums["test"]), n)
+
+
+def _all_lines(stream: BinaryIO) -> Iterator[bytes | None]:
+    """Lines without their ends, then None forever (so that ``zip`` notices the shorter file)."""
+    for line in stream:
+        line = line.rstrip(b"\r\n")
+        if line.strip():
+            yield line
+    while True:
+        yield None
