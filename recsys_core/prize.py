@@ -164,8 +164,8 @@ class Chunk:
 
 
 def _lines(stream: BinaryIO, label: str) -> Iterator[tuple[int, bytes]]:
-    """(line number, line without its end) of a stream, read in blocks; blank lines at the end dropped."""
-    number, rest, blank_run = 0, b"", []
+    """(line number, line without its end) of a stream, read in blocks; blank lines are skipped."""
+    number, rest = 0, b""
     try:
         while True:
             block = stream.read(_READ_BYTES)
@@ -176,18 +176,11 @@ def _lines(stream: BinaryIO, label: str) -> Iterator[tuple[int, bytes]]:
             for line in parts:
                 number += 1
                 if line.strip():
-                    for pending in blank_run:
-                        yield pending
-                    blank_run = []
                     yield number, line
-                else:
-                    blank_run.append((number, line))
     except _ARCHIVE_ERRORS as err:
         raise InputError(label, f"could not be read to its end: the file or its archive is truncated or corrupt "
                                 f"({err})") from None
     if rest.strip():
-        for pending in blank_run:
-            yield pending
         yield number + 1, rest
 
 
@@ -363,3 +356,49 @@ def _all_lines(stream: BinaryIO) -> Iterator[bytes | None]:
             yield line
     while True:
         yield None
+
+
+# ----------------------------------------------------------------------------------------------
+# The Prize's numbers beside a run's
+
+
+def probe_holder(source: str | Path) -> Path | None:
+    """The file on disk whose content holds ``source``'s probe.txt (the file, or its archive), found without
+    reading archives (a cache key hashes it); None where there is plainly none."""
+    source = Path(source)
+    if source.is_file():
+        if source.name.endswith(".tar") and not source.name.endswith(".tar.gz"):
+            beside = source.parent / PROBE
+            return beside if beside.is_file() else None
+        return source
+    for folder in (source, source.parent if source.name == "training_set" else None):
+        if folder is not None and (folder / PROBE).is_file():
+            return folder / PROBE
+    return None
+
+
+def is_generated(source: str | Path) -> bool:
+    """Whether a source was written by the project's generator (its synth.json lies in or beside it)."""
+    source = Path(source)
+    folders = [source, source.parent] if source.is_dir() else [source.parent]
+    if source.name == "training_set":
+        folders.append(source.parent)
+    return any((folder / "synth.json").is_file() for folder in folders)
+
+
+GENERATED_NOTE = ("the run's data are GENERATED (recsys_core.synth): its probe RMSE is NOT comparable with the "
+                  "Prize's numbers, which are quiz/test RMSE on the real Netflix data")
+REAL_NOTE = ("the Prize's numbers are quiz/test RMSE of other systems on the real data; probe, quiz and test were "
+             "drawn alike, so a probe RMSE is read against them, though a submission trained with probe included "
+             "usually scores a little better on quiz")
+
+
+def comparison_rows(runs: list[dict], generated: bool) -> list[dict]:
+    """The run's probe RMSE (``runs``: {"model", "rmse", "n"} per model and baseline) beside the Prize's
+    published RMSE, each row labelled with its data, set and who made it."""
+    data = "this run: generated" if generated else "this run"
+    rows = [{"system": run["model"], "data": data, "set": f"probe ({run.get('n')} ratings in test)",
+             "rmse": round(float(run["rmse"]), 4)} for run in runs if isinstance(run.get("rmse"), (int, float))]
+    rows += [{"system": name, "data": "real Netflix (published)", "set": part, "rmse": value}
+             for name, part, value in PUBLISHED_RMSE]
+    return rows
