@@ -163,74 +163,167 @@ class Chunk:
     lines: np.ndarray  # int64 line number of each line in the file (1-based)
 
 
-def _lines(stream: BinaryIO, label: str) -> Iterator[tuple[int, bytes]]:
-    """(line number, line without its end) of a stream, read in blocks; blank lines are skipped."""
-    number, rest = 0, b""
+def _blocks(stream: BinaryIO, label: str) -> Iterator[bytes]:
+    """The stream in blocks of ~4 MB cut after a line end (the last block gets one if it lacks it)."""
+    rest = b""
     try:
         while True:
             block = stream.read(_READ_BYTES)
             if not block:
                 break
-            parts = (rest + block).split(b"\n")
-            rest = parts.pop()
-            for line in parts:
-                number += 1
-                if line.strip():
-                    yield number, line
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut]
+            rest = data[cut:]
     except _ARCHIVE_ERRORS as err:
         raise InputError(label, f"could not be read to its end: the file or its archive is truncated or corrupt "
                                 f"({err})") from None
-    if rest.strip():
-        yield number + 1, rest
+    if rest:
+        yield rest + b"\n"
 
 
-def read_chunks(prize_file: PrizeFile, qualifying: bool, lines_per_chunk: int = LINES_PER_CHUNK) -> Iterator[Chunk]:
-    """The data lines of probe.txt (``customer_id``) or qualifying.txt (``customer_id,YYYY-MM-DD``) under their
-    ``<movie id>:`` headers, checked (one sentence with the file and line for a bad one)."""
-    label = prize_file.label
+@dataclass
+class _State:
+    """What parsing carries from one block to the next."""
+
+    movie: int | None = None  # the movie of the block being read
+    line: int = 0  # lines read so far
+    seen_movies: dict | None = None  # movie id -> line of its header
+
+
+def _parse_int(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """The values of the ASCII digit fields ``arr[starts:ends]`` (1..10 digits), or None if one is not."""
+    width = ends - starts
+    if len(width) and (width.min() < 1 or width.max() > 10):
+        return None
+    value = np.zeros(len(starts), np.int64)
+    last = len(arr) - 1
+    for k in range(int(width.max()) if len(width) else 0):
+        take = k < width
+        digit = arr[np.minimum(starts + k, last)].astype(np.int64) - 48
+        if ((digit < 0) | (digit > 9))[take].any():
+            return None
+        value = np.where(take, value * 10 + digit, value)
+    if len(value) and (value.min() < 1 or value.max() > _MAX_ID):
+        return None
+    return value
+
+
+_DATE_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9])
+
+
+def _parse_fast(data: bytes, state: _State, qualifying: bool) -> tuple[np.ndarray, ...] | None:
+    """(movies, customers, line numbers) of a block of well-formed lines (the real files' exact format:
+    no blank lines, no spaces), vectorised; None if any line is otherwise (the line-by-line parser then
+    reads the block and names the problem, or accepts what is merely unusual)."""
+    arr = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(arr == 10)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    ends = ends - (arr[np.maximum(ends - 1, 0)] == 13)  # a CR before the LF
+    if len(starts) == 0 or (ends <= starts).any():
+        return None
+    header = arr[ends - 1] == ord(":")
+    head_at = np.flatnonzero(header)
+    head_values = _parse_int(arr, starts[head_at], ends[head_at] - 1)
+    if head_values is None:
+        return None
+    rows = np.flatnonzero(~header)
+    if len(rows) and (state.movie is None and (len(head_at) == 0 or rows[0] < head_at[0])):
+        return None  # data before the first header
+    line_starts, line_ends = starts[rows], ends[rows]
+    if qualifying:
+        commas = np.flatnonzero(arr == ord(","))
+        at = np.searchsorted(commas, line_starts)
+        if len(rows) and (at.max() >= len(commas)):
+            return None
+        comma = commas[np.minimum(at, max(len(commas) - 1, 0))] if len(commas) else line_ends
+        if (line_ends - comma != 11).any():
+            return None
+        date = arr[comma[:, None] + 1 + np.arange(10)] if len(rows) else np.zeros((0, 10), np.uint8)
+        digits = date[:, _DATE_DIGITS]
+        if ((digits < 48) | (digits > 57)).any() or (date[:, [4, 7]] != ord("-")).any():
+            return None
+        customers = _parse_int(arr, line_starts, comma)
+    else:
+        customers = _parse_int(arr, line_starts, line_ends)
+    if customers is None:
+        return None
+    seen = state.seen_movies
+    for index, movie in zip(head_at.tolist(), head_values.tolist()):
+        if movie in seen:
+            return None
+        seen[movie] = state.line + index + 1
+    # the movie of each data line: the last header before it (or the one carried from the previous block)
+    which = np.searchsorted(head_at, rows) - 1
+    carried = -1 if state.movie is None else state.movie
+    movies = np.where(which >= 0, head_values[np.maximum(which, 0)] if len(head_values) else carried, carried)
+    numbers = state.line + rows + 1
+    if len(head_values):
+        state.movie = int(head_values[-1])
+    state.line += len(starts)
+    return movies.astype(np.int64), customers, numbers.astype(np.int64)
+
+
+def _parse_slow(data: bytes, state: _State, qualifying: bool, label: str, name: str) -> tuple[np.ndarray, ...]:
+    """The line-by-line parser: accepts blank lines and spaces; names the file, line and problem otherwise."""
     expected = "'customer_id,YYYY-MM-DD'" if qualifying else "a customer id"
     movies: list[int] = []
     customers: list[int] = []
     numbers: list[int] = []
-    movie = None
-    seen_movies: dict[int, int] = {}
+    for line in data.split(b"\n")[:-1]:
+        state.line += 1
+        number = state.line
+        line = line.rstrip(b"\r")
+        text = line.strip()
+        if not text:
+            continue
+        if text.endswith(b":"):
+            head = text[:-1].strip()
+            if not head.isdigit() or not 0 < int(head) <= _MAX_ID:
+                raise InputError(label, f"the movie id of {_shown(line)} is not a positive 32-bit integer", number)
+            movie = int(head)
+            if movie in state.seen_movies:
+                raise InputError(label, f"movie {movie} has a second block (the first starts on line "
+                                        f"{state.seen_movies[movie]})", number)
+            state.seen_movies[movie] = number
+            state.movie = movie
+            continue
+        if state.movie is None:
+            raise InputError(label, f"the first line must be '<movie id>:' but is {_shown(line)}", number)
+        if qualifying:
+            match = _QUALIFYING_LINE.fullmatch(text)
+            customer = int(match.group(1)) if match else None
+        else:
+            customer = int(text) if text.isdigit() else None
+        if customer is None or not 0 < customer <= _MAX_ID:
+            raise InputError(label, f"expected {expected} under movie {state.movie} but found {_shown(line)}", number)
+        movies.append(state.movie)
+        customers.append(customer)
+        numbers.append(number)
+    return np.array(movies, np.int64), np.array(customers, np.int64), np.array(numbers, np.int64)
+
+
+def read_chunks(prize_file: PrizeFile, qualifying: bool, lines_per_chunk: int = LINES_PER_CHUNK) -> Iterator[Chunk]:
+    """The data lines of probe.txt (``customer_id``) or qualifying.txt (``customer_id,YYYY-MM-DD``) under their
+    ``<movie id>:`` headers, checked (one sentence with the file and line for a bad one), in chunks of at most
+    ``lines_per_chunk`` lines. Blocks of the files' exact format are parsed with vectorised numpy (2.8M lines
+    in ~1 s instead of ~10 s line by line); any other block line by line."""
+    label = prize_file.label
+    state = _State(seen_movies={})
     with prize_file.open() as stream:
-        for number, line in _lines(stream, label):
-            line = line.rstrip(b"\r")
-            text = line.strip()
-            if text.endswith(b":"):
-                head = text[:-1].strip()
-                if not head.isdigit() or not 0 < int(head) <= _MAX_ID:
-                    raise InputError(label, f"the movie id of {_shown(line)} is not a positive 32-bit integer", number)
-                movie = int(head)
-                if movie in seen_movies:
-                    raise InputError(label, f"movie {movie} has a second block (the first starts on line "
-                                            f"{seen_movies[movie]})", number)
-                seen_movies[movie] = number
-                continue
-            if movie is None:
-                raise InputError(label, f"the first line must be '<movie id>:' but is {_shown(line)}", number)
-            if qualifying:
-                match = _QUALIFYING_LINE.fullmatch(text)
-                customer = int(match.group(1)) if match else None
-            else:
-                customer = int(text) if text.isdigit() else None
-            if customer is None or not 0 < customer <= _MAX_ID:
-                raise InputError(label, f"expected {expected} under movie {movie} but found {_shown(line)}", number)
-            movies.append(movie)
-            customers.append(customer)
-            numbers.append(number)
-            if len(numbers) >= lines_per_chunk:
-                yield _chunk(movies, customers, numbers)
-                movies, customers, numbers = [], [], []
-    if numbers or not seen_movies:
-        if not seen_movies:
-            raise InputError(label, f"holds no '<movie id>:' block; expected the Netflix Prize's {prize_file.name}")
-        yield _chunk(movies, customers, numbers)
-
-
-def _chunk(movies, customers, numbers) -> Chunk:
-    return Chunk(np.array(movies, np.int64), np.array(customers, np.int64), np.array(numbers, np.int64))
+        for data in _blocks(stream, label):
+            before = _State(state.movie, state.line, dict(state.seen_movies))
+            parsed = _parse_fast(data, state, qualifying)
+            if parsed is None:
+                state = before
+                parsed = _parse_slow(data, state, qualifying, label, prize_file.name)
+            movies, customers, numbers = parsed
+            for a in range(0, len(numbers), lines_per_chunk):
+                yield Chunk(movies[a:a + lines_per_chunk], customers[a:a + lines_per_chunk],
+                            numbers[a:a + lines_per_chunk])
+    if not state.seen_movies:
+        raise InputError(label, f"holds no '<movie id>:' block; expected the Netflix Prize's {prize_file.name}")
 
 
 def _shown(line: bytes) -> str:
@@ -253,8 +346,8 @@ class ProbePairs:
 def read_probe(prize_file: PrizeFile) -> ProbePairs:
     """Every (movie, customer) pair of probe.txt, sorted, with its line; a pair listed twice is refused."""
     chunks = list(read_chunks(prize_file, qualifying=False))
-    keys = np.concatenate([pair_keys(c.movies, c.customers) for c in chunks])
-    lines = np.concatenate([c.lines for c in chunks])
+    keys = np.concatenate([pair_keys(c.movies, c.customers) for c in chunks] + [np.zeros(0, np.int64)])
+    lines = np.concatenate([c.lines for c in chunks] + [np.zeros(0, np.int64)])
     order = np.argsort(keys, kind="stable")
     keys, lines = keys[order], lines[order]
     twice = np.flatnonzero(keys[1:] == keys[:-1])

@@ -739,15 +739,20 @@ def _holdout(world: _World, users: np.ndarray, movie_counts: np.ndarray, days: n
     probe_movies = np.searchsorted(movie_ends, rows, side="right")
     probe = np.sort((probe_movies.astype(np.int64) << _USER_BITS) | users[rows])
 
-    # Qualifying: new pairs of the same customers, by movie popularity, none rated, none twice.
+    # Qualifying: new pairs of the same customers, by movie popularity (then any movie, for the customers who
+    # rated most of the popular ones), none rated, none twice.
     wanted = np.repeat(np.arange(n_users, dtype=np.int64), n_qualifying)
     cumulative = np.cumsum(world.movie_weights)
     chosen = np.empty(0, np.int64)
-    for _ in range(8):
+    released = np.flatnonzero(world.movie_weights > 0)
+    for round_index in range(16):
         if len(wanted) == 0:
             break
-        movies = np.minimum(np.searchsorted(cumulative, rng.random(len(wanted)) * cumulative[-1], side="right"),
-                            len(cumulative) - 1)
+        if round_index < 8:
+            movies = np.minimum(np.searchsorted(cumulative, rng.random(len(wanted)) * cumulative[-1], side="right"),
+                                len(cumulative) - 1)
+        else:  # customers who rated most popular movies: any released movie they did not rate
+            movies = released[rng.integers(0, len(released), len(wanted))]
         keys = (movies.astype(np.int64) << _USER_BITS) | wanted
         fresh = ~_rated(users, movie_ends, movies, wanted) & ~np.isin(keys, chosen)
         chosen = np.sort(np.concatenate([chosen, _distinct(keys[fresh])]))
