@@ -716,7 +716,10 @@ def _holdout(world: _World, users: np.ndarray, movie_counts: np.ndarray, days: n
     rng = np.random.default_rng([seed, 9])
     movie_ends = np.cumsum(movie_counts)
     # Every rating as customer | day | row, sorted: each customer's ratings by date, its most recent last.
-    order = (users.astype(np.int64) << 40) | (days.astype(np.int64) << 28) | np.arange(n, dtype=np.int64)
+    order = users.astype(np.int64)
+    order <<= 40  # in place: at scale 1.0 each temporary is 800 MB
+    order |= days.astype(np.int64) << 28
+    order |= np.arange(n, dtype=np.int64)
     order.sort()
     per_user = np.bincount(users, minlength=n_users)
     user_ends = np.cumsum(per_user)
