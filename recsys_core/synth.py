@@ -757,7 +757,9 @@ def _holdout(world: _World, users: np.ndarray, movie_counts: np.ndarray, days: n
         else:  # customers who rated most popular movies: any released movie they did not rate
             movies = released[rng.integers(0, len(released), len(wanted))]
         keys = (movies.astype(np.int64) << _USER_BITS) | wanted
-        fresh = ~_rated(users, movie_ends, movies, wanted) & ~np.isin(keys, chosen)
+        position = np.minimum(np.searchsorted(chosen, keys), max(len(chosen) - 1, 0))
+        taken = chosen[position] == keys if len(chosen) else np.zeros(len(keys), dtype=bool)
+        fresh = ~_rated(users, movie_ends, movies, wanted) & ~taken  # (np.isin: 8 of 11 s of the hold-out)
         chosen = np.sort(np.concatenate([chosen, _distinct(keys[fresh])]))
         still = np.maximum(n_qualifying - np.bincount(chosen & ((1 << _USER_BITS) - 1), minlength=n_users), 0)
         wanted = np.repeat(np.arange(n_users, dtype=np.int64), still)
