@@ -26,6 +26,15 @@ from recsys_core.split.reading import check_columns, ratings_path
 log = logging.getLogger("recsys_core")
 
 SPLIT_NAME = "probe"
+# Slots of the filter in front of the sorted search (16 MB): a binary search of every row in the 1.4M probe
+# pairs cost as much as the four netflix-time splits' routing together at full scale (49 s of 70 s at load ~29).
+_FILTER_BITS = 24
+_FILTER_SLOTS = 1 << _FILTER_BITS
+
+
+def _slot(keys: np.ndarray) -> np.ndarray:
+    """Fibonacci hashing of the pair keys onto the filter's slots."""
+    return ((keys.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - _FILTER_BITS)).astype(np.intp)
 
 
 def split_netflix_probe(ratings_dir: Path, out_dir: Path, source: str | None = None, seed: int = 0,
@@ -38,14 +47,21 @@ def split_netflix_probe(ratings_dir: Path, out_dir: Path, source: str | None = N
     probe = prize.read_probe(probe_file)
     keys = probe.keys
     found = np.zeros(len(keys), dtype=bool)
+    maybe = np.zeros(_FILTER_SLOTS, dtype=bool)  # a one-hash filter: which rows can be probe pairs at all
+    maybe[_slot(keys)] = True
     last: dict[str, np.ndarray] = {}
 
     def in_probe(t, users, items) -> np.ndarray:
         if last.get("users") is not users:  # train_mask and heldout_mask of one batch share the look-up
-            query = prize.pair_keys(items, users)  # movie-major like the ratings: the search walks forward
-            position = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
-            hit = keys[position] == query if len(keys) else np.zeros(len(query), dtype=bool)
-            found[position[hit]] = True
+            query = prize.pair_keys(items, users)
+            rows = np.flatnonzero(maybe[_slot(query)])  # ~1.4% + ~8% false positives at full scale
+            hit = np.zeros(len(query), dtype=bool)
+            if len(rows) and len(keys):
+                candidates = query[rows]
+                position = np.minimum(np.searchsorted(keys, candidates), len(keys) - 1)
+                match = keys[position] == candidates
+                found[position[match]] = True
+                hit[rows[match]] = True
             last["users"], last["hit"] = users, hit
         return last["hit"]
 
