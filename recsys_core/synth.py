@@ -747,7 +747,7 @@ def _holdout(world: _World, users: np.ndarray, movie_counts: np.ndarray, days: n
     wanted = np.repeat(np.arange(n_users, dtype=np.int64), n_qualifying)
     cumulative = np.cumsum(world.movie_weights)
     chosen = np.empty(0, np.int64)
-    released = np.flatnonzero(world.movie_weights > 0)
+    released = np.flatnonzero(movie_counts > 0)
     for round_index in range(16):
         if len(wanted) == 0:
             break
@@ -760,6 +760,7 @@ def _holdout(world: _World, users: np.ndarray, movie_counts: np.ndarray, days: n
         position = np.minimum(np.searchsorted(chosen, keys), max(len(chosen) - 1, 0))
         taken = chosen[position] == keys if len(chosen) else np.zeros(len(keys), dtype=bool)
         fresh = ~_rated(users, movie_ends, movies, wanted) & ~taken  # (np.isin: 8 of 11 s of the hold-out)
+        fresh &= movie_counts[movies] > 0  # a movie with training ratings, as every real qualifying movie
         chosen = np.sort(np.concatenate([chosen, _distinct(keys[fresh])]))
         still = np.maximum(n_qualifying - np.bincount(chosen & ((1 << _USER_BITS) - 1), minlength=n_users), 0)
         wanted = np.repeat(np.arange(n_users, dtype=np.int64), still)

@@ -205,6 +205,7 @@ def test_qualifying_order_and_headers_survive_the_round_trip(generated_run, tmp_
     assert [m for m, _ in submitted] == [m for m, _ in qualifying]  # the same headers, in the same order
     assert [len(lines) for _, lines in submitted] == [len(lines) for _, lines in qualifying]
     assert report.lines == meta["qualifying_pairs"] and report.movies == len(qualifying)
+    assert report.unknown == 0  # every qualifying customer and movie has training ratings, as on the real data
     values = np.array([float(v) for _, lines in submitted for v in lines])
     assert values.min() >= 1.0 and values.max() <= 5.0 and values.std() > 0.05
     assert all(re.fullmatch(rb"[1-5]\.\d{4}", v) for _, lines in submitted for v in lines)
