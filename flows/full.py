@@ -49,7 +49,7 @@ from tasks.sweeps import run_sweeps  # noqa: E402
 from tasks.tracking import track_task, tracking_uri  # noqa: E402
 
 UNTIL = ("convert", "split", "matrices", "train")
-PROTOCOLS = split_protocols  # netflix-time, time, leave-one-out, random, chrono (recsys_core.split)
+PROTOCOLS = split_protocols  # netflix-time, time, leave-one-out, random, chrono, netflix-probe (recsys_core.split)
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MODELS = ["autoencoder"]
 # Embedded default sample: small enough for the whole run to take well under 3 minutes on 2 CPU cores.
@@ -134,7 +134,7 @@ def full_pipeline(
         return run.finish()
 
     # Stage 2: splits.
-    options = _split_options(protocol, split_options, splits, seed)
+    options = _split_options(protocol, split_options, splits, seed, source_path)
     splits_spec = plan.split_spec(data, converted, memo, protocol, options)
     run.stage(split_task, splits_spec, "split", ratings_dir=converted.out_dir, protocol=protocol, options=options)
     run.artifacts["splits"] = splits_spec.out_dir
@@ -196,6 +196,14 @@ def full_pipeline(
     run.report["buckets"] = report.bucket_rows(runs)
     report.publish_table("recsys-buckets", run.report["buckets"], "stage 4: where models lose, per bucket of the "
                          "user's training ratings and for new items, model beside its best baseline")
+    if protocol == "netflix-probe":  # the Prize's published numbers beside the run's probe RMSE, labelled
+        from recsys_core import prize
+
+        generated = source == plan.SAMPLE or prize.is_generated(options["source"])
+        run.report["prize"] = prize.comparison_rows(run.report["metrics"], generated)
+        run.report["prize_note"] = prize.GENERATED_NOTE if generated else prize.REAL_NOTE
+        report.publish_table("recsys-prize", run.report["prize"], f"probe RMSE beside the Netflix Prize's published "
+                             f"RMSE: {run.report['prize_note']}")
     run.report["runs"] = report.run_rows(data)
     report.publish_table("recsys-runs", run.report["runs"], "every training run under the data dir: model, split, "
                          "options, valid/test metrics, seconds (compare runs here)")
@@ -299,13 +307,17 @@ def _key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-def _split_options(protocol: str, split_options: dict | None, splits: list[str], seed: int) -> dict:
-    """The split stage's options: the flow's seed, the user's ``split_options`` and, for netflix-time, ``splits``."""
+def _split_options(protocol: str, split_options: dict | None, splits: list[str], seed: int,
+                   source_path: Path | None = None) -> dict:
+    """The split stage's options: the flow's seed, the user's ``split_options``, for netflix-time ``splits`` and
+    for netflix-probe the raw source (its probe.txt, recsys_core/prize.py) unless the options name one."""
     if split_options is not None and not isinstance(split_options, dict):
         raise RecsysError(f"split_options must be a JSON object of the protocol's options, got {split_options!r}")
     options = {"seed": seed, **(split_options or {})}
     if protocol == "netflix-time":
         options["splits"] = list(splits)
+    if protocol == "netflix-probe" and source_path is not None:
+        options.setdefault("source", str(source_path))
     return options
 
 
@@ -337,13 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample")
     g = p.add_argument_group("splits")
     g.add_argument("--protocol", choices=PROTOCOLS, default="netflix-time",
-                   help="netflix-time: the time splits of arXiv 1708.01715; time, leave-one-out, random otherwise")
+                   help="netflix-time: the time splits of arXiv 1708.01715; netflix-probe: the Netflix Prize's own "
+                   "split by the source's probe.txt; time, leave-one-out, random otherwise")
     g.add_argument("--splits", nargs="+", default=["N3M"], metavar="NAME",
                    help="netflix-time splits to cut: N3M N6M N1Y NF")
     g.add_argument("--split-options", type=_json_object, metavar="JSON",
                    help="options of the protocol as a JSON object, e.g. '{\"quantile\": 0.9}' (time), "
                    "'{\"fraction\": 0.1}' (random), '{\"negatives\": 99, \"valid\": true}' (leave-one-out), "
-                   "'{\"valid_share\": 0.5}' (netflix-time); see `python -m recsys_core split --help`")
+                   "'{\"valid_share\": 0.5}' (netflix-time, netflix-probe; 0 puts all of probe in test); see "
+                   "`python -m recsys_core split --help`")
     g = p.add_argument_group("models")
     g.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL",
                    help=f"models to train, of {', '.join(registered_models())}; baselines are evaluated beside each")
@@ -415,6 +429,9 @@ def print_summary(result: dict) -> None:
         console.print(report.rich_table(report.BUCKETS_TITLE, result["buckets"]))
     if result.get("sweep"):
         console.print(report.rich_table("Sweep: every trial (chosen on valid only)", result["sweep"]))
+    if result.get("prize"):
+        console.print(report.rich_table("Probe RMSE beside the Netflix Prize's published RMSE", result["prize"]))
+        console.print(f"[bold]Note:[/bold] {result['prize_note']}", soft_wrap=True)
     for line in result.get("promotion", []):
         console.print(f"[bold]{line}[/bold]", soft_wrap=True)
     console.print("[bold]Artifacts[/bold]")

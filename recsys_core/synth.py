@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gzip
+import io
 import logging
 import os
 import shutil
@@ -62,10 +64,13 @@ KAGGLE_ZIP = "netflix-prize-data.zip"
 # The last movie of combined_data_1..3.txt in the real set (the fourth ends with movie 17,770).
 KAGGLE_FILE_ENDS = (4_499, 9_210, 13_367)
 # The real probe set holds 1,408,395 of the training ratings (recent ones), the qualifying set 2,817,131
-# (customer, movie, date) triples that are NOT in the training set.
+# (customer, movie, date) triples that are NOT in the training set. The Prize drew them alike: per customer
+# up to nine of its most recent ratings, each sent to probe, quiz or test (quiz + test = qualifying).
 PROBE_FRACTION = 1_408_395 / REAL_RATINGS
 QUALIFYING_FRACTION = 2_817_131 / REAL_RATINGS
-PROBE_FROM = dt.date(2005, 1, 1)  # probe ratings are drawn among those of the last year
+HOLDOUT_MAX = 9  # recent ratings per customer held out at most (probe + qualifying)
+QUALIFYING_TRUTH = "qualifying_truth.txt"  # the generator's own output: the hidden qualifying ratings
+DISTRIBUTION_TAR_GZ = "nf_prize_dataset.tar.gz"
 _ZIP_TIME = (2019, 11, 20, 0, 0, 0)  # fixed: deterministic zip
 
 _USER_BITS = 20  # pair key = movie_index << 20 | user_index (users < 2**20 up to MAX_SCALE)
@@ -451,6 +456,10 @@ def _writev_all(fd: int, pieces: list) -> int:
 
 
 def _tar_header(name: str, size: int, is_dir: bool = False) -> bytes:
+    return _tar_info(name, size, is_dir).tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _tar_info(name: str, size: int, is_dir: bool = False) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = 0 if is_dir else size
     info.mtime = _TAR_MTIME
@@ -458,7 +467,7 @@ def _tar_header(name: str, size: int, is_dir: bool = False) -> bytes:
     info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
+    return info
 
 
 def _format_movies(movie_counts, users, codes, id_lengths, id_text, suffixes):
@@ -650,33 +659,176 @@ _KAGGLE_README = """Synthetic data in the layout of the Kaggle "Netflix Prize da
 combined_data_1.txt .. combined_data_4.txt: the training ratings, movie after movie: a line "<movie id>:",
     then one line "customer_id,rating,YYYY-MM-DD" per rating of that movie.
 movie_titles.csv: "movie_id,year_of_release,title" (ISO-8859-1; year may be NULL; titles hold commas).
-probe.txt: "<movie id>:" then one customer id per line: training ratings to hold out.
-qualifying.txt: "<movie id>:" then "customer_id,YYYY-MM-DD" lines: pairs without a rating in the data.
+probe.txt: "<movie id>:" then one customer id per line: training ratings to hold out (recent ones).
+qualifying.txt: "<movie id>:" then "customer_id,YYYY-MM-DD" lines: recent ratings not in the data, to predict.
+"""
+_DISTRIBUTION_README = """Synthetic data in the layout of the Netflix Prize distribution, written by recsys_core.synth.
+
+training_set.tar: training_set/mv_0000001.txt ...: a line "<movie id>:", then "customer_id,rating,YYYY-MM-DD".
+movie_titles.txt: "movie_id,year_of_release,title" (ISO-8859-1; year may be NULL; titles hold commas).
+probe.txt: "<movie id>:" then one customer id per line: training ratings to hold out (recent ones).
+qualifying.txt: "<movie id>:" then "customer_id,YYYY-MM-DD" lines: recent ratings not in the data, to predict.
 """
 
 
-def _write_probe_and_qualifying(out_dir: Path, n_movies: int, probe_parts, qualifying_parts, id_lengths,
-                                id_text) -> dict:
-    """probe.txt (``<movie>:`` then customer ids) and qualifying.txt (``<movie>:`` then
-    ``customer,YYYY-MM-DD``), only movies with lines, formatted like the rating lines."""
+@dataclass
+class _Holdout:
+    """The Prize's hold-out sets of a generated set (customer and movie as indices)."""
+
+    probe: np.ndarray  # int64 keys movie << 20 | customer of training ratings, sorted
+    qualifying: np.ndarray  # int64 keys of pairs NOT in the training set, sorted
+    qualifying_days: np.ndarray  # day index of each qualifying pair
+    qualifying_ratings: np.ndarray  # int64 hidden rating 1..5
+    quiz: np.ndarray  # bool: the pair is in the quiz half (else test)
+    oracle_rmse: float  # RMSE of the Bayes-optimal prediction on the qualifying ratings
+    per_customer: int  # recent ratings per customer held out at most
+
+
+def _rated(users: np.ndarray, movie_ends: np.ndarray, movies: np.ndarray, who: np.ndarray) -> np.ndarray:
+    """Whether customer ``who`` rated movie ``movies`` (indices): a vectorised bisection inside each movie's
+    block of ``users`` (the training ratings movie-major, customers ascending), no key array built."""
+    starts = np.concatenate([[0], movie_ends[:-1]])
+    lo, hi = starts[movies].astype(np.int64), movie_ends[movies].astype(np.int64)
+    last = max(len(users) - 1, 0)
+    while True:
+        active = lo < hi
+        if not active.any():
+            break
+        mid = (lo + hi) >> 1
+        less = users[np.minimum(mid, last)] < who
+        lo = np.where(active & less, mid + 1, lo)
+        hi = np.where(active & ~less, mid, hi)
+    return (lo < movie_ends[movies]) & (users[np.minimum(lo, last)] == who) if len(users) else lo < 0
+
+
+def _holdout(world: _World, users: np.ndarray, movie_counts: np.ndarray, days: np.ndarray, seed: int,
+             scores, noise_sd: float) -> _Holdout:
+    """probe and qualifying the way the Prize drew them: per customer, up to ``HOLDOUT_MAX`` (more where the
+    customers have too few recent ratings for the real shares; at most half of its ratings) of its most recent
+    ratings are held out, each to probe with probability p and to qualifying with 2p (p set
+    so that probe is ~1.4% of the ratings, qualifying ~2.8%: the real shares). The training files stay as
+    they are: the probe ratings are the customer's most recent training ratings (the Prize's probe is inside
+    its training set); the qualifying ratings (never published by the Prize) are new ones of the same
+    customers, drawn from the same model for movies they did not rate (by popularity), dated within the span of
+    their held-out recent ratings. Ties of a day are broken by movie id. Half of qualifying is quiz, half test.
+    Own random stream, so the training ratings are those of a generator without hold-out."""
+    n_users, n = len(world.user_ids), len(users)
+    rng = np.random.default_rng([seed, 9])
+    movie_ends = np.cumsum(movie_counts)
+    # Every rating as customer | day | row, sorted: each customer's ratings by date, its most recent last.
+    order = users.astype(np.int64)
+    order <<= 40  # in place: at scale 1.0 each temporary is 800 MB
+    order |= days.astype(np.int64) << 28
+    order |= np.arange(n, dtype=np.int64)
+    order.sort()
+    per_user = np.bincount(users, minlength=n_users)
+    user_ends = np.cumsum(per_user)
+    ratio = QUALIFYING_FRACTION / PROBE_FRACTION
+    # The Prize's nine is raised where the generated customers' recent ratings are too few to give the real
+    # shares (scale 0.01: 9 gives 1.18% + 2.25%, 1.40% + 2.80% needs 12).
+    cap = HOLDOUT_MAX
+    while cap < 64 and np.minimum(cap, per_user // 2).sum() < (PROBE_FRACTION + QUALIFYING_FRACTION) * n:
+        cap += 1
+    window = np.minimum(cap, per_user // 2)
+    p = min(1.0 / (1.0 + ratio), PROBE_FRACTION * n / max(int(window.sum()), 1))
+    n_probe = rng.binomial(window, p)
+    n_qualifying = rng.binomial(window - n_probe, min(1.0, ratio * p / (1.0 - p)))
+
+    def last_of_each(counts: np.ndarray) -> np.ndarray:  # positions in ``order`` of each user's last counts
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(user_ends - counts, counts) + offsets
+
+    rows = order[last_of_each(n_probe)] & ((1 << 28) - 1)
+    probe_movies = np.searchsorted(movie_ends, rows, side="right")
+    probe = np.sort((probe_movies.astype(np.int64) << _USER_BITS) | users[rows])
+
+    # Qualifying: new pairs of the same customers, by movie popularity (then any movie, for the customers who
+    # rated most of the popular ones), none rated, none twice.
+    wanted = np.repeat(np.arange(n_users, dtype=np.int64), n_qualifying)
+    cumulative = np.cumsum(world.movie_weights)
+    chosen = np.empty(0, np.int64)
+    released = np.flatnonzero(movie_counts > 0)
+    for round_index in range(16):
+        if len(wanted) == 0:
+            break
+        if round_index < 8:
+            movies = np.minimum(np.searchsorted(cumulative, rng.random(len(wanted)) * cumulative[-1], side="right"),
+                                len(cumulative) - 1)
+        else:  # customers who rated most popular movies: any released movie they did not rate
+            movies = released[rng.integers(0, len(released), len(wanted))]
+        keys = (movies.astype(np.int64) << _USER_BITS) | wanted
+        position = np.minimum(np.searchsorted(chosen, keys), max(len(chosen) - 1, 0))
+        taken = chosen[position] == keys if len(chosen) else np.zeros(len(keys), dtype=bool)
+        fresh = ~_rated(users, movie_ends, movies, wanted) & ~taken  # (np.isin: 8 of 11 s of the hold-out)
+        fresh &= movie_counts[movies] > 0  # a movie with training ratings, as every real qualifying movie
+        chosen = np.sort(np.concatenate([chosen, _distinct(keys[fresh])]))
+        still = np.maximum(n_qualifying - np.bincount(chosen & ((1 << _USER_BITS) - 1), minlength=n_users), 0)
+        wanted = np.repeat(np.arange(n_users, dtype=np.int64), still)
+    who = (chosen & ((1 << _USER_BITS) - 1)).astype(np.int64)
+    movies = chosen >> _USER_BITS
+    first_day = (order[user_ends - np.maximum(window, 1)] >> 28) & 0xFFF
+    last_day = (order[user_ends - 1] >> 28) & 0xFFF
+    lo, hi = first_day[who], last_day[who]
+    qualifying_days = lo + (rng.random(len(chosen)) * (hi - lo + 1)).astype(np.int64)
+    score = scores(who.astype(np.int32), movies)
+    noisy = score + rng.normal(0.0, noise_sd, len(chosen)).astype(np.float32)
+    ratings = np.clip(np.rint(noisy), 1, 5).astype(np.int64)
+    quiz = rng.random(len(chosen)) < 0.5
+    expected = _expected_rating_and_square(score, noise_sd)[0]
+    oracle_rmse = float(np.sqrt(np.mean((expected - ratings) ** 2))) if len(chosen) else float("nan")
+    return _Holdout(probe, chosen, qualifying_days, ratings, quiz, oracle_rmse, cap)
+
+
+def _write_blocks(dest: Path, counts: np.ndarray, per_movie: list) -> None:
+    """``<movie id>:`` then the movie's lines, for the movies with lines (ascending)."""
+    with atomic_file(dest) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            for movie_index in np.flatnonzero(counts).tolist():
+                _writev_all(fd, [f"{movie_index + 1}:\n".encode(), *per_movie[movie_index]])
+        finally:
+            os.close(fd)
+
+
+def _write_probe_and_qualifying(out_dir: Path, n_movies: int, holdout: _Holdout, id_lengths, id_text) -> dict:
+    """probe.txt (``<movie>:`` then customer ids), qualifying.txt (``<movie>:`` then ``customer,YYYY-MM-DD``),
+    movies ascending and customers ascending inside each, formatted like the rating lines; and
+    qualifying_truth.txt: the same headers and one line ``rating,quiz`` or ``rating,test`` per qualifying line,
+    in its order (a submission's layout: ``recsys_core.prize.score_submission`` reads it)."""
     mask = (1 << _USER_BITS) - 1
-    probe = np.concatenate(probe_parts) if probe_parts else np.empty(0, np.int64)
-    qualifying = np.concatenate([keys for keys, _ in qualifying_parts]) if qualifying_parts else probe[:0]
-    days = np.concatenate([d for _, d in qualifying_parts]) if qualifying_parts else probe[:0]
     dates = np.array([f",{(FIRST_DATE + dt.timedelta(days=d)).isoformat()}\n".encode() for d in range(N_DAYS)],
                      dtype="S12")
+    probe, qualifying = holdout.probe, holdout.qualifying
     for name, keys, codes, suffixes in (("probe.txt", probe, np.zeros(len(probe), np.int64), np.array([b"\n"], "S1")),
-                                        ("qualifying.txt", qualifying, days, dates)):
+                                        ("qualifying.txt", qualifying, holdout.qualifying_days, dates)):
         counts = np.bincount(keys >> _USER_BITS, minlength=n_movies)
         per_movie = _format_movies(counts, (keys & mask).astype(np.int32), codes, id_lengths, id_text, suffixes)
-        with atomic_file(out_dir / name) as tmp:
-            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
-            try:
-                for movie_index in np.flatnonzero(counts).tolist():
-                    _writev_all(fd, [f"{movie_index + 1}:\n".encode(), *per_movie[movie_index]])
-            finally:
-                os.close(fd)
-    return {"probe_ratings": int(len(probe)), "qualifying_pairs": int(len(qualifying))}
+        _write_blocks(out_dir / name, counts, per_movie)
+    counts = np.bincount(qualifying >> _USER_BITS, minlength=n_movies)
+    truth_lines = np.array([f"{r},{part}\n".encode() for r in range(1, 6) for part in ("test", "quiz")], "S7")
+    records = memoryview(truth_lines[(holdout.qualifying_ratings - 1) * 2 + holdout.quiz].view(np.uint8))
+    starts = np.concatenate([[0], np.cumsum(counts)]) * truth_lines.dtype.itemsize
+    _write_blocks(out_dir / QUALIFYING_TRUTH, counts, [[records[starts[i]:starts[i + 1]]] for i in range(n_movies)])
+    return {"probe_ratings": int(len(probe)), "qualifying_pairs": int(len(qualifying)),
+            "quiz_pairs": int(holdout.quiz.sum()), "qualifying_oracle_rmse": holdout.oracle_rmse,
+            "holdout_per_customer": holdout.per_customer}
+
+
+def _write_distribution(out_dir: Path) -> None:
+    """nf_prize_dataset.tar.gz as distributed: download/ holding training_set.tar, movie_titles.txt, probe.txt,
+    qualifying.txt and README (fixed dates and owners, gzip level 1: deterministic and quick)."""
+    members = [("movie_titles.txt", None), ("probe.txt", None), ("qualifying.txt", None),
+               ("README", _DISTRIBUTION_README.encode()), ("training_set.tar", None)]
+    with atomic_file(out_dir / DISTRIBUTION_TAR_GZ) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as compressed, \
+            tarfile.open(fileobj=compressed, mode="w|", format=tarfile.USTAR_FORMAT) as archive:
+        archive.addfile(_tar_info("download/", 0, is_dir=True))
+        for name, data in members:
+            if data is not None:
+                archive.addfile(_tar_info(f"download/{name}", len(data)), io.BytesIO(data))
+                continue
+            with open(out_dir / name, "rb") as source:
+                archive.addfile(_tar_info(f"download/{name}", os.fstat(source.fileno()).st_size), source)
 
 
 def _write_kaggle_zip(out_dir: Path) -> None:
@@ -697,13 +849,17 @@ def _write_kaggle_zip(out_dir: Path) -> None:
 
 
 def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = False, layout: str = "netflix",
-                     zip_archive: bool = False, profile: str = DEFAULT_PROFILE) -> dict:
+                     zip_archive: bool = False, profile: str = DEFAULT_PROFILE, distribution: bool = False) -> dict:
     """Write a synthetic Netflix Prize data set of the given scale into ``out_dir``; return synth.json.
 
-    ``layout="netflix"``: training_set/mv_*.txt + movie_titles.txt (``tar``: also training_set.tar);
+    ``layout="netflix"``: training_set/mv_*.txt + movie_titles.txt + probe.txt + qualifying.txt (``tar``: also
+    training_set.tar; ``distribution``: also nf_prize_dataset.tar.gz, the Prize's distribution archive holding
+    download/training_set.tar, movie_titles.txt, probe.txt, qualifying.txt, README);
     ``layout="kaggle"``: combined_data_1..4.txt, movie_titles.csv, probe.txt, qualifying.txt, README
     (``zip_archive``: also the Kaggle archive netflix-prize-data.zip holding them). The same scale and seed give
-    the same ratings in either layout. ``profile`` picks the generating model (``PROFILES``: "real", the
+    the same ratings, probe and qualifying sets in either layout. Both also write qualifying_truth.txt, the
+    hidden ratings of the qualifying pairs (never part of a layout's files or archives; see
+    ``_write_probe_and_qualifying``). ``profile`` picks the generating model (``PROFILES``: "real", the
     default, or "plain"). The returned dict also holds ``phase_seconds`` (timings; not
     written to synth.json so that equal seeds give byte-identical files).
     """
@@ -715,6 +871,10 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         raise RecsysError("--tar writes training_set.tar of the netflix layout; the kaggle layout's archive is --zip")
     if zip_archive and layout != "kaggle":
         raise RecsysError("--zip writes the Kaggle archive: use it with --layout kaggle")
+    if distribution and layout != "netflix":
+        raise RecsysError("--tar-gz writes the Prize's distribution archive of the netflix layout; the kaggle "
+                          "layout's archive is --zip")
+    tar = tar or distribution  # the distribution archive holds training_set.tar
     kaggle = layout == "kaggle"
     scale = float(scale)
     if not (MIN_SCALE <= scale <= MAX_SCALE):
@@ -763,35 +923,21 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     user_factor_rows = np.ascontiguousarray(world.user_factors.T)
     item_factor_rows = np.ascontiguousarray(world.item_factors.T)
     activity_grid = np.linspace(0.0, 1.0, len(calendar_of_activity))
-    probe_first_day = (PROBE_FROM - FIRST_DATE).days
-    probe_rate = PROBE_FRACTION / (1.0 - day_cdf[probe_first_day])
-    probe_parts: list[np.ndarray] = []
-    qualifying_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    day_parts: list[np.ndarray] = []  # every rating's day, in file order: the recent ones become probe
     phase("setup")
 
     def calendar_days(y: np.ndarray) -> np.ndarray:
         x = np.interp(y, activity_grid, calendar_of_activity)
         return np.clip(np.searchsorted(day_cdf, x, side="right") - 1, 0, N_DAYS - 1)
 
-    def probe_and_qualifying(chunk_index: int, u: np.ndarray, m: np.ndarray, day: np.ndarray):
-        """Kaggle's probe.txt (training ratings of the last year) and qualifying.txt (pairs NOT rated,
-        dated late in the customer's activity) for one chunk, from a random stream of their own."""
-        side = np.random.default_rng([seed, 5, chunk_index])
-        chunk_keys = (m.astype(np.int64) << _USER_BITS) | u  # sorted: movie-major, customers ascending
-        pick = (day >= probe_first_day) & (side.random(len(u)) < probe_rate)
-        probe = chunk_keys[pick]
-        wanted = int(round(len(u) * QUALIFYING_FRACTION))
-        drawn = 3 * wanted  # about half of the draws hit a rated pair (popular movies, active customers)
-        candidates = (m[side.integers(0, len(u), drawn)].astype(np.int64) << _USER_BITS) | \
-            users[side.integers(0, len(users), drawn)]
-        position = np.minimum(np.searchsorted(chunk_keys, candidates), max(len(chunk_keys) - 1, 0))
-        unrated = _distinct(candidates[chunk_keys[position] != candidates]) if len(chunk_keys) else candidates[:0]
-        if len(unrated) > wanted:
-            unrated = np.sort(side.choice(unrated, wanted, replace=False))
-        who = unrated & ((1 << _USER_BITS) - 1)
-        start, end = world.user_start[who], world.user_end[who]
-        y = end - (end - start) * 0.1 * side.random(len(unrated))
-        return probe, (unrated, calendar_days(y))
+    def scores(u: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """Noise-free float32 score of customers ``u`` (indices) for movies ``m`` (indices)."""
+        score = world.mu + world.user_bias[u] + world.item_bias[m]
+        for k in range(params.rank):
+            score += user_factor_rows[k][u] * item_factor_rows[k][m]
+        if world.user_affinity is not None:  # the user's offset for the movie's taste cluster
+            score += world.user_affinity.ravel()[u.astype(np.int64) * params.taste_clusters + world.item_cluster[m]]
+        return score
 
     def make_chunk(chunk_index: int):
         """Ratings, dates and formatted lines of one chunk of movies (runs in a worker thread)."""
@@ -802,11 +948,7 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         rng = np.random.default_rng([seed, 3, chunk_index])
         u = users[r0:r1]
         m = np.repeat(np.arange(m0, m1), movie_counts[m0:m1])
-        score = world.mu + world.user_bias[u] + world.item_bias[m]
-        for k in range(params.rank):
-            score += user_factor_rows[k][u] * item_factor_rows[k][m]
-        if world.user_affinity is not None:  # the user's offset for the movie's taste cluster
-            score += world.user_affinity.ravel()[u.astype(np.int64) * params.taste_clusters + world.item_cluster[m]]
+        score = scores(u, m)
         noisy = score + rng.normal(0.0, params.noise_sd, len(u)).astype(np.float32)
         rating = np.clip(np.rint(noisy), 1, 5).astype(np.int64)
         mean, square = _expected_rating_and_square(score, params.noise_sd)
@@ -820,10 +962,9 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         y = start + (world.user_end[u] - start) * rng.random(len(u))
         day = calendar_days(y)
         day_counts = np.bincount(day, minlength=N_DAYS)
-        side = probe_and_qualifying(chunk_index, u, m, day) if kaggle else None
         t1 = time.perf_counter()
         per_movie = _format_movies(movie_counts[m0:m1], u, (rating - 1) * N_DAYS + day, id_lengths, id_text, suffixes)
-        return m0, m1, per_movie, stats, day_counts, side, (t1 - t0, time.perf_counter() - t1)
+        return m0, m1, per_movie, stats, day_counts, day.astype(np.int16), (t1 - t0, time.perf_counter() - t1)
 
     n_chunks = len(chunk_bounds) - 1
     combined_ends = [int(round(end * n_movies / REAL_MOVIES)) for end in KAGGLE_FILE_ENDS] + [n_movies]
@@ -847,16 +988,14 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
             pending = deque(pool.submit(make_chunk, i) for i in range(min(2, n_chunks)))
             with progress_bar("synth: writing movies", n_movies, "movies") as bar:
                 for chunk_index in range(n_chunks):
-                    m0, m1, per_movie, stats, day_counts, side, seconds = pending.popleft().result()
+                    m0, m1, per_movie, stats, day_counts, chunk_days, seconds = pending.popleft().result()
                     if chunk_index + 2 < n_chunks:
                         pending.append(pool.submit(make_chunk, chunk_index + 2))
                     sq_error += stats[0]
                     expected_var += stats[1]
                     rating_hist += stats[2]
                     day_hist += day_counts
-                    if side is not None:
-                        probe_parts.append(side[0])
-                        qualifying_parts.append(side[1])
+                    day_parts.append(chunk_days)
                     phases["ratings (threads)"] = round(phases.get("ratings (threads)", 0.0) + seconds[0], 3)
                     phases["format (threads)"] = round(phases.get("format (threads)", 0.0) + seconds[1], 3)
                     phase("wait for chunks")
@@ -891,13 +1030,13 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     titles = _titles(n_movies, params, seed)
     with atomic_file(out_dir / ("movie_titles.csv" if kaggle else "movie_titles.txt")) as tmp:
         tmp.write_bytes(titles)
-    side_counts = {}
+    holdout = _holdout(world, users, movie_counts, np.concatenate(day_parts), seed, scores, params.noise_sd)
+    del day_parts
+    side_counts = _write_probe_and_qualifying(out_dir, n_movies, holdout, id_lengths, id_text)
     if kaggle:
-        side_counts = _write_probe_and_qualifying(out_dir, n_movies, probe_parts, qualifying_parts, id_lengths,
-                                                  id_text)
         with atomic_file(out_dir / "README") as tmp:
             tmp.write_text(_KAGGLE_README)
-        phase("probe, qualifying")
+    phase("probe, qualifying")
     item_ids = np.arange(1, n_movies + 1, dtype=np.int32)
     _save_npz(
         out_dir / "oracle.npz",
@@ -947,12 +1086,16 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         "tar": bool(tar),
         **side_counts,
         "files": (KAGGLE_FILES + ([KAGGLE_ZIP] if zip_archive else []) if kaggle
-                  else ["training_set/", "movie_titles.txt"])
-        + ["oracle.npz", "synth.json"] + (["training_set.tar"] if tar else []),
+                  else ["training_set/", "movie_titles.txt", "probe.txt", "qualifying.txt"])
+        + [QUALIFYING_TRUTH, "oracle.npz", "synth.json"] + (["training_set.tar"] if tar else [])
+        + ([DISTRIBUTION_TAR_GZ] if distribution else []),
     }
     if zip_archive:
         _write_kaggle_zip(out_dir)
         phase("zip")
+    if distribution:
+        _write_distribution(out_dir)
+        phase("tar.gz")
     write_json(out_dir / "synth.json", meta)
     phase("metadata")
     log.info("synth: wrote %d ratings (%d bytes) to %s", n_ratings, bytes_written, out_dir)

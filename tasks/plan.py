@@ -81,10 +81,22 @@ def convert_spec(data_dir: Path, source: Path, memo: HashMemo, name: str | None 
 
 
 def split_spec(data_dir: Path, converted: StageSpec, memo: HashMemo, protocol: str, options: dict) -> StageSpec:
+    params = {"protocol": protocol, **options}
+    if protocol == "netflix-probe" and options.get("source") is not None:
+        # The key holds what is read, not where: the content of the file holding probe.txt (the archive for
+        # a tar.gz or zip, already hashed for the convert stage), not the source's path.
+        from recsys_core.prize import probe_holder
+
+        holder = probe_holder(options["source"])
+        if holder is None:
+            raise RecsysError(f"{options['source']} holds no probe.txt (protocol netflix-probe needs it): give the "
+                              "Netflix Prize source as distributed (nf_prize_dataset.tar.gz or its download/ folder) "
+                              "or Kaggle's folder or zip")
+        params["source"] = {"probe_sha256": memo.file_hash(holder)}
     return make_spec(
         "split",
         inputs={"converted": digest(output_hashes(converted, memo))},
-        params={"protocol": protocol, **options},
+        params=params,
         code=code_version("recsys_core.split"),
         parent=Path(data_dir) / "splits" / converted.path.name,
         prefix=_slug(protocol),

@@ -308,6 +308,28 @@ def test_leave_one_out_protocol_trains_ncf_and_ranks_against_most_popular(sandbo
     assert len(all_manifests_verify(tmp_path / "data")) == 4
 
 
+def test_netflix_probe_protocol_shows_the_prizes_numbers_beside_the_probe_rmse(sandbox, netflix_raw, tmp_path,
+                                                                                capsys):
+    from flows.full import full_pipeline, print_summary
+    from recsys_core import prize
+
+    report = full_pipeline(source=str(netflix_raw), data_dir=str(tmp_path / "data"), protocol="netflix-probe",
+                           **_train_params(models=["mf"], epochs=1))
+    assert statuses(report) == {**{stage: "built" for stage in ETL}, "train probe/mf": "built"}
+    stats = json.loads((Path(report["artifacts"]["splits"]) / "probe" / "stats.json").read_text())
+    assert stats["probe"]["pairs"] == json.loads((netflix_raw / "synth.json").read_text())["probe_ratings"]
+    model = next(r for r in report["metrics"] if r["model"] == "mf")
+    assert report["prize"][0] == {"system": "mf", "data": "this run: generated",
+                                  "set": f"probe ({model['n']} ratings in test)", "rmse": model["rmse"]}
+    assert [r for r in report["prize"] if r["data"] == "real Netflix (published)"] == [
+        {"system": name, "data": "real Netflix (published)", "set": part, "rmse": value}
+        for name, part, value in prize.PUBLISHED_RMSE]
+    assert report["prize_note"] == prize.GENERATED_NOTE
+    print_summary(report)
+    shown = capsys.readouterr().out
+    assert "NOT comparable" in shown and "0.8567" in shown and "Cinematch" in shown
+
+
 def test_mlflow_tracking_logs_each_run_once_and_the_run_table_lists_every_run(golden, netflix_raw, tmp_path,
                                                                                  monkeypatch):
     pytest.importorskip("mlflow", reason="the mlflow extra")

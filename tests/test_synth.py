@@ -410,7 +410,7 @@ def test_kaggle_layout_holds_the_same_ratings_as_the_per_movie_files(generated, 
     (per_movie, meta), (out, kaggle_meta) = generated, kaggle
     names = ["combined_data_1.txt", "combined_data_2.txt", "combined_data_3.txt", "combined_data_4.txt",
              "movie_titles.csv", "probe.txt", "qualifying.txt", "README", "netflix-prize-data.zip", "oracle.npz",
-             "synth.json"]
+             "synth.json", "qualifying_truth.txt"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     assert kaggle_meta["layout"] == "kaggle" and meta["layout"] == "netflix"
     for key in ("ratings", "rating_counts", "ratings_per_month", "oracle_rmse", "training_set_bytes"):
@@ -426,29 +426,66 @@ def test_kaggle_layout_holds_the_same_ratings_as_the_per_movie_files(generated, 
     assert (out / "oracle.npz").read_bytes() == (per_movie / "oracle.npz").read_bytes()
 
 
-def test_kaggle_probe_and_qualifying_in_their_real_formats(parsed, kaggle):
-    out, meta = kaggle
+def test_probe_and_qualifying_are_drawn_the_prizes_way(generated, parsed, kaggle):
+    out, meta = generated
     _, users, movies, _, days = parsed
+    n = meta["ratings"]
     rated = {(int(m), int(u)): d for m, u, d in zip(movies, users, days)}
     probe = parse_blocks((out / "probe.txt").read_bytes(), PROBE_LINE)
     pairs = [(movie, int(match.group())) for movie, lines in probe.items() for match in lines]
     assert len(pairs) == meta["probe_ratings"] == len(set(pairs))
-    assert abs(len(pairs) - 0.014 * meta["ratings"]) < 0.003 * meta["ratings"]
-    assert all(pair in rated and rated[pair] >= dt.date(2005, 1, 1) for pair in pairs)  # recent training ratings
+    assert abs(len(pairs) - 0.014 * n) < 0.002 * n
+    assert all(pair in rated for pair in pairs)  # probe ratings are training ratings
+    # ... and each customer's most recent ones: none of its other ratings is later than one of its probe ratings
+    in_probe = set(pairs)
+    earliest_probe: dict[int, dt.date] = {}
+    latest_other: dict[int, dt.date] = {}
+    for (movie, user), day in rated.items():
+        side = earliest_probe if (movie, user) in in_probe else latest_other
+        side[user] = min(side[user], day) if side is earliest_probe and user in side else \
+            max(side.get(user, day), day) if side is latest_other else day
+    assert all(latest_other[user] <= day for user, day in earliest_probe.items())
+    per_customer = np.unique([u for _, u in pairs], return_counts=True)[1]
+    assert per_customer.max() <= meta["holdout_per_customer"] and len(per_customer) > 0.3 * meta["customers"]
     qualifying = parse_blocks((out / "qualifying.txt").read_bytes(), QUALIFYING_LINE)
     triples = [(movie, int(m.group(1)), dt.date.fromisoformat(m.group(2).decode()))
                for movie, lines in qualifying.items() for m in lines]
     assert len(triples) == meta["qualifying_pairs"] == len({t[:2] for t in triples})
-    assert abs(len(triples) - 0.028 * meta["ratings"]) < 0.003 * meta["ratings"]
-    assert not any(t[:2] in rated for t in triples)  # pairs without a rating in the data
-    assert set(t[0] for t in triples) <= set(range(1, meta["movies"] + 1))
-    assert all(dt.date(1999, 11, 11) <= t[2] <= dt.date(2005, 12, 31) for t in triples)
-    assert np.mean([t[2] >= dt.date(2005, 1, 1) for t in triples]) > 0.5  # dated late, as the real ones
+    assert abs(len(triples) - 0.028 * n) < 0.005 * n
+    assert not any(t[:2] in rated for t in triples)  # never published: not in the training set
+    assert {t[1] for t in triples} <= set(users.tolist()) and {t[0] for t in triples} <= set(movies.tolist())
+    first_rating = {}
+    for (_, user), day in rated.items():
+        first_rating[user] = min(first_rating.get(user, day), day)
+    assert all(first_rating[t[1]] <= t[2] <= dt.date(2005, 12, 31) for t in triples)
+    assert np.mean([t[2] >= dt.date(2005, 1, 1) for t in triples]) > 0.5  # recent, as the real ones
     for blocks in (probe, qualifying):  # movies ascending, customers ascending inside each
         assert list(blocks) == sorted(blocks)
         for lines in blocks.values():
             ids = [int(m.group(1) if m.re is QUALIFYING_LINE else m.group()) for m in lines]
             assert ids == sorted(ids)
+    # The hidden ratings: one "rating,quiz|test" line per qualifying line, under the same headers.
+    truth = parse_blocks((out / synth.QUALIFYING_TRUTH).read_bytes(), re.compile(rb"([1-5]),(quiz|test)"))
+    assert {m: len(lines) for m, lines in truth.items()} == {m: len(lines) for m, lines in qualifying.items()}
+    quiz = [m.group(2) == b"quiz" for lines in truth.values() for m in lines]
+    assert sum(quiz) == meta["quiz_pairs"] and 0.4 < np.mean(quiz) < 0.6
+    # The same sets in the Kaggle layout.
+    kaggle_out, kaggle_meta = kaggle
+    for name in ("probe.txt", "qualifying.txt", synth.QUALIFYING_TRUTH):
+        assert (kaggle_out / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_distribution_archive_holds_the_files_of_the_prize(tmp_path):
+    meta = generate_netflix(tmp_path / "nf", scale=0.0005, seed=2, distribution=True)
+    assert synth.DISTRIBUTION_TAR_GZ in meta["files"] and meta["tar"]
+    with tarfile.open(tmp_path / "nf" / synth.DISTRIBUTION_TAR_GZ) as archive:
+        names = archive.getnames()
+        assert names == ["download", "download/movie_titles.txt", "download/probe.txt", "download/qualifying.txt",
+                         "download/README", "download/training_set.tar"]
+        for name in ("movie_titles.txt", "probe.txt", "qualifying.txt", "training_set.tar"):
+            assert archive.extractfile(f"download/{name}").read() == (tmp_path / "nf" / name).read_bytes()
+    with pytest.raises(RecsysError, match="--tar-gz"):
+        generate_netflix(tmp_path / "k", scale=0.0005, layout="kaggle", distribution=True)
 
 
 def test_kaggle_zip_and_repeatability(kaggle, tmp_path):

@@ -1,7 +1,8 @@
 """The command line, in ONE place: ``recsys <stage> ...`` or ``python -m recsys_core <stage> ...`` runs one
 stage without Prefect. One module per stage here (``synth``, ``convert``, ``split``, ``matrices``, ``train``
-with ``evaluate`` and ``recommend``; ``registry`` and ``serve`` for the retraining loop) defines its
-sub-command with ``add(subparsers, name)`` and calls the stage's library function.
+with ``evaluate`` and ``recommend``; ``qualify`` for a Netflix Prize submission; ``registry`` and ``serve`` for
+the retraining loop) defines its sub-command with ``add(subparsers, name)`` and calls the stage's library
+function.
 
 A stage imports only what it needs: the parser is built for the sub-command named on the command line
 alone (the others are listed by name and one-line help), and each section imports its library when it is
@@ -26,6 +27,7 @@ COMMANDS = {
     "train": ("recsys_core.cli.train", "stage 4: train a model on one split folder of stage 3"),
     "evaluate": ("recsys_core.cli.train", "re-evaluate a trained run against the baselines"),
     "recommend": ("recsys_core.cli.train", "write top-K recommendations of a trained run"),
+    "qualify": ("recsys_core.cli.qualify", "Netflix Prize submission: predict every line of qualifying.txt"),
     "registry": ("recsys_core.cli.registry", "list, show, promote or roll back registry models (champions)"),
     "serve": ("recsys_core.cli.serve", "HTTP recommendation service answering from a registry champion"),
 }

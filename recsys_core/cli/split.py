@@ -12,11 +12,15 @@ from recsys_core.errors import RecsysError
 _FLAGS = {  # option -> (argparse keywords, help)
     "splits": ({}, "netflix-time: comma-separated subset of N3M,N6M,N1Y,NF (default: all four)"),
     "valid_share": ({"type": float}, "netflix-time: share of the kept test-period ratings sent to valid by a hash "
-                    "of (seed, user_id, item_id) (default 0.5; 0 = no valid). time: use this rule instead of the "
-                    "default valid period before the test period. chrono: share of each user's ratings, after the "
-                    "train share, that go to valid (default 0.1; 0 = no valid)"),
+                    "of (seed, user_id, item_id) (default 0.5; 0 = no valid). netflix-probe: the same for the probe "
+                    "ratings (0: all of probe is test, the Prize papers' convention). time: use this rule instead of "
+                    "the default valid period before the test period. chrono: share of each user's ratings, after "
+                    "the train share, that go to valid (default 0.1; 0 = no valid)"),
     "train_share": ({"type": float}, "chrono: share of each user's oldest ratings that go to train (default 0.8; "
                     "the latest 1 - train - valid go to test)"),
+    "source": ({}, "netflix-probe: the Netflix Prize source the ratings were converted from, holding probe.txt "
+               "(a folder with training_set/, nf_prize_dataset.tar.gz, the Kaggle folder or zip, or probe.txt "
+               "itself); read in place, never extracted"),
     "train_start": ({}, "time: first train day, YYYY-MM-DD (inclusive, UTC)"),
     "train_end": ({}, "time: last train day (inclusive); by default its last days, as many as the test period "
                   "has, become valid"),
@@ -52,6 +56,9 @@ def run(args) -> int:
     started = time.perf_counter()
     all_stats = split(args.ratings_dir, args.out_dir, args.protocol, seed=args.seed, **given)
     print(stats_table(all_stats), end="")
+    for name, stats in all_stats.items():
+        if stats["valid"]["ratings"] == 0:
+            print(f"NOTE: split {name} has NO VALID PART: training on it stops on nothing and chooses on nothing")
     print(f"wrote {', '.join(str(Path(args.out_dir) / n) for n in all_stats)} in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -69,7 +76,8 @@ def add(subparsers, name: str, summary: str) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="folder that receives one sub-folder per split")
     p.add_argument("--protocol", required=True, choices=PROTOCOLS, help="netflix-time (arXiv 1708.01715), time "
                    "(one global time cut), chrono (per user by time: oldest 80%% train, next 10%% valid, latest "
-                   "10%% test), leave-one-out (NCF) or random")
+                   "10%% test), leave-one-out (NCF), random, or netflix-probe (the Netflix Prize's probe.txt; needs "
+                   "--source)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random decision (default 0)")
     for option, (keywords, text) in _FLAGS.items():
         p.add_argument("--" + option.replace("_", "-"), dest=option, help=text, **keywords)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 def add(subparsers, name: str, summary: str) -> None:
-    from recsys_core.synth import DEFAULT_PROFILE, KAGGLE_ZIP, LAYOUTS, MAX_SCALE, MIN_SCALE, PROFILES
+    from recsys_core.synth import (
+        DEFAULT_PROFILE,
+        DISTRIBUTION_TAR_GZ,
+        KAGGLE_ZIP,
+        LAYOUTS,
+        MAX_SCALE,
+        MIN_SCALE,
+        PROFILES,
+    )
 
     parser = subparsers.add_parser(
         name,
@@ -13,7 +21,10 @@ def add(subparsers, name: str, summary: str) -> None:
             "Write a synthetic data set in exactly the layout of the Netflix Prize training set: "
             "OUT/training_set/mv_0000001.txt ... (one file per movie: a '<movie id>:' line, then "
             "'customer_id,rating,YYYY-MM-DD' lines), OUT/movie_titles.txt (ISO-8859-1 'id,year,title'), "
-            "plus OUT/oracle.npz (the generating model: biases and factors) and OUT/synth.json "
+            "OUT/probe.txt and OUT/qualifying.txt (the Prize's hold-out sets: per customer a few of its most recent "
+            "ratings, ~1.4%% of the ratings each; probe inside the training set, qualifying not), "
+            "plus OUT/qualifying_truth.txt (the hidden qualifying ratings, 'rating,quiz|test' per qualifying line), "
+            "OUT/oracle.npz (the generating model: biases and factors) and OUT/synth.json "
             "(parameters and counts). Ratings follow mean + user bias + item bias + low-rank product "
             "(+ the user's offset for the movie's taste cluster) + Gaussian noise, rounded and clipped to 1..5; "
             "dates span 1999-11-11..2005-12-31 and grow toward 2005 like the real data. --layout kaggle writes "
@@ -42,6 +53,11 @@ def add(subparsers, name: str, summary: str) -> None:
         help="also write OUT/training_set.tar with members training_set/mv_0000001.txt ..., as distributed",
     )
     parser.add_argument(
+        "--tar-gz", action="store_true",
+        help=f"also write OUT/{DISTRIBUTION_TAR_GZ}, the Prize's distribution archive (download/training_set.tar, "
+             "movie_titles.txt, probe.txt, qualifying.txt, README); implies --tar",
+    )
+    parser.add_argument(
         "--layout", choices=LAYOUTS, default="netflix",
         help="netflix: the Prize distribution's per-movie files; kaggle: the Kaggle set's combined_data_*.txt "
              "(default: %(default)s)",
@@ -64,7 +80,7 @@ def run(args) -> int:
     from recsys_core.synth import generate_netflix
 
     meta = generate_netflix(args.out, scale=args.scale, seed=args.seed, tar=args.tar, layout=args.layout,
-                            zip_archive=args.zip, profile=args.profile)
+                            zip_archive=args.zip, profile=args.profile, distribution=args.tar_gz)
     print(
         f"wrote {meta['ratings']:,} ratings of {meta['customers']:,} customers on {meta['movies']:,} movies "
         f"({meta['first_date']} .. {meta['last_date']}) to {args.out}; oracle RMSE {meta['oracle_rmse']:.4f}"

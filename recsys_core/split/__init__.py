@@ -14,6 +14,8 @@ valid set by default, so early stopping and model choice never need test:
   (``valid_fraction``, 0.05) by a seeded hash.
 * ``chrono`` (chrono.py): per user, ratings by time: the oldest ``train_share`` (0.8) to train, the next
   ``valid_share`` (0.1) to valid, the latest to test.
+* ``netflix-probe`` (probe.py): the Netflix Prize's own split: train without the pairs of ``probe.txt`` (read
+  from ``source``), the probe ratings to valid or test by the netflix-time hash (``valid_share``, 1/2).
 
 The time-based and random protocols stream over the input once (engine.py); hashing.py holds the
 seeded per-rating coin, stats.py the statistics, reading.py and writing.py the file handling.
@@ -29,6 +31,7 @@ from recsys_core.split.chrono import check_chrono_options, split_chrono
 from recsys_core.split.engine import check_share, last_phases
 from recsys_core.split.hashing import SALT_RANDOM_HOLDOUT, SALT_VALID_TEST, hash_unit, hash_unit_scalar
 from recsys_core.split.leave_one_out import split_leave_one_out
+from recsys_core.split.probe import split_netflix_probe
 from recsys_core.split.random_split import check_random_options, split_random
 from recsys_core.split.stats import part_stats, stats_table
 from recsys_core.split.time_splits import (
@@ -45,6 +48,7 @@ PROTOCOL_FUNCS = {
     "leave-one-out": split_leave_one_out,
     "random": split_random,
     "chrono": split_chrono,
+    "netflix-probe": split_netflix_probe,
 }
 PROTOCOLS = tuple(PROTOCOL_FUNCS)
 
@@ -110,6 +114,7 @@ def split(ratings_dir: str | Path, out_dir: str | Path, protocol: str, **options
 __all__ = [
     "NETFLIX_SPLITS", "PROTOCOLS", "PROTOCOL_FUNCS", "SALT_RANDOM_HOLDOUT", "SALT_VALID_TEST", "TimeSplit",
     "check_options", "hash_unit", "hash_unit_scalar", "last_phases", "part_stats", "protocol_options", "split",
-    "split_chrono", "split_leave_one_out", "split_netflix_time", "split_random", "split_time", "stats_table",
+    "split_chrono", "split_leave_one_out", "split_netflix_probe", "split_netflix_time", "split_random", "split_time",
+    "stats_table",
 ]
 
