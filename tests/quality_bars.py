@@ -31,7 +31,12 @@ RATING_FACTOR = {"mf": 1.05, "mlp": 1.07, "autoencoder": 1.10, "autorec-item": 1
 BIAS_SHARE = 0.95    # test RMSE at most 95% of user+item bias's (the rating models measured 78-89%)
 HR_MARGIN = 0.15     # HR@10 above most-popular's by at least this (measured +0.32 to +0.37 at defaults)
 NDCG_MARGIN = 0.08   # NDCG@10 likewise (measured +0.24 to +0.27)
-RECALL_MARGIN = 0.0  # Recall@10 on a rating split: at least most-popular's (popularity is strong there)
+# A ranking model on the RATING fixture (no sampled negatives: Recall@10 over every unrated item) must reach this share
+# of most-popular's Recall@10, not beat it: that fixture draws which items a user rates from item popularity and user
+# activity alone (the personal signal is in the rating values), so most-popular is the best ranking of its held-out
+# items by construction (docs/train.md found the same on the generator's "plain" profile). Measured: NeuMF at its
+# defaults 0.2994 vs most-popular 0.3013 (0.994); a model that learned nothing scores ~10/200 of the items.
+RECALL_SHARE = 0.97
 
 
 def rating_violations(model: str, rmse: float, oracle_rmse: float, bias_rmse: float,
@@ -61,10 +66,10 @@ def ranking_violations(model: str, hr: float, ndcg: float, popular_hr: float, po
 
 
 def recall_violations(model: str, recall: float, popular_recall: float) -> list[str]:
-    """A ranking model on a rating split: Recall@10 over all unrated items must beat most-popular's by RECALL_MARGIN."""
-    if recall >= popular_recall + RECALL_MARGIN:
+    """A ranking model on the rating fixture: Recall@10 at least RECALL_SHARE of most-popular's (see above)."""
+    if recall >= RECALL_SHARE * popular_recall:
         return []
-    return [f"{model}: Recall@10 {recall:.4f} is not {RECALL_MARGIN} above most-popular's {popular_recall:.4f}"]
+    return [f"{model}: Recall@10 {recall:.4f} is under {RECALL_SHARE} of most-popular's {popular_recall:.4f}"]
 
 
 def metrics_violations(model: str, metrics: dict, oracle_rmse: float | None = None) -> list[str]:
