@@ -44,3 +44,11 @@ def loop_runs(tmp_path_factory):
         runs[label] = root / "runs" / label
         train(split, runs[label], model, device="cpu", recall_users=500, **options)
     return runs
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs ``loop_runs`` (eight trainings, the session's heaviest fixture: ~10 s of CPU before its
+    first test, then real uvicorn servers in the serving tests) is ``slow``: out of the fast lane (README)."""
+    for item in items:
+        if "loop_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -16,8 +16,9 @@ autoencoder 1.074, autorec-item 1.090, autorec-user 1.176. Each FACTOR leaves ~2
 counts and platforms. autorec-user's is wider and that is the model, not the data or the length: the user-based
 AutoRec is the weaker orientation (Sedhain et al. 2015, MovieLens-1M: I-AutoRec 0.831, U-AutoRec 0.874), its valid
 RMSE is best after 1-2 epochs and rises after (train loss keeps falling: it overfits), and three times the users
-(3,000; 300,000 ratings) gave the same 1.158x. HR@10 above most-popular at defaults: als +0.325, ease +0.338,
-gmf +0.370 (see tests/test_models.py for the NCF models' epochs).
+(3,000; 300,000 ratings) gave the same 1.158x. HR@10 / NDCG@10 above most-popular's: als +0.325 / +0.246, ease
++0.338 / +0.236 at defaults; gmf +0.370 / +0.275 at its default 20 epochs, and at the epochs the tests train (seed 3,
+2 threads) gmf (8) +0.218 / +0.133, ncf-mlp (20) +0.223 / +0.143, neumf (8) +0.370 / +0.271.
 
 A model that learns nothing personal fails every bar: user+item bias itself is 1.32x the oracle, and a ranking by
 popularity is most-popular. tests/test_models.py checks that a barely trained MF fails.
@@ -28,16 +29,22 @@ from __future__ import annotations
 import math
 
 RATING_FACTOR = {"mf": 1.05, "mlp": 1.07, "autoencoder": 1.10, "autorec-item": 1.12, "autorec-user": 1.21}
+DEFAULT_FACTOR = 1.10  # a rating model with no measured factor above (a new one) is held to this
 BIAS_SHARE = 0.95    # test RMSE at most 95% of user+item bias's (the rating models measured 78-89%)
-HR_MARGIN = 0.15     # HR@10 above most-popular's by at least this (measured +0.32 to +0.37 at defaults)
-NDCG_MARGIN = 0.08   # NDCG@10 likewise (measured +0.24 to +0.27)
-RECALL_MARGIN = 0.0  # Recall@10 on a rating split: at least most-popular's (popularity is strong there)
+HR_MARGIN = 0.15     # HR@10 above most-popular's by at least this (measured +0.22 to +0.37)
+NDCG_MARGIN = 0.08   # NDCG@10 likewise (measured +0.13 to +0.28)
+# A ranking model on the RATING fixture (no sampled negatives: Recall@10 over every unrated item) must reach this share
+# of most-popular's Recall@10, not beat it: that fixture draws which items a user rates from item popularity and user
+# activity alone (the personal signal is in the rating values), so most-popular is the best ranking of its held-out
+# items by construction (docs/train.md found the same on the generator's "plain" profile). Measured: NeuMF at its
+# defaults 0.2994 vs most-popular 0.3013 (0.994); a model that learned nothing scores ~10/200 of the items.
+RECALL_SHARE = 0.97
 
 
 def rating_violations(model: str, rmse: float, oracle_rmse: float, bias_rmse: float,
                       factor: float | None = None) -> list[str]:
     """Why a rating model's test RMSE fails its bar (empty when it passes); ``factor`` defaults to the model's."""
-    factor = RATING_FACTOR[model] if factor is None else factor
+    factor = RATING_FACTOR.get(model, DEFAULT_FACTOR) if factor is None else factor
     out = []
     if not math.isfinite(rmse):
         return [f"{model}: test RMSE is {rmse}"]
@@ -61,10 +68,10 @@ def ranking_violations(model: str, hr: float, ndcg: float, popular_hr: float, po
 
 
 def recall_violations(model: str, recall: float, popular_recall: float) -> list[str]:
-    """A ranking model on a rating split: Recall@10 over all unrated items must beat most-popular's by RECALL_MARGIN."""
-    if recall >= popular_recall + RECALL_MARGIN:
+    """A ranking model on the rating fixture: Recall@10 at least RECALL_SHARE of most-popular's (see above)."""
+    if recall >= RECALL_SHARE * popular_recall:
         return []
-    return [f"{model}: Recall@10 {recall:.4f} is not {RECALL_MARGIN} above most-popular's {popular_recall:.4f}"]
+    return [f"{model}: Recall@10 {recall:.4f} is under {RECALL_SHARE} of most-popular's {popular_recall:.4f}"]
 
 
 def metrics_violations(model: str, metrics: dict, oracle_rmse: float | None = None) -> list[str]:

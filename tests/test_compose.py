@@ -17,6 +17,9 @@ import yaml
 
 from tests.flow_support import ROOT
 
+# Heavy for its size (podman-compose resolving the files: ~9 s of CPU): out of the fast lane (README), run by CI.
+pytestmark = pytest.mark.slow
+
 PODMAN_COMPOSE = Path(sys.executable).with_name("podman-compose")
 CLIENTS = ("pool", "deploy", "worker", "dask-worker-1", "dask-worker-2")  # every service calling the Prefect API
 PASSWORD = "p@ss/w:rd#1?&x%20"  # a URL would break on each of these characters

@@ -779,7 +779,8 @@ def test_kaggle_layout_gives_the_per_movie_output(tmp_path, form):
     assert (tmp_path / "out" / "items.parquet").read_bytes() == (reference / "items.parquet").read_bytes()
 
 
-@pytest.mark.parametrize("batch_mb", [128, 0.0005])  # 0.0005: a batch per movie, blocks cut by the read buffer
+# 0.0005: a batch per movie, blocks cut by the read buffer (~7 s of CPU: slow, run by CI)
+@pytest.mark.parametrize("batch_mb", [128, pytest.param(0.0005, marks=pytest.mark.slow)])
 def test_generated_data_in_both_layouts_converts_to_byte_identical_parquet(tmp_path, batch_mb):
     from recsys_core.synth import generate_netflix
 

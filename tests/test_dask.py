@@ -33,6 +33,10 @@ from tests.flow_support import (
     subprocess_env,
 )
 
+# Heavy (Dask clusters, a killed sweep, a Prefect test server; ~170 s of CPU): out of the fast lane (README), run by CI.
+pytestmark = pytest.mark.slow
+
+
 SCALE = 0.002
 MF = {"mf": {"epochs": 2, "dim": 4, "recall_users": 50}}
 # Two values of one option and 3 trials a round: every round holds two trials of one content key at once.
@@ -183,6 +187,27 @@ def test_an_existing_scheduler_and_worker_and_a_worker_blind_to_the_data_dir(san
         _stop(started[::-1])
 
 
+# The sweep in another process whose third training waits at its start, after writing a marker, once two
+# trainings have returned: the test kills it there.
+SWEEP_THEN_WAIT = """
+import json, sys, time
+from pathlib import Path
+import recsys_core.train
+from flows.full import full_pipeline
+
+real_train, returned = recsys_core.train.train, []
+def train_or_wait(*args, **kwargs):
+    if len(returned) >= 2:
+        Path({marker!r}).write_text("third training")
+        time.sleep(3600)
+    result = real_train(*args, **kwargs)
+    returned.append(1)
+    return result
+recsys_core.train.train = train_or_wait
+full_pipeline(data_dir={data!r}, **json.loads(sys.argv[1]))
+"""
+
+
 # lr 1e7 diverges at once (a failed trial); one trial a round. Optuna's grid sampler walks the grid in a seeded
 # random order: with seed 1 the failing point is the fourth trial.
 FAILING = {"sampler": "grid", "seed": 1, "trials": 4, "batch": 1, "prune": False,
@@ -196,21 +221,25 @@ def test_a_failed_trial_never_fails_the_sweep_and_a_killed_sweep_resumes(sandbox
     data = _copy(etl, tmp_path / "data")
     params = dict(sample_scale=SCALE, models=["mf"], model_options=MF, sweep=FAILING, threads=1)
     driver = tmp_path / "driver.py"
-    driver.write_text("import json, sys\nfrom flows.full import full_pipeline\n"
-                      f"full_pipeline(data_dir={str(data)!r}, **json.loads(sys.argv[1]))\n")
+    marker = tmp_path / "marker"
+    driver.write_text(SWEEP_THEN_WAIT.format(data=str(data), marker=str(marker)))
     proc = subprocess.Popen([sys.executable, str(driver), json.dumps(params)], cwd=ROOT,
                             env=subprocess_env(sandbox["api_url"], sandbox["home"]), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finished: set[str] = set()
     try:
-        deadline = time.monotonic() + 900
-        # Kill once the plain run and the first trial are done: two good trials are then still to come, so even if
-        # one more finishes between the last look and the kill, the resumed sweep has a trial of its own to build
-        # (killing at three let the third good trial slip through before the kill once, leaving only the failing one).
-        while len(finished) < 2 and time.monotonic() < deadline and proc.poll() is None:
-            finished = {str(m.parent) for m in data.glob("runs/*/*/*/*/manifest.json")}  # the plain run + trials
+        deadline = time.monotonic() + 900  # a hang guard, not a measurement
+        # The driver holds the third training at its start once two have returned (the plain run and the first
+        # trial): two good trials are then still to come, and the kill cannot race a trial that slips through.
+        while not marker.exists():
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "the sweep did not reach its third training"
             time.sleep(0.2)
-        assert proc.poll() is None, "the sweep ended before it could be killed"
+        while len(finished) < 2:  # the two returned trainings' stages write their manifests before the third starts
+            finished = {str(m.parent) for m in data.glob("runs/*/*/*/*/manifest.json")}  # the plain run + trials
+            assert time.monotonic() < deadline, f"only {finished} finished"
+            time.sleep(0.2)
+        assert proc.poll() is None
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

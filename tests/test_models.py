@@ -113,7 +113,8 @@ def test_the_rating_bar_fails_a_model_that_did_not_learn(rating_split, tmp_path)
     assert metrics_violations("mf", metrics, rating_split.oracle_test_rmse) != []
 
 
-@pytest.mark.parametrize("model", RANKING_MODELS)
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m == "ncf-mlp" else m
+                                   for m in RANKING_MODELS])  # ncf-mlp: 20 epochs, ~20 s of CPU; CI runs it
 def test_ranking_model_beats_most_popular_by_the_stated_margin(loo_split, tmp_path, model):
     options = {"epochs": RANKING_EPOCHS[model]} if model in RANKING_EPOCHS else {}
     metrics = train(loo_split.path, tmp_path / model, model, recall_users=0, **options)

@@ -12,6 +12,8 @@ from recsys_core.train import train
 from tasks.tracking import experiment_name
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (requirements-extras.lock installs it for the tests)")
+# Heavy for its size (importing mlflow and a sqlite store: ~8 s of CPU): out of the fast lane (README), run by CI.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
