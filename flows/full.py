@@ -35,6 +35,8 @@ if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
 from prefect import flow  # noqa: E402
 
 from recsys_core.errors import RecsysError  # noqa: E402
+from recsys_core.split import PROTOCOLS as split_protocols  # noqa: E402
+from recsys_core.split import check_options as check_split_options  # noqa: E402
 from recsys_core.sweep import load_sweep_file, parse_sweep  # noqa: E402
 from recsys_core.threads import check_threads  # noqa: E402
 from recsys_core.tracking import require as require_mlflow  # noqa: E402
@@ -47,7 +49,7 @@ from tasks.sweeps import run_sweeps  # noqa: E402
 from tasks.tracking import track_task, tracking_uri  # noqa: E402
 
 UNTIL = ("convert", "split", "matrices", "train")
-PROTOCOLS = ("netflix-time", "time", "leave-one-out", "random")
+PROTOCOLS = split_protocols  # netflix-time, time, leave-one-out, random, chrono (recsys_core.split)
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MODELS = ["autoencoder"]
 # Embedded default sample: small enough for the whole run to take well under 3 minutes on 2 CPU cores.
@@ -95,6 +97,7 @@ def full_pipeline(
     _check_choice("device", device, DEVICES)
     _check_choice("until", until, UNTIL)
     configs = model_configs(models, model_options, seed=seed, k=top_k)
+    check_split_options(protocol, _split_options(protocol, split_options, splits, seed))
     check_runner(task_runner, dask_address, dask_workers)
     check_threads(threads)  # a bad value is one sentence now, not in every task
     sweep_spec = None
@@ -131,13 +134,12 @@ def full_pipeline(
         return run.finish()
 
     # Stage 2: splits.
-    options = {"seed": seed, **(split_options or {})}
-    if protocol == "netflix-time":
-        options["splits"] = list(splits)
+    options = _split_options(protocol, split_options, splits, seed)
     splits_spec = plan.split_spec(data, converted, memo, protocol, options)
     run.stage(split_task, splits_spec, "split", ratings_dir=converted.out_dir, protocol=protocol, options=options)
     run.artifacts["splits"] = splits_spec.out_dir
     run.report["split_stats"] = report.split_stat_rows(splits_spec.path)
+    run.report["split_warnings"] = report.split_warnings(splits_spec.path)
     report.publish_table("recsys-split-stats", run.report["split_stats"], "stage 2: split statistics")
     if until == "split":
         return run.finish()
@@ -294,6 +296,16 @@ def _key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
+def _split_options(protocol: str, split_options: dict | None, splits: list[str], seed: int) -> dict:
+    """The split stage's options: the flow's seed, the user's ``split_options`` and, for netflix-time, ``splits``."""
+    if split_options is not None and not isinstance(split_options, dict):
+        raise RecsysError(f"split_options must be a JSON object of the protocol's options, got {split_options!r}")
+    options = {"seed": seed, **(split_options or {})}
+    if protocol == "netflix-time":
+        options["splits"] = list(splits)
+    return options
+
+
 def _check_choice(name: str, value: str, choices) -> None:
     if value not in choices:
         raise RecsysError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
@@ -390,6 +402,8 @@ def print_summary(result: dict) -> None:
     console.print(report.rich_table("Stages", stages))
     if result.get("split_stats"):
         console.print(report.rich_table("Split statistics", result["split_stats"]))
+    for warning in result.get("split_warnings", []):
+        console.print(f"[bold yellow]Warning:[/bold yellow] {warning}", soft_wrap=True)
     if result.get("metrics"):
         hidden = ("run_dir", "n", "n_recall_users")
         rows = [{k: v for k, v in r.items() if k not in hidden} for r in result["metrics"]]

@@ -243,7 +243,7 @@ def from_environment(device: torch.device) -> DistContext:
 STOP_GRACE_S = 10.0
 
 
-def spawn(nproc: int, device: torch.device, fn: Callable[..., Any], *args) -> Any:
+def spawn(nproc: int, device: torch.device, fn: Callable[..., Any], *args, threads: int | None = None) -> Any:
     """Run ``fn(*args)`` (a module-level function) in ``nproc`` new Python processes on this host, joined
     in one group (process r on GPU r on CUDA); returns process 0's return value.
 
@@ -251,10 +251,11 @@ def spawn(nproc: int, device: torch.device, fn: Callable[..., Any], *args) -> An
     re-imports of the caller's ``__main__``, so any script, notebook or flow can call this. When one
     fails the others are stopped; a RecsysError in any process is raised here as its one sentence (the
     lowest process's), any other failure names the process whose traceback was printed. CPU processes
-    share this process's threads (torch.get_num_threads() // nproc each)."""
+    run ``threads`` torch threads each (None: share this process's, torch.get_num_threads() // nproc each)."""
     check_processes(nproc, device)
     _backend(device)
-    threads = max(1, torch.get_num_threads() // nproc)
+    if threads is None:
+        threads = max(1, torch.get_num_threads() // nproc)
     with tempfile.TemporaryDirectory(prefix="recsys-ddp-") as tmp:
         with open(Path(tmp) / "task.pkl", "wb") as f:
             pickle.dump((fn, args), f)

@@ -6,10 +6,18 @@ cores it sees in /proc, not the share this process really has (its CPU affinity,
 quota), and several trainings at once (Dask workers) each start that many threads.
 
 :func:`decide_threads` is THE decision, used by ``recsys train --threads``, the flow's ``threads`` parameter
-and the flow's tasks on Dask workers: an explicit request wins; else ``RECSYS_THREADS`` (the operator's
-setting for a machine, e.g. a compose worker); else the cores available to this process divided by the
-trainings that share them (one per task slot of a Dask worker, or what the caller says), lowered to the
-cores that are really free at the start (:func:`measure_free_cores`), at least one.
+and the flow's tasks on Dask workers: an explicit request wins; else the count of the run being resumed;
+else ``RECSYS_THREADS`` (the operator's setting for a machine, e.g. a compose worker); else the cores
+available to this process divided by the trainings that share them (one per task slot of a Dask worker, or
+what the caller says), lowered to the cores that are really free at the start (:func:`measure_free_cores`),
+at least one.
+
+A training of several processes on one host (``nproc=N``, spawned, or N processes started by torchrun) is
+ONE training: the count above is for all of them together and each process gets ``count // N`` (at least
+one). Both launch paths take this one decision, made once (by process 0 under torchrun), so the same
+request gives every process the same thread count however it was launched; config.json records the count
+per process and a resumed run takes it back as it is (issue 24: torchrun's processes used to take the whole
+``RECSYS_THREADS`` each while spawned ones divided it, and the two runs of one test differed from epoch 1).
 
 Why measure: torch's CPU kernels run on OpenMP (libgomp), whose threads meet at a barrier after every
 parallel operation. When another process keeps one of the cores busy, the thread that shares that core gets
@@ -50,6 +58,7 @@ class ThreadChoice:
     cores: int        # cores available to this process (affinity and cgroup quota)
     concurrent: int   # trainings sharing those cores
     reason: str       # one phrase: why this many
+    processes: int = 1  # processes of this one training on this host; ``threads`` is what each one gets
 
     def describe(self) -> str:
         return f"{self.threads} torch thread{'s' if self.threads != 1 else ''} ({self.reason})"
@@ -57,6 +66,14 @@ class ThreadChoice:
     def as_dict(self) -> dict:
         return {"threads": self.threads, "cores_available": self.cores, "concurrent_trainings": self.concurrent,
                 "threads_reason": self.reason}
+
+    def split(self, processes: int) -> ThreadChoice:
+        """This choice (for one whole training) shared by the ``processes`` processes that run it on this host."""
+        if processes <= 1:
+            return self
+        each = max(1, self.threads // processes)
+        return ThreadChoice(each, self.cores, self.concurrent, f"{self.reason}; {self.threads} shared by "
+                                                                f"{processes} processes", processes)
 
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
@@ -142,23 +159,28 @@ def check_threads(requested) -> None:
         raise RecsysError(f"threads must be a positive integer or 0 (= choose by the cores), got {requested!r}")
 
 
-def decide_threads(requested: int | None = None, concurrent: int | None = None, *, resumed: int | None = None,
-                   environ=os.environ, root: Path = CGROUP_ROOT, free=measure_free_cores) -> ThreadChoice:
-    """The torch threads of one training (see the module's docstring).
+def decide_threads(requested: int | None = None, concurrent: int | None = None, *, processes: int = 1,
+                   resumed: int | None = None, environ=os.environ, root: Path = CGROUP_ROOT,
+                   free=measure_free_cores) -> ThreadChoice:
+    """The torch threads of each process of one training (see the module's docstring).
 
-    ``requested``: the user's ``threads`` (None or 0 = choose). ``concurrent``: how many trainings share
-    this process's cores (None = the task slots of the Dask worker it runs in, else 1). ``resumed``: the
-    threads of the run being resumed (kept unless the user asks otherwise). ``free(cores) -> float``:
-    the cores free to this process now (:func:`measure_free_cores`).
+    ``requested``: the user's ``threads`` for the whole training (None or 0 = choose). ``concurrent``: how
+    many trainings share this process's cores (None = the task slots of the Dask worker it runs in, else 1).
+    ``processes``: the processes of this training on this host, which share its count. ``resumed``: the
+    threads per process of the run being resumed (kept as they are unless the user asks otherwise).
+    ``free(cores) -> float``: the cores free to this process now (:func:`measure_free_cores`).
     """
     check_threads(requested)
     cores = available_cores(root)
     slots = dask_worker_slots()
     if concurrent is None:
         concurrent = slots or 1
+    processes = max(1, int(processes))
     where = f"{cores} core{'s' if cores != 1 else ''} available to this process"
     if requested is not None and requested != 0:
-        return ThreadChoice(requested, cores, concurrent, f"asked for; {where}")
+        return ThreadChoice(requested, cores, concurrent, f"asked for; {where}").split(processes)
+    if resumed:
+        return ThreadChoice(int(resumed), cores, concurrent, f"as the run it resumes; {where}", processes)
     env = environ.get(ENV, "").strip()
     if env:
         try:
@@ -167,21 +189,19 @@ def decide_threads(requested: int | None = None, concurrent: int | None = None, 
                 raise ValueError
         except ValueError:
             raise RecsysError(f"{ENV} must be a positive integer, got {env!r}") from None
-        return ThreadChoice(value, cores, concurrent, f"{ENV}={value}; {where}")
-    if resumed:
-        return ThreadChoice(int(resumed), cores, concurrent, f"as the run it resumes; {where}")
+        return ThreadChoice(value, cores, concurrent, f"{ENV}={value}; {where}").split(processes)
     share = max(1, cores // max(1, int(concurrent)))
     shared = f", shared by {concurrent} trainings at once" if concurrent > 1 else ""
     where = f"{where}{' (Dask worker)' if slots else ''}{shared}"
     if share == 1:
-        return ThreadChoice(1, cores, concurrent, where)
+        return ThreadChoice(1, cores, concurrent, where).split(processes)
     measured = free(cores)
     # of 2 cores: 1.0-1.5 measured beside a busy process -> 1 thread, 1.9-2.0 on the quiet machine -> 2
     usable = max(1, math.floor(measured + 0.25))
     if usable >= share:
-        return ThreadChoice(share, cores, concurrent, where)
+        return ThreadChoice(share, cores, concurrent, where).split(processes)
     return ThreadChoice(usable, cores, concurrent, f"{where}; {measured:.1f} of them free now, the rest busy with "
-                                                   "other work (--threads pins the count)")
+                                                   "other work (--threads pins the count)").split(processes)
 
 
 def apply_threads(choice: ThreadChoice) -> ThreadChoice:

@@ -74,8 +74,9 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     function, process 0 returns the metrics and the others ``None``.
 
     ``threads``/``concurrent``: torch's threads, chosen by ``recsys_core.threads.decide_threads`` (None =
-    the cores available to this process shared by ``concurrent`` trainings); logged and recorded in
-    metrics.json. ``on_epoch(epoch, valid) -> stop?`` is the training loop's per-epoch hook (a sweep's
+    the cores available to this process shared by ``concurrent`` trainings), for the whole training: its
+    processes on this host share them; logged and recorded in metrics.json, and per process in config.json
+    (a resumed run keeps that). ``on_epoch(epoch, valid) -> stop?`` is the training loop's per-epoch hook (a sweep's
     pruner); models fitted in closed form have no epochs and ignore it.
     """
     run_dir = Path(run_dir)
@@ -83,8 +84,6 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
     if resume not in (False, True, "auto"):
         raise RecsysError(f"resume must be true, false or 'auto', got {resume!r}")
     dev = pick_device(device)
-    if concurrent is None and "LOCAL_WORLD_SIZE" in os.environ:  # torchrun: the processes on this host share it
-        concurrent = int(os.environ["LOCAL_WORLD_SIZE"])
     check_threads(threads)
     registration = models.get(model)
     ctx = distributed.from_environment(dev)  # the group torchrun started, joined here; else one process
@@ -95,8 +94,8 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
             registration, config, split_dir, resumed_threads = _resumed_config(run_dir, model, options)
         else:
             config = registration.resolve(options)
-        thread_choice = apply_threads(decide_threads(threads, concurrent, resumed=resumed_threads))
         nproc = int(getattr(config, "nproc", 1))
+        local = nproc  # the processes of this training on this host, which share its threads
         if ctx.enabled:
             if "nproc" not in config.names():
                 raise RecsysError(f"model {registration.name} is not trained by the loop and runs in one process: "
@@ -105,12 +104,19 @@ def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str 
                 raise RecsysError(f"nproc {nproc} was given but torchrun started {ctx.world} processes: "
                                   "leave nproc out under torchrun")
             config = config.replace(registration.name, nproc=ctx.world)
-        elif nproc > 1:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world))
+        # One decision for the whole training, taken by process 0 alone under torchrun (only it measures the
+        # free cores) and given to every process: spawned or started by torchrun, the same request gives each
+        # process the same count (recsys_core.threads).
+        thread_choice = ctx.decide(lambda: decide_threads(threads, concurrent, processes=local,
+                                                          resumed=resumed_threads))
+        if nproc > 1 and not ctx.enabled:
             if on_epoch is not None:
                 raise RecsysError("an on_epoch hook (a sweep's pruner) needs one process: leave nproc out")
-            # the spawned processes share this process's threads (distributed.spawn divides them)
             return distributed.spawn(nproc, dev, _train_process, str(split_dir), str(run_dir), registration.name,
-                                     config.to_dict(), resume, str(dev), thread_choice.as_dict())
+                                     config.to_dict(), resume, str(dev), thread_choice.as_dict(),
+                                     threads=thread_choice.threads)
+        apply_threads(thread_choice)
         return _train_process(split_dir, run_dir, registration.name, config.to_dict(), resume, str(dev),
                               thread_choice.as_dict(), on_epoch)
     finally:

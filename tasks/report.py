@@ -44,6 +44,11 @@ def split_stat_rows(split_root: Path) -> list[dict]:
     return rows
 
 
+def split_warnings(split_root: Path) -> list[str]:
+    """The warnings of every split's stats.json (thin held-out parts, no valid part)."""
+    return [w for f in sorted(Path(split_root).glob("*/stats.json")) for w in json.loads(f.read_text()).get("warnings", [])]
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -157,6 +162,8 @@ def summary_markdown(report: dict) -> str:
              "## Stages\n", markdown_table(report["stages"])]
     if report.get("split_stats"):
         parts += ["\n## Split statistics\n", markdown_table(report["split_stats"])]
+    if report.get("split_warnings"):
+        parts += ["\n**Warnings**\n\n", "".join(f"- {w}\n" for w in report["split_warnings"])]
     if report.get("metrics"):
         parts += ["\n## Test metrics\n", markdown_table(report["metrics"])]
     if report.get("promotion"):

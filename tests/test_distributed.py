@@ -119,7 +119,11 @@ def test_two_processes_complete_resume_a_killed_run_and_reach_the_single_process
     resumed = train(split.path, killed, "autoencoder", resume=True)  # nproc 2 again, from config.json
     assert resumed["training"]["processes"] == 2 and resumed["training"]["epochs_done"] == EPOCHS
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] == EPOCHS
-    # Launched by the stage and killed + resumed, or launched like torchrun: the same computation.
+    # Launched by the stage and killed + resumed, or launched like torchrun: the same thread count per
+    # process (RECSYS_THREADS=2 for the training, shared by its 2 processes), so the same computation.
+    for run in (straight, killed):
+        assert json.loads((run / "config.json").read_text())["threads"] == 1, run
+        assert json.loads((run / "metrics.json").read_text())["training"]["threads"] == 1, run
     assert json.loads((killed / "history.json").read_text())["valid"] == json.loads(
         (straight / "history.json").read_text())["valid"]
     for key, value in _weights(straight).items():

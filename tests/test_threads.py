@@ -62,11 +62,26 @@ def test_the_decision(tmp_path):
     chosen = decide_threads(environ={}, root=none, resumed=3, free=quiet)  # a resumed run keeps its threads
     assert chosen.threads == 3 and "as the run it resumes" in chosen.reason
     assert decide_threads(2, environ={}, root=none, resumed=3).threads == 2  # unless asked otherwise
+    assert decide_threads(environ={ENV: "5"}, root=none, resumed=3).threads == 3  # the machine's setting does not
     for bad in (-1, 1.5, True):
         with pytest.raises(RecsysError, match="threads must be"):
             decide_threads(bad, environ={}, root=none)
     with pytest.raises(RecsysError, match=f"{ENV} must be a positive integer"):
         decide_threads(environ={ENV: "many"}, root=none)
+
+
+def test_the_processes_of_one_training_share_its_count(tmp_path):
+    """Spawned (nproc) or started by torchrun, the processes of one training on a host share one count:
+    the same request gives each the same threads, whatever launched them (issue 24)."""
+    none = tmp_path / "no-cgroup"
+    cores = len(os.sched_getaffinity(0))
+    for env, requested, expected in (({ENV: "2"}, None, 1), ({ENV: "5"}, None, 2), ({}, 4, 2), ({}, 1, 1)):
+        chosen = decide_threads(requested, environ=env, root=none, processes=2, free=quiet)
+        assert (chosen.threads, chosen.processes) == (expected, 2), (env, requested)
+        assert "shared by 2 processes" in chosen.reason or expected == requested
+    assert decide_threads(environ={}, root=none, processes=2, free=quiet).threads == max(1, cores // 2)
+    # a resumed run's count is per process already: taken as it is
+    assert decide_threads(environ={ENV: "2"}, root=none, processes=2, resumed=2).threads == 2
 
 
 def test_cores_busy_with_other_work_are_left_to_it(tmp_path, monkeypatch):

@@ -13,14 +13,17 @@ _FLAGS = {  # option -> (argparse keywords, help)
     "splits": ({}, "netflix-time: comma-separated subset of N3M,N6M,N1Y,NF (default: all four)"),
     "valid_share": ({"type": float}, "netflix-time: share of the kept test-period ratings sent to valid by a hash "
                     "of (seed, user_id, item_id) (default 0.5; 0 = no valid). time: use this rule instead of the "
-                    "default valid period before the test period"),
+                    "default valid period before the test period. chrono: share of each user's ratings, after the "
+                    "train share, that go to valid (default 0.1; 0 = no valid)"),
+    "train_share": ({"type": float}, "chrono: share of each user's oldest ratings that go to train (default 0.8; "
+                    "the latest 1 - train - valid go to test)"),
     "train_start": ({}, "time: first train day, YYYY-MM-DD (inclusive, UTC)"),
     "train_end": ({}, "time: last train day (inclusive); by default its last days, as many as the test period "
                   "has, become valid"),
     "test_start": ({}, "time: first day of the test period (inclusive)"),
     "test_end": ({}, "time: last day of the test period (inclusive)"),
     "quantile": ({"type": float}, "time: cut at this quantile q of the timestamps instead of dates: from it test, "
-                 "between the 2q-1 quantile and it valid, before train"),
+                 "between the 2q-1 quantile and it valid, before train (default 0.9 when no dates are given)"),
     "valid": ({"action": argparse.BooleanOptionalAction}, "leave-one-out: hold out each user's second-latest "
               "rating as valid (default; --no-valid: none)"),
     "negatives": ({"type": int}, "leave-one-out: distinct never-rated items sampled per test user (default 99)"),
@@ -64,8 +67,9 @@ def add(subparsers, name: str, summary: str) -> None:
                     "nothing and leaves older output intact. See docs/split-matrices.md.")
     p.add_argument("ratings_dir", metavar="RATINGS_DIR", type=Path, help="stage-1 folder (output of convert)")
     p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="folder that receives one sub-folder per split")
-    p.add_argument("--protocol", required=True, choices=PROTOCOLS, help="netflix-time (arXiv 1708.01715), time, "
-                   "leave-one-out (NCF) or random")
+    p.add_argument("--protocol", required=True, choices=PROTOCOLS, help="netflix-time (arXiv 1708.01715), time "
+                   "(one global time cut), chrono (per user by time: oldest 80%% train, next 10%% valid, latest "
+                   "10%% test), leave-one-out (NCF) or random")
     p.add_argument("--seed", type=int, default=0, help="seed of every random decision (default 0)")
     for option, (keywords, text) in _FLAGS.items():
         p.add_argument("--" + option.replace("_", "-"), dest=option, help=text, **keywords)

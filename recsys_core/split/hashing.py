@@ -7,6 +7,7 @@ import numpy as np
 # Salts that make the hash streams of different decisions independent of each other.
 SALT_VALID_TEST = 1
 SALT_RANDOM_HOLDOUT = 2
+SALT_CHRONO_TIES = 3
 
 _MASK64 = (1 << 64) - 1
 

@@ -15,6 +15,16 @@ from recsys_core.split.hashing import SALT_RANDOM_HOLDOUT, hash_unit
 DEFAULT_VALID_FRACTION = 0.05
 
 
+def check_random_options(fraction: float = 0.1, valid_fraction: float = DEFAULT_VALID_FRACTION, seed: int = 0,
+                         keep_unseen: bool = False) -> None:
+    """The options of ``random`` checked without reading data."""
+    check_share("fraction", fraction)
+    check_share("valid_fraction", valid_fraction)
+    if fraction <= 0 or fraction + valid_fraction >= 1:
+        raise RecsysError(f"need 0 < --fraction and --fraction + --valid-fraction < 1, "
+                          f"got {fraction} + {valid_fraction}")
+
+
 def split_random(ratings_dir: Path, out_dir: Path, fraction: float = 0.1,
                  valid_fraction: float = DEFAULT_VALID_FRACTION, seed: int = 0,
                  keep_unseen: bool = False) -> dict[str, dict]:
@@ -25,11 +35,7 @@ def split_random(ratings_dir: Path, out_dir: Path, fraction: float = 0.1,
     ratings are the same whatever ``valid_fraction`` (0 turns valid off). Unless ``keep_unseen``,
     held-out ratings of users or items that have no train rating are dropped (and counted).
     """
-    check_share("fraction", fraction)
-    check_share("valid_fraction", valid_fraction)
-    if fraction <= 0 or fraction + valid_fraction >= 1:
-        raise RecsysError(f"need 0 < --fraction and --fraction + --valid-fraction < 1, "
-                          f"got {fraction} + {valid_fraction}")
+    check_random_options(fraction, valid_fraction)
     held_share = fraction + valid_fraction
 
     last: dict[str, np.ndarray] = {}

@@ -126,35 +126,61 @@ def split_netflix_time(ratings_dir: Path, out_dir: Path, splits: list[str] | Non
                                             for n in names])
 
 
-def split_time(ratings_dir: Path, out_dir: Path, train_start: str | None = None, train_end: str | None = None,
-               test_start: str | None = None, test_end: str | None = None, quantile: float | None = None,
-               seed: int = 0, valid_share: float | None = None) -> dict[str, dict]:
-    """One time split named ``time``: by dates (inclusive UTC days) or at the ``quantile`` of time.
+# With neither dates nor a quantile, ``time`` cuts at the 0.9 quantile of time: the latest 10% of the ratings
+# are test and the 10% before them valid (the README's example; 80/10/10 like ``chrono``).
+DEFAULT_QUANTILE = 0.9
 
-    Valid is the period just before the test period, as long (dates) or holding as many ratings
-    (quantile) as it; with ``valid_share`` it is that share of the test period instead (0: no valid).
-    """
-    path = ratings_path(ratings_dir)
-    check_columns(path)
+
+def check_time_options(train_start: str | None = None, train_end: str | None = None, test_start: str | None = None,
+                       test_end: str | None = None, quantile: float | None = None, seed: int = 0,
+                       valid_share: float | None = None) -> float | None:
+    """The options of ``time`` checked without reading data (one sentence per mistake); returns the quantile
+    to cut at (``DEFAULT_QUANTILE`` when neither dates nor a quantile are given), None for dates."""
     if valid_share is not None:
         check_share("valid_share", valid_share)
     dates = {"train_start": train_start, "train_end": train_end, "test_start": test_start, "test_end": test_end}
-    rule = VALID_BEFORE_TEST if valid_share is None else VALID_SHARE_OF_TEST
-    params = {"seed": seed, "valid": rule, **({} if valid_share is None else {"valid_share": valid_share})}
+    given = [k for k, v in dates.items() if v is not None]
+    if quantile is None and not given:
+        quantile = DEFAULT_QUANTILE
     if quantile is not None:
-        if any(v is not None for v in dates.values()):
+        if given:
             raise RecsysError("give either --quantile or the four dates, not both")
         if not 0.0 < quantile < 1.0:
             raise RecsysError(f"--quantile must be strictly between 0 and 1, got {quantile}")
-        return _split_time_quantile(ratings_dir, out_dir, path, quantile, seed, valid_share, params)
+        if valid_share is None and quantile <= 0.5:
+            raise RecsysError(f"--quantile {quantile} leaves too little train for a valid period before the test "
+                              f"period with its share of ratings (needs a quantile above 0.5); give --valid-share "
+                              f"(0 for no valid set)")
+        return quantile
     missing = [f"--{k.replace('_', '-')}" for k, v in dates.items() if v is None]
     if missing:
         raise RecsysError(f"protocol time needs --quantile or all four dates; missing {', '.join(missing)}")
     try:
         parsed = {k: dt.date.fromisoformat(v) for k, v in dates.items()}
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise RecsysError(f"dates must be YYYY-MM-DD ({err})") from None
-    spec = TimeSplit("time", **parsed)
+    check_time_split(TimeSplit("time", **parsed), None, Path("."))
+    return None
+
+
+def split_time(ratings_dir: Path, out_dir: Path, train_start: str | None = None, train_end: str | None = None,
+               test_start: str | None = None, test_end: str | None = None, quantile: float | None = None,
+               seed: int = 0, valid_share: float | None = None) -> dict[str, dict]:
+    """One time split named ``time``: by dates (inclusive UTC days) or at the ``quantile`` of time
+    (``DEFAULT_QUANTILE``, 0.9, when neither is given).
+
+    Valid is the period just before the test period, as long (dates) or holding as many ratings
+    (quantile) as it; with ``valid_share`` it is that share of the test period instead (0: no valid).
+    """
+    quantile = check_time_options(train_start, train_end, test_start, test_end, quantile, seed, valid_share)
+    path = ratings_path(ratings_dir)
+    check_columns(path)
+    dates = {"train_start": train_start, "train_end": train_end, "test_start": test_start, "test_end": test_end}
+    rule = VALID_BEFORE_TEST if valid_share is None else VALID_SHARE_OF_TEST
+    params = {"seed": seed, "valid": rule, **({} if valid_share is None else {"valid_share": valid_share})}
+    if quantile is not None:
+        return _split_time_quantile(ratings_dir, out_dir, path, quantile, seed, valid_share, params)
+    spec = TimeSplit("time", **{k: dt.date.fromisoformat(v) for k, v in dates.items()})
     check_time_split(spec, time_range(path), path)
     if valid_share is not None:
         return stream_split(ratings_dir, out_dir, "time",
@@ -196,10 +222,6 @@ def _split_time_quantile(ratings_dir: Path, out_dir: Path, path: Path, quantile:
         valid_cut = None
         params = {"quantile": quantile, **params, "cut": instant(cut, cut_per_second)}
     else:
-        if quantile <= 0.5:
-            raise RecsysError(f"--quantile {quantile} leaves too little train for a valid period before the test "
-                              f"period with its share of ratings (needs a quantile above 0.5); give --valid-share "
-                              f"(0 for no valid set)")
         (valid_cut, cut), cut_per_second = timestamp_quantiles(path, [2 * quantile - 1, quantile])
         params = {"quantile": quantile, **params, "valid_cut": instant(valid_cut, cut_per_second),
                   "cut": instant(cut, cut_per_second)}

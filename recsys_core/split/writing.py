@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -10,7 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_core.io import write_json
-from recsys_core.split.stats import stats_table
+from recsys_core.split.stats import stats_table, thin_part_warnings
+
+log = logging.getLogger("recsys_core")
 
 # Output Parquet: lz4 is cheap to write; dictionary encoding pays for the few distinct items, ratings
 # and days but not for the ~500K user ids (it costs a third of the write time there for nothing).
@@ -49,8 +52,16 @@ class TrainWriter:
 
 
 def finish_folder(folder: Path, items_src: Path, name: str, protocol: str, params: dict, stats: dict) -> None:
-    """items.parquet (the stage-1 catalogue), split.json, stats.json and stats.md of one split folder."""
+    """items.parquet (the stage-1 catalogue), split.json, stats.json and stats.md of one split folder. A thin
+    held-out part (``thin_part_warnings``) is logged as a warning and listed under ``warnings`` in stats.json
+    (``stats`` gets the key too, so the caller's return value carries it)."""
+    warnings = thin_part_warnings(name, stats)
+    if warnings:
+        stats["warnings"] = warnings
+        for warning in warnings:
+            log.warning("%s", warning)
     shutil.copyfile(items_src, folder / "items.parquet")
     write_json(folder / "split.json", {"split": name, "protocol": protocol, **params})
     write_json(folder / "stats.json", stats)
-    (folder / "stats.md").write_text(f"# Split {name} ({protocol})\n\n" + stats_table({name: stats}))
+    notes = "".join(f"\n**Warning:** {w}\n" for w in warnings)
+    (folder / "stats.md").write_text(f"# Split {name} ({protocol})\n\n" + stats_table({name: stats}) + notes)
