@@ -66,7 +66,7 @@ class SVDppNet(nn.Module):
 @options
 class SVDppOptions(LoopOptions):
     dim: int = option(32, "latent factors of p_u, q_i and y_j", low=1)
-    l2: float = option(0.05, "per-rating L2 on the factors, implicit vectors and biases a rating touches", low=0)
+    l2: float = option(0.1, "per-rating L2 on the factors, implicit vectors and biases a rating touches", low=0)
     init_std: float = option(0.01, "standard deviation of the initial factors", low=0)
     lr: float = 0.003
     batch_size: int = 2048
