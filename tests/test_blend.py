@@ -15,7 +15,7 @@ from recsys_core.errors import RecsysError
 from recsys_core.interactions import load_split_data
 from recsys_core.train import train
 
-MEMBERS = {"mf": {"epochs": 3, "dim": 4}, "knn-item": {"k": 10}}
+MEMBERS = {"mf": {"epochs": 3, "dim": 4}, "knn-item": {"neighbours": 10}}
 
 
 def _members(split_path: Path, runs: Path) -> None:

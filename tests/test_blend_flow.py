@@ -8,7 +8,7 @@ from tests.flow_support import sandbox_fixture, statuses  # noqa: F401 (the sand
 def test_flow_trains_the_blend_after_its_members(sandbox, tmp_path):
     from flows.full import full_pipeline
 
-    options = {"mf": {"epochs": 2, "patience": 0}, "knn-item": {"k": 20}, "blend": {}}
+    options = {"mf": {"epochs": 2, "patience": 0}, "knn-item": {"neighbours": 20}, "blend": {}}
     report = full_pipeline(data_dir=str(tmp_path / "data"), sample_scale=0.002, splits=["N3M"],
                            models=["blend", "mf", "knn-item"], model_options=options)
     trained = [s["stage"] for s in report["stages"] if s["stage"].startswith("train")]

@@ -13,7 +13,7 @@ from recsys_core.models.knn import pearson_baseline
 
 
 class TestItemKNN(ModelContract):
-    model, options = "knn-item", {"k": 5}
+    model, options = "knn-item", {"neighbours": 5}
 
 
 def _ratings(seed=0, users=40, items=15, density=0.4):
@@ -42,7 +42,7 @@ def test_similarities_are_surprise_pearson_baseline_pair_by_pair():
 def test_prediction_is_the_baseline_plus_the_k_nearest_rated_residuals():
     train = _ratings(seed=1)
     data = type("Data", (), {"train": train, "meta": {}})()
-    estimator = models.create("knn-item", k=3, shrinkage=0.0)
+    estimator = models.create("knn-item", neighbours=3, shrinkage=0.0)
     estimator.fit(data)
     sim, b = estimator.sim_array, estimator
     for user, item in [(0, 2), (5, 7), (11, 0), (30, 14)]:
@@ -66,7 +66,8 @@ def test_service_answers_similar_items_from_the_similarities(tmp_path):
     from recsys_core.train import train
 
     split = make_rating_split(tmp_path / "split", n_users=150, n_items=40, n_ratings=3000)
-    train(split.path, tmp_path / "run", "knn-item", recall_users=50)
+    metrics = train(split.path, tmp_path / "run", "knn-item", recall_users=50)
+    assert "recall@10" in metrics["test"]  # neighbours is its own option: k stays the lists' cut-off
     model = ServableModel(tmp_path / "run", "cpu")
     champion = Champion("knn", {"version": 1, "run_dir": str(tmp_path / "run")}, model, "now", 0.0)
     answer = champion.similar_items(int(model.item_ids[3]), 5)

@@ -12,8 +12,8 @@ n_ij < min_support), and a prediction is
 
     r^_ui = b_ui + sum_{j in N^k(i; u)} sim(i, j) e_uj / sum_{j in N^k(i; u)} sim(i, j),
 
-N^k(i; u) the k items the user rated that are most similar to i, of which only positive similarities count
-(Surprise's ``KNNBaseline.estimate``). No optimizer, no epochs.
+N^k(i; u) the k = ``neighbours`` items the user rated that are most similar to i, of which only positive
+similarities count (Surprise's ``KNNBaseline.estimate``). No optimizer, no epochs.
 
 Similarities are computed in blocks of item rows, each block four sparse products over the users
 (E^T E, (E o E)^T P, P^T (E o E), P^T P with E the residual and P the rating pattern), the blocks spread
@@ -47,8 +47,9 @@ GATHER = 1 << 23        # gathered similarities per step of scoring (32 MB of fl
 
 @options
 class KNNOptions(ModelOptions):
-    k: int = option(40, "neighbours: the k items the user rated that are most similar to the predicted one "
-                        "(Surprise's default 40)", low=1)
+    # Surprise's k; ``k`` of every model is the cut-off of the ranking metrics and recommendation lists
+    neighbours: int = option(40, "the neighbours of a prediction: the items the user rated that are most similar "
+                                 "to the predicted one (Surprise's k, default 40)", low=1)
     min_k: int = option(1, "fewer neighbours with a positive similarity than this: the baseline alone", low=1)
     shrinkage: float = option(100.0, "shrinkage of the Pearson-baseline similarity towards 0: multiplied by "
                                      "(n_ij - 1) / (n_ij - 1 + shrinkage), n_ij the users who rated both "
@@ -162,7 +163,7 @@ class ItemKNN(Estimator):
         out = torch.zeros(n_targets, dtype=torch.float32)
         if len(rated) == 0 or n_targets == 0:
             return out
-        k, min_k = int(self.config.k), int(self.config.min_k)
+        k, min_k = int(self.config.neighbours), int(self.config.min_k)
         rated = np.asarray(rated, np.int64)
         resid = np.asarray(residuals, np.float32)
         sums = np.vstack([resid, np.ones_like(resid)])  # one product gives sum w e and sum w
