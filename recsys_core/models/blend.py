@@ -156,7 +156,8 @@ class Blend(Estimator):
         return np.hstack([predictions, zu, zi, predictions * zu, predictions * zi])
 
     def _report(self, member_valid: np.ndarray, truth: np.ndarray, cv: dict) -> dict:
-        names = [f"{n} ({Path(d).name})" for n, d in zip(self.names, self.member_dirs)]
+        names = [n if self.names.count(n) == 1 else f"{n} ({Path(d).name})"  # two runs of one model: the folders
+                 for n, d in zip(self.names, self.member_dirs)]
         members = []
         test_rows, test_cols, test_truth = csr_triplets(self.data.test)
         member_test = self._member_predictions(test_rows, test_cols) if len(test_truth) else None
