@@ -53,9 +53,11 @@ def test_blend_run_records_weights_and_gain_and_beats_its_members_on_valid(tmp_p
     assert blend["test_rmse"] == pytest.approx(metrics["test"]["rmse"], abs=1e-5)
     assert blend["test_gain_over_best_member"] == pytest.approx(
         min(m["test_rmse"] for m in blend["members"]) - blend["test_rmse"], abs=1e-5)
-    weighted = train(split.path, tmp_path / "runs" / "blend-counts", "blend", recall_users=20, threads=2,
-                     count_features=True, members="mf,knn-item")
-    assert len(weighted["training"]["blend"]["weights"]) == 2 + 2 + 2 * 2
+    assert blend["cv_rmse"] == min(blend["cv_rmse_without_count_features"], blend["cv_rmse_with_count_features"])
+    assert len(blend["weights"]) == (2 + 2 + 2 * 2 if blend["count_features"] else 2)
+    plain = train(split.path, tmp_path / "runs" / "blend-plain", "blend", recall_users=20, threads=2,
+                  count_features=False, members="mf,knn-item")
+    assert not plain["training"]["blend"]["count_features"] and len(plain["training"]["blend"]["weights"]) == 2
 
 
 def test_missing_members_are_one_sentence(tmp_path):
