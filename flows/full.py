@@ -201,6 +201,9 @@ def full_pipeline(
                              "run_dir": chosen["run_dir"]})
     run.report["metrics"] = report.metric_rows(runs)
     report.publish_table("recsys-metrics", run.report["metrics"], "stage 4: test metrics, models beside baselines")
+    run.report["buckets"] = report.bucket_rows(runs)
+    report.publish_table("recsys-buckets", run.report["buckets"], "stage 4: where models lose, per bucket of the "
+                         "user's training ratings and for new items, model beside its best baseline")
     run.report["runs"] = report.run_rows(data)
     report.publish_table("recsys-runs", run.report["runs"], "every training run under the data dir: model, split, "
                          "options, valid/test metrics, seconds (compare runs here)")
@@ -428,6 +431,8 @@ def print_summary(result: dict) -> None:
         hidden = ("run_dir", "n", "n_recall_users")
         rows = [{k: v for k, v in r.items() if k not in hidden} for r in result["metrics"]]
         console.print(report.rich_table("Test metrics (a model beaten by a baseline is flagged)", rows))
+    if result.get("buckets"):
+        console.print(report.rich_table(report.BUCKETS_TITLE, result["buckets"]))
     if result.get("sweep"):
         console.print(report.rich_table("Sweep: every trial (chosen on valid only)", result["sweep"]))
     for line in result.get("promotion", []):

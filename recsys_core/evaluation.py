@@ -10,6 +10,9 @@ Ranking metrics:
 - full catalogue: Recall@K = |top-K ∩ held-out items| / |held-out items| per user, averaged, where the
   top K are taken among all items the user did not rate in training.
 
+Per bucket (``recsys_core.buckets``): the same RMSE and sampled HR@K per bucket of the user's training-rating
+count and for new items, under ``"buckets"`` beside ``"valid"``/``"test"``.
+
 A predictor answers ``predict_pairs(rows, cols)`` and ``score_rows(rows)`` (see ``estimators``).
 """
 
@@ -18,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recsys_core import buckets as bucketing
+from recsys_core.buckets import Buckets
 from recsys_core.interactions import csr_triplets, rating_range
 from recsys_core.ranking import best_items, mask_items, top_k  # noqa: F401 (top_k: part of this module's API)
 
@@ -65,25 +70,38 @@ def recall_at_k(top: np.ndarray, relevant_rows: np.ndarray, relevant) -> float:
     return float(np.mean(np.bincount(owner, found, len(rows)) / lengths))
 
 
-def rating_metrics(predictor, part, clip: tuple[float, float], prediction: np.ndarray | None = None) -> dict:
+def rating_metrics(predictor, part, clip: tuple[float, float], prediction: np.ndarray | None = None,
+                   buckets: Buckets | None = None) -> dict:
     """RMSE/MAE of the clipped predictions of every stored pair of ``part`` (``prediction``: already made,
-    in ``csr_triplets`` order)."""
+    in ``csr_triplets`` order). With ``buckets``, also ``"buckets"``: the per-bucket rows (``BucketRow``)."""
     rows, cols, truth = csr_triplets(part)
     prediction = np.clip(predictor.predict_pairs(rows, cols) if prediction is None else prediction, *clip)
-    return {"rmse": rmse(prediction, truth), "mae": mae(prediction, truth), "n": int(len(truth))}
+    metrics = {"rmse": rmse(prediction, truth), "mae": mae(prediction, truth), "n": int(len(truth))}
+    if buckets is not None:
+        metrics["buckets"] = buckets.rating_rows(rows, cols, prediction, truth)
+    return metrics
 
 
-def sampled_ranking(predictor, test, negatives, k: int) -> dict:
-    """HR@K / NDCG@K of each row's (first) held-out test item among its sampled negatives."""
+def _ranked_pairs(test, negatives) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, their first held-out test item, their negatives) of the rows of ``negatives`` with a test item."""
     rows, neg_items = negatives
     rows = rows.astype(np.int64)
     has_test = np.diff(test.indptr)[rows] > 0
     rows, neg_items = rows[has_test], neg_items[has_test].astype(np.int64)
-    positive_items = test.indices[test.indptr[rows]].astype(np.int64)
+    return rows, test.indices[test.indptr[rows]].astype(np.int64), neg_items
+
+
+def sampled_ranking(predictor, test, negatives, k: int, buckets: Buckets | None = None) -> dict:
+    """HR@K / NDCG@K of each row's (first) held-out test item among its sampled negatives. With ``buckets``,
+    also ``"buckets"``: HR@K per bucket (``BucketRow``)."""
+    rows, positive_items, neg_items = _ranked_pairs(test, negatives)
     positive = predictor.predict_pairs(rows, positive_items)
     negative = predictor.predict_pairs(np.repeat(rows, neg_items.shape[1]), neg_items.reshape(-1))
     ranks = rank_of_positive(positive, negative.reshape(neg_items.shape))
-    return {f"hr@{k}": hit_rate_at_k(ranks, k), f"ndcg@{k}": ndcg_at_k(ranks, k), "n_ranked": int(len(rows))}
+    metrics = {f"hr@{k}": hit_rate_at_k(ranks, k), f"ndcg@{k}": ndcg_at_k(ranks, k), "n_ranked": int(len(rows))}
+    if buckets is not None:
+        metrics["buckets"] = buckets.ranking_rows(rows, positive_items, ranks, k)
+    return metrics
 
 
 def full_catalogue_recall(predictor, train, test, k: int, max_users: int, seed: int = 0,
@@ -99,28 +117,41 @@ def full_catalogue_recall(predictor, train, test, k: int, max_users: int, seed: 
 
 def evaluate_predictor(predictor, data, *, rating_model: bool = True, k: int = 10,
                        recall_users: int = 5000, ranking: bool = True,
-                       test_prediction: np.ndarray | None = None) -> dict:
-    """All metrics of one predictor on the valid and test parts: {"valid": {...}, "test": {...}}.
-    ``test_prediction``: its predictions of the test pairs (``csr_triplets`` order), when already made.
+                       test_prediction: np.ndarray | None = None, buckets: Buckets | None = None) -> dict:
+    """All metrics of one predictor on the valid and test parts: {"valid": {...}, "test": {...}, "buckets":
+    {"valid": [...], "test": [...]}}, the last the RMSE / HR@K per bucket (``recsys_core.buckets``, rows as
+    JSON) of the parts measured. ``test_prediction``: its predictions of the test pairs (``csr_triplets``
+    order), when already made. ``buckets``: ``Buckets.of(data.train)``, made once for several predictors.
 
     ``ranking=False`` (a predictor whose scores all tie, the global mean): its ranking metrics are None, not
     numbers. Its HR/Recall would only measure the tie-break (lower item column first), not a ranking."""
     clip = rating_range(data.meta)
+    buckets = Buckets.of(data.train) if buckets is None else buckets
     result: dict = {}
+    by_bucket: dict[str, list] = {}
     for name in ("valid", "test"):
         part = getattr(data, name)
         if part.nnz == 0:
             continue
-        metrics = rating_metrics(predictor, part, clip, test_prediction if name == "test" else None) \
+        metrics = rating_metrics(predictor, part, clip, test_prediction if name == "test" else None, buckets) \
             if rating_model else {}
+        rating_rows, ranking_rows = metrics.pop("buckets", None), None
         if name == "test" and data.negatives is not None:
-            metrics.update(sampled_ranking(predictor, part, data.negatives, k) if ranking
-                           else {f"hr@{k}": None, f"ndcg@{k}": None})
+            if ranking:
+                metrics.update(sampled_ranking(predictor, part, data.negatives, k, buckets))
+                ranking_rows = metrics.pop("buckets")
+            else:
+                metrics.update({f"hr@{k}": None, f"ndcg@{k}": None})
+                rows, positive_items, _ = _ranked_pairs(part, data.negatives)
+                ranking_rows = buckets.ranking_rows(rows, positive_items, None, k)
+        if rating_rows is not None or ranking_rows is not None:
+            by_bucket[name] = bucketing.merge(rating_rows, ranking_rows)
         # Recall@K on valid too for ranking models: what a sweep selects them on (never on test).
         if recall_users > 0 and (name == "test" or not rating_model):
             metrics.update(full_catalogue_recall(predictor, data.train, part, k, recall_users) if ranking
                            else {f"recall@{k}": None})
         result[name] = metrics
+    result["buckets"] = bucketing.to_json(by_bucket, k)
     return result
 
 

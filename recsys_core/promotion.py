@@ -175,6 +175,8 @@ class Decision:
         """One line for the run summary."""
         if self.promoted:
             verdict = f"PROMOTED as version {self.version}" if self.version else "better (not recorded)"
+        elif self.champion is None:  # nothing to keep: say that nothing is served yet
+            return f"registry {self.name}: no champion yet: {self.reason}; nothing promoted"
         else:
             verdict = "KEPT the champion"
         return f"registry {self.name}: {verdict}: {self.reason}"
@@ -266,7 +268,7 @@ def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, mar
                             "run_dir": champion_run})
     where = f"{decided_on} {metric}"
     if beaten:
-        decision.reason = (f"{by_run[best].model_name} ({where} {mine:.4f}) is beaten by baseline(s) "
+        decision.reason = (f"{by_run[best].model_name} ({where} {mine:.4f}) loses to "
                            + ", ".join(f"{b} ({baselines[b][decided_on]:.4f})" for b in beaten))
     elif champion_pointer is None:
         decision.promoted = True

@@ -8,7 +8,8 @@ A run folder holds:
 ``--resume``), ``model.pt`` (best weights or fitted state + config, ``torch.load(weights_only=True)``),
 ``history.json`` (iterative models, per epoch: train loss, valid metric, lr, seconds),
 ``learning_curve.png`` (iterative models), ``metrics.json`` (model and baseline metrics on valid and test,
-``beaten_by``; ``"valid": null`` and ``"trained_blind": true`` when the split has no valid part),
+``beaten_by``; ``"valid": null`` and ``"trained_blind": true`` when the split has no valid part; ``"buckets"``,
+the model's and each baseline's, per bucket of the user's training ratings and for new items),
 ``predictions.parquet`` (test pairs: user_id, item_id, rating, prediction) and
 ``recommendations.parquet`` (user_id, rank, item_id, title, score).
 """
@@ -27,6 +28,7 @@ import torch
 
 from recsys_core import distributed, models
 from recsys_core.baselines import BASELINES, fit_baselines
+from recsys_core.buckets import Buckets
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import TorchEstimator, data_dims
 from recsys_core.evaluation import beaten_by, evaluate_predictor, top_k
@@ -184,6 +186,8 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
         summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
                    "stopped_early": result["stopped_early"], "pruned_at_epoch": result.get("pruned"), **summary,
                    "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
+    if "blend" in result:  # a row model's blend toward the biases, chosen on valid after training
+        summary["blend"] = result["blend"]
     metrics = _evaluate_and_write(estimator, data, run_config, run_dir, summary)
     _write_recommendations(estimator, data, run_dir, int(config.k))
     return metrics
@@ -277,8 +281,10 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
         rows, cols, truth = csr_triplets(data.test)
         test_prediction = estimator.predict_pairs(rows, cols) if data.test.nnz else None
         done("test predictions")
+        buckets = Buckets.of(data.train)  # per-bucket errors: which bucket each user and item is in, once
         model_metrics = evaluate_predictor(estimator, data, rating_model=estimator.rating_model, k=k,
-                                           recall_users=recall_users, test_prediction=test_prediction)
+                                           recall_users=recall_users, test_prediction=test_prediction,
+                                           buckets=buckets)
         done("model metrics")
         eval_seconds = seconds["test predictions"] + seconds["model metrics"]
         baselines = fit_baselines(data.train)
@@ -287,7 +293,8 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
         for name, baseline in baselines.items():
             rating = baseline.rating_model and estimator.rating_model
             baseline_metrics[name] = evaluate_predictor(baseline, data, rating_model=rating, k=k,
-                                                        recall_users=recall_users, ranking=baseline.ranks)
+                                                        recall_users=recall_users, ranking=baseline.ranks,
+                                                        buckets=buckets)
             done(name)
         _write_predictions(estimator, data, run_dir, (rows, cols, truth, test_prediction))
         done("predictions.parquet")

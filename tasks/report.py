@@ -14,6 +14,8 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 MAX_EMBEDDED_IMAGE = 1 << 20
+BUCKETS_TITLE = ("Where models lose: per bucket of the user's training ratings and for new items, "
+                 "model / best baseline (n: held-out ratings, or ranked users for HR)")
 
 
 def _fmt(value: Any) -> Any:
@@ -88,6 +90,74 @@ def metric_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- where models lose
+
+
+def _bucket_metric(rows: list[dict]) -> str | None:
+    """The metric the buckets compare: RMSE where measured (rating models), else the sampled HR@K."""
+    keys = {key for row in rows for key in row}
+    if "rmse" in keys:
+        return "rmse"
+    return next((key for key in sorted(keys) if key.startswith("hr@")), None)
+
+
+def _bucket_count(row: dict, metric: str) -> int | None:
+    return row.get("ratings") if metric == "rmse" else row.get("ranked_users")
+
+
+def _best_baseline(baselines: dict, part: str, bucket: str, metric: str) -> tuple[str, float] | None:
+    """(name, value) of the baseline doing best on ``metric`` in one bucket of one part; None if none has it."""
+    best = None
+    for name, metrics in baselines.items():
+        rows = ((metrics.get("buckets") or {}).get(part)) or []
+        value = next((row.get(metric) for row in rows if row.get("bucket") == bucket), None)
+        if value is not None and (best is None or (value < best[1] if metric == "rmse" else value > best[1])):
+            best = (name, value)
+    return best
+
+
+def bucket_rows(runs: list[dict]) -> list[dict]:
+    """Where each model loses: per bucket of the user's training-rating count and for new items (metrics.json's
+    ``buckets``, recsys_core.buckets), the model's RMSE (rating models; else its sampled HR@K) beside the best
+    baseline's in that bucket ("0.9745 / 0.9722"), on test and on valid, with the held-out count (ratings, or
+    ranked users for HR) and the baseline's name; ``note`` flags a bucket where that baseline does strictly
+    better, with the model's gap ("LOSES: test +0.2%"; "loses: valid ..." when only there). Runs without
+    per-bucket metrics (a ranking model without sampled negatives, a run from before them) give no rows."""
+    out: list[dict] = []
+    for run in runs:
+        metrics = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
+        mine = metrics.get("buckets") or {}
+        metric = _bucket_metric([row for rows in mine.values() for row in rows])
+        if metric is None:
+            continue
+        baselines = metrics.get("baselines") or {}
+        labels = list(dict.fromkeys(row["bucket"] for part in ("test", "valid") for row in mine.get(part, [])))
+        for label in labels:
+            row: dict = {"split": run["split"], "model": run["model"], "bucket": label, "metric": metric}
+            losses, names = [], []
+            for part in ("test", "valid"):
+                here = next((r for r in mine.get(part) or [] if r["bucket"] == label), None)
+                row[f"{part} n"], row[part] = "", ""
+                if here is None:  # the part was not measured (no valid part, or no negatives there)
+                    continue
+                value, best = here.get(metric), _best_baseline(baselines, part, label, metric)
+                row[f"{part} n"] = _bucket_count(here, metric)
+                if here.get("absent"):
+                    row[part] = "absent"
+                    continue
+                row[part] = ("n/a" if value is None else str(_fmt(value))) + (f" / {_fmt(best[1])}" if best else "")
+                if best is not None:
+                    names.append(best[0])
+                if value is not None and best is not None and (
+                        best[1] < value if metric == "rmse" else best[1] > value):
+                    losses.append(f"{part} {(value - best[1]) / best[1]:+.1%}" if best[1] else part)
+            row["best baseline"] = " / ".join(dict.fromkeys(names))
+            row["note"] = ("LOSES: " if losses[0].startswith("test") else "loses: ") + ", ".join(losses) \
+                if losses else ""
+            out.append(row)
+    return out
+
+
 # --------------------------------------------------------------------------- every run of a data dir
 
 # Options shown for every run when present; any other option that differs between runs of one model is
@@ -152,7 +222,7 @@ def rich_table(title: str, rows: list[dict], columns: list[str] | None = None):
     for column in columns:
         table.add_column(column, justify="right" if rows and isinstance(rows[0].get(column), (int, float)) else "left")
     for row in rows:
-        style = "bold red" if str(row.get("note", "")).startswith("BEATEN") else None
+        style = "bold red" if str(row.get("note", "")).startswith(("BEATEN", "LOSES")) else None
         table.add_row(*(str(row.get(c, "")) for c in columns), style=style)
     return table
 
@@ -166,6 +236,8 @@ def summary_markdown(report: dict) -> str:
         parts += ["\n**Warnings**\n\n", "".join(f"- {w}\n" for w in report["split_warnings"])]
     if report.get("metrics"):
         parts += ["\n## Test metrics\n", markdown_table(report["metrics"])]
+    if report.get("buckets"):
+        parts += [f"\n## {BUCKETS_TITLE}\n", markdown_table(report["buckets"])]
     if report.get("promotion"):
         parts += ["\n## Registry\n", "".join(f"- {line}\n" for line in report["promotion"])]
     if report.get("artifacts"):
@@ -192,4 +264,4 @@ def publish_learning_curve(key: str, png: Path, model: str) -> None:
 
 def publish_summary(report: dict) -> None:
     create_markdown_artifact(markdown=summary_markdown(report), key="recsys-summary",
-                             description="stages, split statistics, test metrics and artifact paths")
+                             description="stages, split statistics, test metrics, where models lose (per bucket) and artifact paths")

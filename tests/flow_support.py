@@ -43,7 +43,9 @@ def prefect_sandbox(home: Path) -> Iterator[str]:
     settings = {PREFECT_HOME: str(home), PREFECT_LOCAL_STORAGE_PATH: str(home / "storage"),
                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     with temporary_settings(settings):
-        with prefect_test_harness(server_startup_timeout=180):  # a loaded 2-core machine needs minutes
+        # a hang guard, not a measurement: at a load of ~30 on 2 cores the test API took over 180 s to answer
+        # (the flow's own temporary API waits up to 600 s too)
+        with prefect_test_harness(server_startup_timeout=600):
             yield PREFECT_API_URL.value()
 
 

@@ -655,20 +655,41 @@ def test_a_really_full_disk_names_the_output(tmp_path, small_disk, capsys):
     assert sorted(p.name for p in small_disk.iterdir()) == ["converted", "filler"]
 
 
+# `recsys convert` in another process that, once ratings.parquet is whole in its temporary folder (the stage writes
+# meta.json next, then renames the folder into place), writes a marker and waits there to be killed: the kill lands
+# mid-conversion every time, however loaded the machine (it raced the conversion's end when timed by polling).
+CONVERT_THEN_WAIT = """
+import runpy, sys, time
+from pathlib import Path
+import recsys_core.convert as convert_module
+marker = Path(sys.argv.pop(1))
+real_write_meta = convert_module.write_meta
+def write_meta_after_a_pause(*args, **kwargs):
+    marker.write_text("ratings.parquet written")
+    time.sleep(3600)
+    return real_write_meta(*args, **kwargs)
+convert_module.write_meta = write_meta_after_a_pause
+sys.argv[0] = "recsys"
+runpy.run_module("recsys_core", run_name="__main__")
+"""
+
+
 def test_a_killed_conversion_leaves_a_temporary_that_the_next_run_removes(tmp_path):
     from recsys_core.synth import generate_netflix
 
     generate_netflix(tmp_path / "synth", scale=0.002, seed=1)
     out = tmp_path / "out"
     convert(write_netflix(tmp_path / "nf"), out)
-    command = [sys.executable, "-m", "recsys_core", "convert", str(tmp_path / "synth"), str(out), "--batch-mb", "0.05"]
-    process = subprocess.Popen(command, env={**os.environ, "RECSYS_PROGRESS": "0"}, stderr=subprocess.PIPE)
+    marker = tmp_path / "marker"
+    command = [sys.executable, "-c", CONVERT_THEN_WAIT, str(marker), "convert", str(tmp_path / "synth"), str(out)]
+    process = subprocess.Popen(command, env={**os.environ, "RECSYS_PROGRESS": "0"}, stderr=subprocess.PIPE,
+                               cwd=Path(__file__).resolve().parents[1])
     try:
-        deadline = time.monotonic() + 120
-        while not any((p / "ratings.parquet").exists() for p in tmp_path.glob(".out.tmp-*")):
+        deadline = time.monotonic() + 600  # a hang guard, not a measurement
+        while not marker.exists():
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline
-            time.sleep(0.002)
+            time.sleep(0.01)
         process.send_signal(signal.SIGKILL)  # mid-conversion: its temporary folder stays behind
     finally:
         process.wait(timeout=60)

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from train_fixtures import make_rating_split, sigkill_at_first_checkpoint
+from train_fixtures import make_rating_split, pause_after_first_checkpoint, sigkill_at_first_checkpoint
 
 from recsys_core import distributed
 from recsys_core.cli import main
@@ -25,7 +25,8 @@ from recsys_core.train import train
 torch.set_num_threads(2)
 
 # these tests compare runs bit for bit (tests/conftest.py)
-pytestmark = pytest.mark.usefixtures("two_torch_threads")
+# Heavy (trainings in two processes, one killed and resumed, ~100 s of CPU): out of the fast lane (README), run by CI.
+pytestmark = [pytest.mark.usefixtures("two_torch_threads"), pytest.mark.slow]
 
 SMALL = dict(n_users=300, n_items=80, n_ratings=12_000)
 EPOCHS = 4
@@ -63,17 +64,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_after_first_checkpoint(command, run_dir, timeout=300.0) -> tuple[int, list[int]]:
+def _kill_after_first_checkpoint(command, run_dir, timeout=600.0) -> tuple[int, list[int]]:
     """Start ``command`` (a two-process training), SIGKILL its main process as soon as the first checkpoint is
     on disk; return that epoch and the pids of the training processes it had started."""
-    process = subprocess.Popen(command, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = run_dir.parent / f"{run_dir.name}.paused"
+    process = subprocess.Popen(command, env=pause_after_first_checkpoint({**os.environ, **ENV}, marker),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint, workers = run_dir / "checkpoint.pt", []
 
     def note_workers():
         if len(workers) < 2:
             workers[:] = _children(process.pid)
 
-    sigkill_at_first_checkpoint(process, checkpoint, timeout, note_workers)
+    sigkill_at_first_checkpoint(process, marker, timeout, note_workers)
     return int(torch.load(checkpoint, weights_only=True)["epoch"]), workers
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 import torch
-from train_fixtures import make_rating_split
+from train_fixtures import make_leave_one_out_split, make_rating_split
 
 from recsys_core.baselines import GlobalMean, ItemMean, MostPopular, UserItemBias
 from recsys_core.errors import RecsysError
@@ -243,3 +244,189 @@ def test_new_user_needs_a_model_that_folds_in(ae_run, tmp_path):
     train(split.path, tmp_path / "mlp", "mlp", epochs=1, recall_users=0)  # MF folds in since the loop's port
     with pytest.raises(RecsysError, match="cannot score a user absent from training"):
         recommend_for_ratings(tmp_path / "mlp", {1: 5.0})
+
+
+# --------------------------------------------------------------------------- errors per bucket
+
+def _bucket_of_count(count: int) -> str:
+    """The user bucket of a training-rating count, written out as the issue states it."""
+    if count == 0:
+        return "0"
+    if count <= 5:
+        return "1-5"
+    if count <= 20:
+        return "6-20"
+    if count <= 100:
+        return "21-100"
+    return ">100"
+
+
+def _by_hand(train: np.ndarray, held: np.ndarray, table: np.ndarray, clip=(1.0, 5.0)) -> dict:
+    """Per bucket: [ratings, set of users, sum of squared errors], one held-out rating at a time."""
+    out = {label: [0, set(), 0.0] for label in ("0", "1-5", "6-20", "21-100", ">100", "new items")}
+    for u, i in zip(*np.nonzero(held)):
+        error = (min(max(float(table[u, i]), clip[0]), clip[1]) - float(held[u, i])) ** 2
+        labels = [_bucket_of_count(int(np.count_nonzero(train[u])))]
+        if not np.count_nonzero(train[:, i]):
+            labels.append("new items")
+        for label in labels:
+            out[label][0] += 1
+            out[label][1].add(int(u))
+            out[label][2] += error
+    return out
+
+
+def _tiny_bucket_split():
+    """9 users whose training rows hold 0, 1, 5, 6, 20, 21, 100, 101 and 130 ratings (every edge of every
+    bucket), 140 items of which the last 5 have no training rating; held-out pairs on old and new items."""
+    rng = np.random.default_rng(17)
+    n_items, new = 140, 5
+    counts = [0, 1, 5, 6, 20, 21, 100, 101, 130]
+    train = np.zeros((len(counts), n_items), np.float32)
+    for u, count in enumerate(counts):
+        train[u, rng.choice(n_items - new, count, replace=False)] = rng.integers(1, 6, count)
+    valid, test = np.zeros_like(train), np.zeros_like(train)
+    for u in range(len(counts)):
+        free = np.flatnonzero(train[u] == 0)
+        picked = rng.choice(free, 6, replace=False)
+        if u in (0, 3, 7):
+            picked[0] = n_items - 1 - u % 5  # a new item for some users (user 0: new user and new item)
+        valid[u, picked[:2]] = rng.integers(1, 6, 2)
+        test[u, picked[2:]] = rng.integers(1, 6, 4)
+    # scores beyond the rating range, to check they are clipped before the error
+    table = rng.uniform(0.0, 6.5, train.shape).astype(np.float32)
+    return train, valid, test, table
+
+
+def test_errors_per_bucket_match_a_rating_by_rating_count():
+    train, valid, test, table = _tiny_bucket_split()
+    data = SimpleNamespace(train=sp.csr_matrix(train), valid=sp.csr_matrix(valid), test=sp.csr_matrix(test),
+                           meta={"rating_min": 1.0, "rating_max": 5.0}, negatives=None)
+    result = evaluate_predictor(_Table(table), data, k=10, recall_users=0)
+    for part, held in (("valid", valid), ("test", test)):
+        expected = _by_hand(train, held, table)
+        rows = {row["bucket"]: row for row in result["buckets"][part]}
+        assert list(rows) == ["0", "1-5", "6-20", "21-100", ">100", "new items"]
+        for label, (n, users, squared) in expected.items():
+            assert rows[label]["ratings"] == n, (part, label)
+            assert rows[label]["users"] == len(users), (part, label)
+            assert rows[label]["rmse"] == pytest.approx(math.sqrt(squared / n), rel=1e-12), (part, label)
+            assert "absent" not in rows[label] and "hr@10" not in rows[label]
+        # each held-out rating is in one user bucket; the overall RMSE is theirs pooled
+        user_rows = [rows[label] for label in ("0", "1-5", "6-20", "21-100", ">100")]
+        assert sum(r["ratings"] for r in user_rows) == int(np.count_nonzero(held))
+        pooled = sum(r["ratings"] * r["rmse"] ** 2 for r in user_rows) / int(np.count_nonzero(held))
+        assert math.sqrt(pooled) == pytest.approx(result[part]["rmse"], rel=1e-12)
+    # the boundaries: 5 ratings is 1-5, 6 is 6-20, 100 is 21-100, 101 is >100 (two users each there)
+    assert {r["bucket"]: r["users"] for r in result["buckets"]["test"]} == {
+        "0": 1, "1-5": 2, "6-20": 2, "21-100": 2, ">100": 2, "new items": 4}
+    assert {r["bucket"]: r["ratings"] for r in result["buckets"]["valid"]}["new items"] == 4
+
+
+def test_an_empty_bucket_is_reported_absent_not_filled_in():
+    train, valid, test, table = _tiny_bucket_split()
+    test[:, -5:] = 0  # no held-out rating of a new item left in test, nor of the user without training
+    test[0] = 0
+    data = SimpleNamespace(train=sp.csr_matrix(train), valid=sp.csr_matrix((train.shape), dtype=np.float32),
+                           test=sp.csr_matrix(test), meta={}, negatives=None)
+    result = evaluate_predictor(ItemMean(data.train), data, k=10, recall_users=0)
+    assert set(result["buckets"]) == {"test"}  # no valid part, no valid buckets
+    rows = {row["bucket"]: row for row in result["buckets"]["test"]}
+    for label in ("new items", "0"):
+        assert rows[label]["ratings"] == 0 and rows[label]["users"] == 0 and rows[label]["rmse"] is None
+        assert "drop" in rows[label]["absent"]
+    assert all("absent" not in rows[label] for label in ("1-5", "6-20", "21-100", ">100"))
+
+
+def test_hit_rate_per_bucket_with_sampled_negatives():
+    train, _, _, table = _tiny_bucket_split()
+    n_users, n_items = train.shape
+    rng = np.random.default_rng(5)
+    test = np.zeros_like(train)
+    negatives = []
+    for u in range(n_users):
+        free = np.flatnonzero(train[u] == 0)
+        if u in (2, 7):
+            free = np.r_[n_items - 1, free[free < n_items - 5]]  # the held-out item is new for 2 and 7
+        test[u, free[0]] = 4.0
+        negatives.append(rng.choice(free[1:], 4, replace=False))
+    rows = np.arange(n_users)
+    data = SimpleNamespace(train=sp.csr_matrix(train), valid=sp.csr_matrix(train.shape, dtype=np.float32),
+                           test=sp.csr_matrix(test), meta={}, negatives=(rows, np.array(negatives)))
+    k = 2
+    result = evaluate_predictor(_Table(table), data, k=k, recall_users=0, rating_model=False)
+    expected: dict[str, list[int]] = {}
+    for u in range(n_users):
+        positive = int(np.flatnonzero(test[u])[0])
+        hit = int(np.sum(table[u, negatives[u]] >= table[u, positive]) < k)
+        labels = [_bucket_of_count(int(np.count_nonzero(train[u])))]
+        labels += ["new items"] if not np.count_nonzero(train[:, positive]) else []
+        for label in labels:
+            expected.setdefault(label, []).append(hit)
+    got = {row["bucket"]: row for row in result["buckets"]["test"]}
+    for label, hits in expected.items():
+        assert got[label]["ranked_users"] == len(hits)
+        assert got[label][f"hr@{k}"] == pytest.approx(np.mean(hits))
+        assert "rmse" not in got[label]  # a ranking model: no rating metrics measured
+    assert got["new items"]["ranked_users"] == 2
+    # a predictor without a ranking (all scores tie) gets the counts and no HR
+    tied = evaluate_predictor(GlobalMean(data.train), data, k=k, recall_users=0, ranking=False)
+    assert all(row[f"hr@{k}"] is None for row in tied["buckets"]["test"])
+    assert [row["ranked_users"] for row in tied["buckets"]["test"]] == \
+        [row["ranked_users"] for row in result["buckets"]["test"]]
+
+
+def _pooled(rows: list[dict], count: str, metric: str, squared: bool) -> float:
+    """The whole part's metric from its user buckets (each held-out pair is in exactly one)."""
+    user_rows = [r for r in rows if r["bucket"] != "new items" and r[count]]
+    total = sum(r[count] for r in user_rows)
+    value = sum(r[count] * (r[metric] ** 2 if squared else r[metric]) for r in user_rows) / total
+    return math.sqrt(value) if squared else value
+
+
+def test_a_trained_runs_metrics_json_has_errors_per_bucket_for_the_model_and_every_baseline(ae_run):
+    split, run = ae_run
+    on_disk = json.loads((run / "metrics.json").read_text())
+    data = load_split_data(split.path)
+    counts = np.diff(data.train.indptr)
+    for who, metrics in [("autoencoder", on_disk)] + list(on_disk["baselines"].items()):
+        if who == "most_popular":  # no rating metrics, and the split has no sampled negatives
+            assert metrics["buckets"] == {}
+            continue
+        assert set(metrics["buckets"]) == {"valid", "test"}, who
+        for part in ("valid", "test"):
+            rows = metrics["buckets"][part]
+            assert [r["bucket"] for r in rows] == ["0", "1-5", "6-20", "21-100", ">100", "new items"]
+            assert sum(r["ratings"] for r in rows[:5]) == getattr(data, part).nnz
+            assert _pooled(rows, "ratings", "rmse", squared=True) == pytest.approx(metrics[part]["rmse"], rel=1e-9)
+            held_rows = np.repeat(np.arange(len(counts)), np.diff(getattr(data, part).indptr))
+            assert rows[4]["ratings"] == int(np.sum(counts[held_rows] > 100)), (who, part)
+            # the generated split keeps no held-out rating of an item unseen in train: absent, not invented
+            assert rows[5]["ratings"] == 0 and rows[5]["rmse"] is None and "absent" in rows[5]
+    # the other fields of metrics.json are as they were
+    assert set(on_disk["test"]) == {"rmse", "mae", "n"}
+    assert set(on_disk["baselines"]["user_item_bias"]) == {"valid", "test", "buckets"}
+
+
+def test_a_ranking_runs_metrics_json_has_hit_rate_per_bucket(tmp_path):
+    split = make_leave_one_out_split(tmp_path / "loo", n_users=200, n_items=250, mean_per_user=20)
+    metrics = train(split.path, tmp_path / "run", "ease", recall_users=0)
+    rows = {r["bucket"]: r for r in metrics["buckets"]["test"]}
+    assert "valid" not in metrics["buckets"]  # the fixture has no valid part
+    assert sum(r["ranked_users"] for b, r in rows.items() if b != "new items") == metrics["test"]["n_ranked"]
+    assert _pooled(list(rows.values()), "ranked_users", "hr@10", squared=False) == \
+        pytest.approx(metrics["test"]["hr@10"], rel=1e-9)
+    assert all("rmse" not in r for r in rows.values())  # a ranking model
+    popular = {r["bucket"]: r for r in metrics["baselines"]["most_popular"]["buckets"]["test"]}
+    assert [r["ranked_users"] for r in popular.values()] == [r["ranked_users"] for r in rows.values()]
+    assert all(r["hr@10"] is None for r in metrics["baselines"]["global_mean"]["buckets"]["test"])
+
+
+def test_a_diverged_predictors_buckets_are_written_as_null_not_nan():
+    train, valid, test, table = _tiny_bucket_split()
+    table[:, :] = np.nan
+    data = SimpleNamespace(train=sp.csr_matrix(train), valid=sp.csr_matrix(valid), test=sp.csr_matrix(test),
+                           meta={}, negatives=None)
+    rows = evaluate_predictor(_Table(table), data, k=10, recall_users=0)["buckets"]["test"]
+    assert [r["rmse"] for r in rows] == [None] * 6 and rows[1]["ratings"] > 0
+    json.dumps(rows, allow_nan=False)  # valid JSON

@@ -29,6 +29,10 @@ import yaml
 
 from tests.flow_support import ROOT, all_manifests_verify
 
+# Heavy (a real Prefect server with deployments and workers): out of the fast lane (README), run by CI.
+pytestmark = pytest.mark.slow
+
+
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 COMPOSE_ORDER = ("server", "pool", "deploy", "worker")
 AUTH = "e2e:secret/with@odd:chars"

@@ -11,6 +11,9 @@ from recsys_core.errors import RecsysError
 from recsys_core.registry import Registry
 from tests.flow_support import prefect_sandbox
 
+# Heavy (the whole flow with promotion under a Prefect test server): out of the fast lane (README), run by CI.
+pytestmark = pytest.mark.slow
+
 # The embedded default sample: on the smaller test sample no model beats the user+item bias baseline, so
 # nothing could ever be promoted there; here the default autoencoder does after 10 epochs.
 PARAMS = dict(model_options={"autoencoder": {"epochs": 10, "patience": 0}}, registry_model="sample-{split}")

@@ -8,6 +8,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
+# Heavy (bench/gpu_check.sh end to end in a subprocess): out of the fast lane (README), run by CI.
+pytestmark = pytest.mark.slow
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

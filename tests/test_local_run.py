@@ -19,6 +19,9 @@ import pytest
 from flows import local_api
 from tests.flow_support import ROOT, TINY, cli_args, model_options, statuses
 
+# Heavy (flows/full.py as users run it, with its temporary Prefect API): out of the fast lane (README), run by CI.
+pytestmark = pytest.mark.slow
+
 
 def _local_env(home: Path) -> dict:
     """A user's environment: no server configured, a fresh Prefect home, no analytics settings of ours."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from quality_bars import metrics_violations
 from train_fixtures import make_leave_one_out_split, make_rating_split
 
 from recsys_core.errors import RecsysError
@@ -88,27 +90,34 @@ def test_unknown_options_are_refused_with_the_list_of_valid_ones():
 
 
 RATING_MODELS = [name for name, r in registry().items() if r.estimator.rating_model]
+RANKING_MODELS = [name for name, r in registry().items() if not r.estimator.rating_model]
+# Epochs of the ranking models trained by the loop on the leave-one-out fixture (no valid part there, so no early
+# stopping: the last epoch is kept). Their defaults (20, 60, 20) cost 17-50 s of CPU each here; these epochs reach
+# the bar with room to spare (tests/quality_bars.py has the measurements).
+RANKING_EPOCHS = {"gmf": 8, "ncf-mlp": 20, "neumf": 8}
 
 
 @pytest.mark.parametrize("model", RATING_MODELS)
-def test_rating_model_with_defaults_beats_global_and_item_mean(rating_split, tmp_path, model):
+def test_rating_model_with_defaults_nears_the_oracle_and_beats_user_item_bias(rating_split, tmp_path, model):
+    """At its defaults, on data drawn from a known model: within the model's stated factor of the oracle's RMSE
+    and clearly below the strongest baseline (tests/quality_bars.py states and explains each bar)."""
     metrics = train(rating_split.path, tmp_path / model, model, recall_users=0)
-    rmse = metrics["test"]["rmse"]
-    assert rmse < metrics["baselines"]["global_mean"]["test"]["rmse"]
-    assert rmse < metrics["baselines"]["item_mean"]["test"]["rmse"]
-    assert "global_mean" not in metrics["beaten_by"] and "item_mean" not in metrics["beaten_by"]
-    if model == "mf":
-        assert rmse <= 1.05 * rating_split.oracle_test_rmse, (rmse, rating_split.oracle_test_rmse)
-        assert rmse < metrics["baselines"]["user_item_bias"]["test"]["rmse"]
+    assert metrics_violations(model, metrics, rating_split.oracle_test_rmse) == []
+    assert metrics["beaten_by"] == []
     assert math.isfinite(metrics["test"]["mae"])
 
 
-@pytest.mark.parametrize("model", ["neumf", "gmf"])
-def test_ncf_beats_most_popular_on_hit_rate(loo_split, tmp_path, model):
-    metrics = train(loo_split.path, tmp_path / model, model, epochs=8, recall_users=0)
-    popular = metrics["baselines"]["most_popular"]["test"]
-    assert metrics["test"]["hr@10"] > popular["hr@10"] + 0.05
-    assert metrics["test"]["ndcg@10"] > popular["ndcg@10"]
+def test_the_rating_bar_fails_a_model_that_did_not_learn(rating_split, tmp_path):
+    """The bar can fail: an MF barely moved from its initialisation (one epoch at lr 1e-6) is refused."""
+    metrics = train(rating_split.path, tmp_path / "mf", "mf", epochs=1, lr=1e-6, recall_users=0)
+    assert metrics_violations("mf", metrics, rating_split.oracle_test_rmse) != []
+
+
+@pytest.mark.parametrize("model", RANKING_MODELS)
+def test_ranking_model_beats_most_popular_by_the_stated_margin(loo_split, tmp_path, model):
+    options = {"epochs": RANKING_EPOCHS[model]} if model in RANKING_EPOCHS else {}
+    metrics = train(loo_split.path, tmp_path / model, model, recall_users=0, **options)
+    assert metrics_violations(model, metrics) == []
     assert metrics["beaten_by"] == []
     assert "rmse" not in metrics["test"]  # interaction scores are not ratings
 
@@ -116,7 +125,12 @@ def test_ncf_beats_most_popular_on_hit_rate(loo_split, tmp_path, model):
 def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
     metrics = train(rating_split.path, tmp_path / "dae", "autoencoder", epochs=3, noise=0.5, noise_loss="dropped",
                     recall_users=0)
-    assert math.isfinite(metrics["test"]["rmse"]) and metrics["test"]["rmse"] < 2.0
+    history = json.loads((tmp_path / "dae" / "history.json").read_text())
+    # it learns: the loss on the dropped ratings and the valid RMSE fall epoch after epoch (a loss on no rating,
+    # or on the kept ones only, would leave the network unable to predict what it cannot see)
+    assert history["train_loss"] == sorted(history["train_loss"], reverse=True), history["train_loss"]
+    assert history["valid"] == sorted(history["valid"], reverse=True), history["valid"]
+    assert metrics["test"]["rmse"] < metrics["baselines"]["global_mean"]["test"]["rmse"]
     with pytest.raises(RecsysError, match="noise_loss"):
         resolve_config("autoencoder", {"noise_loss": "some"})
 

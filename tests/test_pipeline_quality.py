@@ -15,6 +15,10 @@ from recsys_core.train import train
 torch.set_num_threads(2)
 
 
+# Heavy (a 1M-rating sample through every stage, MF to convergence): out of the fast lane (README), run by CI.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def random_split(tmp_path_factory):
     """Scale 0.01 (4,802 customers, 1,777 movies, ~1M ratings), 10% of ratings held out as test."""

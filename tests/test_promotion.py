@@ -102,7 +102,9 @@ def test_capabilities_come_from_the_predictor_protocol(loop_runs):
 def test_first_champion_must_beat_the_baselines(loop_runs, tmp_path):
     registry = Registry(tmp_path / "registry")
     kept = promote_if_better(registry, "demo", [loop_runs["mf_bad"]])
-    assert not kept.promoted and "beaten by baseline(s)" in kept.reason and registry.champion("demo") is None
+    assert not kept.promoted and "loses to" in kept.reason and registry.champion("demo") is None
+    assert kept.line().startswith("registry demo: no champion yet: ") and kept.line().endswith("; nothing promoted")
+    assert "KEPT" not in kept.line()
     assert {r["role"] for r in kept.rows} == {"challenger", "baseline"}
     # the same runs again against the same (absent) champion: the earlier verdict, nothing recorded twice
     again = promote_if_better(registry, "demo", [loop_runs["mf_bad"]])

@@ -17,6 +17,7 @@ from recsys_core.errors import InputError, RecsysError
 from recsys_core.schema import RATINGS_SCHEMA
 from recsys_core.split import (
     NETFLIX_SPLITS,
+    SALT_RANDOM_HOLDOUT,
     SALT_VALID_TEST,
     hash_unit,
     hash_unit_scalar,
@@ -202,7 +203,10 @@ def test_invariants_of_every_protocol(tmp_path, protocol, options):
                 cut = dt.datetime.fromisoformat(cfg["cut"])
                 low = dt.datetime.fromisoformat(cfg.get("valid_cut", cfg["cut"]))
                 assert all(r[3] < low for r in got["train"]) and all(r[3] >= cut for r in got["test"])
-                assert all(low <= r[3] < cut for r in got["valid"]) if "valid_cut" in cfg else True
+                if "valid_cut" in cfg:  # valid: the period just before the test period
+                    assert all(low <= r[3] < cut for r in got["valid"])
+                else:  # valid: the hashed share of the test period (issue 23: this branch checked nothing)
+                    assert all(r[3] >= cut for r in got["valid"])
                 in_heldout = [r for r in all_rows if r[3] >= low]
             else:
                 assert all(cfg["train_start"] <= day(r) <= cfg["train_end"] for r in got["train"])
@@ -211,6 +215,10 @@ def test_invariants_of_every_protocol(tmp_path, protocol, options):
                 assert all(first_held <= day(r) <= cfg.get("valid_end", cfg["test_end"]) for r in got["valid"])
                 in_heldout = [r for r in all_rows if cfg["test_start"] <= day(r) <= cfg["test_end"]
                               or "valid_start" in cfg and cfg["valid_start"] <= day(r) <= cfg["valid_end"]]
+            if "valid_share" in cfg:  # which held-out rating is valid: the seeded hash, whatever the period rule
+                share = cfg["valid_share"]
+                assert all(to_valid(cfg["seed"], r[0], r[1], share) for r in got["valid"])
+                assert not any(to_valid(cfg["seed"], r[0], r[1], share) for r in got["test"])
             dropped = s["dropped"]
             assert len(held) + dropped["heldout_ratings_of_users_not_in_train"] + \
                 dropped["heldout_ratings_of_items_not_in_train"] == len(in_heldout)
@@ -230,6 +238,12 @@ def test_invariants_of_every_protocol(tmp_path, protocol, options):
             assert len(got["test"]) == len(counts) - len(short)
             if options.get("valid", True):
                 assert len(got["valid"]) == len(got["test"])  # the second-latest of every test user
+            # the window: test is each user's latest rating (by timestamp, then item_id), valid the one before
+            by_user = {}
+            for r in sorted(all_rows, key=lambda r: (r[3], r[1])):
+                by_user.setdefault(r[0], []).append(r)
+            assert sorted(got["test"]) == sorted(by_user[r[0]][-1] for r in got["test"])
+            assert sorted(got["valid"]) == sorted(by_user[r[0]][-2] for r in got["valid"])
         else:
             dropped = s["dropped"]
             assert len(got["train"]) + len(held) + dropped["heldout_ratings_of_users_not_in_train"] + \
@@ -238,6 +252,13 @@ def test_invariants_of_every_protocol(tmp_path, protocol, options):
                 assert {r[0] for r in held} <= train_users and {r[1] for r in held} <= train_items
             assert abs(len(got["test"]) / len(all_rows) - options.get("fraction", 0.1)) < 0.05
             assert abs(len(got["valid"]) / len(all_rows) - options.get("valid_fraction", 0.05)) < 0.03
+            # which rating is valid: hash in [fraction, fraction + valid_fraction), test below fraction
+            cfg = json.loads((folder / "split.json").read_text())
+            low, high = cfg["fraction"], cfg["fraction"] + cfg["valid_fraction"]
+            unit = {part: [hash_unit_scalar(cfg["seed"], SALT_RANDOM_HOLDOUT, r[0], r[1]) for r in got[part]]
+                    for part in PARTS}
+            assert all(u < low for u in unit["test"]) and all(low <= u < high for u in unit["valid"])
+            assert all(u >= high for u in unit["train"])
 
 
 # ------------------------------------------------------------------------------------------- time, random

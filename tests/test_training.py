@@ -40,6 +40,7 @@ def _assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow  # three trainings, 27 s of CPU at load ~25 (tests/test_repeatability.py, slow too, holds all models)
 def test_same_seed_gives_identical_weights_and_metrics(split, tmp_path):
     first = train(split.path, tmp_path / "a", "autoencoder", epochs=3, **AE)
     second = train(split.path, tmp_path / "b", "autoencoder", epochs=3, **AE)
@@ -49,6 +50,7 @@ def test_same_seed_gives_identical_weights_and_metrics(split, tmp_path):
     assert other["test"]["rmse"] != first["test"]["rmse"]
 
 
+@pytest.mark.slow  # three trainings each, 17 s of CPU for the autoencoder at load ~25
 @pytest.mark.parametrize("model,options", [("autoencoder", AE), ("neumf", dict(recall_users=50, patience=0))])
 def test_resume_continues_exactly(split, tmp_path, model, options):
     straight = train(split.path, tmp_path / "straight", model, epochs=4, **options)

@@ -9,6 +9,7 @@ the test part (the floor any model can reach) are returned with the folder.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import time
@@ -167,17 +168,30 @@ def make_leave_one_out_split(out_dir, n_users=400, n_items=300, mean_per_user=50
     return GeneratedSplit(path, float("nan"), n_users, n_items)
 
 
-def sigkill_at_first_checkpoint(process: subprocess.Popen, checkpoint: Path, timeout: float = 300.0,
+PAUSE_HOOK = Path(__file__).resolve().parent / "pause_after_checkpoint"
+
+
+def pause_after_first_checkpoint(env: dict, marker: Path) -> dict:
+    """``env`` for a training process that, once its first checkpoint is wholly on disk, writes ``marker`` and
+    sleeps (tests/pause_after_checkpoint/sitecustomize.py, in every process it starts too)."""
+    path = os.pathsep.join(p for p in (str(PAUSE_HOOK), env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path, "RECSYS_TEST_PAUSE_MARKER": str(marker)}
+
+
+def sigkill_at_first_checkpoint(process: subprocess.Popen, marker: Path, timeout: float = 600.0,
                                 while_waiting=lambda: None) -> None:
-    """SIGKILL the training ``process`` as soon as ``checkpoint`` is on disk (``while_waiting()`` is called
-    at every poll before that); fail when the process ends first or no checkpoint comes within ``timeout``."""
+    """SIGKILL the training ``process`` (started with ``pause_after_first_checkpoint``'s env) once it has written
+    ``marker``: its first checkpoint is on disk and it waits there, so the kill always lands between two epochs,
+    never racing the run's end. ``while_waiting()`` is called at every poll before that; fail when the process ends
+    first or no marker comes within ``timeout`` (a hang guard, not a measurement)."""
     deadline = time.monotonic() + timeout
     try:
-        while not checkpoint.exists():
+        while not marker.exists():
             assert process.poll() is None, f"training ended before its first checkpoint: {process.stderr.read()}"
             assert time.monotonic() < deadline, "no checkpoint within the timeout"
             while_waiting()
             time.sleep(0.005)
+        while_waiting()
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=60)
