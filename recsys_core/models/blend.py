@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ class BlendOptions(ModelOptions):
                                         "cross-validation on valid says they help")
     folds: int = option(5, "cross-validation folds on valid that choose the ridge weight", low=2)
     seed: int = option(0, "seed of the cross-validation folds", low=0)
+    # A sweep's default space (docs/sweeps.md): the blend's own choices are made by cross-validation on valid
+    sweep_space: ClassVar[dict] = {"folds": {"choices": [3, 5, 10]}, "count_features": {"choices": [True, False]}}
 
 
 def _finished_runs(folder: Path, exclude: Path) -> list[Path]:
@@ -105,6 +108,7 @@ def ridge(features: np.ndarray, target: np.ndarray, reg: float) -> tuple[np.ndar
 class Blend(Estimator):
     family = "blend"
     trains_after_others = True  # the flow trains it once every other model of its split is done
+    needs_members = True        # it combines other runs (tests/test_real_data.py trains the standalone models)
 
     def fit(self, data, run_dir: Path | None = None, resume: bool = False) -> dict:
         c = self.config

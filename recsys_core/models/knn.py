@@ -28,6 +28,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,6 +58,9 @@ class KNNOptions(ModelOptions):
     min_support: int = option(1, "item pairs rated by fewer common users have similarity 0", low=1)
     reg_u: float = option(15.0, "L2 of the user biases of the baseline (Surprise's BaselineOnly: 15)", low=0)
     reg_i: float = option(10.0, "L2 of the item biases of the baseline (Surprise's BaselineOnly: 10)", low=0)
+    # A sweep's default space (docs/sweeps.md)
+    sweep_space: ClassVar[dict] = {"neighbours": {"choices": [20, 40, 80, 160]},
+                                   "shrinkage": {"low": 10.0, "high": 1000.0, "log": True}}
 
 
 def residual_matrices(train: sp.csr_matrix, baseline: UserItemBias):
