@@ -157,28 +157,36 @@ def full_pipeline(
     runs = []
     split_names = plan.split_names(matrices, memo)
     with Fanout(task_runner, str(data), dask_address, dask_workers) as fanout:
-        calls, specs = [], []
-        for split_name in split_names:
-            for model in models:
-                config = {**configs[model], "device": resolve_device(device)}
-                trained = plan.train_spec(data, matrices, memo, split_name, model, config)
-                specs.append((split_name, model, trained))
-                calls.append(Call(f"train {split_name}/{model}", dict(
-                    spec=trained, data_dir=str(data), split_dir=str(matrices.path / split_name), model=model,
-                    config=config, threads=threads)))
-        for (split_name, model, trained), done in zip(specs, fanout.run(train_task, calls)):
-            run.record(done, trained)
-            run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
-            for what, name in (("metrics", "metrics.json"), ("recommendations", "recommendations.parquet"),
-                               ("learning curve", "learning_curve.png")):
-                if (trained.path / name).exists():  # closed-form models have no learning curve
-                    run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
-            runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
-            if tracking:
-                track_task(trained.out_dir, trained.key, tracking, f"{split_name}/{model}")
-            curve = trained.path / "learning_curve.png"
-            if curve.exists():
-                report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
+        # models that read other runs of their split (the blend) train in a second round, after the others
+        later = [m for m in models if getattr(registered(m).estimator, "trains_after_others", False)]
+        folders: dict[str, list[str]] = {}  # per split: the run folders of its rating models (blend members)
+        for phase in ([m for m in models if m not in later], later):
+            calls, specs = [], []
+            for split_name in split_names:
+                for model in phase:
+                    config = {**configs[model], "device": resolve_device(device)}
+                    if model in later and not config.get("members"):
+                        config["members"] = ",".join(folders.get(split_name, []))
+                    trained = plan.train_spec(data, matrices, memo, split_name, model, config)
+                    if registered(model).estimator.rating_model and model not in later:
+                        folders.setdefault(split_name, []).append(trained.path.name)
+                    specs.append((split_name, model, trained))
+                    calls.append(Call(f"train {split_name}/{model}", dict(
+                        spec=trained, data_dir=str(data), split_dir=str(matrices.path / split_name), model=model,
+                        config=config, threads=threads)))
+            for (split_name, model, trained), done in zip(specs, fanout.run(train_task, calls) if calls else []):
+                run.record(done, trained)
+                run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
+                for what, name in (("metrics", "metrics.json"), ("recommendations", "recommendations.parquet"),
+                                   ("learning curve", "learning_curve.png")):
+                    if (trained.path / name).exists():  # closed-form models have no learning curve
+                        run.artifacts[f"{what} {split_name}/{model}"] = str(trained.path / name)
+                runs.append({"split": split_name, "model": model, "run_dir": trained.out_dir})
+                if tracking:
+                    track_task(trained.out_dir, trained.key, tracking, f"{split_name}/{model}")
+                curve = trained.path / "learning_curve.png"
+                if curve.exists():
+                    report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
         if sweep_spec is not None:
             swept = run_sweeps(sweep_spec, fanout, data, matrices, memo, split_names, configs,
                                resolve_device(device), threads, top_k)
@@ -265,6 +273,12 @@ def model_configs(models: list[str], model_options: dict | None, seed: int, k: i
     if stray:
         raise RecsysError(f"model_options names {', '.join(stray)}, which {'is' if len(stray) == 1 else 'are'} "
                           f"not among the models to train ({', '.join(models)}); add it to models or drop its options")
+    for model in models:  # a blend of this flow's runs needs a rating model among them (or named members)
+        if getattr(registry.get(model).estimator, "trains_after_others", False) and not model_options.get(
+                model, {}).get("members") and not any(registry.get(m).estimator.rating_model and not getattr(
+                    registry.get(m).estimator, "trains_after_others", False) for m in models):
+            raise RecsysError(f"{model} blends the other rating models of the flow, and models names none; add "
+                              "some (e.g. mf knn-item svdpp) or name its members in model_options")
     configs = {}
     for model in models:
         registration = registry.get(model)
@@ -273,6 +287,12 @@ def model_configs(models: list[str], model_options: dict | None, seed: int, k: i
         registration.resolve(config)  # RecsysError: one sentence naming the model, the option and the value
         configs[model] = config
     return configs
+
+
+def registered(model: str):
+    from recsys_core import models as registry
+
+    return registry.get(model)
 
 
 def registered_models() -> list[str]:

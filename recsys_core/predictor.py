@@ -12,7 +12,9 @@ asks ``isinstance(p, FoldIn)`` instead of a model name:
 
 - ``FoldIn.fold_in(cols, values)``: scores for a user absent from training, from their ratings;
 - ``ItemVectors.item_vectors()``: one vector per item column (similar items, ``[n_items, d]``);
-- ``LinearScores.linear_scores()``: the model's scores as one product per user (a service precomputes it).
+- ``LinearScores.linear_scores()``: the model's scores as one product per user (a service precomputes it);
+- ``ItemSimilarities.item_similarities(cols)``: the model's own item-item similarities (similar items of a
+  neighbourhood model, which has no vector per item).
 
 A capability method may still refuse for one configuration of its model (I-AutoRec has no user to fold
 in; a squashed MF is not linear): ``fold_in`` then raises ``RecsysError``, ``linear_scores`` returns None.
@@ -57,6 +59,13 @@ class LinearScores(Protocol):
         """(users ``[n_users, d]``, weight ``[d, n_items]``, bias ``[n_items]``, offset ``[n_users]``), float32,
         such that ``score_rows(rows) == users[rows] @ weight + bias + offset[rows, None]``; None when this
         model's scores are not linear in a per-user vector."""
+        ...
+
+
+@runtime_checkable
+class ItemSimilarities(Protocol):
+    def item_similarities(self, cols: np.ndarray) -> np.ndarray:
+        """The similarity of each item column of ``cols`` to every item column: ``[len(cols), n_items]``."""
         ...
 
 

@@ -179,6 +179,7 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
     summary = {"train_seconds": round(train_seconds, 3), "device": str(dev), **thread_info}
     if world > 1:
         summary["processes"] = world
+    summary.update(result.get("report", {}))  # what a model reports of its fit (a blend: weights, members)
     if history is not None:
         write_json(run_dir / "history.json", {"valid_metric": estimator.valid_metric, **history})
         plot_learning_curve(history, estimator, run_dir / "learning_curve.png")

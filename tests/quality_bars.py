@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import math
 
-RATING_FACTOR = {"mf": 1.05, "mlp": 1.07, "autoencoder": 1.10, "autorec-item": 1.12, "autorec-user": 1.21}
+# knn-item and svdpp measured at their defaults on the same fixture: 1.080x and 1.043x the oracle (0.816 and 0.788
+# of the biases' RMSE)
+RATING_FACTOR = {"mf": 1.05, "mlp": 1.07, "autoencoder": 1.10, "autorec-item": 1.12, "autorec-user": 1.21,
+                 "knn-item": 1.10, "svdpp": 1.06}
 DEFAULT_FACTOR = 1.10  # a rating model with no measured factor above (a new one) is held to this
 BIAS_SHARE = 0.95    # test RMSE at most 95% of user+item bias's (the rating models measured 78-89%)
 HR_MARGIN = 0.15     # HR@10 above most-popular's by at least this (measured +0.22 to +0.37)

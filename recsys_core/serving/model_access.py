@@ -17,7 +17,7 @@ import numpy as np
 
 from recsys_core.errors import RecsysError
 from recsys_core.interactions import rating_range
-from recsys_core.predictor import FoldIn, ItemVectors, LinearScores
+from recsys_core.predictor import FoldIn, ItemSimilarities, ItemVectors, LinearScores
 
 
 class FoldInUnsupported(RecsysError):
@@ -75,6 +75,7 @@ class ServableModel:
         self.can_fold_in: bool = _folds_in(self.estimator, self.n_items)
         self.has_item_vectors: bool = isinstance(self.estimator, ItemVectors)
         self._item_vectors: np.ndarray | None = None
+        self.has_item_similarities: bool = isinstance(self.estimator, ItemSimilarities)  # knn-item
         self._linear: tuple | None = None   # see prepare_fast_scoring
         self._remote = None                 # the child process that folds users in (for_serving)
 
@@ -184,6 +185,10 @@ class ServableModel:
         return np.asarray(self.estimator.fold_in(cols[order], values[order]), np.float32)
 
     # --- item representations -----------------------------------------------------------------------------
+    def item_similarities(self, col: int) -> np.ndarray:
+        """The model's own similarity of item column ``col`` to every item (``[n_items]`` float32, a copy)."""
+        return np.array(self.estimator.item_similarities(np.array([col], np.int64))[0], np.float32)
+
     def item_vectors(self) -> np.ndarray:
         """Unit-length vector of every item (``[n_items, d]``), computed once."""
         if self._item_vectors is None:

@@ -234,11 +234,14 @@ class Champion:
         col = self.model.col_of(item_id)
         if col < 0:
             raise NotFound(f"item {item_id} is not in the catalogue of {self.name} version {self.version}")
-        try:
-            vectors = self.model.item_vectors()
-        except ItemVectorsUnsupported as err:
-            raise Unsupported(str(err)) from None
-        scores = vectors @ vectors[col]
+        if self.model.has_item_similarities:  # a neighbourhood model's own similarities (knn-item)
+            scores = self.model.item_similarities(col)
+        else:
+            try:
+                vectors = self.model.item_vectors()
+            except ItemVectorsUnsupported as err:
+                raise Unsupported(str(err)) from None
+            scores = vectors @ vectors[col]
         scores[col] = -np.inf
         return {**self._head(), "item_id": item_id, "title": self.model.titles[col],
                 "items": self._top(scores, k)}
