@@ -186,8 +186,6 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
         summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
                    "stopped_early": result["stopped_early"], "pruned_at_epoch": result.get("pruned"), **summary,
                    "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
-    if "blend" in result:  # a row model's blend toward the biases, chosen on valid after training
-        summary["blend"] = result["blend"]
     metrics = _evaluate_and_write(estimator, data, run_config, run_dir, summary)
     _write_recommendations(estimator, data, run_dir, int(config.k))
     return metrics

@@ -253,7 +253,7 @@ def test_the_blend_is_chosen_on_valid_and_travels_with_the_weights(rating_split,
 
     run = tmp_path / model
     metrics = train(rating_split.path, run, model, epochs=3, layers=[16], recall_users=0)
-    chosen = metrics["training"]["blend"]["bias_shrink"]
+    chosen = metrics["training"]["bias_blend"]["bias_shrink"]
     _, data, estimator = load_run(run)
     assert estimator.bias_shrink == chosen
     users, items, values = csr_triplets(data.valid)
@@ -263,5 +263,5 @@ def test_the_blend_is_chosen_on_valid_and_travels_with_the_weights(rating_split,
         estimator._prepare_blend(data, shrink)
         at[shrink] = rmse(np.clip(estimator.predict_pairs(users, items), low, high), values)
     best = min(at, key=lambda k: (at[k], k))
-    assert chosen == best and at[best] == pytest.approx(metrics["training"]["blend"]["valid_rmse"], abs=1e-6)
+    assert chosen == best and at[best] == pytest.approx(metrics["training"]["bias_blend"]["valid_rmse"], abs=1e-6)
     assert metrics["valid"]["rmse"] == pytest.approx(at[best], abs=1e-6)

@@ -300,8 +300,8 @@ class RowsEstimator(TorchEstimator):
 
     def fit(self, data, run_dir=None, resume: bool = False, on_epoch=None) -> dict:
         result = super().fit(data, run_dir, resume, on_epoch=on_epoch)
-        if self.config.blend_on_valid and data.valid.nnz:
-            result["blend"] = self.choose_blend()
+        if self.config.blend_on_valid and data.valid.nnz:  # reported in metrics.json's training.bias_blend
+            result.setdefault("report", {})["bias_blend"] = self.choose_blend()
         return result
 
     def choose_blend(self) -> dict:
