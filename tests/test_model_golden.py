@@ -3,7 +3,7 @@ gives the same metrics, training losses and valid curve as the golden values rec
 the redesign (tests/golden_metrics.json), to 1e-6 (2 torch threads may differ by ~1e-9 between runs).
 
 Re-record (only when a model's computation is meant to change, and say so in the commit):
-``.venv/bin/python tests/test_model_golden.py --record``
+``.venv/bin/python tests/test_model_golden.py --record [NAME ...]`` (only the named cases; all without names)
 
 Re-recorded on purpose:
 - issue 14 part 1 (the NCF test leak): gmf, ncf-mlp, neumf and neumf-on-ratings draw their training negatives
@@ -114,12 +114,15 @@ def test_model_reproduces_its_golden_metrics(splits, tmp_path, name):
 if __name__ == "__main__":
     import tempfile
 
-    if sys.argv[1:] != ["--record"]:
+    # --record [NAME ...]: re-record only the named cases (every case without names)
+    if sys.argv[1:2] != ["--record"] or not set(sys.argv[2:]) <= set(CASES):
         sys.exit(__doc__)
+    names = sys.argv[2:] or list(CASES)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         found = _splits(root)
-        golden = {name: run_case(root, found, name) for name in CASES}
+        golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+        golden.update({name: run_case(root, found, name) for name in names})
     GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
-    print(f"recorded {len(golden)} cases in {GOLDEN}")
+    print(f"recorded {', '.join(names)} in {GOLDEN}")
