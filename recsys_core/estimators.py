@@ -28,7 +28,8 @@ from recsys_core.distributed import local_part
 from recsys_core.evaluation import rmse
 from recsys_core.interactions import csr_triplets, rating_range
 from recsys_core.losses import observed_mse
-from recsys_core.options import ModelOptions
+from recsys_core.options import ModelOptions, option, options
+from recsys_core.training_loop import LoopOptions, uses_sparse_rows
 from recsys_core.training_loop import fit as fit_loop
 
 
@@ -153,12 +154,25 @@ class TorchEstimator(Estimator):
         return scope()
 
 
+@options
+class PairsOptions(LoopOptions):
+    """Options of the embedding models trained on (user, item) pairs (MF, MLP, NCF)."""
+
+    sparse: bool = option(True, "update only the embedding rows a batch touches: sparse gradients and a "
+                                "row-wise (lazy) step with adam or adagrad; sgd and rmsprop update every row")
+
+
 class PairsEstimator(TorchEstimator):
     """One (user, item, rating) per example (biased MF, the embedding MLP): the network maps
     ``(users, items)`` to ratings and has ``penalty(users, items)``; loss = MSE + l2 * penalty. A network
     with ``score_all(users)`` scores whole rows at once."""
 
     family = "pairs"
+
+    @property
+    def sparse_rows(self) -> bool:
+        """Whether the embedding tables take sparse gradients (``recsys_core.row_optim``)."""
+        return uses_sparse_rows(self.config)
 
     def prepare(self, data) -> None:
         rows, cols, values = csr_triplets(data.train)

@@ -31,6 +31,7 @@ from recsys_core.errors import RecsysError
 from recsys_core.io import atomic_file
 from recsys_core.options import ModelOptions, option, options
 from recsys_core.progress import progress_bar
+from recsys_core.row_optim import ROW_OPTIMIZERS, SplitOptimizer
 
 log = logging.getLogger("recsys_core")
 
@@ -68,10 +69,37 @@ class LoopOptions(ModelOptions):
                            "over all of them. Under torchrun the launcher's processes", low=1, resumable=True)
 
 
-def make_optimizer(model: torch.nn.Module, config: LoopOptions) -> torch.optim.Optimizer:
-    """Weight decay applies to weight matrices and embeddings, not to biases and scalars."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
+def sparse_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The tables whose gradients are row-sparse: embeddings made with ``sparse=True`` and whatever the
+    network names in ``row_sparse_parameters()``."""
+    found = [m.weight for m in model.modules()
+             if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse]
+    found += list(getattr(model, "row_sparse_parameters", lambda: [])())
+    return list({id(p): p for p in found}.values())
+
+
+def make_optimizer(model: torch.nn.Module, config: LoopOptions):
+    """Weight decay applies to weight matrices and embeddings, not to biases and scalars. Tables with
+    row-sparse gradients (``sparse_parameters``) get the row-wise step of ``recsys_core.row_optim`` (adam and
+    adagrad only), the rest the loop's optimizer; both behind one ``SplitOptimizer``."""
+    sparse = sparse_parameters(model)
+    if not sparse:
+        return _dense_optimizer(list(model.parameters()), config)
+    if config.optimizer not in ROW_OPTIMIZERS:
+        raise RecsysError(f"optimizer {config.optimizer} has no row-wise step for sparse gradients; choose "
+                          f"one of {', '.join(ROW_OPTIMIZERS)}")
+    ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in ids]
+    decay = float(config.weight_decay)
+    groups = [{"params": [p for p in sparse if p.dim() >= 2], "weight_decay": decay},
+              {"params": [p for p in sparse if p.dim() < 2], "weight_decay": 0.0}]
+    rowwise = ROW_OPTIMIZERS[config.optimizer]([g for g in groups if g["params"]], lr=float(config.lr))
+    return SplitOptimizer(_dense_optimizer(dense, config) if dense else None, rowwise)
+
+
+def _dense_optimizer(params: list, config: LoopOptions) -> torch.optim.Optimizer:
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": float(config.weight_decay)},
               {"params": other, "weight_decay": 0.0}]
     class_name, takes_momentum = OPTIMIZERS[config.optimizer]
@@ -82,6 +110,12 @@ def make_optimizer(model: torch.nn.Module, config: LoopOptions) -> torch.optim.O
         return optimizer_class(groups, lr=float(config.lr), fused=True, **extra)
     except (RuntimeError, TypeError, ValueError):
         return optimizer_class(groups, lr=float(config.lr), foreach=True, **extra)
+
+
+def uses_sparse_rows(config) -> bool:
+    """Whether an embedding model's tables take sparse gradients and the row-wise step: option ``sparse``
+    on and an optimizer that has a row-wise step (adam, adagrad)."""
+    return bool(getattr(config, "sparse", False)) and config.optimizer in ROW_OPTIMIZERS
 
 
 def lr_for_epoch(config: LoopOptions, epoch: int) -> float:

@@ -10,22 +10,21 @@ import torch
 from torch import nn
 
 from recsys_core.errors import RecsysError
-from recsys_core.estimators import PairsEstimator
+from recsys_core.estimators import PairsEstimator, PairsOptions
 from recsys_core.models import register
 from recsys_core.options import option, options
-from recsys_core.training_loop import LoopOptions
 
 
 class BiasedMF(nn.Module):
     """rating = mu + b_u + b_i + p_u . q_i, optionally squashed into the rating range by a scaled sigmoid."""
 
     def __init__(self, n_users: int, n_items: int, dim: int = 32, global_mean: float = 0.0,
-                 squash: bool = False, rating_range: tuple[float, float] = (1.0, 5.0)):
+                 squash: bool = False, rating_range: tuple[float, float] = (1.0, 5.0), sparse: bool = False):
         super().__init__()
-        self.user_factors = nn.Embedding(n_users, dim)
-        self.item_factors = nn.Embedding(n_items, dim)
-        self.user_bias = nn.Embedding(n_users, 1)
-        self.item_bias = nn.Embedding(n_items, 1)
+        self.user_factors = nn.Embedding(n_users, dim, sparse=sparse)
+        self.item_factors = nn.Embedding(n_items, dim, sparse=sparse)
+        self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
+        self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
         for emb in (self.user_factors, self.item_factors):
             nn.init.normal_(emb.weight, std=0.01)
         for emb in (self.user_bias, self.item_bias):
@@ -61,7 +60,7 @@ class BiasedMF(nn.Module):
 
 
 @options
-class MFOptions(LoopOptions):
+class MFOptions(PairsOptions):
     dim: int = option(16, "embedding size", low=1)
     l2: float = option(0.02, "per-example L2 on the embeddings and biases a batch touches", low=0)
     squash: bool = option(False, "squash the output into the rating range with a scaled sigmoid")
@@ -78,7 +77,8 @@ class MFOptions(LoopOptions):
 class MF(PairsEstimator):
     def build(self, dims: dict) -> BiasedMF:
         c = self.config
-        return BiasedMF(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.squash, dims["rating_range"])
+        return BiasedMF(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.squash, dims["rating_range"],
+                        self.sparse_rows)
 
     def item_vectors(self) -> np.ndarray:
         return self.model.item_factors.weight.detach().float().cpu().numpy()

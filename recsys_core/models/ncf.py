@@ -12,15 +12,14 @@ import torch
 from torch import nn
 
 from recsys_core.distributed import local_part
-from recsys_core.estimators import PairsEstimator
+from recsys_core.estimators import PairsEstimator, PairsOptions
 from recsys_core.evaluation import hit_rate_at_k, rank_of_positive
 from recsys_core.interactions import csr_triplets
 from recsys_core.losses import binary_cross_entropy
 from recsys_core.models import register
-from recsys_core.models.mlp import mlp_tower
+from recsys_core.models.mlp import mlp_tower, tower_grid
 from recsys_core.options import option, options
 from recsys_core.sampling import sample_negatives
-from recsys_core.training_loop import LoopOptions
 
 VALID_NEGATIVES = 99  # validation: the held-out item ranked among this many sampled non-interactions
 
@@ -29,7 +28,7 @@ class NCF(nn.Module):
     """``kind`` = "gmf" (p_u * q_i -> linear), "mlp" ([p_u, q_i] -> tower -> linear) or "neumf" (both, fused)."""
 
     def __init__(self, n_users: int, n_items: int, kind: str = "neumf", dim: int = 16,
-                 hidden: list[int] = (64, 32, 16), dropout: float = 0.0):
+                 hidden: list[int] = (64, 32, 16), dropout: float = 0.0, sparse: bool = False):
         super().__init__()
         if kind not in ("gmf", "mlp", "neumf"):
             raise ValueError(f"unknown NCF kind {kind!r}")
@@ -37,12 +36,12 @@ class NCF(nn.Module):
         hidden = list(hidden)
         width = 0
         if kind in ("gmf", "neumf"):
-            self.gmf_user = nn.Embedding(n_users, dim)
-            self.gmf_item = nn.Embedding(n_items, dim)
+            self.gmf_user = nn.Embedding(n_users, dim, sparse=sparse)
+            self.gmf_item = nn.Embedding(n_items, dim, sparse=sparse)
             width += dim
         if kind in ("mlp", "neumf"):
-            self.mlp_user = nn.Embedding(n_users, dim)
-            self.mlp_item = nn.Embedding(n_items, dim)
+            self.mlp_user = nn.Embedding(n_users, dim, sparse=sparse)
+            self.mlp_item = nn.Embedding(n_items, dim, sparse=sparse)
             self.tower = mlp_tower([2 * dim, *hidden], dropout)
             width += hidden[-1] if hidden else 2 * dim
         for emb in self.modules():
@@ -58,9 +57,23 @@ class NCF(nn.Module):
             parts.append(self.tower(torch.cat([self.mlp_user(users), self.mlp_item(items)], dim=-1)))
         return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
 
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Logits for every item, ``[len(users), n_items]`` (eval mode): GMF's part is one product with the
+        head's weights folded into the user side, the tower's is ``tower_grid``."""
+        weight = self.head.weight[0]
+        out = None
+        if self.kind in ("gmf", "neumf"):
+            dim = self.gmf_user.embedding_dim
+            out = (self.gmf_user(users) * weight[:dim]) @ self.gmf_item.weight.T
+            weight = weight[dim:]
+        if self.kind in ("mlp", "neumf"):
+            grid = tower_grid(self.tower, self.mlp_user(users), self.mlp_item.weight, weight)
+            out = grid if out is None else out.add_(grid)
+        return out.add_(self.head.bias)
+
 
 @options
-class NCFOptions(LoopOptions):
+class NCFOptions(PairsOptions):
     dim: int = option(16, "embedding size (of each part in NeuMF)", low=1)
     hidden: tuple[int, ...] = option((64, 32, 16), "hidden layer sizes of the MLP tower, e.g. 64,32,16", item_low=1)
     dropout: float = option(0.0, "dropout between hidden layers", low=0, high=1, high_open=True)
@@ -105,7 +118,7 @@ class NCFEstimator(PairsEstimator):
 
     def build(self, dims: dict) -> NCF:
         c = self.config
-        return NCF(dims["n_users"], dims["n_items"], self.kind, c.dim, list(c.hidden), c.dropout)
+        return NCF(dims["n_users"], dims["n_items"], self.kind, c.dim, list(c.hidden), c.dropout, self.sparse_rows)
 
     def prepare(self, data) -> None:
         super().prepare(data)
@@ -154,6 +167,9 @@ class NCFEstimator(PairsEstimator):
 
     def predict_pairs(self, rows, cols):
         return self._pairs_in_chunks(rows, cols, transform=torch.sigmoid)
+
+    def score_rows_tensor(self, rows):
+        return torch.sigmoid_(super().score_rows_tensor(rows))
 
     def item_vectors(self) -> np.ndarray:
         """The item embeddings of the parts the model has (GMF's and the MLP tower's side by side in NeuMF)."""

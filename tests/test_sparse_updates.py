@@ -1,0 +1,131 @@
+"""Row-sparse updates of the embedding models (recsys_core/row_optim.py) and their whole-catalogue scoring
+(``score_all``, issue 21): the row-wise steps compute what the dense optimizers compute where they must
+agree, touch nothing else, and ``score_all`` gives every pair's forward value."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from recsys_core import models
+from recsys_core.errors import RecsysError
+from recsys_core.models.mf import BiasedMF
+from recsys_core.models.mlp import EmbeddingMLP
+from recsys_core.models.ncf import NCF
+from recsys_core.row_optim import RowAdagrad, RowAdam, SplitOptimizer
+from recsys_core.training_loop import make_optimizer
+
+
+def _train(table: nn.Embedding, optimizer, batches, targets) -> torch.Tensor:
+    for rows, target in zip(batches, targets):
+        optimizer.zero_grad(set_to_none=True)
+        loss = ((table(rows) - target) ** 2).sum()
+        loss.backward()
+        optimizer.step()
+    return table.weight.detach().clone()
+
+
+def _tables(n: int = 12, dim: int = 3) -> tuple[nn.Embedding, nn.Embedding]:
+    torch.manual_seed(0)
+    dense = nn.Embedding(n, dim)
+    sparse = nn.Embedding(n, dim, sparse=True)
+    sparse.weight.data.copy_(dense.weight.data)
+    return dense, sparse
+
+
+def test_row_adagrad_equals_dense_adagrad():
+    """An untouched row's gradient is zero: dense Adagrad leaves it as it is too, so the two agree."""
+    dense, sparse = _tables()
+    batches = [torch.randint(0, 12, (7,)) for _ in range(20)]  # rows repeat within a batch and some never come
+    targets = [torch.randn(7, 3) for _ in range(20)]
+    expected = _train(dense, torch.optim.Adagrad(dense.parameters(), lr=0.1), batches, targets)
+    got = _train(sparse, RowAdagrad(sparse.parameters(), lr=0.1), batches, targets)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_row_adam_equals_dense_adam_when_every_row_is_touched():
+    dense, sparse = _tables()
+    batches = [torch.cat([torch.arange(12), torch.randint(0, 12, (5,))]) for _ in range(20)]
+    targets = [torch.randn(17, 3) for _ in range(20)]
+    expected = _train(dense, torch.optim.Adam(dense.parameters(), lr=0.05, weight_decay=0.1), batches, targets)
+    got = _train(sparse, RowAdam(sparse.parameters(), lr=0.05, weight_decay=0.1), batches, targets)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_row_adam_leaves_untouched_rows_and_their_moments_alone():
+    _, sparse = _tables()
+    optimizer = RowAdam(sparse.parameters(), lr=0.05, weight_decay=0.1)
+    before = sparse.weight.detach().clone()
+    _train(sparse, optimizer, [torch.tensor([1, 4, 4])] * 3, [torch.randn(3, 3)] * 3)
+    moved = (sparse.weight.detach() != before).any(1)
+    assert moved.nonzero().flatten().tolist() == [1, 4]
+    state = optimizer.state[sparse.weight]
+    assert (state["exp_avg"].abs().sum(1) > 0).nonzero().flatten().tolist() == [1, 4]
+    assert float(state["step"]) == 3
+
+
+def test_a_split_optimizer_round_trips_its_state():
+    """Resuming a run loads the optimizer state: a fresh optimizer given the state continues identically."""
+    torch.manual_seed(0)
+    model = EmbeddingMLP(10, 8, 4, (6,), 0.0, 3.0, sparse=True)
+    config = models.resolve_config("mlp", {"lr": 0.01})
+    optimizer = make_optimizer(model, config)
+    assert isinstance(optimizer, SplitOptimizer)
+    users, items = torch.tensor([0, 3, 3, 9]), torch.tensor([1, 1, 7, 2])
+
+    def step(opt):
+        opt.zero_grad(set_to_none=True)
+        (model(users, items) ** 2).mean().backward()
+        opt.step()
+
+    step(optimizer)
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = copy.deepcopy(optimizer.state_dict())  # the state holds the optimizer's live tensors
+    step(optimizer)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(saved_model)
+    again = make_optimizer(model, config)
+    again.load_state_dict(saved)
+    step(again)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_sparse_tables_need_an_optimizer_with_a_row_wise_step():
+    model = BiasedMF(5, 5, 2, sparse=True)
+    with pytest.raises(RecsysError, match="row-wise step"):
+        make_optimizer(model, models.resolve_config("mf", {"optimizer": "sgd"}))
+
+
+@pytest.mark.parametrize("name, options, sparse", [("mf", {}, True), ("mf", {"sparse": False}, False),
+                                                    ("mlp", {"optimizer": "sgd"}, False), ("neumf", {}, True)])
+def test_the_sparse_option_decides_the_tables(name, options, sparse):
+    estimator = models.create(name, **options)
+    assert estimator.sparse_rows is sparse
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EmbeddingMLP(30, 50, 8, (16, 8), 0.3, 3.5),
+    lambda: EmbeddingMLP(30, 50, 8, (), 0.3, 3.5),
+    lambda: NCF(30, 50, "gmf", 8),
+    lambda: NCF(30, 50, "mlp", 8, (16, 8), 0.2),
+    lambda: NCF(30, 50, "neumf", 8, (16, 8)),
+    lambda: NCF(30, 50, "mlp", 8, ()),
+], ids=["mlp", "mlp-no-hidden", "gmf", "ncf-mlp", "neumf", "ncf-mlp-no-hidden"])
+def test_score_all_equals_the_forward_of_every_pair(make, monkeypatch):
+    import recsys_core.models.mlp as mlp_module
+
+    monkeypatch.setattr(mlp_module, "GRID_FLOATS", 16 * 50 * 3)  # blocks of 3 users: the blocking is exercised
+    torch.manual_seed(0)
+    model = make()
+    for param in model.parameters():
+        nn.init.normal_(param, std=0.5)
+    model.eval()
+    users = torch.tensor([0, 5, 29, 5, 17, 2, 8])
+    with torch.no_grad():
+        grid = model.score_all(users)
+        pairs = model(users.repeat_interleave(50), torch.arange(50).repeat(len(users))).view(len(users), 50)
+    assert torch.allclose(grid, pairs, atol=1e-5)
