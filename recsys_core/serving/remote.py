@@ -160,6 +160,9 @@ def load_in_child(model, run_dir: Path, device: str, timeout_s: float = 3600.0) 
     model.global_mean = float(meta["global_mean"])
     model.popularity = arrays["popularity"]
     model.can_fold_in, model.has_item_vectors = bool(meta["can_fold_in"]), bool(meta["has_item_vectors"])
+    # a model loaded here has linear scores; a neighbourhood model's own similarities (knn-item) are not linear
+    # scores, so such a model is always loaded in the service's process
+    model.has_item_similarities = False
     model._linear = (arrays["users"], arrays["weight"], arrays["bias"], arrays["offset"])
     model._remote = FoldInWorker(conn, process)
     weakref.finalize(model, _stop, conn, process)
