@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.flow_support import sandbox_fixture, statuses  # noqa: F401 (the sandbox fixture)
+
+# a whole flow run (36 s of the fast lane's 210 s on the quiet machine): slow, as the other flow modules
+pytestmark = pytest.mark.slow
 
 
 def test_flow_trains_the_blend_after_its_members(sandbox, tmp_path):
