@@ -40,12 +40,13 @@ from recsys_core.split import check_options as check_split_options  # noqa: E402
 from recsys_core.sweep import load_sweep_file, parse_sweep  # noqa: E402
 from recsys_core.threads import check_threads  # noqa: E402
 from recsys_core.tracking import require as require_mlflow  # noqa: E402
-from tasks import plan, report, schedule, sweeps  # noqa: E402
+from tasks import plan, report, schedule  # noqa: E402
 from tasks.caching import hash_memo  # noqa: E402
 from tasks.fanout import RUNNERS, Call, Fanout, check_runner  # noqa: E402
 from tasks.logs import forward_library_logs, quiet_user_error_tracebacks  # noqa: E402
 from tasks.stages import convert_task, matrices_task, split_task, synth_task, train_task  # noqa: E402
-from tasks.sweeps import run_sweeps  # noqa: E402
+from tasks.sweep import run_sweeps  # noqa: E402
+from tasks.sweep import summary_rows as sweep_summary_rows  # noqa: E402
 from tasks.tracking import track_task, tracking_uri  # noqa: E402
 
 UNTIL = ("convert", "split", "matrices", "train")
@@ -107,7 +108,7 @@ def full_pipeline(
         if stray:
             configs.update(model_configs(stray, None, seed=seed, k=top_k))
     if registry_model:
-        from tasks.promote import check_options
+        from tasks.promotion import check_options
 
         check_options(registry_model, promotion_margin, list(splits) if protocol == "netflix-time" else None)
     data = Path(data_dir).resolve()
@@ -191,7 +192,7 @@ def full_pipeline(
             swept = run_sweeps(sweep_spec, fanout, data, matrices, memo, split_names, configs,
                                resolve_device(device), threads, top_k)
             run.report["stages"].extend(swept.stages)
-            run.report["sweep"] = sweeps.summary_rows(swept.rows)
+            run.report["sweep"] = sweep_summary_rows(swept.rows)
             run.report["sweep_chosen"] = swept.chosen
             run.artifacts.update(swept.files)
             report.publish_table("recsys-sweep", run.report["sweep"], "every sweep trial: options, valid and test "
@@ -215,8 +216,8 @@ def full_pipeline(
     run.report["runs"] = report.run_rows(data)
     report.publish_table("recsys-runs", run.report["runs"], "every training run under the data dir: model, split, "
                          "options, valid/test metrics, seconds (compare runs here)")
-    if registry_model:  # champion vs challenger: promote only a better model (tasks/promote.py, docs/serving.md)
-        from tasks.promote import promote_runs
+    if registry_model:  # champion vs challenger: promote only a better model (tasks/promotion.py, docs/serving.md)
+        from tasks.promotion import promote_runs
 
         decisions = promote_runs(data, registry_model, runs, promotion_margin, top_k, resolve_device(device),
                                  splits_spec.out_dir)

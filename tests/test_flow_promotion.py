@@ -56,7 +56,7 @@ def test_flow_promotes_then_keeps_an_unchanged_champion(api, tmp_path):
 
 
 def test_one_registry_name_for_several_splits_needs_the_placeholder():
-    from tasks.promote import registry_names
+    from tasks.promotion import registry_names
 
     assert registry_names("netflix-{split}", ["N3M", "NF"]) == {"N3M": "netflix-N3M", "NF": "netflix-NF"}
     assert registry_names("netflix", ["N3M"]) == {"N3M": "netflix"}
