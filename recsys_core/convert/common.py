@@ -164,7 +164,8 @@ def write_catalogue(path: Path, item_ids: list[int], titles: list[str | None], y
         log.warning("%d rated items have no line in %s (first: %d); catalogued without a title",
                     len(missing), titles_label, missing[0])
         item_ids = item_ids + missing
-        titles, years, genres = (column + [None] * len(missing) for column in (titles, years, genres))
+        pad = [None] * len(missing)
+        titles, years, genres = titles + pad, years + pad, genres + pad
     order = np.argsort(np.array(item_ids, dtype=np.int64), kind="stable").tolist()
     table = pa.Table.from_arrays(
         [

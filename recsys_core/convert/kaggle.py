@@ -21,7 +21,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator, Protocol, cast
 
 from recsys_core.convert.common import UTF8_BOM, RatingsSink, Timings, trailing_blank_start
 from recsys_core.convert.netflix import (
@@ -46,12 +46,23 @@ _ZIP_ERRORS = (*ARCHIVE_ERRORS, zipfile.BadZipFile, zipfile.LargeZipFile)
 _READ_BYTES = 16 << 20  # bytes of a combined file read per round
 
 
+class _Stream(Protocol):
+    """An unbuffered file or a zip member (typeshed types ZipFile.open as IO[bytes], which lacks the
+    readinto of the ZipExtFile it returns)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+    def __enter__(self) -> _Stream: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 @dataclass
 class _Combined:
     label: str  # how messages name the file: its path, or "ARCHIVE member NAME"
     number: int  # N of combined_data_N.txt (the files are read in this order)
     size: int  # bytes (uncompressed)
-    open: Callable[[], BinaryIO]
+    open: Callable[[], _Stream]
     archive: str | None = None  # the zip holding it, and its name there
     member: str | None = None
 
@@ -131,7 +142,7 @@ class _BlockReader:
         with stream:
             yield from self._blocks(source, stream, bar)
 
-    def _blocks(self, source: _Combined, stream: BinaryIO, bar) -> Iterator[_MovieFile]:
+    def _blocks(self, source: _Combined, stream: _Stream, bar) -> Iterator[_MovieFile]:
         label = source.label
         fill, line_of_start, at_file_start, eof = 0, 1, True, False
         while not eof or fill:
@@ -227,7 +238,7 @@ def _folder_sources(folder: Path) -> list[_Combined]:
 def _zip_sources(archive: zipfile.ZipFile, label: str) -> list[_Combined]:
     infos = {info.filename: info for info in archive.infolist()}
     return [_Combined(f"{label} member {name}", number, infos[name].file_size,
-                      lambda name=name: archive.open(infos[name]), label, name)
+                      lambda name=name: cast(_Stream, archive.open(infos[name])), label, name)
             for number, name in combined_names(infos)]
 
 

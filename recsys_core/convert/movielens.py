@@ -161,20 +161,24 @@ def find_format(folder: Path) -> MovieLensFormat | None:
 
 def _read_frame(path: Path, fmt: MovieLensFormat) -> pl.DataFrame:
     """Parse the whole ratings file into columns user, item, rating, timestamp (raises on a bad line)."""
-    common = dict(has_header=False, quote_char=None, raise_if_empty=False)
     if fmt.source == "movielens-100k":
         schema = {"user": pl.Int32, "item": pl.Int32, "rating": pl.Int8, "timestamp": pl.Int64}
-        return pl.read_csv(path, separator="\t", schema=schema, **common)
+        return _read_csv(path, "\t", schema)
     if fmt.source == "movielens-1m":
         # '::' separated: read with ':' as separator, the empty fields between must stay empty.
         schema = {"user": pl.Int32, "gap1": pl.String, "item": pl.Int32, "gap2": pl.String, "rating": pl.Int8,
                   "gap3": pl.String, "timestamp": pl.Int64}
-        frame = pl.read_csv(path, separator=":", schema=schema, **common)
+        frame = _read_csv(path, ":", schema)
         if frame.select(pl.any_horizontal(pl.col("gap1", "gap2", "gap3").is_not_null()).any()).item():
             raise ValueError("a field separator is not '::'")
         return frame.drop("gap1", "gap2", "gap3")
     schema = {"user": pl.Int32, "item": pl.Int32, "rating": pl.Float64, "timestamp": pl.Int64}
-    return pl.read_csv(path, schema=schema, skip_rows=1, **common)
+    return _read_csv(path, ",", schema, skip_rows=1)
+
+
+def _read_csv(path: Path, separator: str, schema: dict, skip_rows: int = 0) -> pl.DataFrame:
+    return pl.read_csv(path, separator=separator, schema=schema, skip_rows=skip_rows, has_header=False,
+                       quote_char=None, raise_if_empty=False)
 
 
 def _line_problem(line: str, fmt: MovieLensFormat) -> str | None:
@@ -260,11 +264,11 @@ def _check_frame(frame: pl.DataFrame, fmt: MovieLensFormat) -> str | None:
     if not ratings.is_finite().all():  # 'nan', 'NaN', 'inf' parse as floats
         return "rating not a number"
     steps = (ratings - fmt.scale.minimum) / fmt.scale.step
-    if ratings.min() < fmt.scale.minimum or ratings.max() > fmt.scale.maximum or (steps != steps.round()).any():
+    if (ratings < fmt.scale.minimum).any() or (ratings > fmt.scale.maximum).any() or (steps != steps.round()).any():
         return "rating outside the scale"
-    if frame["user"].min() <= 0 or frame["item"].min() <= 0:
+    if (frame["user"] <= 0).any() or (frame["item"] <= 0).any():
         return "id out of range"
-    if frame["timestamp"].min() < FIRST_SECOND or frame["timestamp"].max() >= END_SECOND:
+    if (frame["timestamp"] < FIRST_SECOND).any() or (frame["timestamp"] >= END_SECOND).any():
         return "timestamp outside the accepted period"
     return None
 
@@ -274,8 +278,8 @@ def _duplicate_error(frame: pl.DataFrame, path: Path, fmt: MovieLensFormat) -> I
     repeated = ~keys.is_first_distinct()
     if not repeated.any():
         return None
-    second = int(repeated.arg_max())
-    first = int((keys == keys[second]).arg_max())
+    second = int(repeated.arg_max() or 0)  # a True exists: arg_max is its index, never None
+    first = int((keys == keys[second]).arg_max() or 0)
     user, item = int(frame["user"][second]), int(frame["item"][second])
     return InputError(path, f"user {user} rated movie {item} already on line {first + fmt.header_lines + 1} "
                             "(duplicate rating)", second + fmt.header_lines + 1)

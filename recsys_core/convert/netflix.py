@@ -150,20 +150,19 @@ def _load_from_bytes(data: bytes) -> Callable[[memoryview], tuple[bytes, int]]:
 
 def _folder_files(folder: Path) -> tuple[int, Iterator[_MovieFile]]:
     # By movie id (the order of the distribution's tar, also for names without zero padding).
-    names = sorted((name for name in os.listdir(folder) if _movie_id_of(name) is not None),
-                   key=lambda name: (_movie_id_of(name), name))
+    names = sorted((movie_id, name) for name in os.listdir(folder) if (movie_id := _movie_id_of(name)) is not None)
     if not names:
         raise InputError(folder, "holds no rating files named mv_NNNNNNN.txt")
 
     def entries() -> Iterator[_MovieFile]:
-        for name in names:
+        for movie_id, name in names:
             path = folder / name
             fd = os.open(path, os.O_RDONLY)
             try:
                 status = os.fstat(fd)
                 if not stat.S_ISREG(status.st_mode):
                     raise InputError(path, "is not a regular file")
-                yield _MovieFile(str(path), _movie_id_of(name), status.st_size,
+                yield _MovieFile(str(path), movie_id, status.st_size,
                                  _load_by_offset(fd, 0, status.st_size, str(path)))
             finally:
                 os.close(fd)
@@ -179,7 +178,7 @@ class _CheckedTarInfo(tarfile.TarInfo):
     def fromtarfile(cls, archive):
         try:
             return super().fromtarfile(archive)
-        except tarfile.EOFHeaderError:
+        except tarfile.EOFHeaderError:  # pyright: ignore[reportAttributeAccessIssue]  # real, missing from typeshed
             archive.end_marker_seen = True
             raise
 
@@ -218,6 +217,13 @@ def _member_movie_id(member: tarfile.TarInfo, label: str) -> int | None:
     if movie_id is not None and not member.isfile():
         raise InputError(label, f"member {member.name} is not a regular file")
     return movie_id
+
+
+def _member_bytes(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = archive.extractfile(member)
+    if handle is None:  # callers pass regular files only; extractfile answers None for others
+        raise ValueError(f"member {member.name} is not a regular file")
+    return handle.read()
 
 
 def _tar_files(tar_path: Path) -> tuple[int, Iterator[_MovieFile]]:
@@ -260,7 +266,7 @@ def _streamed_tar_files(fileobj, label: str) -> Iterator[_MovieFile]:
             continue
         found = True
         try:
-            data = archive.extractfile(member).read()
+            data = _member_bytes(archive, member)
         except ARCHIVE_ERRORS as err:
             raise archive_error(label, err, member.name) from None
         yield _MovieFile(f"{label} member {member.name}", movie_id, len(data), _load_from_bytes(data))
@@ -316,7 +322,8 @@ def _read_batches(entries: Iterator[_MovieFile], batch_bytes: int, timings: Timi
         batch = _Batch(bytes(view[:fill]), labels[:], np.array(movie_ids, dtype=np.int32),
                        np.array(counts, dtype=np.int64), np.array(starts + [fill], dtype=np.int64),
                        np.array(first_lines, dtype=np.int64))
-        labels.clear(), movie_ids.clear(), counts.clear(), starts.clear(), first_lines.clear()
+        for column in (labels, movie_ids, counts, starts, first_lines):
+            column.clear()
         return batch
 
     for entry in entries:
@@ -574,6 +581,7 @@ def convert_netflix(netflix: NetflixInput, out_dir: Path, sink: RatingsSink, tim
         if netflix.kind == "tar.gz":
             titles = _convert_tar_gz(netflix.path, pipeline, batch_bytes, timings)
         else:
+            assert netflix.titles is not None  # find_input names the titles file of every kind but tar.gz
             titles = _read_titles_file(netflix.titles)  # before the long part: fail early
             total, entries = (_folder_files if netflix.kind == "folder" else _tar_files)(netflix.path)
             _run(entries, total, pipeline, batch_bytes, timings)
@@ -607,7 +615,7 @@ def _convert_tar_gz(path: Path, pipeline: _Pipeline, batch_bytes: int, timings: 
         for member in _archive_members(outer, label):
             base = member.name.rsplit("/", 1)[-1]
             if base == TITLES_NAME and member.isfile():
-                data = outer.extractfile(member).read()
+                data = _member_bytes(outer, member)
                 titles = parse_titles(data, f"{label} member {member.name}")
             elif base == TRAINING_TAR and member.isfile():
                 saw_training = True

@@ -49,7 +49,9 @@ def split_chrono(ratings_dir: Path, out_dir: Path, train_share: float = 0.8, val
         raise InputError(path, "holds no ratings")
     users = table.column("user_id").to_numpy()
     items = table.column("item_id").to_numpy()
-    frame = pl.from_arrow(table).with_columns(
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)  # a Table gives a frame (polars' overloads cannot see pyarrow's types)
+    frame = frame.with_columns(
         pl.Series("_tie", hash_unit(seed, SALT_CHRONO_TIES, users, items)),
         pl.Series("_row", np.arange(table.num_rows, dtype=np.int64)),
     )

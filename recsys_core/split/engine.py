@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from recsys_core.errors import RecsysError
 from recsys_core.idset import IdSet
@@ -104,8 +103,9 @@ def stream_split(ratings_dir: Path, out_dir: Path, protocol: str,
         users = {r.name: IdSet() for r in routes}
         items = {r.name: IdSet() for r in routes}
         train_rows = {r.name: 0 for r in routes}
-        train_low: dict[str, int | None] = {r.name: None for r in routes}
-        train_high: dict[str, int | None] = {r.name: None for r in routes}
+        # first and last tick of each train part (an empty train part is refused below)
+        train_low = {r.name: np.iinfo(np.int64).max for r in routes}
+        train_high = {r.name: np.iinfo(np.int64).min for r in routes}
         heldout_keys = {r.name: (r.heldout_key if r.heldout_key is not None else ("route", r.name)) for r in routes}
         heldout: dict[object, list[pa.RecordBatch]] = {key: [] for key in heldout_keys.values()}
         phases.lap("open")
@@ -130,10 +130,9 @@ def stream_split(ratings_dir: Path, out_dir: Path, protocol: str,
                         users[name].add(part.column(0).to_numpy())
                         items[name].add(part.column(1).to_numpy())
                         train_rows[name] += kept
-                        low_high = pc.min_max(part.column(3).cast(pa.int64()))
-                        low, high = low_high["min"].as_py(), low_high["max"].as_py()
-                        train_low[name] = low if train_low[name] is None else min(train_low[name], low)
-                        train_high[name] = high if train_high[name] is None else max(train_high[name], high)
+                        kept_ticks = part.column(3).cast(pa.int64()).to_numpy()
+                        train_low[name] = min(train_low[name], int(kept_ticks.min()))
+                        train_high[name] = max(train_high[name], int(kept_ticks.max()))
                     key = heldout_keys[name]
                     if key not in held_done:
                         held_done.add(key)

@@ -46,6 +46,7 @@ def split_leave_one_out(ratings_dir: Path, out_dir: Path, valid: bool = True, ne
     if table.num_rows == 0:
         raise InputError(path, "holds no ratings")
     frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)  # a Table gives a frame (polars' overloads cannot see pyarrow's types)
     # one int64 that orders by (timestamp, item_id): seconds * 2^32 + (item_id + 2^31)
     later = pl.col("timestamp").dt.epoch("s") * (1 << 32) + (pl.col("item_id").cast(pl.Int64) + (1 << 31))
     ranked = frame.with_columns(

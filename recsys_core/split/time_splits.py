@@ -156,7 +156,7 @@ def check_time_options(train_start: str | None = None, train_end: str | None = N
     if missing:
         raise RecsysError(f"protocol time needs --quantile or all four dates; missing {', '.join(missing)}")
     try:
-        parsed = {k: dt.date.fromisoformat(v) for k, v in dates.items()}
+        parsed = {k: dt.date.fromisoformat(v) for k, v in dates.items() if v is not None}  # none missing
     except (TypeError, ValueError) as err:
         raise RecsysError(f"dates must be YYYY-MM-DD ({err})") from None
     check_time_split(TimeSplit("time", **parsed), None, Path("."))
@@ -180,7 +180,8 @@ def split_time(ratings_dir: Path, out_dir: Path, train_start: str | None = None,
     params = {"seed": seed, "valid": rule, **({} if valid_share is None else {"valid_share": valid_share})}
     if quantile is not None:
         return _split_time_quantile(ratings_dir, out_dir, path, quantile, seed, valid_share, params)
-    spec = TimeSplit("time", **{k: dt.date.fromisoformat(v) for k, v in dates.items()})
+    # no quantile: check_time_options saw all four dates
+    spec = TimeSplit("time", **{k: dt.date.fromisoformat(v) for k, v in dates.items() if v is not None})
     check_time_split(spec, time_range(path), path)
     if valid_share is not None:
         return stream_split(ratings_dir, out_dir, "time",
@@ -191,13 +192,13 @@ def split_time(ratings_dir: Path, out_dir: Path, train_start: str | None = None,
         raise RecsysError(f"split time: train range {spec.train_start}..{spec.train_end} is too short to give its "
                           f"last {days} days (the test period's length) to valid and keep a train day; start train "
                           f"earlier, or give --valid-share (0 for no valid set)")
-    train_end = valid_start - dt.timedelta(days=1)
-    params = {"train_start": spec.train_start.isoformat(), "train_end": train_end.isoformat(),
+    train_last = valid_start - dt.timedelta(days=1)
+    params = {"train_start": spec.train_start.isoformat(), "train_end": train_last.isoformat(),
               "valid_start": valid_start.isoformat(), "valid_end": spec.train_end.isoformat(),
               "test_start": spec.test_start.isoformat(), "test_end": spec.test_end.isoformat(), **params}
 
     def routes(per_second: int) -> list[Route]:
-        train_lo, _ = _bounds(spec.train_start, train_end, per_second)
+        train_lo, _ = _bounds(spec.train_start, train_last, per_second)
         valid_lo, valid_hi = _bounds(valid_start, spec.train_end, per_second)
         test_lo, test_hi = _bounds(spec.test_start, spec.test_end, per_second)
         return [Route(
@@ -229,6 +230,7 @@ def _split_time_quantile(ratings_dir: Path, out_dir: Path, path: Path, quantile:
     def routes(per_second: int) -> list[Route]:
         at = cut * per_second // cut_per_second  # the same instant in the unit the stream reads
         if valid_cut is None:
+            assert valid_share is not None  # no valid cut: valid is a share of the test period
             train_mask = lambda t, u, i: t < at  # noqa: E731
             to_valid = _hashed_valid(seed, valid_share)
         else:

@@ -6,6 +6,7 @@ import logging
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,10 +20,12 @@ log = logging.getLogger("recsys_core")
 # and days but not for the ~500K user ids (it costs a third of the write time there for nothing).
 PARQUET_COMPRESSION = "lz4"
 PARQUET_DICTIONARY = ["item_id", "rating", "timestamp"]
+# pyarrow annotates use_dictionary as bool; it also takes (and documents) a list of column names.
+_USE_DICTIONARY = cast(bool, PARQUET_DICTIONARY)
 
 
 def write_parquet(table: pa.Table, dest: Path) -> None:
-    pq.write_table(table, dest, compression=PARQUET_COMPRESSION, use_dictionary=PARQUET_DICTIONARY)
+    pq.write_table(table, dest, compression=PARQUET_COMPRESSION, use_dictionary=_USE_DICTIONARY)
 
 
 class TrainWriter:
@@ -30,7 +33,7 @@ class TrainWriter:
 
     def __init__(self, dest: Path, schema: pa.Schema):
         self._writer = pq.ParquetWriter(dest, schema, compression=PARQUET_COMPRESSION,
-                                        use_dictionary=PARQUET_DICTIONARY)
+                                        use_dictionary=_USE_DICTIONARY)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-writer")
         self._pending: Future | None = None
 
