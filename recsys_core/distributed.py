@@ -21,9 +21,12 @@ after training, every file of the run folder; the others only train.
 
 from __future__ import annotations
 
+import ctypes
+import inspect
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from recsys_core.errors import RecsysError
 
@@ -64,16 +68,12 @@ class DistContext:
         one call. Buffers (constants here) are not re-broadcast at every call."""
         if not self.enabled:
             return lambda compute: compute()
-        import inspect
-
-        from torch.nn.parallel import DistributedDataParallel
-
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
         # torch 2.13 renamed broadcast_buffers (deprecated there) forward_sync_buffers; older ones know the old
-        no_buffer_sync = ({"forward_sync_buffers": False}
-                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                          else {"broadcast_buffers": False})
-        ddp = DistributedDataParallel(_Compute(model), device_ids=[self.device.index] if self.device.type == "cuda"
-                                      else None, **no_buffer_sync)
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+            ddp = DistributedDataParallel(_Compute(model), device_ids=device_ids, forward_sync_buffers=False)
+        else:
+            ddp = DistributedDataParallel(_Compute(model), device_ids=device_ids, broadcast_buffers=False)
         return lambda compute: ddp(compute)
 
     # --- collectives (no-ops in a single process) ------------------------------------------------------
@@ -282,8 +282,6 @@ def spawn(nproc: int, device: torch.device, fn: Callable[..., Any], *args, threa
 
 
 def _loopback_interface() -> str | None:
-    import socket
-
     try:
         names = [name for _, name in socket.if_nameindex()]
     except (OSError, AttributeError):
@@ -321,8 +319,6 @@ def _die_with_parent(parent: int) -> None:
     """Linux: this process gets SIGTERM when the process that spawned it dies (even by SIGKILL); one that
     died before this line ran (this process's parent is no longer ``parent``) ends it here."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return

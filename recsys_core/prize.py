@@ -23,9 +23,9 @@ import logging
 import re
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, ContextManager, Iterator
+from typing import IO, Callable, ContextManager, Iterator
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class PrizeFile:
     label: str  # how messages name it: its path, or "ARCHIVE member NAME"
     name: str  # its name inside the source (probe.txt, download/probe.txt)
     holder: Path  # the file on disk that holds it (itself or the archive): what a cache key hashes
-    open: Callable[[], ContextManager[BinaryIO]]
+    open: Callable[[], ContextManager[IO[bytes]]]
 
 
 def _plain(path: Path, name: str) -> PrizeFile:
@@ -68,12 +68,15 @@ def _plain(path: Path, name: str) -> PrizeFile:
 
 
 @contextlib.contextmanager
-def _tar_gz_member(path: Path, member_name: str) -> Iterator[BinaryIO]:
+def _tar_gz_member(path: Path, member_name: str) -> Iterator[IO[bytes]]:
     """The member of a .tar.gz as a stream (the archive is read up to it; nothing is extracted)."""
     with gzip.GzipFile(path, "rb") as compressed, tarfile.open(fileobj=compressed, mode="r|") as archive:
         for member in archive:
             if member.name == member_name:
-                yield archive.extractfile(member)
+                stream = archive.extractfile(member)
+                if stream is None:  # found by _tar_gz_find, a regular file: extractfile gives None for others
+                    raise InputError(path, f"member {member_name} is not a regular file")
+                yield stream
                 return
     raise InputError(path, f"holds no member {member_name}")
 
@@ -163,7 +166,7 @@ class Chunk:
     lines: np.ndarray  # int64 line number of each line in the file (1-based)
 
 
-def _blocks(stream: BinaryIO, label: str) -> Iterator[bytes]:
+def _blocks(stream: IO[bytes], label: str) -> Iterator[bytes]:
     """The stream in blocks of ~4 MB cut after a line end (the last block gets one if it lacks it)."""
     rest = b""
     try:
@@ -189,7 +192,7 @@ class _State:
 
     movie: int | None = None  # the movie of the block being read
     line: int = 0  # lines read so far
-    seen_movies: dict | None = None  # movie id -> line of its header
+    seen_movies: dict[int, int] = field(default_factory=dict)  # movie id -> line of its header
 
 
 def _parse_int(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
@@ -435,13 +438,15 @@ def score_submission(predictions: str | Path, truth: str | Path) -> SubmissionSc
     if n == 0:
         raise InputError(truth, "holds no rating")
 
-    def root(total: float, count: int) -> float | None:
-        return float(np.sqrt(total / count)) if count else None
+    def root(total: float, count: int) -> float:
+        return float(np.sqrt(total / count))
 
-    return SubmissionScore(root(sums["quiz"][0] + sums["test"][0], n), root(*sums["quiz"]), root(*sums["test"]), n)
+    quiz, test = sums["quiz"], sums["test"]
+    return SubmissionScore(root(quiz[0] + test[0], n), root(*quiz) if quiz[1] else None,
+                           root(*test) if test[1] else None, n)
 
 
-def _all_lines(stream: BinaryIO) -> Iterator[bytes | None]:
+def _all_lines(stream: IO[bytes]) -> Iterator[bytes | None]:
     """Lines without their ends, then None forever (so that ``zip`` notices the shorter file)."""
     for line in stream:
         line = line.rstrip(b"\r\n")

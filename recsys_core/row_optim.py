@@ -25,9 +25,8 @@ import math
 import torch
 
 
-def _rows_and_values(param: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(unique rows, their gradient rows) of a sparse gradient (duplicates summed); (None, grad) if dense."""
-    grad = param.grad
     if not grad.is_sparse:
         return None, grad
     grad = grad.coalesce()
@@ -49,6 +48,7 @@ class RowAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
+                rows, grad = _rows_and_values(param.grad)
                 state = self.state[param]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float64)
@@ -56,7 +56,6 @@ class RowAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
                 step = float(state["step"])
-                rows, grad = _rows_and_values(param)
                 table = param if rows is None else param.index_select(0, rows)
                 if decay:
                     grad = grad.add(table, alpha=decay)
@@ -92,7 +91,7 @@ class RowAdagrad(torch.optim.Optimizer):
                 state = self.state[param]
                 if not state:
                     state["sum"] = torch.zeros_like(param)
-                rows, grad = _rows_and_values(param)
+                rows, grad = _rows_and_values(param.grad)
                 if decay:
                     grad = grad.add(param if rows is None else param.index_select(0, rows), alpha=decay)
                 if rows is None:
@@ -111,7 +110,7 @@ class SplitOptimizer:
     """A dense optimizer and a row-wise one as one: the loop sets ``lr`` through ``param_groups`` (both
     optimizers' groups), steps, zeroes and checkpoints them together."""
 
-    def __init__(self, *parts: torch.optim.Optimizer):
+    def __init__(self, *parts: torch.optim.Optimizer | None):
         self.parts = [part for part in parts if part is not None]
 
     @property

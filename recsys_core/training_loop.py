@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ class LoopOptions(ModelOptions):
                            "over all of them. Under torchrun the launcher's processes", low=1, resumable=True)
 
 
-def sparse_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+def sparse_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
     """The tables whose gradients are row-sparse: embeddings made with ``sparse=True`` and whatever the
     network names in ``row_sparse_parameters()``."""
     found = [m.weight for m in model.modules()
@@ -125,7 +126,7 @@ def lr_for_epoch(config: LoopOptions, epoch: int) -> float:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, torch.Tensor | list[torch.Tensor]] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -180,11 +181,11 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
     if resume and checkpoint_path is None:
         raise RecsysError("resuming needs the run folder that holds the checkpoint")
     history = new_history()
-    state = {"best_valid": None, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
+    state: dict[str, Any] = {"best_valid": None, "best_epoch": 0, "best_model": None, "bad_epochs": 0,
              "stopped_early": False, "reference_loss": None, "pruned": None}
     ctx = distributed.current()
     start_epoch = 1
-    if resume:
+    if resume and checkpoint_path is not None:  # (resume without one was refused above)
         ckpt = load_checkpoint(checkpoint_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -291,12 +292,15 @@ def _drain(pending: list, totals: dict, state: dict, epoch: int, config: LoopOpt
 
 
 def _check_loss(value: float, state: dict, epoch: int, batch: int, config: LoopOptions, lr: float) -> None:
-    if state["reference_loss"] is None and math.isfinite(value):
-        state["reference_loss"] = max(value, 1e-8)
-    if not math.isfinite(value) or value > EXPLODE_FACTOR * state["reference_loss"]:
+    reference = state["reference_loss"]
+    if reference is None and math.isfinite(value):
+        reference = state["reference_loss"] = max(value, 1e-8)
+    if reference is None or not math.isfinite(value) or value > EXPLODE_FACTOR * reference:
+        # (no reference: the very first loss was not finite)
+        first = "not finite either" if reference is None else f"{reference:.4g}"
         raise RecsysError(
             f"training diverged in epoch {epoch}, batch {batch}: the loss became {value:.4g} "
-            f"(first loss {state['reference_loss']:.4g}) with optimizer {config.optimizer} at lr {lr:g}; "
+            f"(first loss {first}) with optimizer {config.optimizer} at lr {lr:g}; "
             f"lower --lr (the checkpoint of epoch {epoch - 1} is intact)")
 
 

@@ -57,7 +57,7 @@ from recsys_core.serving.service import (
 log = logging.getLogger("recsys_core.serving")
 
 STATUS = {NotFound: 404, BadRequest: 422, Unsupported: 409, NoChampion: 503, TooLarge: 413}
-ID = dict(ge=-2**31, le=2**31 - 1)  # raw ids are int32 in every stage's schema
+ID_MIN, ID_MAX = -2**31, 2**31 - 1  # raw ids are int32 in every stage's schema
 MAX_BODY_BYTES = 1 << 20           # default limit of a request body (1 MiB: ~50,000 ratings of JSON)
 MAX_HEADER_BYTES = 16 << 10        # default limit of all request headers together (uvicorn's h11 default)
 OPEN = ("/health",)                # the routes that never need the API key (probes)
@@ -240,7 +240,7 @@ def create_app(registry_dir: str, name: str, device: str = "cpu", watch_interval
         return JSONAnswer(holder.require().describe())
 
     @app.get("/users/{user_id}/recommendations")
-    async def user_recommendations(user_id: int = Path(**ID), k: int = Query(10, ge=1, le=MAX_K)):
+    async def user_recommendations(user_id: int = Path(ge=ID_MIN, le=ID_MAX), k: int = Query(10, ge=1, le=MAX_K)):
         return JSONAnswer(holder.require().recommend_user(user_id, k))
 
     @app.post("/recommendations")
@@ -249,7 +249,7 @@ def create_app(registry_dir: str, name: str, device: str = "cpu", watch_interval
         return JSONAnswer(holder.require().recommend_ratings(ratings, k))
 
     @app.get("/items/{item_id}/similar")
-    async def similar_items(item_id: int = Path(**ID), k: int = Query(10, ge=1, le=MAX_K)):
+    async def similar_items(item_id: int = Path(ge=ID_MIN, le=ID_MAX), k: int = Query(10, ge=1, le=MAX_K)):
         return JSONAnswer(holder.require().similar_items(item_id, k))
 
     @app.post("/reload")
