@@ -31,7 +31,7 @@ import time
 import zipfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +333,42 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
+class _TasteDraws:
+    """Draws by taste: a mixture of popularity and each user's favourite clusters (``_sample_pairs``)."""
+
+    def __init__(self, world: _World, log_weights: np.ndarray, taste_share: float):
+        if world.item_cluster is None or world.user_favourites is None or world.user_affinity is None:
+            raise ValueError("a world without taste clusters has no draws by taste")
+        weights = world.movie_weights
+        self.item_cluster, self.favourites = world.item_cluster, world.user_favourites
+        self.log_weights, self.taste_share, self.n_movies = log_weights, taste_share, len(weights)
+        self.by_cluster = np.argsort(self.item_cluster, kind="stable")  # movies grouped by cluster
+        self.cluster_cumulative = np.cumsum(weights[self.by_cluster])
+        cluster_ends = np.cumsum(np.bincount(self.item_cluster, minlength=world.user_affinity.shape[1]))
+        cluster_hi = self.cluster_cumulative[cluster_ends - 1]
+        self.cluster_lo = np.concatenate([[0.0], cluster_hi[:-1]])
+        self.cluster_weight = cluster_hi - self.cluster_lo
+
+    def weights(self, rows: np.ndarray) -> np.ndarray:
+        """log of each row's (user's) probability of drawing each movie: the popularity mixture."""
+        favourites, taste_share = self.favourites, self.taste_share
+        boost = np.zeros((len(rows), self.n_movies), np.float32)
+        for f in range(favourites.shape[1]):
+            cluster = favourites[rows, f]
+            match = self.item_cluster[None, :] == cluster[:, None]
+            boost += match / np.float32(self.cluster_weight[cluster][:, None] * favourites.shape[1])
+        with np.errstate(divide="ignore"):
+            return self.log_weights + np.log(np.float32(1 - taste_share) + np.float32(taste_share) * boost)
+
+    def draw(self, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
+        """A movie from one of each user's favourite clusters (uniform among them), by popularity inside."""
+        favourites = self.favourites
+        cluster = favourites[users, rng.integers(0, favourites.shape[1], len(users))]
+        x = self.cluster_lo[cluster] + rng.random(len(users)) * self.cluster_weight[cluster]
+        return self.by_cluster[np.minimum(np.searchsorted(self.cluster_cumulative, x, side="right"),
+                                          self.n_movies - 1)]
+
+
 def _sample_pairs(world: _World, seed: int, max_rounds: int = 16, taste_share: float = 0.0,
                   taste_rounds: int = 4) -> np.ndarray:
     """Distinct (movie, user) pairs as sorted int64 keys ``movie << 20 | user`` (movie-major).
@@ -352,31 +388,7 @@ def _sample_pairs(world: _World, seed: int, max_rounds: int = 16, taste_share: f
     heavy_threshold = max(n_movies // 8, 1)
     block = max(1, _BITMAP_CELLS // n_movies)
     bitmaps = threading.local()  # one reusable bitmap of block x movies per worker thread
-    taste = world.item_cluster is not None and taste_share > 0
-    if taste:
-        favourites = world.user_favourites
-        by_cluster = np.argsort(world.item_cluster, kind="stable")  # movies grouped by cluster
-        cluster_cumulative = np.cumsum(weights[by_cluster])
-        cluster_ends = np.cumsum(np.bincount(world.item_cluster, minlength=world.user_affinity.shape[1]))
-        cluster_hi = cluster_cumulative[cluster_ends - 1]
-        cluster_lo = np.concatenate([[0.0], cluster_hi[:-1]])
-        cluster_weight = cluster_hi - cluster_lo
-
-    def taste_weights(rows: np.ndarray) -> np.ndarray:
-        """log of each row's (user's) probability of drawing each movie: the popularity mixture above."""
-        boost = np.zeros((len(rows), n_movies), np.float32)
-        for f in range(favourites.shape[1]):
-            cluster = favourites[rows, f]
-            match = world.item_cluster[None, :] == cluster[:, None]
-            boost += match / np.float32(cluster_weight[cluster][:, None] * favourites.shape[1])
-        with np.errstate(divide="ignore"):
-            return log_weights + np.log(np.float32(1 - taste_share) + np.float32(taste_share) * boost)
-
-    def draw_by_taste(rng, users: np.ndarray) -> np.ndarray:
-        """A movie from one of each user's favourite clusters (uniform among them), by popularity inside."""
-        cluster = favourites[users, rng.integers(0, favourites.shape[1], len(users))]
-        x = cluster_lo[cluster] + rng.random(len(users)) * cluster_weight[cluster]
-        return by_cluster[np.minimum(np.searchsorted(cluster_cumulative, x, side="right"), n_movies - 1)]
+    taste = _TasteDraws(world, log_weights, taste_share) if world.item_cluster is not None and taste_share > 0 else None
 
     def sample_block(block_index: int) -> np.ndarray:
         first = block_index * block
@@ -392,7 +404,7 @@ def _sample_pairs(world: _World, seed: int, max_rounds: int = 16, taste_share: f
             if len(rows) == 0:
                 continue
             gumbel = -np.log(-np.log(rng.random((len(rows), n_movies), dtype=np.float32) + np.float32(1e-30)))
-            order = np.argsort(-(gumbel + (taste_weights(rows + first) if taste else log_weights)), axis=1)
+            order = np.argsort(-(gumbel + (taste.weights(rows + first) if taste else log_weights)), axis=1)
             take = need[rows]
             keep = np.arange(take.max())[None, :] < take[:, None]
             chosen_rows = np.broadcast_to(rows[:, None], keep.shape)[keep]
@@ -408,7 +420,7 @@ def _sample_pairs(world: _World, seed: int, max_rounds: int = 16, taste_share: f
             movies = np.searchsorted(cumulative, rng.random(len(users)) * cumulative[-1], side="right")
             if taste and round_index < taste_rounds:
                 by_taste = np.flatnonzero(rng.random(len(users)) < taste_share)
-                movies[by_taste] = draw_by_taste(rng, users[by_taste] + first)
+                movies[by_taste] = taste.draw(rng, users[by_taste] + first)
             flat = users.astype(np.int64) * n_movies + np.minimum(movies, n_movies - 1)
             flat = _distinct(flat[~seen[flat]])
             seen[flat] = True
@@ -490,7 +502,7 @@ def _format_movies(movie_counts, users, codes, id_lengths, id_text, suffixes):
         records["rest"] = suffixes[codes[rows]]
         line_bytes = int(width) + suffixes.dtype.itemsize
         starts = np.concatenate([[0], np.cumsum(per_movie_length[:, width])]) * line_bytes
-        buffers[int(width)] = (memoryview(records.view(np.uint8)), starts)
+        buffers[int(width)] = (records.view(np.uint8).data, starts)
     out = []
     for i in range(n_local):
         pieces = []
@@ -601,7 +613,7 @@ class Oracle:
         for a in range(0, u.size, step):
             p = self.user_factors[u.flat[a : a + step]].astype(np.float64)
             scores.flat[a : a + step] += np.einsum("nk,nk->n", p, self.item_factors[i.flat[a : a + step]])
-        if self.user_affinity is not None:
+        if self.user_affinity is not None and self.item_cluster is not None:
             scores += self.user_affinity[u, self.item_cluster[i]]
         return scores
 
@@ -806,7 +818,7 @@ def _write_probe_and_qualifying(out_dir: Path, n_movies: int, holdout: _Holdout,
         _write_blocks(out_dir / name, counts, per_movie)
     counts = np.bincount(qualifying >> _USER_BITS, minlength=n_movies)
     truth_lines = np.array([f"{r},{part}\n".encode() for r in range(1, 6) for part in ("test", "quiz")], "S7")
-    records = memoryview(truth_lines[(holdout.qualifying_ratings - 1) * 2 + holdout.quiz].view(np.uint8))
+    records = truth_lines[(holdout.qualifying_ratings - 1) * 2 + holdout.quiz].view(np.uint8).data
     starts = np.concatenate([[0], np.cumsum(counts)]) * truth_lines.dtype.itemsize
     _write_blocks(out_dir / QUALIFYING_TRUTH, counts, [[records[starts[i]:starts[i + 1]]] for i in range(n_movies)])
     return {"probe_ratings": int(len(probe)), "qualifying_pairs": int(len(qualifying)),
@@ -820,7 +832,7 @@ def _write_distribution(out_dir: Path) -> None:
     members = [("movie_titles.txt", None), ("probe.txt", None), ("qualifying.txt", None),
                ("README", _DISTRIBUTION_README.encode()), ("training_set.tar", None)]
     with atomic_file(out_dir / DISTRIBUTION_TAR_GZ) as tmp, open(tmp, "wb") as raw, \
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as compressed, \
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as compressed, \
             tarfile.open(fileobj=compressed, mode="w|", format=tarfile.USTAR_FORMAT) as archive:
         archive.addfile(_tar_info("download/", 0, is_dir=True))
         for name, data in members:
@@ -863,6 +875,73 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     default, or "plain"). The returned dict also holds ``phase_seconds`` (timings; not
     written to synth.json so that equal seeds give byte-identical files).
     """
+    scale, seed = _check_arguments(scale, seed, tar, layout, zip_archive, profile, distribution)
+    tar = tar or distribution  # the distribution archive holds training_set.tar
+    kaggle = layout == "kaggle"
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RecsysError(f"{out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = PROFILES[profile]
+    n_movies, n_users, target = scaled_shape(scale)
+    phases = _Phases()
+
+    log.info("synth: scale %g -> %d movies, %d users, ~%d ratings", scale, n_movies, n_users, target)
+    world = _build_world(n_movies, n_users, target, params, seed)
+    calendar_of_activity = _activity_to_calendar(world.user_start, world.user_end, world.user_counts)
+    phases.lap("model")
+
+    keys = _sample_pairs(world, seed, taste_share=params.taste_share)
+    movie_counts = np.bincount(keys >> _USER_BITS, minlength=n_movies)
+    users = (keys & ((1 << _USER_BITS) - 1)).astype(np.int32)
+    del keys
+    phases.lap("pairs")
+
+    ratings = _Ratings(world, params, users, movie_counts, calendar_of_activity, seed)
+    phases.lap("setup")
+    totals = _write_training_set(out_dir, ratings, n_movies, kaggle, tar, phases)
+    phases.lap("write")
+
+    titles = _titles(n_movies, params, seed)
+    with atomic_file(out_dir / ("movie_titles.csv" if kaggle else "movie_titles.txt")) as tmp:
+        tmp.write_bytes(titles)
+    holdout = _holdout(world, users, movie_counts, totals.pop_days(), seed, ratings.scores, params.noise_sd)
+    side_counts = _write_probe_and_qualifying(out_dir, n_movies, holdout, ratings.id_lengths, ratings.id_text)
+    if kaggle:
+        with atomic_file(out_dir / "README") as tmp:
+            tmp.write_text(_KAGGLE_README)
+    phases.lap("probe, qualifying")
+    _save_oracle(out_dir / "oracle.npz", world, params, n_movies)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "generator": "recsys_core.synth",
+        "scale": scale,
+        "seed": seed,
+        "profile": profile,
+        "params": asdict(params),
+        "movies": n_movies,
+        "customers": n_users,
+        **_rating_summary(world, users, movie_counts, n_users, target, totals),
+        "layout": layout,
+        "tar": bool(tar),
+        **side_counts,
+        "files": _files_written(kaggle, tar, zip_archive, distribution),
+    }
+    if zip_archive:
+        _write_kaggle_zip(out_dir)
+        phases.lap("zip")
+    if distribution:
+        _write_distribution(out_dir)
+        phases.lap("tar.gz")
+    write_json(out_dir / "synth.json", meta)
+    phases.lap("metadata")
+    log.info("synth: wrote %d ratings (%d bytes) to %s", meta["ratings"], totals.bytes_written, out_dir)
+    return {**meta, "phase_seconds": phases.seconds}
+
+
+def _check_arguments(scale: float, seed: int, tar: bool, layout: str, zip_archive: bool, profile: str,
+                     distribution: bool) -> tuple[float, int]:
+    """One sentence for the first bad argument; the scale and seed as float and int."""
     if profile not in PROFILES:
         raise RecsysError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
     if layout not in LAYOUTS:
@@ -874,99 +953,140 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
     if distribution and layout != "netflix":
         raise RecsysError("--tar-gz writes the Prize's distribution archive of the netflix layout; the kaggle "
                           "layout's archive is --zip")
-    tar = tar or distribution  # the distribution archive holds training_set.tar
-    kaggle = layout == "kaggle"
     scale = float(scale)
     if not (MIN_SCALE <= scale <= MAX_SCALE):
         raise RecsysError(f"scale must be between {MIN_SCALE} and {MAX_SCALE}, got {scale}")
     seed = int(seed)
     if seed < 0:
         raise RecsysError(f"seed must be a non-negative integer, got {seed}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RecsysError(f"{out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    params = PROFILES[profile]
-    n_movies, n_users, target = scaled_shape(scale)
-    phases: dict[str, float] = {}
-    clock = time.perf_counter()
+    return scale, seed
 
-    def phase(name):
-        nonlocal clock
+
+class _Phases:
+    """Seconds spent per phase (returned, never written: equal seeds give byte-identical files)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+
+    def lap(self, name: str) -> None:
+        """Count the time since the last lap to ``name``."""
         now = time.perf_counter()
-        phases[name] = round(phases.get(name, 0.0) + now - clock, 3)
-        clock = now
+        self.add(name, now - self._clock)
+        self._clock = now
 
-    log.info("synth: scale %g -> %d movies, %d users, ~%d ratings", scale, n_movies, n_users, target)
-    world = _build_world(n_movies, n_users, target, params, seed)
-    calendar_of_activity = _activity_to_calendar(world.user_start, world.user_end, world.user_counts)
-    day_cdf = _day_cdf()
-    phase("model")
 
-    keys = _sample_pairs(world, seed, taste_share=params.taste_share)
-    movie_counts = np.bincount(keys >> _USER_BITS, minlength=n_movies)
-    users = (keys & ((1 << _USER_BITS) - 1)).astype(np.int32)
-    del keys
-    phase("pairs")
+class _Ratings:
+    """The ratings of the sampled pairs, made chunk by chunk of movies (``chunk``, thread-safe): noise-free
+    scores, noisy ratings, days, and the formatted lines of each movie."""
 
-    id_lengths, id_text = _id_tables(world.user_ids)
-    suffixes = _suffix_table()
-    ends = np.cumsum(movie_counts)
-    chunk_of_movie = (np.concatenate([[0], ends[:-1]]) // _LINES_PER_CHUNK).astype(np.int64)
-    chunk_bounds = np.flatnonzero(np.diff(np.concatenate([[-1], chunk_of_movie, [chunk_of_movie[-1] + 1]])))
-    rating_hist = np.zeros(6, dtype=np.int64)
-    day_hist = np.zeros(N_DAYS, dtype=np.int64)
-    sq_error = expected_var = 0.0
-    bytes_written = 0
-    tar_path = out_dir / "training_set.tar"
-    # Factor columns as contiguous rows: gathering p_u[k] for millions of u is then one 1-D take.
-    user_factor_rows = np.ascontiguousarray(world.user_factors.T)
-    item_factor_rows = np.ascontiguousarray(world.item_factors.T)
-    activity_grid = np.linspace(0.0, 1.0, len(calendar_of_activity))
-    day_parts: list[np.ndarray] = []  # every rating's day, in file order: the recent ones become probe
-    phase("setup")
+    def __init__(self, world: _World, params: SynthParams, users: np.ndarray, movie_counts: np.ndarray,
+                 calendar_of_activity: np.ndarray, seed: int):
+        self.world, self.params, self.users, self.movie_counts, self.seed = world, params, users, movie_counts, seed
+        self.calendar_of_activity = calendar_of_activity
+        self.day_cdf = _day_cdf()
+        self.id_lengths, self.id_text = _id_tables(world.user_ids)
+        self.suffixes = _suffix_table()
+        self.ends = np.cumsum(movie_counts)
+        chunk_of_movie = (np.concatenate([[0], self.ends[:-1]]) // _LINES_PER_CHUNK).astype(np.int64)
+        self.chunk_bounds = np.flatnonzero(np.diff(np.concatenate([[-1], chunk_of_movie,
+                                                                   [chunk_of_movie[-1] + 1]])))
+        self.n_chunks = len(self.chunk_bounds) - 1
+        # Factor columns as contiguous rows: gathering p_u[k] for millions of u is then one 1-D take.
+        self.user_factor_rows = np.ascontiguousarray(world.user_factors.T)
+        self.item_factor_rows = np.ascontiguousarray(world.item_factors.T)
+        self.activity_grid = np.linspace(0.0, 1.0, len(calendar_of_activity))
 
-    def calendar_days(y: np.ndarray) -> np.ndarray:
-        x = np.interp(y, activity_grid, calendar_of_activity)
-        return np.clip(np.searchsorted(day_cdf, x, side="right") - 1, 0, N_DAYS - 1)
+    def calendar_days(self, y: np.ndarray) -> np.ndarray:
+        x = np.interp(y, self.activity_grid, self.calendar_of_activity)
+        return np.clip(np.searchsorted(self.day_cdf, x, side="right") - 1, 0, N_DAYS - 1)
 
-    def scores(u: np.ndarray, m: np.ndarray) -> np.ndarray:
+    def scores(self, u: np.ndarray, m: np.ndarray) -> np.ndarray:
         """Noise-free float32 score of customers ``u`` (indices) for movies ``m`` (indices)."""
+        world, params = self.world, self.params
         score = world.mu + world.user_bias[u] + world.item_bias[m]
         for k in range(params.rank):
-            score += user_factor_rows[k][u] * item_factor_rows[k][m]
-        if world.user_affinity is not None:  # the user's offset for the movie's taste cluster
+            score += self.user_factor_rows[k][u] * self.item_factor_rows[k][m]
+        # the user's offset for the movie's taste cluster
+        if world.user_affinity is not None and world.item_cluster is not None:
             score += world.user_affinity.ravel()[u.astype(np.int64) * params.taste_clusters + world.item_cluster[m]]
         return score
 
-    def make_chunk(chunk_index: int):
+    def chunk(self, chunk_index: int) -> _Chunk:
         """Ratings, dates and formatted lines of one chunk of movies (runs in a worker thread)."""
         t0 = time.perf_counter()
-        m0, m1 = int(chunk_bounds[chunk_index]), int(chunk_bounds[chunk_index + 1])
-        r0 = int(ends[m0 - 1]) if m0 else 0
-        r1 = int(ends[m1 - 1])
-        rng = np.random.default_rng([seed, 3, chunk_index])
-        u = users[r0:r1]
+        world, params, movie_counts = self.world, self.params, self.movie_counts
+        m0, m1 = int(self.chunk_bounds[chunk_index]), int(self.chunk_bounds[chunk_index + 1])
+        r0 = int(self.ends[m0 - 1]) if m0 else 0
+        r1 = int(self.ends[m1 - 1])
+        rng = np.random.default_rng([self.seed, 3, chunk_index])
+        u = self.users[r0:r1]
         m = np.repeat(np.arange(m0, m1), movie_counts[m0:m1])
-        score = scores(u, m)
+        score = self.scores(u, m)
         noisy = score + rng.normal(0.0, params.noise_sd, len(u)).astype(np.float32)
         rating = np.clip(np.rint(noisy), 1, 5).astype(np.int64)
         mean, square = _expected_rating_and_square(score, params.noise_sd)
-        stats = (
-            float(((rating - mean) ** 2).sum()),
-            float((square - mean**2).sum()),
-            np.bincount(rating, minlength=6),
-        )
         # When: uniform in the user's activity window, then onto the calendar.
         start = world.user_start[u]
         y = start + (world.user_end[u] - start) * rng.random(len(u))
-        day = calendar_days(y)
-        day_counts = np.bincount(day, minlength=N_DAYS)
+        day = self.calendar_days(y)
         t1 = time.perf_counter()
-        per_movie = _format_movies(movie_counts[m0:m1], u, (rating - 1) * N_DAYS + day, id_lengths, id_text, suffixes)
-        return m0, m1, per_movie, stats, day_counts, day.astype(np.int16), (t1 - t0, time.perf_counter() - t1)
+        per_movie = _format_movies(movie_counts[m0:m1], u, (rating - 1) * N_DAYS + day, self.id_lengths,
+                                   self.id_text, self.suffixes)
+        return _Chunk(m0, m1, per_movie, float(((rating - mean) ** 2).sum()), float((square - mean**2).sum()),
+                      np.bincount(rating, minlength=6), np.bincount(day, minlength=N_DAYS), day.astype(np.int16),
+                      t1 - t0, time.perf_counter() - t1)
 
-    n_chunks = len(chunk_bounds) - 1
+
+@dataclass
+class _Chunk:
+    """One chunk of movies made by ``_Ratings.chunk``."""
+
+    m0: int  # its movies' indices: [m0, m1)
+    m1: int
+    per_movie: list  # each movie's lines: a list of buffers
+    sq_error: float  # sum of (rating - E[rating | score])^2
+    expected_var: float  # sum of Var[rating | score]
+    rating_counts: np.ndarray  # [6]
+    day_counts: np.ndarray  # [N_DAYS]
+    days: np.ndarray  # int16, every rating's day in file order
+    rating_seconds: float
+    format_seconds: float
+
+
+@dataclass
+class _Totals:
+    """What the training set's writer counted over every chunk."""
+
+    rating_hist: np.ndarray = field(default_factory=lambda: np.zeros(6, dtype=np.int64))
+    day_hist: np.ndarray = field(default_factory=lambda: np.zeros(N_DAYS, dtype=np.int64))
+    sq_error: float = 0.0
+    expected_var: float = 0.0
+    bytes_written: int = 0
+    day_parts: list[np.ndarray] = field(default_factory=list)  # every rating's day, in file order
+
+    def pop_days(self) -> np.ndarray:
+        """Every rating's day, in file order (the recent ones become probe); the parts are let go."""
+        days = np.concatenate(self.day_parts)
+        self.day_parts.clear()
+        return days
+
+    def add(self, chunk: _Chunk) -> None:
+        self.sq_error += chunk.sq_error
+        self.expected_var += chunk.expected_var
+        self.rating_hist += chunk.rating_counts
+        self.day_hist += chunk.day_counts
+        self.day_parts.append(chunk.days)
+
+
+def _write_training_set(out_dir: Path, ratings: _Ratings, n_movies: int, kaggle: bool, tar: bool,
+                        phases: _Phases) -> _Totals:
+    """training_set/mv_*.txt (and training_set.tar) or the Kaggle layout's combined_data_N.txt, each file
+    replaced atomically; two worker threads make the chunks while this thread writes them in order."""
+    totals = _Totals()
     combined_ends = [int(round(end * n_movies / REAL_MOVIES)) for end in KAGGLE_FILE_ENDS] + [n_movies]
     with contextlib.ExitStack() as stack:
         folder = None if kaggle else stack.enter_context(atomic_dir(out_dir / "training_set"))
@@ -977,69 +1097,64 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
             stack.callback(os.close, combined_fds[-1])
         tar_fd = None
         if tar:
-            tar_tmp = stack.enter_context(atomic_file(tar_path))
+            tar_tmp = stack.enter_context(atomic_file(out_dir / "training_set.tar"))
             tar_fd = os.open(tar_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             if tar_fd is not None:
                 os.write(tar_fd, _tar_header("training_set/", 0, is_dir=True))
             # Two worker threads build chunks (numpy releases the GIL) while this thread writes them
             # in order; at most two chunks wait in memory.
+            n_chunks = ratings.n_chunks
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="synth"))
-            pending = deque(pool.submit(make_chunk, i) for i in range(min(2, n_chunks)))
+            pending = deque(pool.submit(ratings.chunk, i) for i in range(min(2, n_chunks)))
             with progress_bar("synth: writing movies", n_movies, "movies") as bar:
                 for chunk_index in range(n_chunks):
-                    m0, m1, per_movie, stats, day_counts, chunk_days, seconds = pending.popleft().result()
+                    chunk = pending.popleft().result()
                     if chunk_index + 2 < n_chunks:
-                        pending.append(pool.submit(make_chunk, chunk_index + 2))
-                    sq_error += stats[0]
-                    expected_var += stats[1]
-                    rating_hist += stats[2]
-                    day_hist += day_counts
-                    day_parts.append(chunk_days)
-                    phases["ratings (threads)"] = round(phases.get("ratings (threads)", 0.0) + seconds[0], 3)
-                    phases["format (threads)"] = round(phases.get("format (threads)", 0.0) + seconds[1], 3)
-                    phase("wait for chunks")
-                    for offset, pieces in enumerate(per_movie):
-                        movie_id = m0 + offset + 1
-                        name = f"mv_{movie_id:07d}.txt"
+                        pending.append(pool.submit(ratings.chunk, chunk_index + 2))
+                    totals.add(chunk)
+                    phases.add("ratings (threads)", chunk.rating_seconds)
+                    phases.add("format (threads)", chunk.format_seconds)
+                    phases.lap("wait for chunks")
+                    for offset, pieces in enumerate(chunk.per_movie):
+                        movie_id = chunk.m0 + offset + 1
                         pieces.insert(0, f"{movie_id}:\n".encode())
-                        if kaggle:  # the movie's block goes into the combined file holding its id range
+                        if folder is None:  # kaggle: the movie's block goes into the combined file of its id range
                             fd = combined_fds[sum(1 for end in combined_ends[:-1] if movie_id > end)]
-                            bytes_written += _writev_all(fd, pieces)
-                            continue
-                        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                        try:
-                            size = _writev_all(fd, pieces)
-                        finally:
-                            os.close(fd)
-                        bytes_written += size
-                        if tar_fd is not None:
-                            padding = b"\0" * (-size % 512)
-                            _writev_all(tar_fd, [_tar_header(f"training_set/{name}", size), *pieces, padding])
-                    del per_movie
-                    bar.advance(m1 - m0)
-                    phase("write")
+                            totals.bytes_written += _writev_all(fd, pieces)
+                        else:
+                            totals.bytes_written += _write_movie_file(folder, movie_id, pieces, tar_fd)
+                    bar.advance(chunk.m1 - chunk.m0)
+                    del chunk
+                    phases.lap("write")
             if tar_fd is not None:
                 position = os.lseek(tar_fd, 0, os.SEEK_CUR) + 1024
                 os.write(tar_fd, b"\0" * (1024 + (-position % tarfile.RECORDSIZE)))
         finally:
             if tar_fd is not None:
                 os.close(tar_fd)
-    phase("write")
+    return totals
 
-    titles = _titles(n_movies, params, seed)
-    with atomic_file(out_dir / ("movie_titles.csv" if kaggle else "movie_titles.txt")) as tmp:
-        tmp.write_bytes(titles)
-    holdout = _holdout(world, users, movie_counts, np.concatenate(day_parts), seed, scores, params.noise_sd)
-    del day_parts
-    side_counts = _write_probe_and_qualifying(out_dir, n_movies, holdout, id_lengths, id_text)
-    if kaggle:
-        with atomic_file(out_dir / "README") as tmp:
-            tmp.write_text(_KAGGLE_README)
-    phase("probe, qualifying")
+
+def _write_movie_file(folder: Path, movie_id: int, pieces: list, tar_fd: int | None) -> int:
+    """training_set/mv_NNNNNNN.txt (and its member of training_set.tar); returns its size."""
+    name = f"mv_{movie_id:07d}.txt"
+    fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        size = _writev_all(fd, pieces)
+    finally:
+        os.close(fd)
+    if tar_fd is not None:
+        padding = b"\0" * (-size % 512)
+        _writev_all(tar_fd, [_tar_header(f"training_set/{name}", size), *pieces, padding])
+    return size
+
+
+def _save_oracle(dest: Path, world: _World, params: SynthParams, n_movies: int) -> None:
+    """oracle.npz: the generating model, which ``load_oracle`` reads back."""
     item_ids = np.arange(1, n_movies + 1, dtype=np.int32)
     _save_npz(
-        out_dir / "oracle.npz",
+        dest,
         {
             "mu": np.float64(world.mu),
             "noise_sd": np.float64(params.noise_sd),
@@ -1053,21 +1168,20 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
                {"item_cluster": world.item_cluster, "user_affinity": world.user_affinity}),
         },
     )
+
+
+def _rating_summary(world: _World, users: np.ndarray, movie_counts: np.ndarray, n_users: int, target: int,
+                    totals: _Totals) -> dict:
+    """synth.json's counts of the training set: ratings, dates, rating histogram, the oracle's RMSE."""
     n_ratings = int(len(users))
+    day_hist = totals.day_hist
     days = np.flatnonzero(day_hist)
     month_counts = {}
     for d, count in zip(days, day_hist[days]):
         key = (FIRST_DATE + dt.timedelta(days=int(d))).strftime("%Y-%m")
         month_counts[key] = month_counts.get(key, 0) + int(count)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "generator": "recsys_core.synth",
-        "scale": scale,
-        "seed": seed,
-        "profile": profile,
-        "params": asdict(params),
-        "movies": n_movies,
-        "customers": n_users,
+    rating_hist = totals.rating_hist
+    return {
         "rated_movies": int((movie_counts > 0).sum()),
         "rating_customers": int(np.count_nonzero(np.bincount(users, minlength=n_users))),
         "ratings": n_ratings,
@@ -1078,28 +1192,18 @@ def generate_netflix(out_dir, scale: float = 0.01, seed: int = 0, tar: bool = Fa
         "customer_id_range": [int(world.user_ids[0]), int(world.user_ids[-1])],
         "rating_counts": {str(r): int(rating_hist[r]) for r in range(1, 6)},
         "rating_mean": float((np.arange(6) * rating_hist).sum() / max(n_ratings, 1)),
-        "oracle_rmse": float(np.sqrt(sq_error / max(n_ratings, 1))),
-        "oracle_expected_rmse": float(np.sqrt(expected_var / max(n_ratings, 1))),
+        "oracle_rmse": float(np.sqrt(totals.sq_error / max(n_ratings, 1))),
+        "oracle_expected_rmse": float(np.sqrt(totals.expected_var / max(n_ratings, 1))),
         "ratings_per_month": month_counts,
-        "training_set_bytes": bytes_written,
-        "layout": layout,
-        "tar": bool(tar),
-        **side_counts,
-        "files": (KAGGLE_FILES + ([KAGGLE_ZIP] if zip_archive else []) if kaggle
-                  else ["training_set/", "movie_titles.txt", "probe.txt", "qualifying.txt"])
-        + [QUALIFYING_TRUTH, "oracle.npz", "synth.json"] + (["training_set.tar"] if tar else [])
-        + ([DISTRIBUTION_TAR_GZ] if distribution else []),
+        "training_set_bytes": totals.bytes_written,
     }
-    if zip_archive:
-        _write_kaggle_zip(out_dir)
-        phase("zip")
-    if distribution:
-        _write_distribution(out_dir)
-        phase("tar.gz")
-    write_json(out_dir / "synth.json", meta)
-    phase("metadata")
-    log.info("synth: wrote %d ratings (%d bytes) to %s", n_ratings, bytes_written, out_dir)
-    return {**meta, "phase_seconds": phases}
+
+
+def _files_written(kaggle: bool, tar: bool, zip_archive: bool, distribution: bool) -> list[str]:
+    layout_files = (KAGGLE_FILES + ([KAGGLE_ZIP] if zip_archive else []) if kaggle
+                    else ["training_set/", "movie_titles.txt", "probe.txt", "qualifying.txt"])
+    return (layout_files + [QUALIFYING_TRUTH, "oracle.npz", "synth.json"] + (["training_set.tar"] if tar else [])
+            + ([DISTRIBUTION_TAR_GZ] if distribution else []))
 
 
 def read_synth_meta(out_dir) -> dict:
