@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    stats = split_mod.split(args.ratings_dir, args.out_dir, "netflix-time", splits=args.splits.split(","), seed=args.seed)
+    stats = split_mod.split(args.ratings_dir, args.out_dir, "netflix-time", splits=args.splits.split(","),
+                            seed=args.seed)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     print(split_mod.stats_table(stats), end="")
     print(f"phases (s): {split_mod.last_phases}")

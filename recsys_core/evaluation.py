@@ -19,12 +19,11 @@ A predictor answers ``predict_pairs(rows, cols)`` and ``score_rows(rows)`` (see 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from recsys_core import buckets as bucketing
 from recsys_core.buckets import Buckets
 from recsys_core.interactions import csr_triplets, rating_range
-from recsys_core.ranking import best_items, mask_items, top_k  # noqa: F401 (top_k: part of this module's API)
+from recsys_core.ranking import best_items, top_k  # noqa: F401 (top_k: part of this module's API)
 
 
 def rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -47,12 +46,6 @@ def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
 def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     gains = np.where(ranks < k, 1.0 / np.log2(np.asarray(ranks, np.float64) + 2.0), 0.0)
     return float(np.mean(gains))
-
-
-def exclude_seen(scores: np.ndarray, rows: np.ndarray, seen) -> np.ndarray:
-    """Set the scores of items stored in CSR ``seen`` for each row to -inf (in place)."""
-    mask_items(torch.from_numpy(scores), rows, seen)
-    return scores
 
 
 def recall_at_k(top: np.ndarray, relevant_rows: np.ndarray, relevant) -> float:

@@ -20,7 +20,8 @@ def ts(day: str | dt.date, seconds: int = 0) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=UTC) + dt.timedelta(seconds=seconds)
 
 
-def write_stage1(folder: Path, rows: list[tuple], row_group_size: int | None = None, items: list[int] | None = None) -> Path:
+def write_stage1(folder: Path, rows: list[tuple], row_group_size: int | None = None,
+                 items: list[int] | None = None) -> Path:
     """rows: (user_id, item_id, rating, datetime). Writes ratings.parquet, items.parquet, meta.json."""
     folder.mkdir(parents=True, exist_ok=True)
     users, item_ids, ratings, stamps = (list(c) for c in zip(*rows)) if rows else ([], [], [], [])

@@ -505,7 +505,8 @@ BAD_MOVIELENS = {
                        "the header must be"),
     "csv duplicate": (write_ml_csv, {"data": b"userId,movieId,rating,timestamp\n1,1,4.0,9\n2,1,4,9\n1,1,3.0,10\n"},
                       "ratings.csv", 4, "user 1 rated movie 1 already on line 2"),
-    "csv movies invalid utf-8": (write_ml_csv, {"movies": b"movieId,title,genres\n1,Ok (1995),Drama\n2,Caf\xe9,Drama\n"},
+    "csv movies invalid utf-8": (write_ml_csv,
+                                 {"movies": b"movieId,title,genres\n1,Ok (1995),Drama\n2,Caf\xe9,Drama\n"},
                                  "movies.csv", 3, "is not valid UTF-8"),
     "csv movies control byte": (write_ml_csv, {"movies": b"movieId,title,genres\n1,Ok\x01 (1995),Drama\n"},
                                 "movies.csv", 2, "control byte 0x01"),
@@ -524,7 +525,8 @@ BAD_MOVIELENS = {
                                       "accepted period 1970-01-01..2099-12-31"),
     "csv timestamp in milliseconds": (write_ml_csv, {"data": b"userId,movieId,rating,timestamp\n1,1,4.0,"
                                                              b"1445714835000\n"}, "ratings.csv", 2,
-                                      "timestamp 1445714835000 (about the year 47,783) lies outside the accepted period 1970-01-01..2099-12-31 "
+                                      "timestamp 1445714835000 (about the year 47,783) lies outside the accepted "
+                                      "period 1970-01-01..2099-12-31 "
                                       "(milliseconds? the format counts seconds)"),
     "100k timestamp past 2099": (write_ml100k, {"data": b"1\t1\t3\t5\n1\t2\t3\t4102444800\n"}, "u.data", 2,
                                  "timestamp 4102444800 (2100-01-01) lies outside the accepted period"),

@@ -155,7 +155,8 @@ def test_leave_one_out_negatives_map_to_columns(tmp_path):
     m = load_split(tmp_path / "mats" / "leave-one-out")
     neg_rows, neg_items = m.negatives
     assert neg_rows.dtype == np.int32 and neg_items.dtype == np.int32 and neg_items.shape == (len(neg_rows), 10)
-    raw = {r["user_id"]: r["negatives"] for r in pq.read_table(tmp_path / "splits" / "leave-one-out" / "negatives.parquet").to_pylist()}
+    negatives_path = tmp_path / "splits" / "leave-one-out" / "negatives.parquet"
+    raw = {r["user_id"]: r["negatives"] for r in pq.read_table(negatives_path).to_pylist()}
     assert [int(m.user_ids[r]) for r in neg_rows] == sorted(raw)
     for r, cols in zip(neg_rows, neg_items):
         assert [int(m.item_ids[c]) for c in cols] == raw[int(m.user_ids[r])]

@@ -94,7 +94,8 @@ def test_netflix_n3m_known_small_case(tmp_path):
     md = (tmp_path / "out" / "N3M" / "stats.md").read_text()
     assert "| Ratings train | 3 |" in md and "| Time range train | 2005-09-01 to 2005-11-30 |" in md
     split_json = json.loads((tmp_path / "out" / "N3M" / "split.json").read_text())
-    assert split_json["seed"] == seed and split_json["train_start"] == "2005-09-01" and split_json["test_end"] == "2005-12-31"
+    assert split_json["seed"] == seed
+    assert split_json["train_start"] == "2005-09-01" and split_json["test_end"] == "2005-12-31"
     assert pq.read_table(tmp_path / "out" / "N3M" / "items.parquet").num_rows == 4
     assert not (tmp_path / "out" / "NF").exists()
 
@@ -145,7 +146,8 @@ def test_netflix_assignment_ignores_row_order_and_split_subset(tmp_path):
 
 
 def test_paper_split_dates():
-    got = {n: (str(s.train_start), str(s.train_end), str(s.test_start), str(s.test_end)) for n, s in NETFLIX_SPLITS.items()}
+    got = {n: (str(s.train_start), str(s.train_end), str(s.test_start), str(s.test_end))
+           for n, s in NETFLIX_SPLITS.items()}
     assert got == {
         "N3M": ("2005-09-01", "2005-11-30", "2005-12-01", "2005-12-31"),
         "N6M": ("2005-06-01", "2005-11-30", "2005-12-01", "2005-12-31"),
@@ -469,12 +471,14 @@ def test_empty_test_part_fails_and_writes_no_split(tmp_path):
     (("2005-06-01", "2005-01-01", "2005-07-01", "2005-08-01"), "train range 2005-06-01..2005-01-01 is reversed"),
     (("2005-01-01", "2005-06-01", "2005-08-01", "2005-07-01"), "test range 2005-08-01..2005-07-01 is reversed"),
     (("2005-01-01", "2005-06-01", "2005-05-01", "2005-07-01"), "overlaps train range"),
-    (("1990-01-01", "1990-06-01", "2005-05-01", "2005-07-01"), "train range 1990-01-01..1990-06-01 lies outside the data"),
+    (("1990-01-01", "1990-06-01", "2005-05-01", "2005-07-01"),
+     "train range 1990-01-01..1990-06-01 lies outside the data"),
 ])
 def test_bad_date_ranges(tmp_path, dates, message):
     src = write_stage1(tmp_path / "in", random_rows(100))
     with pytest.raises(RecsysError, match=message):
-        split(src, tmp_path / "out", "time", train_start=dates[0], train_end=dates[1], test_start=dates[2], test_end=dates[3])
+        split(src, tmp_path / "out", "time", train_start=dates[0], train_end=dates[1], test_start=dates[2],
+              test_end=dates[3])
     assert not (tmp_path / "out").exists()
 
 

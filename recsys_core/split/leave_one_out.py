@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
@@ -30,8 +31,6 @@ def split_leave_one_out(ratings_dir: Path, out_dir: Path, valid: bool = True, ne
     among the items of the data set the user never rated in any part; a user with fewer unrated items
     than that also stays in train only (counted as ``users_without_room_for_negatives``).
     """
-    import polars as pl
-
     held_per_user = 2 if valid else 1
     if min_interactions is None:
         min_interactions = held_per_user + 1
