@@ -232,6 +232,8 @@ class RowsEstimator(TorchEstimator):
     """Autoencoders. ``orientation="user"``: input = a user's ratings, outputs = items (the deep
     autoencoder, U-AutoRec). ``orientation="item"``: input = an item's ratings, outputs = users (I-AutoRec)."""
 
+    config: RowsOptions
+    model: DeepAutoencoder
     family = "rows"
 
     def __init__(self, config, *, name, device=None, orientation: str = "user"):
@@ -493,12 +495,14 @@ class RowsEstimator(TorchEstimator):
             # the new user's bias: one ridge step over its ratings against mu + b_i (the baseline's last step)
             user_bias = (raw - self.bias_mean - self.bias_item[cols]).sum() / (self.bias_reg_u + len(raw))
             biases = (self.bias_mean + user_bias + self.bias_item).astype(np.float32)
-        offset = np.float32(0.0)
-        if self.center == "row":
-            offset = shrunk_means(np.zeros(len(raw), np.int64), raw, 1, self.global_mean)[0]
-        elif self.center == "bias":
+        if self.center == "bias":
+            assert biases is not None  # made above for center bias
             offset = biases
-        inputs = raw - (offset[cols] if self.center == "bias" else offset)
+            inputs = raw - biases[cols]
+        else:
+            offset = (shrunk_means(np.zeros(len(raw), np.int64), raw, 1, self.global_mean)[0]
+                      if self.center == "row" else np.float32(0.0))
+            inputs = raw - offset
         with self._eval_mode():
             code = self.model.encode_sparse(torch.as_tensor(cols, dtype=torch.int64, device=self.device),
                                             torch.as_tensor(inputs, dtype=torch.float32, device=self.device),
@@ -506,6 +510,7 @@ class RowsEstimator(TorchEstimator):
             network = self.model.output_full(self.model.decode_hidden(code)).float().cpu().numpy()[0] + offset
         if self.bias_shrink <= 0:
             return network
+        assert biases is not None  # made above when bias_shrink > 0
         weight = np.float32(len(raw) / (len(raw) + self.bias_shrink))
         return weight * network + (1 - weight) * biases
 

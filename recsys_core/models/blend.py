@@ -106,6 +106,7 @@ def ridge(features: np.ndarray, target: np.ndarray, reg: float) -> tuple[np.ndar
           help="ridge blend of the other rating runs of the same split, fitted on valid (weight by cross-"
                "validation on valid), applied to test; train it after its members")
 class Blend(Estimator):
+    config: BlendOptions
     family = "blend"
     trains_after_others = True  # the flow trains it once every other model of its split is done
     needs_members = True        # it combines other runs (tests/test_real_data.py trains the standalone models)
@@ -132,7 +133,7 @@ class Blend(Estimator):
                     predicted[~inside] = features[~inside] @ w + b
                 cv[counts, reg] = rmse(np.clip(predicted, *self.clip), truth)
         # the count features stay only where they help on valid (a small valid part can overfit them)
-        self.use_counts, self.reg = min(cv, key=cv.get)
+        self.use_counts, self.reg = min(cv, key=lambda choice: cv[choice])
         self.weights, self.intercept = ridge(self._features(member_valid, rows, cols), truth, self.reg)
         report = self._report(member_valid, truth, cv)
         log.info("blend of %s: valid (cross-validated) RMSE %.4f, best member %.4f", ", ".join(self.names),

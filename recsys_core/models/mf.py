@@ -18,6 +18,9 @@ from recsys_core.options import option, options
 class BiasedMF(nn.Module):
     """rating = mu + b_u + b_i + p_u . q_i, optionally squashed into the rating range by a scaled sigmoid."""
 
+    low: torch.Tensor  # buffers: the rating range
+    span: torch.Tensor
+
     def __init__(self, n_users: int, n_items: int, dim: int = 32, global_mean: float = 0.0,
                  squash: bool = False, rating_range: tuple[float, float] = (1.0, 5.0), sparse: bool = False):
         super().__init__()
@@ -75,6 +78,9 @@ class MFOptions(PairsOptions):
 
 @register("mf", options=MFOptions, help="biased matrix factorization: mu + b_u + b_i + p_u.q_i, L2")
 class MF(PairsEstimator):
+    config: MFOptions
+    model: BiasedMF
+
     def build(self, dims: dict) -> BiasedMF:
         c = self.config
         return BiasedMF(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.squash, dims["rating_range"],

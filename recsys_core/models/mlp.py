@@ -3,7 +3,7 @@ layers. ``mlp_tower`` is also NCF's tower."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ def tower_grid(tower: nn.Sequential, users_x: torch.Tensor, items_x: torch.Tenso
 class EmbeddingMLP(nn.Module):
     """rating = mu + b_u + b_i + MLP([e_u, e_i]) with dropout between hidden layers."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 32, hidden: list[int] = (64, 32),
+    def __init__(self, n_users: int, n_items: int, dim: int = 32, hidden: Sequence[int] = (64, 32),
                  dropout: float = 0.2, global_mean: float = 0.0, sparse: bool = False):
         super().__init__()
         self.user_emb = nn.Embedding(n_users, dim, sparse=sparse)
@@ -102,6 +102,9 @@ class MLPOptions(PairsOptions):
 
 @register("mlp", options=MLPOptions, help="embedding MLP for ratings: [e_u, e_i] -> hidden layers with dropout")
 class MLP(PairsEstimator):
+    config: MLPOptions
+    model: EmbeddingMLP
+
     def build(self, dims: dict) -> EmbeddingMLP:
         c = self.config
         return EmbeddingMLP(dims["n_users"], dims["n_items"], c.dim, list(c.hidden), c.dropout, dims["global_mean"],

@@ -5,7 +5,7 @@ Each returns a logit for "user interacted with item"; training uses BCE with sam
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ class NCF(nn.Module):
     """``kind`` = "gmf" (p_u * q_i -> linear), "mlp" ([p_u, q_i] -> tower -> linear) or "neumf" (both, fused)."""
 
     def __init__(self, n_users: int, n_items: int, kind: str = "neumf", dim: int = 16,
-                 hidden: list[int] = (64, 32, 16), dropout: float = 0.0, sparse: bool = False):
+                 hidden: Sequence[int] = (64, 32, 16), dropout: float = 0.0, sparse: bool = False):
         super().__init__()
         if kind not in ("gmf", "mlp", "neumf"):
             raise ValueError(f"unknown NCF kind {kind!r}")
@@ -69,6 +69,7 @@ class NCF(nn.Module):
         if self.kind in ("mlp", "neumf"):
             grid = tower_grid(self.tower, self.mlp_user(users), self.mlp_item.weight, weight)
             out = grid if out is None else out.add_(grid)
+        assert out is not None  # every kind has a GMF or a tower part
         return out.add_(self.head.bias)
 
 
@@ -111,6 +112,8 @@ class NCFEstimator(PairsEstimator):
     positive, drawn afresh each epoch from the epoch's seeded generator; BCE on logits. Scores are
     probabilities. Training never reads the valid or test part; validation reads valid, never test."""
 
+    config: NCFOptions
+    model: NCF
     family = "implicit"
     rating_model = False
     valid_metric = "hr@10"

@@ -37,6 +37,8 @@ PAIR_ROWS = 4096  # users per step when predicting pairs or scoring
 
 
 class SVDppNet(nn.Module):
+    global_mean: torch.Tensor  # a buffer
+
     def __init__(self, n_users: int, n_items: int, dim: int, global_mean: float, init_std: float):
         super().__init__()
         self.user_factors = nn.Embedding(n_users, dim)
@@ -80,6 +82,8 @@ class SVDppOptions(LoopOptions):
           help="SVD++ (Koren 2008): mu + b_u + b_i + q_i.(p_u + |N(u)|^-1/2 sum y_j), the items a user rated as "
                "implicit feedback; folds new users in by their rated items")
 class SVDpp(TorchEstimator):
+    config: SVDppOptions
+    model: SVDppNet
     family = "pairs"
 
     def build(self, dims: dict) -> SVDppNet:
