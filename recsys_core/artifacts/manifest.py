@@ -167,3 +167,32 @@ def invalidate(spec: StageSpec) -> None:
     """Remove the manifest first, so a crash during the rebuild never leaves a valid-looking folder."""
     with contextlib.suppress(FileNotFoundError):
         manifest_path(spec).unlink()
+
+
+@dataclass(frozen=True)
+class FolderCheck:
+    """What ``verify_tree`` found in one output folder: its stage and, when it is not complete, why not."""
+
+    folder: Path
+    stage: str | None
+    problem: str | None  # None: complete and unchanged
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify_tree(root: str | Path, memo: HashMemo) -> list[FolderCheck]:
+    """Check every output folder at or under ``root`` that holds a manifest against that manifest's own key
+    and files (without knowing the inputs: that its files are still those it recorded). Sorted by folder."""
+    root = Path(root)
+    found = [root / MANIFEST_NAME] if (root / MANIFEST_NAME).is_file() else []
+    found += sorted(p for p in root.rglob(MANIFEST_NAME) if p.parent != root)
+    checks = []
+    for path in found:
+        spec = spec_of(path.parent)
+        if spec is None:
+            checks.append(FolderCheck(path.parent, None, f"{MANIFEST_NAME} cannot be read or is not a manifest"))
+        else:
+            checks.append(FolderCheck(path.parent, spec.stage, verify(spec, memo)))
+    return checks
