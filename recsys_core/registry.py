@@ -37,7 +37,7 @@ from typing import Iterator
 
 from recsys_core.artifacts.hashing import HashMemo, file_sha256
 from recsys_core.artifacts.locks import file_lock
-from recsys_core.artifacts.manifest import MANIFEST_NAME, changed_file
+from recsys_core.artifacts.manifest import MANIFEST_NAME, changed_file, load_manifest
 from recsys_core.errors import RecsysError
 from recsys_core.io import read_json, write_json
 
@@ -76,14 +76,12 @@ def verify_run(run_dir: str | Path, split_stats: str | Path | None = None) -> di
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
     if missing:
         raise RecsysError(f"{run_dir} is not a finished run folder (missing {', '.join(missing)}); train it first")
-    manifest_file = run_dir / MANIFEST_NAME
-    manifest = None
-    if manifest_file.is_file():
-        try:
-            manifest = read_json(manifest_file)
-        except ValueError:
-            raise RecsysError(f"{manifest_file}: not valid JSON; the run folder is damaged") from None
-        changed = changed_file(run_dir, manifest, HashMemo(None))
+    try:
+        manifest = load_manifest(run_dir)
+    except ValueError as err:
+        raise RecsysError(f"{run_dir / MANIFEST_NAME}: {err}; the run folder is damaged") from None
+    if manifest is not None:
+        changed = changed_file(run_dir, manifest.files, HashMemo(None))
         if changed is not None:
             path, what = run_dir / changed[0], changed[1]
             if what == "is missing":
@@ -91,7 +89,7 @@ def verify_run(run_dir: str | Path, split_stats: str | Path | None = None) -> di
             raise RecsysError(f"{path}: changed since the run's manifest was written; the run folder is damaged")
     config = read_json(run_dir / "config.json")
     metrics = read_json(run_dir / "metrics.json")
-    made_from = (manifest or {}).get("made_from") or {}
+    made_from = manifest.made_from if manifest is not None else {}
     split_dir = config.get("split_dir")
     return {
         "run_dir": str(run_dir),

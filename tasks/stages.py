@@ -57,9 +57,9 @@ class ContentCachePolicy(CachePolicy):
         reason = verify(spec, memo)
         memo.save()
         if reason is None:
-            recorded = (read_manifest(spec) or {}).get("cache_key")
-            if recorded:
-                return recorded
+            manifest = read_manifest(spec)
+            if manifest is not None and manifest.cache_key:
+                return manifest.cache_key
         else:
             log.info("%s must run: %s (%s)", spec.stage, reason, spec.out_dir)
         return new_cache_key(spec)

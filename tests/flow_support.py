@@ -93,11 +93,8 @@ def statuses(report: dict) -> dict[str, str]:
 def all_manifests_verify(data_dir: Path) -> list[Path]:
     """Every stage folder under data_dir with a manifest; asserts each verifies. Returns them."""
     from recsys_core.artifacts.hashing import HashMemo
-    from recsys_core.artifacts.manifest import spec_of, verify
+    from recsys_core.artifacts.manifest import verify_tree
 
-    folders = []
-    for manifest_file in sorted(Path(data_dir).rglob("manifest.json")):
-        spec = spec_of(manifest_file.parent)
-        assert spec is not None and verify(spec, HashMemo(None)) is None, manifest_file
-        folders.append(manifest_file.parent)
-    return folders
+    checks = verify_tree(data_dir, HashMemo(None))
+    assert [c for c in checks if not c.ok] == []
+    return [c.folder for c in checks]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ from recsys_core.artifacts import build, hashing, layout, locks, manifest
 from recsys_core.cli import main as cli_main
 from recsys_core.convert import convert, detect
 from recsys_core.errors import RecsysError
-from recsys_core.registry import Registry
+from recsys_core.registry import Registry, verify_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,8 +37,12 @@ def test_a_stage_is_built_verified_reused_and_rebuilt_without_prefect(tmp_path):
     assert spec.path.parent == data / "converted" and spec.path.name == f"ml-{spec.short_key}"
     assert manifest.verify(spec, hashing.HashMemo(None)) is None
     recorded = manifest.read_manifest(spec)
-    assert sorted(f["path"] for f in recorded["files"]) == ["items.parquet", "meta.json", "ratings.parquet"]
-    assert recorded["result"]["ratings"] == 4 and recorded["made_from"] == spec.description
+    assert recorded is not None and recorded.key == spec.key and recorded.made_from == spec.description
+    assert sorted(f.path for f in recorded.files) == ["items.parquet", "meta.json", "ratings.parquet"]
+    assert recorded.result["ratings"] == 4 and recorded.cache_key is None
+    on_disk = json.loads((spec.path / "manifest.json").read_text())  # the JSON format, unchanged
+    assert list(on_disk) == ["stage", "key", "cache_key", "created", "elapsed_s", "files", "result", "made_from"]
+    assert manifest.Manifest.from_json(on_disk) == recorded
 
     written = (spec.path / "ratings.parquet").stat().st_mtime_ns
     again_spec, again = _convert(data, source)  # nothing changed: same key, reused, not rebuilt
@@ -57,6 +62,21 @@ def test_a_stage_is_built_verified_reused_and_rebuilt_without_prefect(tmp_path):
     split = layout.split_spec(data, changed, hashing.HashMemo(None), "random", {"seed": 0})
     assert split.description["inputs"]["converted"] == hashing.digest(
         manifest.output_hashes(changed, hashing.HashMemo(None)))
+
+
+def test_a_damaged_manifest_counts_as_none_and_is_named(tmp_path):
+    data = tmp_path / "data"
+    spec, _ = _convert(data, write_ml_csv(tmp_path / "ml"))
+    (spec.path / "manifest.json").write_text('{"stage": "convert", "files": []}')
+    assert manifest.verify(spec, hashing.HashMemo(None)) == "no manifest (never completed)"
+    [check] = manifest.verify_tree(data, hashing.HashMemo(None))
+    assert check.folder == spec.path and check.problem == "manifest.json: not a manifest (no key, made_from)"
+    for text, problem in (("[1]", "not a manifest (a JSON list, not an object)"), ("{", "not valid JSON")):
+        (spec.path / "manifest.json").write_text(text)
+        for name in ("model.pt", "config.json", "metrics.json"):  # what the registry asks of a run folder
+            (spec.path / name).write_text("{}")
+        with pytest.raises(RecsysError, match=f"manifest.json: {re.escape(problem)}; the run folder is damaged"):
+            verify_run(spec.path)
 
 
 def test_the_library_imports_no_prefect():

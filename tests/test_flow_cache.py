@@ -73,7 +73,7 @@ def test_manifest_verifies_only_complete_unchanged_output(tmp_path):
     _build(spec.path)
     assert verify(spec, memo) == "no manifest (never completed)"  # outputs without manifest: incomplete
     manifest = write_manifest(spec, memo, elapsed_s=0.1)
-    assert sorted(f["path"] for f in manifest["files"]) == ["a.bin", "sub/b.txt"]
+    assert sorted(f.path for f in manifest.files) == ["a.bin", "sub/b.txt"]
     assert verify(spec, memo) is None
 
     other = _spec(spec.path, params={"p": 2})

@@ -77,8 +77,9 @@ def build_stage(spec: StageSpec, memo: HashMemo, make: Callable[[Path], Any], ke
             log.info("%s: reusing %s (complete: built by a concurrent or an earlier run)", spec.stage, spec.out_dir)
             if cache_key:  # name this run's record, so the next run is reported cached
                 record_cache_key(spec, cache_key)
-            manifest = read_manifest(spec) or {}
-            return {"stage": spec.stage, "key": spec.key, "status": REUSED, "elapsed_s": manifest.get("elapsed_s")}
+            manifest = read_manifest(spec)
+            return {"stage": spec.stage, "key": spec.key, "status": REUSED,
+                    "elapsed_s": manifest.elapsed_s if manifest is not None else None}
         invalidate(spec)
         remove_temporaries(spec)
         if not keep_partial and spec.path.exists():

@@ -1,11 +1,12 @@
-"""A stage invocation (``StageSpec``: where it writes, under which content key) and its ``manifest.json``.
+"""A stage invocation (``StageSpec``: where it writes, under which content key) and its ``manifest.json``
+(``Manifest``): the one place that writes, reads and checks that format.
 
 The manifest is the LAST file a stage writes into its output folder: the key, every output file with size
 and sha256, what went into the key (``made_from``), the build's result and seconds. An output counts as
 complete only if its manifest carries the expected key and every listed file still has that size and hash,
 so a folder left by a killed run (no manifest), a deleted or truncated file or a manifest of other inputs all
-make the stage run again. This module is the one place that writes and checks that format (the registry's
-run verification calls ``changed_file`` too).
+make the stage run again. The registry's run verification checks a run folder through ``load_manifest`` and
+``changed_file`` too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,27 +61,90 @@ def make_spec(
     return StageSpec(stage=stage, out_dir=str(Path(out_dir).resolve()), key=key, description=description)
 
 
+# --------------------------------------------------------------------------- the format
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One output file as its manifest recorded it."""
+
+    path: str  # relative to the output folder, with "/" separators
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The content of ``manifest.json`` (JSON keys = field names, in the order written)."""
+
+    stage: str
+    key: str                      # the StageSpec's content key
+    cache_key: str | None         # the orchestrator's record of the build (Prefect's cache key), None without one
+    created: str | None           # UTC, ISO 8601
+    elapsed_s: float | None       # seconds the build took
+    files: tuple[FileRecord, ...]
+    result: Any                   # what the stage's library function returned (JSON)
+    made_from: dict               # the StageSpec's description: stage, inputs, params, code
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "key": self.key, "cache_key": self.cache_key, "created": self.created,
+                "elapsed_s": self.elapsed_s, "files": [vars(f) for f in self.files], "result": self.result,
+                "made_from": self.made_from}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Manifest:
+        """The manifest in ``obj`` (parsed JSON); ValueError saying what is wrong when it is not one."""
+        if not isinstance(obj, dict):
+            raise ValueError(f"not a manifest (a JSON {type(obj).__name__}, not an object)")
+        missing = [name for name in ("stage", "key", "files", "made_from") if name not in obj]
+        if missing:
+            raise ValueError(f"not a manifest (no {', '.join(missing)})")
+        try:
+            files = tuple(FileRecord(str(e["path"]), int(e["size"]), str(e["sha256"])) for e in obj["files"])
+        except (TypeError, KeyError, ValueError):
+            raise ValueError("not a manifest (its files are not a list of path, size and sha256)") from None
+        if not isinstance(obj["made_from"], dict):
+            raise ValueError("not a manifest (made_from is not an object)")
+        return cls(stage=obj["stage"], key=obj["key"], cache_key=obj.get("cache_key"), created=obj.get("created"),
+                   elapsed_s=obj.get("elapsed_s"), files=files, result=obj.get("result"), made_from=obj["made_from"])
+
+    def hashes(self) -> dict[str, str]:
+        """{relative path: sha256} of the recorded files."""
+        return {f.path: f.sha256 for f in self.files}
+
+    def spec(self, folder: str | Path) -> StageSpec:
+        """The spec this manifest records for the output folder ``folder``."""
+        return StageSpec(stage=self.stage, out_dir=str(Path(folder).resolve()), key=self.key,
+                         description=self.made_from)
+
+
 def manifest_path(folder: StageSpec | str | Path) -> Path:
     return (folder.path if isinstance(folder, StageSpec) else Path(folder)) / MANIFEST_NAME
 
 
-def read_manifest(folder: StageSpec | str | Path) -> dict | None:
-    """The parsed manifest of a spec's (or a folder's) output; None when there is none or it is not JSON."""
+def load_manifest(folder: StageSpec | str | Path) -> Manifest | None:
+    """The manifest of a spec's (or a folder's) output; None when there is none; ValueError (what is wrong)
+    when it cannot be read as one."""
+    path = manifest_path(folder)
     try:
-        manifest = json.loads(manifest_path(folder).read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
-    return manifest if isinstance(manifest, dict) else None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot be read ({err})") from None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise ValueError("not valid JSON") from None
+    return Manifest.from_json(obj)
 
 
-def spec_of(folder: str | Path) -> StageSpec | None:
-    """The spec a folder's own manifest records (to verify an output without knowing its inputs); None when
-    it has no readable manifest."""
-    manifest = read_manifest(folder)
-    if manifest is None or not {"stage", "key", "made_from"} <= set(manifest):
+def read_manifest(folder: StageSpec | str | Path) -> Manifest | None:
+    """``load_manifest``, with a damaged manifest read as none (the output is then incomplete)."""
+    try:
+        return load_manifest(folder)
+    except ValueError:
         return None
-    return StageSpec(stage=manifest["stage"], out_dir=str(Path(folder).resolve()), key=manifest["key"],
-                     description=manifest["made_from"])
 
 
 def output_files(folder: Path) -> list[Path]:
@@ -88,20 +152,20 @@ def output_files(folder: Path) -> list[Path]:
     return list_files(folder, skip_names=(MANIFEST_NAME,))
 
 
-def changed_file(folder: str | Path, manifest: dict, memo: HashMemo) -> tuple[str, str] | None:
-    """The first file ``manifest`` lists that is no longer as recorded under ``folder``: (its relative path,
-    "is missing" | "changed size" | "changed content"); None when every one is unchanged."""
+def changed_file(folder: str | Path, files: tuple[FileRecord, ...], memo: HashMemo) -> tuple[str, str] | None:
+    """The first of ``files`` that is no longer as recorded under ``folder``: (its relative path, "is missing"
+    | "changed size" | "changed content"); None when every one is unchanged."""
     folder = Path(folder)
-    for entry in manifest.get("files", []):
-        path = folder / entry["path"]
+    for record in files:
+        path = folder / record.path
         try:
             size = path.stat().st_size
         except OSError:
-            return entry["path"], "is missing"
-        if size != entry["size"]:
-            return entry["path"], "changed size"
-        if memo.file_hash(path) != entry["sha256"]:
-            return entry["path"], "changed content"
+            return record.path, "is missing"
+        if size != record.size:
+            return record.path, "changed size"
+        if memo.file_hash(path) != record.sha256:
+            return record.path, "changed content"
     return None
 
 
@@ -110,18 +174,18 @@ def verify(spec: StageSpec, memo: HashMemo) -> str | None:
     manifest = read_manifest(spec)
     if manifest is None:
         return "no manifest (never completed)"
-    if manifest.get("key") != spec.key:
+    if manifest.key != spec.key:
         return "manifest of other inputs, parameters or code"
-    changed = changed_file(spec.path, manifest, memo)
+    changed = changed_file(spec.path, manifest.files, memo)
     return None if changed is None else " ".join(changed)
 
 
 def output_hashes(spec: StageSpec, memo: HashMemo) -> dict[str, str]:
     """{relative path: sha256} of a verified output, from its manifest (what the next stage's key holds)."""
     manifest = read_manifest(spec)
-    if manifest is None or manifest.get("key") != spec.key:
+    if manifest is None or manifest.key != spec.key:
         raise RuntimeError(f"{spec.out_dir} has no complete output of stage {spec.stage}")
-    return {e["path"]: e["sha256"] for e in manifest["files"]}
+    return manifest.hashes()
 
 
 def write_manifest(
@@ -130,43 +194,36 @@ def write_manifest(
     elapsed_s: float,
     result: Any = None,
     cache_key: str | None = None,
-) -> dict:
+) -> Manifest:
     """Hash every output file and write the manifest, atomically: the last write of a stage.
 
-    ``cache_key``: the orchestrator's record of this build (Prefect's cache key), so its next run can report
-    the stage as cached; None when built without one."""
-    files = [
-        {"path": p.relative_to(spec.path).as_posix(), "size": p.stat().st_size, "sha256": memo.file_hash(p)}
-        for p in output_files(spec.path)
-    ]
+    ``result``: JSON-able; ``cache_key``: the orchestrator's record of this build (so its next run can report
+    the stage as cached), None when built without one."""
+    files = tuple(FileRecord(p.relative_to(spec.path).as_posix(), p.stat().st_size, memo.file_hash(p))
+                  for p in output_files(spec.path))
     if not files:
         raise RuntimeError(f"stage {spec.stage} wrote no files into {spec.out_dir}")
-    manifest = {
-        "stage": spec.stage,
-        "key": spec.key,
-        "cache_key": cache_key,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "elapsed_s": round(elapsed_s, 3),
-        "files": files,
-        "result": result,
-        "made_from": spec.description,
-    }
-    write_json(manifest_path(spec), manifest)
+    manifest = Manifest(stage=spec.stage, key=spec.key, cache_key=cache_key,
+                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), elapsed_s=round(elapsed_s, 3),
+                        files=files, result=result, made_from=spec.description)
+    write_json(manifest_path(spec), manifest.to_json())
     return manifest
 
 
 def record_cache_key(spec: StageSpec, cache_key: str) -> None:
     """Name the orchestrator's record in a complete output's manifest that has none yet (reused, not built)."""
     manifest = read_manifest(spec)
-    if manifest is not None and manifest.get("cache_key") is None:
-        manifest["cache_key"] = cache_key
-        write_json(manifest_path(spec), manifest)
+    if manifest is not None and manifest.cache_key is None:
+        write_json(manifest_path(spec), replace(manifest, cache_key=cache_key).to_json())
 
 
 def invalidate(spec: StageSpec) -> None:
     """Remove the manifest first, so a crash during the rebuild never leaves a valid-looking folder."""
     with contextlib.suppress(FileNotFoundError):
         manifest_path(spec).unlink()
+
+
+# --------------------------------------------------------------------------- checking a tree of outputs
 
 
 @dataclass(frozen=True)
@@ -190,9 +247,11 @@ def verify_tree(root: str | Path, memo: HashMemo) -> list[FolderCheck]:
     found += sorted(p for p in root.rglob(MANIFEST_NAME) if p.parent != root)
     checks = []
     for path in found:
-        spec = spec_of(path.parent)
-        if spec is None:
-            checks.append(FolderCheck(path.parent, None, f"{MANIFEST_NAME} cannot be read or is not a manifest"))
-        else:
-            checks.append(FolderCheck(path.parent, spec.stage, verify(spec, memo)))
+        try:
+            manifest = load_manifest(path.parent)
+        except ValueError as err:
+            checks.append(FolderCheck(path.parent, None, f"{MANIFEST_NAME}: {err}"))
+            continue
+        if manifest is not None:
+            checks.append(FolderCheck(path.parent, manifest.stage, verify(manifest.spec(path.parent), memo)))
     return checks
