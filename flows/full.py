@@ -34,14 +34,15 @@ if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
 
 from prefect import flow  # noqa: E402
 
+from recsys_core.artifacts import layout  # noqa: E402
+from recsys_core.artifacts.hashing import hash_memo  # noqa: E402
 from recsys_core.errors import RecsysError  # noqa: E402
 from recsys_core.split import PROTOCOLS as split_protocols  # noqa: E402
 from recsys_core.split import check_options as check_split_options  # noqa: E402
 from recsys_core.sweep import load_sweep_file, parse_sweep  # noqa: E402
 from recsys_core.threads import check_threads  # noqa: E402
 from recsys_core.tracking import require as require_mlflow  # noqa: E402
-from tasks import plan, report, schedule  # noqa: E402
-from tasks.caching import hash_memo  # noqa: E402
+from tasks import report, schedule  # noqa: E402
 from tasks.fanout import RUNNERS, Call, Fanout, check_runner  # noqa: E402
 from tasks.logs import forward_library_logs, quiet_user_error_tracebacks  # noqa: E402
 from tasks.stages import convert_task, matrices_task, split_task, synth_task, train_task  # noqa: E402
@@ -119,15 +120,15 @@ def full_pipeline(
         require_mlflow()  # before any work: a missing extra is one sentence, not a failure after training
 
     # Stage 0 (sample only) and stage 1: raw files -> Parquet.
-    if source == plan.SAMPLE:
-        sample = plan.sample_spec(data, sample_scale, sample_seed)
+    if source == layout.SAMPLE:
+        sample = layout.sample_spec(data, sample_scale, sample_seed)
         run.stage(synth_task, sample, "sample", scale=sample_scale, seed=sample_seed)
-        source_path, name = sample.path, plan.SAMPLE
+        source_path, name = sample.path, layout.SAMPLE
     else:
         source_path, name = Path(source).expanduser().resolve(), None
         if (skipped := schedule.skip_without_data(source_path)) is not None:
             return skipped  # a scheduled run before the data is there: Skipped, not Failed
-    converted = plan.convert_spec(data, source_path, memo, name=name)
+    converted = layout.convert_spec(data, source_path, memo, name=name)
     run.stage(convert_task, converted, "convert", source=str(source_path))
     run.artifacts["converted"] = converted.out_dir
     report.publish_table("recsys-dataset", [_dataset_row(converted.path)], "stage 1: the converted ratings")
@@ -136,7 +137,7 @@ def full_pipeline(
 
     # Stage 2: splits.
     options = _split_options(protocol, split_options, splits, seed, source_path)
-    splits_spec = plan.split_spec(data, converted, memo, protocol, options)
+    splits_spec = layout.split_spec(data, converted, memo, protocol, options)
     run.stage(split_task, splits_spec, "split", ratings_dir=converted.out_dir, protocol=protocol, options=options)
     run.artifacts["splits"] = splits_spec.out_dir
     run.report["split_stats"] = report.split_stat_rows(splits_spec.path)
@@ -146,7 +147,7 @@ def full_pipeline(
         return run.finish()
 
     # Stage 3: CSR matrices, one index per split.
-    matrices = plan.matrices_spec(data, splits_spec, memo, protocol)
+    matrices = layout.matrices_spec(data, splits_spec, memo, protocol)
     run.stage(matrices_task, matrices, "matrices", split_root=splits_spec.out_dir)
     run.artifacts["matrices"] = matrices.out_dir
     report.publish_table("recsys-matrices", _matrices_rows(matrices.path), "stage 3: matrix shapes")
@@ -156,7 +157,7 @@ def full_pipeline(
     # Stage 4: per split and model: train, evaluate beside the baselines, write top-K recommendations; on the
     # task runner (all at once on Dask), then the sweep's rounds of trials on the same runner.
     runs = []
-    split_names = plan.split_names(matrices, memo)
+    split_names = layout.split_names(matrices, memo)
     with Fanout(task_runner, str(data), dask_address, dask_workers) as fanout:
         # models that read other runs of their split (the blend) train in a second round, after the others
         later = [m for m in models if getattr(registered(m).estimator, "trains_after_others", False)]
@@ -168,7 +169,7 @@ def full_pipeline(
                     config = {**configs[model], "device": resolve_device(device)}
                     if model in later and not config.get("members"):
                         config["members"] = ",".join(folders.get(split_name, []))
-                    trained = plan.train_spec(data, matrices, memo, split_name, model, config)
+                    trained = layout.train_spec(data, matrices, memo, split_name, model, config)
                     if registered(model).estimator.rating_model and model not in later:
                         folders.setdefault(split_name, []).append(trained.path.name)
                     specs.append((split_name, model, trained))
@@ -208,7 +209,7 @@ def full_pipeline(
     if protocol == "netflix-probe":  # the Prize's published numbers beside the run's probe RMSE, labelled
         from recsys_core import prize
 
-        generated = source == plan.SAMPLE or prize.is_generated(options["source"])
+        generated = source == layout.SAMPLE or prize.is_generated(options["source"])
         run.report["prize"] = prize.comparison_rows(run.report["metrics"], generated)
         run.report["prize_note"] = prize.GENERATED_NOTE if generated else prize.REAL_NOTE
         report.publish_table("recsys-prize", run.report["prize"], f"probe RMSE beside the Netflix Prize's published "

@@ -9,13 +9,13 @@ A folder replaces an existing one in ONE step where the system allows it (Linux 
 aside under ``.<name>.old-<pid>-<hex>``, and a writer killed between the two renames leaves it there, to be
 moved back by the next writer of that destination.
 
-Leftovers of killed writers: every writer holds an exclusive ``flock`` on its temporary (and on a
-folder it moves aside) for as long as it works on it; the kernel drops the lock when the process dies,
-however it dies. Each ``atomic_file`` / ``atomic_dir`` first removes the temporaries of its destination
-whose lock is free and whose writer's pid no longer runs here (both: the pid guards the instant between
-creating a temporary and locking it, the lock guards a reused pid and a writer on another host sharing
-the folder), so a ``kill -9`` costs disk space only until the next run, never a live writer's work. On
-a filesystem without ``flock`` (some NFS mounts) nothing is removed: a writer on another host could
+Leftovers of killed writers: every writer holds an exclusive ``flock`` (``recsys_core.artifacts.locks``) on
+its temporary (and on a folder it moves aside) for as long as it works on it; the kernel drops the lock when
+the process dies, however it dies. Each ``atomic_file`` / ``atomic_dir`` first removes the temporaries of
+its destination whose lock is free and whose writer's pid no longer runs here (both: the pid guards the
+instant between creating a temporary and locking it, the lock guards a reused pid and a writer on another
+host sharing the folder), so a ``kill -9`` costs disk space only until the next run, never a live writer's
+work. On a filesystem without ``flock`` (some NFS mounts) nothing is removed: a writer on another host could
 not be told from a dead one.
 """
 
@@ -33,12 +33,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locks, the pid check alone decides
-    fcntl = None
+from recsys_core.artifacts import locks
 
-_TEMP = "tmp"    # a writer's temporary (tasks/caching.py knows this name too)
+_TEMP = "tmp"    # a writer's temporary (recsys_core/artifacts/build.py knows this name too)
 _ASIDE = "old"   # the previous folder moved aside while its replacement is renamed in
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
@@ -49,29 +46,7 @@ def _sibling(dest: Path, kind: str = _TEMP) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Liveness of a writer: its lock, and its pid.
-
-
-def _lock(path: Path) -> int | None:
-    """Open ``path`` (file or folder) and take an exclusive lock on it; the fd, or None where the
-    system or filesystem has no such locks (then the pid alone marks the writer as alive)."""
-    if fcntl is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _unlock(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
+# Liveness of a writer: its lock (locks.try_lock), and its pid.
 
 
 def _pid_runs(pid: int) -> bool:
@@ -92,23 +67,13 @@ def _is_dead_leftover(path: Path, pid: int) -> tuple[bool, int | None]:
     """(True, fd holding its lock) when the writer of ``path`` is gone; (False, None) otherwise."""
     if _pid_runs(pid):
         return False, None
-    if fcntl is None:
+    if not locks.SUPPORTED:  # no locks here: the pid alone decides
         return True, None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False, None
-    except OSError:  # unreadable: leave it
-        return False, None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        # BlockingIOError: a live writer holds it (on another host sharing the folder, or a pid we cannot
-        # see). Anything else: this filesystem has no such locks (some NFS mounts), so a writer on another
-        # host cannot be told from a dead one: leave it.
-        os.close(fd)
-        return False, None
-    return True, fd
+    # Not lockable: a live writer holds it (on another host sharing the folder, or a pid we cannot see), it is
+    # gone, or this filesystem has no such locks (some NFS mounts), so a writer on another host cannot be told
+    # from a dead one: leave it.
+    fd = locks.try_lock(path)
+    return (fd is not None), fd
 
 
 def _remove(path: Path) -> None:
@@ -148,7 +113,7 @@ def clean_leftovers(dest: str | Path) -> list[Path]:
                 _remove(path)
             touched.append(path)
         finally:
-            _unlock(fd)
+            locks.unlock(fd)
     return touched
 
 
@@ -201,12 +166,12 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
         _remove(tmp)  # now the old folder; if we die here it is a dead writer's temporary
         return
     aside = _sibling(dest, _ASIDE)
-    lock = _lock(dest)
+    lock = locks.try_lock(dest)
     try:
         os.replace(dest, aside)
         os.replace(tmp, dest)
     finally:
-        _unlock(lock)
+        locks.unlock(lock)
     _remove(aside)
 
 
@@ -222,12 +187,12 @@ def atomic_file(dest: str | Path) -> Iterator[Path]:
     clean_leftovers(dest)
     tmp = _sibling(dest)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    lock = _lock(tmp)
+    lock = locks.try_lock(tmp)
     try:
         yield tmp
         os.replace(tmp, dest)
     finally:
-        _unlock(lock)
+        locks.unlock(lock)
         if os.path.lexists(tmp):
             _remove(tmp)
 
@@ -246,12 +211,12 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     clean_leftovers(dest)
     tmp = _sibling(dest)
     tmp.mkdir()
-    lock = _lock(tmp)
+    lock = locks.try_lock(tmp)
     try:
         yield tmp
         _swap_into_place(tmp, dest)
     finally:
-        _unlock(lock)
+        locks.unlock(lock)
         if os.path.lexists(tmp):
             _remove(tmp)
 

@@ -26,7 +26,6 @@ The history alone determines the champion (its last promotion or rollback): a wr
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -36,6 +35,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from recsys_core.artifacts.hashing import HashMemo, file_sha256
+from recsys_core.artifacts.locks import file_lock
+from recsys_core.artifacts.manifest import MANIFEST_NAME, changed_file, load_manifest
 from recsys_core.errors import RecsysError
 from recsys_core.io import read_json, write_json
 
@@ -50,14 +52,6 @@ _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 def now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_name(name: str) -> str:
@@ -82,22 +76,20 @@ def verify_run(run_dir: str | Path, split_stats: str | Path | None = None) -> di
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
     if missing:
         raise RecsysError(f"{run_dir} is not a finished run folder (missing {', '.join(missing)}); train it first")
-    manifest_file = run_dir / "manifest.json"
-    manifest = None
-    if manifest_file.is_file():
-        try:
-            manifest = read_json(manifest_file)
-        except ValueError:
-            raise RecsysError(f"{manifest_file}: not valid JSON; the run folder is damaged") from None
-        for entry in manifest.get("files", []):
-            path = run_dir / entry["path"]
-            if not path.is_file():
+    try:
+        manifest = load_manifest(run_dir)
+    except ValueError as err:
+        raise RecsysError(f"{run_dir / MANIFEST_NAME}: {err}; the run folder is damaged") from None
+    if manifest is not None:
+        changed = changed_file(run_dir, manifest.files, HashMemo(None))
+        if changed is not None:
+            path, what = run_dir / changed[0], changed[1]
+            if what == "is missing":
                 raise RecsysError(f"{path}: listed in the run's manifest but missing; the run folder is damaged")
-            if path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
-                raise RecsysError(f"{path}: changed since the run's manifest was written; the run folder is damaged")
+            raise RecsysError(f"{path}: changed since the run's manifest was written; the run folder is damaged")
     config = read_json(run_dir / "config.json")
     metrics = read_json(run_dir / "metrics.json")
-    made_from = (manifest or {}).get("made_from") or {}
+    made_from = manifest.made_from if manifest is not None else {}
     split_dir = config.get("split_dir")
     return {
         "run_dir": str(run_dir),
@@ -248,23 +240,8 @@ class Registry:
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         """Exclusive writer lock of one model (released by the kernel if the holder dies)."""
-        folder = self.folder(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout
-        with open(folder / LOCK, "a+") as fh:
-            while True:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RecsysError(f"{folder / LOCK}: another writer has held the registry lock for "
-                                          f"{timeout:.0f} s; try again when it is done") from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with file_lock(self.folder(name) / LOCK, timeout, what="the registry lock"):
+            yield
 
     def _append(self, name: str, event: dict) -> dict:
         """Append one history line (caller holds the lock)."""

@@ -67,7 +67,7 @@ def check_runner(task_runner: str, dask_address: str | None, dask_workers: int |
 
 def probe_worker(data_dir: str, name: str, token: str) -> dict:
     """Run on every worker: can it read the flow's probe file in the data dir, and which code does it run?"""
-    from tasks.caching import code_version
+    from recsys_core.artifacts.hashing import code_version
 
     try:
         seen = (Path(data_dir) / PROBE_DIR / name).read_text() == token
@@ -135,7 +135,7 @@ class Fanout:
     def _check_workers(self, address: str) -> None:
         from distributed import Client
 
-        from tasks.caching import code_version
+        from recsys_core.artifacts.hashing import code_version
 
         name = f"dask-probe-{secrets.token_hex(6)}"
         token = secrets.token_hex(16)

@@ -1,17 +1,17 @@
-"""Prefect tasks around the library stages, with the content-keyed cache of ``tasks.caching``.
+"""Prefect tasks around the library stages, built by the library's content-keyed build system
+(``recsys_core.artifacts``).
 
-Each task takes a ``StageSpec`` (output folder + content key, computed by ``tasks.plan``) and the
-library parameters. ``ContentCachePolicy`` makes Prefect report the task as *Cached* when the output
-folder verifies against its manifest; otherwise the task runs, and under the stage's file lock it
-either finds the output completed meanwhile by a concurrent run ("reused") or builds it ("built").
+Each task takes a ``StageSpec`` (output folder + content key, computed by ``recsys_core.artifacts.layout``)
+and the library parameters. ``ContentCachePolicy`` makes Prefect report the task as *Cached* when the output
+folder verifies against its manifest; otherwise the task runs ``recsys_core.artifacts.build.build_stage``,
+which under the stage's file lock either finds the output completed meanwhile by a concurrent run
+("reused") or builds it ("built").
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +22,10 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.transactions import get_transaction
 
+from recsys_core.artifacts.build import build_stage
+from recsys_core.artifacts.hashing import hash_memo
+from recsys_core.artifacts.manifest import StageSpec, read_manifest, verify
 from recsys_core.errors import RecsysError
-from recsys_core.io import write_json
-from tasks.caching import (
-    StageSpec,
-    hash_memo,
-    invalidate,
-    manifest_path,
-    read_manifest,
-    remove_temporaries,
-    stage_lock,
-    verify,
-    write_manifest,
-)
 
 log = logging.getLogger("recsys_core.flow")
 
@@ -66,9 +57,9 @@ class ContentCachePolicy(CachePolicy):
         reason = verify(spec, memo)
         memo.save()
         if reason is None:
-            recorded = (read_manifest(spec) or {}).get("cache_key")
-            if recorded:
-                return recorded
+            manifest = read_manifest(spec)
+            if manifest is not None and manifest.cache_key:
+                return manifest.cache_key
         else:
             log.info("%s must run: %s (%s)", spec.stage, reason, spec.out_dir)
         return new_cache_key(spec)
@@ -128,47 +119,11 @@ def stage_task(name: str):
 
 
 def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep_partial: bool = False) -> dict:
-    """Build ``spec``'s output unless it verifies; the manifest is written last, under the stage lock.
-
-    ``keep_partial``: leave an unverified folder in place for the build (training resumes from its
-    checkpoint); otherwise it is removed first so no stale file can slip into the manifest.
-    """
-    memo = hash_memo(data_dir)
-    with stage_lock(spec):
-        reason = verify(spec, memo)
-        txn = get_transaction()
-        txn_key = txn.key if txn is not None and txn.key else None
-        if reason is None:
-            manifest = read_manifest(spec)
-            log.info("%s: reusing %s (complete: built by a concurrent or an earlier run)", spec.stage, spec.out_dir)
-            if manifest.get("cache_key") is None and txn_key:  # name this run's record, so the next is Cached
-                manifest["cache_key"] = txn_key
-                write_json(manifest_path(spec), manifest)
-            return {"stage": spec.stage, "key": spec.key, "status": "reused", "elapsed_s": manifest.get("elapsed_s")}
-        invalidate(spec)
-        remove_temporaries(spec)
-        if not keep_partial and spec.path.exists():
-            shutil.rmtree(spec.path)
-        log.info("%s: building %s", spec.stage, spec.out_dir)
-        started = time.perf_counter()
-        result = build(spec.path)
-        elapsed = time.perf_counter() - started
-        write_manifest(spec, memo, elapsed, result=_jsonable(result), cache_key=txn_key)
-        memo.save()
-        log.info("%s: done in %.1f s", spec.stage, elapsed)
-        return {"stage": spec.stage, "key": spec.key, "status": "built", "elapsed_s": round(elapsed, 3)}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)
+    """``build_stage`` with the data dir's hash memo, naming this task's Prefect cache record in the manifest
+    (so the next run reports the stage Cached)."""
+    txn = get_transaction()
+    return build_stage(spec, hash_memo(data_dir), build, keep_partial=keep_partial,
+                       cache_key=txn.key if txn is not None and txn.key else None)
 
 
 # --------------------------------------------------------------------------- the stages

@@ -15,10 +15,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recsys_core.artifacts import layout
+from recsys_core.artifacts.hashing import HashMemo, digest
+from recsys_core.artifacts.manifest import StageSpec
 from recsys_core.io import write_json
 from recsys_core.sweep import COMPLETE, FAILED, Study, SweepSpec, plot, read_outcome, write_table
-from tasks import plan
-from tasks.caching import HashMemo, StageSpec, digest
 from tasks.fanout import Call, Fanout
 from tasks.stages import train_task
 
@@ -60,7 +61,7 @@ def run_sweeps(spec: SweepSpec, fanout: Fanout, data: Path, matrices: StageSpec,
                 study.tell(trial, {"state": FAILED, "error": trial.error})
                 continue
             config = {**trial.config, "device": device}
-            trained = plan.train_spec(data, matrices, memo, split, model, config, prune=trial.prune)
+            trained = layout.train_spec(data, matrices, memo, split, model, config, prune=trial.prune)
             label = f"trial {split}/{model} #{trial.number}"
             runnable.append((study, trial, trained))
             calls.append(Call(label, dict(spec=trained, data_dir=str(data), split_dir=str(matrices.path / split),

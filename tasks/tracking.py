@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 log = logging.getLogger("recsys_core.flow")
 
-_KEYED = re.compile(r"^(?P<name>.+)-[0-9a-f]{10}$")  # "<name>-<short content key>" folders of tasks.plan
+_KEYED = re.compile(r"^(?P<name>.+)-[0-9a-f]{10}$")  # "<name>-<short content key>" folders (artifacts.layout)
 
 
 def tracking_uri(parameter: str | None) -> str | None:

@@ -92,13 +92,9 @@ def statuses(report: dict) -> dict[str, str]:
 
 def all_manifests_verify(data_dir: Path) -> list[Path]:
     """Every stage folder under data_dir with a manifest; asserts each verifies. Returns them."""
-    from tasks.caching import HashMemo, StageSpec, verify
+    from recsys_core.artifacts.hashing import HashMemo
+    from recsys_core.artifacts.manifest import verify_tree
 
-    folders = []
-    for manifest_file in sorted(Path(data_dir).rglob("manifest.json")):
-        manifest = json.loads(manifest_file.read_text())
-        spec = StageSpec(stage=manifest["stage"], out_dir=str(manifest_file.parent), key=manifest["key"],
-                         description=manifest["made_from"])
-        assert verify(spec, HashMemo(None)) is None, manifest_file
-        folders.append(manifest_file.parent)
-    return folders
+    checks = verify_tree(data_dir, HashMemo(None))
+    assert [c for c in checks if not c.ok] == []
+    return [c.folder for c in checks]

@@ -875,13 +875,14 @@ def test_kaggle_missing_titles_and_damaged_zips_are_refused(tmp_path, previous_o
 
 
 def test_kaggle_sources_are_recognised_and_the_flow_plans_them(tmp_path):
-    from tasks import plan
+    from recsys_core.artifacts.layout import source_name
+    from recsys_core.convert import detect
 
     root = write_kaggle(tmp_path / "kaggle", kaggle_files())
     archive = write_kaggle_zip(tmp_path / "netflix-prize-data.zip", kaggle_files())
     for src in (root, archive):
         assert convert(src, tmp_path / f"out-{src.name}")["source"] == "netflix"
-        assert plan.source_roots(src) == [src] and plan.source_name(src) in ("kaggle", "netflix-prize-data")
+        assert detect(src).reads == [src] and source_name(src) in ("kaggle", "netflix-prize-data")
     with pytest.raises(RecsysError, match="overlaps the input"):
         convert(root, root / "converted")
     other = tmp_path / "other.zip"

@@ -1,4 +1,5 @@
-"""The content-keyed stage cache on its own (no Prefect run): hashes, code versions, manifests, locks."""
+"""The content-keyed stage cache on its own (no Prefect run): hashes, code versions, manifests, locks
+(``recsys_core.artifacts``), and the retry rule of the Prefect stage tasks."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks import caching
-from tasks.caching import HashMemo, make_spec, verify, write_manifest
+from recsys_core.artifacts import hashing, locks
+from recsys_core.artifacts.build import remove_temporaries
+from recsys_core.artifacts.hashing import HashMemo
+from recsys_core.artifacts.manifest import StageSpec, make_spec, verify, write_manifest
 from tasks.stages import is_transient
 
 
-def _spec(out_dir: Path, params: dict | None = None) -> caching.StageSpec:
+def _spec(out_dir: Path, params: dict | None = None) -> StageSpec:
     return make_spec("demo", inputs={"x": 1}, params=params or {"p": 1}, code={"v": 1}, out_dir=out_dir)
 
 
@@ -70,7 +73,7 @@ def test_manifest_verifies_only_complete_unchanged_output(tmp_path):
     _build(spec.path)
     assert verify(spec, memo) == "no manifest (never completed)"  # outputs without manifest: incomplete
     manifest = write_manifest(spec, memo, elapsed_s=0.1)
-    assert sorted(f["path"] for f in manifest["files"]) == ["a.bin", "sub/b.txt"]
+    assert sorted(f.path for f in manifest.files) == ["a.bin", "sub/b.txt"]
     assert verify(spec, memo) is None
 
     other = _spec(spec.path, params={"p": 2})
@@ -96,7 +99,7 @@ def test_spec_key_depends_on_inputs_params_and_code(tmp_path):
 
 
 def test_code_version_follows_library_imports(tmp_path, monkeypatch):
-    version = caching.code_version("recsys_core.synth")
+    version = hashing.code_version("recsys_core.synth")
     assert "recsys_core.synth" in version["modules"]
     assert "recsys_core.io" in version["modules"]  # imported by synth
     assert "recsys_core.cli" not in version["modules"]  # not a dependency
@@ -105,16 +108,16 @@ def test_code_version_follows_library_imports(tmp_path, monkeypatch):
     package = tmp_path / "recsys_core"
     package.mkdir()
     for name in ("__init__.py", "errors.py"):
-        (package / name).write_text((Path(caching.__file__).parents[1] / "recsys_core" / name).read_text())
+        (package / name).write_text((Path(hashing.__file__).parents[1] / name).read_text())
     (package / "stage.py").write_text("from recsys_core.helper import f\n")
     (package / "helper.py").write_text("def f():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for mod in [m for m in list(__import__("sys").modules) if m == "recsys_core" or m.startswith("recsys_core.")]:
         monkeypatch.delitem(__import__("sys").modules, mod)
-    before = caching.code_version("recsys_core.stage")
+    before = hashing.code_version("recsys_core.stage")
     assert before["modules"] == ["recsys_core", "recsys_core.helper", "recsys_core.stage"]
     (package / "helper.py").write_text("def f():\n    return 2\n")
-    assert caching.code_version("recsys_core.stage")["source_sha256"] != before["source_sha256"]
+    assert hashing.code_version("recsys_core.stage")["source_sha256"] != before["source_sha256"]
 
 
 def test_dead_writers_temporaries_are_removed(tmp_path):
@@ -123,14 +126,14 @@ def test_dead_writers_temporaries_are_removed(tmp_path):
     left = [tmp_path / ".out.tmp-12345-0123abcd", spec.path / "sub" / ".b.txt.tmp-999-89abcdef"]
     left[0].mkdir()
     left[1].write_text("partial")
-    removed = caching.remove_temporaries(spec)
+    removed = remove_temporaries(spec)
     assert sorted(removed) == sorted(left)
     assert not any(p.exists() for p in left)
     assert (spec.path / "sub" / "b.txt").exists()
 
 
 def _hold_lock(lock_path: str, started, trying, released) -> None:
-    with caching.file_lock(Path(lock_path)):
+    with locks.file_lock(Path(lock_path)):
         started.set()
         trying.wait(60)
         time.sleep(0.2)  # the other process is at (or in) its file_lock call; not a threshold: see below
@@ -147,7 +150,7 @@ def test_stage_lock_excludes_other_processes(tmp_path):
     holder.start()
     assert started.wait(60)
     trying.set()
-    with caching.file_lock(lock):
+    with locks.file_lock(lock):
         assert released.is_set(), "the lock was taken while another process held it"
     holder.join(60)
     assert holder.exitcode == 0

@@ -275,11 +275,12 @@ def test_prize_numbers_beside_the_probe_rmse_are_labelled():
 
 
 def test_the_split_stage_key_holds_the_probe_content_not_its_path(tmp_path, monkeypatch):
-    from tasks import plan
-    from tasks.caching import HashMemo, make_spec
-    from tasks.plan import split_spec
+    from recsys_core.artifacts import layout
+    from recsys_core.artifacts.hashing import HashMemo
+    from recsys_core.artifacts.layout import split_spec
+    from recsys_core.artifacts.manifest import make_spec
 
-    monkeypatch.setattr(plan, "output_hashes", lambda spec, memo: {"ratings.parquet": "same"})
+    monkeypatch.setattr(layout, "output_hashes", lambda spec, memo: {"ratings.parquet": "same"})
     converted = make_spec("convert", {}, {}, {}, out_dir=tmp_path / "converted")
     keys = []
     for name, data in (("a", PROBE), ("b", PROBE), ("c", PROBE + b"3:\n1\n")):

@@ -28,7 +28,8 @@ def fake_run(folder: Path, rmse: float = 0.9, manifest: bool = True) -> Path:
         files = [{"path": p.name, "size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
                  for p in sorted(folder.iterdir())]
         made_from = {"inputs": {"matrices": "data-key-1"}, "code": {"source_sha256": "code-key-1"}}
-        (folder / "manifest.json").write_text(json.dumps({"files": files, "made_from": made_from}))
+        (folder / "manifest.json").write_text(json.dumps({"stage": "train", "key": "run-key-1", "files": files,
+                                                          "made_from": made_from}))
     return folder
 
 

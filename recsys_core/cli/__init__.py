@@ -1,8 +1,8 @@
-"""The command line, in ONE place: ``recsys <stage> ...`` or ``python -m recsys_core <stage> ...`` runs one
-stage without Prefect. One module per stage here (``synth``, ``convert``, ``split``, ``matrices``, ``train``
-with ``evaluate`` and ``recommend``; ``qualify`` for a Netflix Prize submission; ``registry`` and ``serve`` for
-the retraining loop) defines its sub-command with ``add(subparsers, name)`` and calls the stage's library
-function.
+"""The command line, in ONE place: ``recsys <stage> ...`` or ``python -m recsys_core <stage> ...`` runs one stage
+without Prefect. One module per stage here (``synth``, ``convert``, ``split``, ``matrices``, ``train`` with
+``evaluate`` and ``recommend``; ``qualify`` for a Netflix Prize submission; ``registry`` and ``serve`` for the
+retraining loop; ``verify`` for the flow's stage folders) defines its sub-command with ``add(subparsers, name)``
+and calls the stage's library function.
 
 A stage imports only what it needs: the parser is built for the sub-command named on the command line
 alone (the others are listed by name and one-line help), and each section imports its library when it is
@@ -30,6 +30,7 @@ COMMANDS = {
     "qualify": ("recsys_core.cli.qualify", "Netflix Prize submission: predict every line of qualifying.txt"),
     "registry": ("recsys_core.cli.registry", "list, show, promote or roll back registry models (champions)"),
     "serve": ("recsys_core.cli.serve", "HTTP recommendation service answering from a registry champion"),
+    "verify": ("recsys_core.cli.verify", "check stage folders against their manifests (size and sha256 of each file)"),
 }
 
 

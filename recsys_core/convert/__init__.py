@@ -1,8 +1,9 @@
 """Stage 1: convert raw Netflix Prize / MovieLens files into ``ratings.parquet``, ``items.parquet``
 and ``meta.json`` (see docs/convert.md).
 
-``convert(src, out_dir)`` recognises the input form by itself; the whole ``out_dir`` is written
-under a temporary name and renamed into place, so on any error the previous output stays intact.
+``convert(src, out_dir)`` recognises the input form by itself (``detect``, the one place that knows the
+forms: the flow's cache key hashes the files ``detect`` says a conversion reads); the whole ``out_dir`` is
+written under a temporary name and renamed into place, so on any error the previous output stays intact.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from recsys_core.convert.common import (
     write_meta,
 )
 from recsys_core.convert.kaggle import convert_kaggle, find_kaggle, kaggle_input_bytes
-from recsys_core.convert.movielens import convert_movielens, find_format
-from recsys_core.convert.netflix import DEFAULT_BATCH_MB, convert_netflix, find_input
+from recsys_core.convert.movielens import MovieLensFormat, convert_movielens, find_format
+from recsys_core.convert.netflix import DEFAULT_BATCH_MB, NetflixInput, convert_netflix, find_input
 from recsys_core.errors import RecsysError
 from recsys_core.io import atomic_dir
 
@@ -34,6 +35,38 @@ log = logging.getLogger("recsys_core")
 RECOGNISED = ("a Netflix Prize folder (training_set/ + movie_titles.txt), a training_set/ folder, training_set.tar, "
               "nf_prize_dataset.tar.gz, the Kaggle 'Netflix Prize data' folder (combined_data_1..4.txt + "
               "movie_titles.csv) or its zip archive, or a MovieLens folder (u.data, ratings.dat or ratings.csv)")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A recognised input: the path given, and its Netflix form or its MovieLens format (exactly one is set)."""
+
+    path: Path
+    netflix: NetflixInput | None
+    movielens: MovieLensFormat | None
+
+    @property
+    def reads(self) -> list[Path]:
+        """The files and folders a conversion reads (a cache key hashes their content): a Netflix training
+        folder or training_set.tar given as a file, with the titles file beside it; anything else as a whole
+        (an archive, a Kaggle or MovieLens folder, a folder holding training_set.tar)."""
+        netflix = self.netflix
+        if netflix is not None and (netflix.kind == "folder" or (netflix.kind == "tar" and self.path.is_file())):
+            return [netflix.path] + ([netflix.titles] if netflix.titles is not None and netflix.titles.exists()
+                                     else [])
+        return [self.path]
+
+
+def detect(src: str | Path) -> Source:
+    """Recognise the form of ``src``; RecsysError (one sentence) when it is missing or none of ``RECOGNISED``."""
+    src = Path(src)
+    if not src.exists():
+        raise RecsysError(f"{src} does not exist; expected {RECOGNISED}")
+    netflix = find_input(src) or find_kaggle(src)
+    movielens = None if netflix else find_format(src)
+    if netflix is None and movielens is None:
+        raise RecsysError(f"{src} is not a recognised data set; expected {RECOGNISED}")
+    return Source(src, netflix, movielens)
 
 
 @dataclass
@@ -77,14 +110,10 @@ def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = D
     src, out_dir = Path(src), Path(out_dir)
     if not batch_mb > 0:
         raise RecsysError(f"the batch size must be a positive number of megabytes, not {batch_mb}")
-    if not src.exists():
-        raise RecsysError(f"{src} does not exist; expected {RECOGNISED}")
     if compression not in COMPRESSIONS:
         raise RecsysError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
-    netflix = find_input(src) or find_kaggle(src)
-    movielens = None if netflix else find_format(src)
-    if netflix is None and movielens is None:
-        raise RecsysError(f"{src} is not a recognised data set; expected {RECOGNISED}")
+    source = detect(src)
+    netflix, movielens = source.netflix, source.movielens
     inputs = [src, netflix.path] + ([netflix.titles] if netflix.titles else []) if netflix else [src]
     _refuse_overlap(inputs, out_dir)
     timings = Timings()

@@ -1,4 +1,5 @@
-"""Where each stage writes and under which content key (``StageSpec``), computed from what it reads.
+"""The data-folder layout: where each stage writes and under which content key (``StageSpec``), computed
+from what it reads.
 
 Layout under the data dir (every name carries a short content key, so different inputs or parameters
 never overwrite each other)::
@@ -8,6 +9,8 @@ never overwrite each other)::
     splits/<source>-<key>/<protocol>-<key>/    stage 2, one folder per split inside
     matrices/<source>-<key>/<protocol>-<key>/  stage 3, one folder per split inside
     runs/<source>-<key>/<protocol>-<key>/<split>/<model>-<key>/   stage 4: model, metrics, top-K
+    sweeps/<source>-<key>/<protocol>-<key>/sweep-<key>/           a sweep's table, plot and chosen trials
+    registry/<name>/                           champion pointer and history (recsys_core.registry)
     .cache/file-hashes.json                    memo of file hashes (path, size, mtimes, inode -> sha256)
 """
 
@@ -16,8 +19,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from recsys_core.artifacts.hashing import HashMemo, code_version, digest, tree_hashes
+from recsys_core.artifacts.manifest import MANIFEST_NAME, StageSpec, make_spec, output_hashes
+from recsys_core.convert import detect
 from recsys_core.errors import RecsysError
-from tasks.caching import HashMemo, StageSpec, code_version, digest, make_spec, output_hashes, tree_hashes
+from recsys_core.prize import probe_holder
 
 SAMPLE = "sample"
 
@@ -26,7 +32,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.") or "source"
 
 
-def sample_spec(data_dir: Path, scale: float, seed: int) -> StageSpec:
+def sample_spec(data_dir: str | Path, scale: float, seed: int) -> StageSpec:
     return make_spec(
         "synth",
         inputs={},
@@ -34,23 +40,6 @@ def sample_spec(data_dir: Path, scale: float, seed: int) -> StageSpec:
         code=code_version("recsys_core.synth"),
         out_dir=Path(data_dir) / "raw" / SAMPLE / f"s{scale:g}-seed{seed}",
     )
-
-
-def source_roots(source: Path) -> list[Path]:
-    """The files and folders ``convert`` reads for each accepted form of a source."""
-    if source.is_dir():
-        if (source / "training_set").is_dir():
-            roots = [source / "training_set"]
-        elif source.name == "training_set":
-            roots, source = [source], source.parent
-        else:  # a MovieLens folder: all of it
-            return [source]
-        titles = source / "movie_titles.txt"
-        return roots + ([titles] if titles.exists() else [])
-    if source.name.endswith(".tar") and not source.name.endswith(".tar.gz"):
-        titles = source.parent / "movie_titles.txt"
-        return [source] + ([titles] if titles.exists() else [])
-    return [source]
 
 
 def source_name(source: Path) -> str:
@@ -61,13 +50,16 @@ def source_name(source: Path) -> str:
     return _slug(name)
 
 
-def convert_spec(data_dir: Path, source: Path, memo: HashMemo, name: str | None = None) -> StageSpec:
+def convert_spec(data_dir: str | Path, source: str | Path, memo: HashMemo, name: str | None = None) -> StageSpec:
+    """Stage 1's spec: its key holds the content of the files ``recsys_core.convert.detect`` says the
+    conversion reads (never their paths); the folder is named after the source (or ``name``)."""
+    source = Path(source)
     if not source.exists():
         raise RecsysError(f"{source}: no such file or folder (source must be 'sample', a Netflix path or a "
                           "MovieLens folder)")
     hashes: dict[str, str] = {}
-    for root in source_roots(source):
-        hashes.update(tree_hashes(root, memo))
+    for root in detect(source).reads:
+        hashes.update(tree_hashes(root, memo, skip_names=(MANIFEST_NAME,)))
     if not hashes:
         raise RecsysError(f"{source}: holds no files to convert")
     return make_spec(
@@ -80,13 +72,11 @@ def convert_spec(data_dir: Path, source: Path, memo: HashMemo, name: str | None 
     )
 
 
-def split_spec(data_dir: Path, converted: StageSpec, memo: HashMemo, protocol: str, options: dict) -> StageSpec:
+def split_spec(data_dir: str | Path, converted: StageSpec, memo: HashMemo, protocol: str, options: dict) -> StageSpec:
     params = {"protocol": protocol, **options}
     if protocol == "netflix-probe" and options.get("source") is not None:
         # The key holds what is read, not where: the content of the file holding probe.txt (the archive for
         # a tar.gz or zip, already hashed for the convert stage), not the source's path.
-        from recsys_core.prize import probe_holder
-
         holder = probe_holder(options["source"])
         if holder is None:
             raise RecsysError(f"{options['source']} holds no probe.txt (protocol netflix-probe needs it): give the "
@@ -103,7 +93,7 @@ def split_spec(data_dir: Path, converted: StageSpec, memo: HashMemo, protocol: s
     )
 
 
-def matrices_spec(data_dir: Path, splits: StageSpec, memo: HashMemo, protocol: str) -> StageSpec:
+def matrices_spec(data_dir: str | Path, splits: StageSpec, memo: HashMemo, protocol: str) -> StageSpec:
     return make_spec(
         "matrices",
         inputs={"splits": digest(output_hashes(splits, memo))},
@@ -119,7 +109,7 @@ def split_names(matrices: StageSpec, memo: HashMemo) -> list[str]:
     return sorted({p.split("/")[0] for p in output_hashes(matrices, memo) if p.endswith("/meta.json")})
 
 
-def train_spec(data_dir: Path, matrices: StageSpec, memo: HashMemo, split: str, model: str, config: dict,
+def train_spec(data_dir: str | Path, matrices: StageSpec, memo: HashMemo, split: str, model: str, config: dict,
                prune: dict | None = None) -> StageSpec:
     """A training run's folder and key. ``prune``: a sweep trial's pruning rule (it can stop the run early,
     so it is part of the key; a trial without one shares the folder of an ordinary run of its options)."""

@@ -1,53 +1,50 @@
-"""Content-keyed stage cache: what a stage reads, with which parameters and which code, names its output.
+"""Content hashes: of files (memoized), of parameters (canonical JSON) and of the library code a stage runs.
 
-A stage's key is the hash of
-  * the CONTENT of every file it reads (never paths or mtimes; a file's hash is memoized by
-    (path, size, mtime_ns, ctime_ns, inode) the way git's index does, so a second run only stats files),
-  * its parameters (canonical JSON),
-  * the source of every ``recsys_core`` module it imports (followed transitively), and the versions of
-    the third-party libraries that shape its bytes (polars, pyarrow, numpy, scipy, torch).
-
-Each output folder gets a manifest written LAST (key + every output file with size and sha256). An
-output counts as complete only if its manifest carries the expected key and every listed file still
-has that size and hash, so a folder left by a killed run (no manifest), a deleted or truncated file or
-a manifest of other inputs all make the stage run again. Writers hold an ``fcntl.flock`` on a lock
-file beside the output, so concurrent runs of the same stage wait for each other and then reuse.
+* A file's sha256 is memoized by its stat signature (size, mtime_ns, ctime_ns, inode) the way git's index
+  does, in one JSON file per data dir (``hash_memo``), so a second run only stats files; a truncated or
+  rewritten file changes the signature (ctime moves even when mtime is forged) and is read again.
+* ``digest`` hashes the canonical JSON of parameters.
+* ``code_version`` hashes the source of every ``recsys_core`` module a stage imports (followed transitively)
+  and the versions of the third-party libraries that shape its bytes (polars, pyarrow, numpy, scipy, torch).
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import logging
 import os
-import re
-import shutil
 import sys
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable
 
-from recsys_core.io import atomic_file, write_json
+from recsys_core.artifacts.locks import file_lock
+from recsys_core.io import atomic_file
 from recsys_core.progress import progress_bar
 
-log = logging.getLogger("recsys_core.cache")
-
-MANIFEST_NAME = "manifest.json"
-# Name pattern of the temporaries of recsys_core.io (".<name>.tmp-<pid>-<hex>").
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 _LIBRARIES = ("numpy", "scipy", "polars", "pyarrow", "torch")
 _CHUNK = 1 << 20
 _BAR_MB = 256  # sources above this size show a hashing progress bar
+# The build system itself: its source decides how keys are computed and checked, never what a stage writes, so
+# it is not part of any stage's code version (else any edit here would rebuild every data set; a change in how
+# keys are computed changes the keys by itself).
+BUILD_SYSTEM = "recsys_core.artifacts"
 
 
 # --------------------------------------------------------------------------- file hashes
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (not memoized: see ``HashMemo``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _stat_signature(st: os.stat_result) -> list[int]:
@@ -77,17 +74,14 @@ class HashMemo:
             entry = self._entries.get(key)
         if entry is not None and entry[:4] == signature:
             return entry[4]
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
+        sha256 = file_sha256(path)
         # A file modified while being hashed gets a new signature: do not memoize that hash.
         if _stat_signature(path.stat()) != signature:
-            return digest.hexdigest()
+            return sha256
         with self._mutex:
-            self._entries[key] = signature + [digest.hexdigest()]
+            self._entries[key] = signature + [sha256]
             self._dirty = True
-        return digest.hexdigest()
+        return sha256
 
     def save(self) -> None:
         """Merge into the on-disk memo (other runs may have added entries) and write atomically."""
@@ -125,27 +119,28 @@ def _is_temporary(name: str) -> bool:
     return name.startswith(".") or name.endswith(".lock")
 
 
-
-
-def list_files(root: Path) -> list[Path]:
-    """Regular files under ``root`` (a file or folder), sorted, skipping hidden names and temporaries."""
+def list_files(root: Path, skip_names: Iterable[str] = ()) -> list[Path]:
+    """Regular files under ``root`` (a file or folder), sorted, skipping hidden names, temporaries, lock files
+    and the names in ``skip_names``."""
     root = Path(root)
     if root.is_file():
         return [root]
+    skip = set(skip_names)
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not _is_temporary(d))
         for name in sorted(filenames):
-            if not _is_temporary(name) and name != MANIFEST_NAME:
+            if not _is_temporary(name) and name not in skip:
                 found.append(Path(dirpath) / name)
     return found
 
 
-def tree_hashes(root: Path, memo: HashMemo) -> dict[str, str]:
-    """{relative path: sha256} of every file under ``root`` (a progress bar when there is much to read)."""
+def tree_hashes(root: Path, memo: HashMemo, skip_names: Iterable[str] = ()) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``root`` (``list_files``; a progress bar when there is
+    much to read)."""
     root = Path(root)
     base = root.parent if root.is_file() else root
-    files = list_files(root)
+    files = list_files(root, skip_names)
     sizes = [p.stat().st_size for p in files]
     total_mb = sum(sizes) / 1e6
     hashes = {}
@@ -218,13 +213,13 @@ def module_sources(root_module: str) -> dict[str, Path]:
     """Every recsys_core source file ``root_module`` depends on: its imports, transitively.
 
     A sub-package reached counts as a whole (all its files), because model registries inside a
-    package are often imported dynamically by name.
+    package are often imported dynamically by name. The build system (``BUILD_SYSTEM``) never counts.
     """
     found: dict[str, Path] = {}
     pending = [root_module]
     while pending:
         name = pending.pop()
-        if name in found:
+        if name in found or name == BUILD_SYSTEM or name.startswith(BUILD_SYSTEM + "."):
             continue
         path = _module_file(name)
         if path is None:
@@ -261,156 +256,3 @@ def code_version(*root_modules: str) -> dict[str, Any]:
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "libraries": libraries,
     }
-
-
-# --------------------------------------------------------------------------- manifests
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage invocation: where it writes and under which content key."""
-
-    stage: str
-    out_dir: str
-    key: str
-    description: dict  # what went into the key (inputs, params, code), kept in the manifest
-
-    @property
-    def path(self) -> Path:
-        return Path(self.out_dir)
-
-    @property
-    def short_key(self) -> str:
-        return self.key[:10]
-
-
-def make_spec(
-    stage: str,
-    inputs: dict,
-    params: dict,
-    code: dict,
-    out_dir: str | Path | None = None,
-    parent: str | Path | None = None,
-    prefix: str | None = None,
-) -> StageSpec:
-    """The spec of a stage; the output folder is ``out_dir`` or ``parent/<prefix>-<short key>``."""
-    description = {"stage": stage, "inputs": inputs, "params": params, "code": code}
-    key = digest(description)
-    if out_dir is None:
-        out_dir = Path(parent) / f"{prefix}-{key[:10]}"
-    return StageSpec(stage=stage, out_dir=str(Path(out_dir).resolve()), key=key, description=description)
-
-
-def manifest_path(spec: StageSpec) -> Path:
-    return spec.path / MANIFEST_NAME
-
-
-def read_manifest(spec: StageSpec) -> dict | None:
-    try:
-        return json.loads(manifest_path(spec).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def verify(spec: StageSpec, memo: HashMemo) -> str | None:
-    """None when ``spec.out_dir`` holds the complete output of ``spec``; else why not (one phrase)."""
-    manifest = read_manifest(spec)
-    if manifest is None:
-        return "no manifest (never completed)"
-    if manifest.get("key") != spec.key:
-        return "manifest of other inputs, parameters or code"
-    for entry in manifest.get("files", []):
-        path = spec.path / entry["path"]
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{entry['path']} is missing"
-        if size != entry["size"]:
-            return f"{entry['path']} changed size"
-        if memo.file_hash(path) != entry["sha256"]:
-            return f"{entry['path']} changed content"
-    return None
-
-
-def output_hashes(spec: StageSpec, memo: HashMemo) -> dict[str, str]:
-    """{relative path: sha256} of a verified output, from its manifest (what the next stage reads)."""
-    manifest = read_manifest(spec)
-    if manifest is None or manifest.get("key") != spec.key:
-        raise RuntimeError(f"{spec.out_dir} has no complete output of stage {spec.stage}")
-    return {e["path"]: e["sha256"] for e in manifest["files"]}
-
-
-def write_manifest(
-    spec: StageSpec,
-    memo: HashMemo,
-    elapsed_s: float,
-    result: Any = None,
-    cache_key: str | None = None,
-) -> dict:
-    """Hash every output file (all but temporaries) and write the manifest: the last write of a stage."""
-    files = [
-        {"path": p.relative_to(spec.path).as_posix(), "size": p.stat().st_size, "sha256": memo.file_hash(p)}
-        for p in list_files(spec.path)
-    ]
-    if not files:
-        raise RuntimeError(f"stage {spec.stage} wrote no files into {spec.out_dir}")
-    manifest = {
-        "stage": spec.stage,
-        "key": spec.key,
-        "cache_key": cache_key,  # the Prefect cache record this build committed
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "elapsed_s": round(elapsed_s, 3),
-        "files": files,
-        "result": result,
-        "made_from": spec.description,
-    }
-    write_json(manifest_path(spec), manifest)
-    return manifest
-
-
-def invalidate(spec: StageSpec) -> None:
-    """Remove the manifest first, so a crash during the rebuild never leaves a valid-looking folder."""
-    with contextlib.suppress(FileNotFoundError):
-        manifest_path(spec).unlink()
-
-
-# --------------------------------------------------------------------------- locks and leftovers
-
-
-@contextlib.contextmanager
-def file_lock(lock_path: Path) -> Iterator[None]:
-    """Exclusive ``flock`` (released by the kernel if the holder dies, even by SIGKILL)."""
-    lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def stage_lock(spec: StageSpec) -> contextlib.AbstractContextManager:
-    return file_lock(spec.path.parent / f".{spec.path.name}.lock")
-
-
-def remove_temporaries(spec: StageSpec) -> list[Path]:
-    """Delete temporaries (``.<name>.tmp-<pid>-<hex>``) of this output left by a killed run.
-
-    Called only while holding the stage lock: every writer of this output holds it too, so any
-    temporary present belongs to a writer that died.
-    """
-    removed = []
-    candidates = list(spec.path.parent.glob(f".{spec.path.name}.tmp-*"))
-    if spec.path.is_dir():
-        candidates += [p for p in spec.path.rglob(".*.tmp-*")]
-    for entry in candidates:
-        if not _TEMP_RE.match(entry.name):
-            continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-        removed.append(entry)
-    return removed
