@@ -24,6 +24,7 @@ from prefect.transactions import get_transaction
 
 from recsys_core.errors import RecsysError
 from recsys_core.io import write_json
+from recsys_core.records import StageResult
 from tasks.caching import (
     StageSpec,
     hash_memo,
@@ -127,7 +128,7 @@ def stage_task(name: str):
 # --------------------------------------------------------------------------- the common stage body
 
 
-def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep_partial: bool = False) -> dict:
+def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep_partial: bool = False) -> StageResult:
     """Build ``spec``'s output unless it verifies; the manifest is written last, under the stage lock.
 
     ``keep_partial``: leave an unverified folder in place for the build (training resumes from its
@@ -144,7 +145,7 @@ def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep
             if manifest.get("cache_key") is None and txn_key:  # name this run's record, so the next is Cached
                 manifest["cache_key"] = txn_key
                 write_json(manifest_path(spec), manifest)
-            return {"stage": spec.stage, "key": spec.key, "status": "reused", "elapsed_s": manifest.get("elapsed_s")}
+            return StageResult(spec.stage, spec.key, "reused", manifest.get("elapsed_s"))
         invalidate(spec)
         remove_temporaries(spec)
         if not keep_partial and spec.path.exists():
@@ -156,7 +157,7 @@ def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep
         write_manifest(spec, memo, elapsed, result=_jsonable(result), cache_key=txn_key)
         memo.save()
         log.info("%s: done in %.1f s", spec.stage, elapsed)
-        return {"stage": spec.stage, "key": spec.key, "status": "built", "elapsed_s": round(elapsed, 3)}
+        return StageResult(spec.stage, spec.key, "built", round(elapsed, 3))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -175,28 +176,28 @@ def _jsonable(obj: Any) -> Any:
 
 
 @stage_task("synth")
-def synth_task(spec: StageSpec, data_dir: str, scale: float, seed: int) -> dict:
+def synth_task(spec: StageSpec, data_dir: str, scale: float, seed: int) -> StageResult:
     from recsys_core.synth import generate_netflix
 
     return run_stage(spec, data_dir, lambda out: generate_netflix(out, scale=scale, seed=seed))
 
 
 @stage_task("convert")
-def convert_task(spec: StageSpec, data_dir: str, source: str) -> dict:
+def convert_task(spec: StageSpec, data_dir: str, source: str) -> StageResult:
     from recsys_core.convert import convert
 
     return run_stage(spec, data_dir, lambda out: convert(source, out))
 
 
 @stage_task("split")
-def split_task(spec: StageSpec, data_dir: str, ratings_dir: str, protocol: str, options: dict) -> dict:
+def split_task(spec: StageSpec, data_dir: str, ratings_dir: str, protocol: str, options: dict) -> StageResult:
     from recsys_core.split import split
 
     return run_stage(spec, data_dir, lambda out: split(ratings_dir, out, protocol, **options))
 
 
 @stage_task("matrices")
-def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> dict:
+def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> StageResult:
     from recsys_core.matrices import build_matrices
 
     return run_stage(spec, data_dir, lambda out: build_matrices(split_root, out))
@@ -204,7 +205,7 @@ def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> dict:
 
 @stage_task("train")
 def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, config: dict, threads: int | None = None,
-               concurrent: int | None = 1, prune: dict | None = None) -> dict:
+               concurrent: int | None = 1, prune: dict | None = None) -> StageResult:
     """Train, evaluate (model + baselines) and write top-K recommendations of one model.
 
     The run folder keeps its checkpoint when a run fails or is killed; the library's ``resume="auto"``
