@@ -49,8 +49,9 @@ def lower_is_better(metric: str) -> bool:
     return metric in ("rmse", "mae")
 
 
-def _k_of(metric: str) -> int | None:
-    return int(metric.split("@")[1]) if "@" in metric else None
+def _k_of(metric: str) -> int:
+    """K of a top-K metric ("recall@10" -> 10)."""
+    return int(metric.split("@")[1])
 
 
 # --------------------------------------------------------------------------- the champion on a new split
@@ -223,6 +224,12 @@ class _Measured:
     def on(self, part: str) -> float | None:
         return self.valid if part == "valid" else self.test
 
+    def deciding(self, part: str) -> float:
+        """The value on the part that decides, which the split has (so every challenger has a value there)."""
+        value = self.on(part)
+        assert value is not None, f"{self.label} has no value on {part}"
+        return value
+
     def row(self, role, note: str = "") -> DecisionRow:
         return DecisionRow(role, self.label, self.valid, self.test, note, self.run_dir)
 
@@ -306,7 +313,7 @@ def _verdict(best: _Measured, beaten: list[_Measured], champion: ChampionPointer
     """(promoted, why): no baseline may beat the best challenger; then it must beat the champion by the
     margin, unless there is none or it cannot be loaded."""
     where = f"{decided_on} {metric}"
-    mine = best.on(decided_on)
+    mine = best.deciding(decided_on)
     if beaten:
         return False, (f"{best.label} ({where} {mine:.4f}) loses to "
                        + ", ".join(f"{b.label} ({b.on(decided_on):.4f})" for b in beaten))
@@ -332,8 +339,9 @@ def decide(name: str, champion: ChampionPointer | None, run_dirs: list[str], *, 
     champion_run = champion.run_dir if champion else None
     champion_version = champion.version if champion else None
     if champion is not None and {Path(r).resolve() for r in run_dirs} == {Path(champion.run_dir).resolve()}:
-        return Decision(name, False, "the challenger is the champion's own run (nothing was retrained)",
-                        champion.primary_metric or "", "", margin, champion_run, champion_run, champion_version)
+        return Decision(name, promoted=False, reason="the challenger is the champion's own run (nothing was retrained)",
+                        metric=champion.primary_metric or "", decided_on="", margin=margin, challenger=champion_run,
+                        champion=champion_run, champion_version=champion_version)
 
     challengers = _load_challengers(name, run_dirs, device)
     data = challengers[0].data
@@ -342,23 +350,25 @@ def decide(name: str, champion: ChampionPointer | None, run_dirs: list[str], *, 
     decided_on = "valid" if data.valid.nnz else "test"
     measured, refused = _measure_challengers(challengers, data, metric, recall_users)
     if not measured:
-        return Decision(name, False, f"no challenger can be measured by {metric}", metric, decided_on, margin,
-                        None, champion_run, champion_version, tuple(refused))
+        return Decision(name, promoted=False, reason=f"no challenger can be measured by {metric}", metric=metric,
+                        decided_on=decided_on, margin=margin, challenger=None, champion=champion_run,
+                        champion_version=champion_version, rows=tuple(refused))
 
     sign = 1 if lower_is_better(metric) else -1
-    best = min(measured, key=lambda m: m.on(decided_on) * sign)   # the first of equals, as listed
+    best = min(measured, key=lambda m: m.deciding(decided_on) * sign)   # the first of equals, as listed
     baselines = _measure_baselines(data, metric, recall_users)
     rows = refused + [m.row("challenger", "best challenger" if m is best else "not the best challenger")
                       for m in measured] + [b.row("baseline") for b in baselines]
-    decision = Decision(name, False, "", metric, decided_on, margin, best.run_dir, champion_run, champion_version,
-                        tuple(rows))
+    decision = Decision(name, promoted=False, reason="", metric=metric, decided_on=decided_on, margin=margin,
+                        challenger=best.run_dir, champion=champion_run, champion_version=champion_version,
+                        rows=tuple(rows))
     if champion is not None and _same_folder(champion.run_dir, best.run_dir or ""):
         return replace(decision, reason="the best challenger is the champion's own run")
 
-    on_split = _measure_champion(name, champion, data, metric, decided_on, recall_users, device) \
-        if champion is not None else None
+    on_split = None if champion is None else _measure_champion(name, champion, data, metric, decided_on,
+                                                                recall_users, device)
     if on_split is not None:
-        rows.insert(0, on_split.row)
+        rows.insert(0, on_split.row)   # the champion's row heads the table
     beaten = [b for b in baselines if _better(b.on(decided_on), best.on(decided_on), metric)]
     promoted, reason = _verdict(best, beaten, champion, on_split, decided_on, metric, margin)
     return replace(decision, promoted=promoted, reason=reason, rows=tuple(rows),
@@ -406,9 +416,10 @@ def _earlier_rejection(name: str, history: list[HistoryEntry], candidates: list[
         summary = event.decision
         if (event.event == "rejected" and summary is not None and list(summary.candidates) == candidates
                 and event.champion_version == champion_version and summary.margin == margin):
-            return Decision(name, False, f"already kept out on {event.time}: {event.reason}", summary.metric,
-                            summary.decided_on, margin, event.run_dir, champion.run_dir if champion else None,
-                            champion_version, summary.rows, summary.coverage)
+            return Decision(name, promoted=False, reason=f"already kept out on {event.time}: {event.reason}",
+                            metric=summary.metric, decided_on=summary.decided_on, margin=margin,
+                            challenger=event.run_dir, champion=champion.run_dir if champion else None,
+                            champion_version=champion_version, rows=summary.rows, coverage=summary.coverage)
         if event.moves_the_champion:
             return None
     return None

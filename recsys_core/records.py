@@ -21,7 +21,7 @@ EventKind = Literal["promoted", "rejected", "rolled_back", "pointer_rebuilt"]
 MOVES_THE_CHAMPION = ("promoted", "rolled_back")
 
 
-def finite(obj):
+def finite(obj: Any) -> Any:
     """JSON has no NaN: null instead (history lines and pointers must stay valid JSON)."""
     if isinstance(obj, dict):
         return {k: finite(v) for k, v in obj.items()}
@@ -270,7 +270,7 @@ class PromotionSummary:
     @classmethod
     def from_json(cls, obj: Mapping) -> PromotionSummary:
         metric = obj.get("metric") or ""
-        return cls(metric, obj.get("decided_on") or "", obj.get("margin"),
+        return cls(metric, obj.get("decided_on") or "", obj.get("margin", math.nan),  # nan: equals no margin
                    tuple(DecisionRow.from_json(row, metric) for row in obj.get("rows") or []),
                    Coverage.from_json(obj.get("coverage")), tuple(obj.get("candidates") or ()),
                    obj.get("champion_error"))

@@ -53,10 +53,9 @@ class RunConfig:
 
     def to_json(self) -> dict:
         """Flat, as ``Estimator.describe`` gives it: the options, then model, family, split_dir, threads."""
-        out = {**self.options, "model": self.model, "family": self.family, "split_dir": self.split_dir}
-        if self.threads is not None:
-            out["threads"] = self.threads
-        return out
+        out = {**self.options, "model": self.model, "family": self.family, "split_dir": self.split_dir,
+               "threads": self.threads}
+        return {k: v for k, v in out.items() if v is not None or k in self.options}
 
     def as_dict(self) -> dict:
         """Every key of ``config.json`` (the options and the model's name among them)."""

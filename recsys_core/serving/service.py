@@ -381,7 +381,7 @@ class ChampionHolder:
                         "detail": f"{self.name} has no champion pointer"}
             same = old is not None and (old.version, old.pointer.run_dir, old.pointer.run.model_sha256) == (
                 pointer.version, pointer.run_dir, pointer.run.model_sha256)
-            if same:
+            if old is not None and same:
                 self._recovered(signature)
                 return {"changed": False, "version": old.version}
             try:
