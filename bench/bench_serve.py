@@ -190,7 +190,7 @@ def _champion_run(registry_dir: Path, name: str) -> str:
     """The champion's run folder (the service shows only its id relative to the data dir)."""
     from recsys_core.registry import Registry
 
-    return Registry(registry_dir).champion(name)["run_dir"]
+    return Registry(registry_dir).champion(name).run_dir
 
 
 @contextlib.contextmanager
@@ -266,7 +266,7 @@ def bench_floor(registry_dir: Path, name: str, args, work: Path) -> dict:
             from recsys_core.registry import Registry
 
             def promote() -> int:
-                return Registry(registry_dir).promote(name, args.swap_to, "benchmark: swap under load")["version"]
+                return Registry(registry_dir).promote(name, args.swap_to, "benchmark: swap under load").version
 
             steady = rows[0]["service"]
             swap = asyncio.run(swap_under_load(host, port, rng.choice(user_ids, args.swap_requests), rates[0],
@@ -310,7 +310,7 @@ def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
             from recsys_core.registry import Registry
 
             def promote() -> int:
-                return Registry(registry_dir).promote(name, args.swap_to, "benchmark: swap under load")["version"]
+                return Registry(registry_dir).promote(name, args.swap_to, "benchmark: swap under load").version
 
             swap = asyncio.run(swap_under_load(host, port, rng.choice(user_ids, args.swap_requests), args.rate,
                                                args.k, promote, after_s=args.swap_requests / args.rate / 4))

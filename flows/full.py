@@ -222,7 +222,7 @@ def full_pipeline(
 
         decisions = promote_runs(data, registry_model, runs, promotion_margin, top_k, resolve_device(device),
                                  splits_spec.out_dir)
-        run.report["promotion"] = [d["line"] for d in decisions]
+        run.report["promotion"] = [d.line() for d in decisions]
     return run.finish()
 
 
@@ -237,7 +237,7 @@ class _Run:
         started = time.perf_counter()
         state = task_fn(spec=spec, data_dir=self.report["data_dir"], return_state=True, **kwargs)
         result = state.result()  # re-raises the stage's error
-        status = "cached" if state.name == "Cached" else result["status"]
+        status = "cached" if state.name == "Cached" else result.status
         seconds = round(time.perf_counter() - started, 2)
         self.report["stages"].append({"stage": label, "status": status, "seconds": seconds,
                                       "output": spec.out_dir})
@@ -246,7 +246,7 @@ class _Run:
     def record(self, done, spec) -> dict:
         """A training task's end (``tasks.fanout.Done``) in the report; re-raises its error."""
         result = done.result()
-        status = "cached" if done.state.name == "Cached" else result["status"]
+        status = "cached" if done.state.name == "Cached" else result.status
         self.report["stages"].append({"stage": done.call.label, "status": status, "seconds": round(done.seconds, 2),
                                       "output": spec.out_dir})
         return result

@@ -24,7 +24,7 @@ The counts of each case are part of the decision.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ import numpy as np
 from recsys_core.baselines import fit_baselines
 from recsys_core.errors import RecsysError
 from recsys_core.evaluation import full_catalogue_recall, rating_metrics
+from recsys_core.records import ChampionPointer, Coverage, DecisionRow, HistoryEntry, PromotionSummary
 from recsys_core.registry import Registry
 
 log = logging.getLogger("recsys_core.promotion")
@@ -48,8 +49,9 @@ def lower_is_better(metric: str) -> bool:
     return metric in ("rmse", "mae")
 
 
-def _k_of(metric: str) -> int | None:
-    return int(metric.split("@")[1]) if "@" in metric else None
+def _k_of(metric: str) -> int:
+    """K of a top-K metric ("recall@10" -> 10)."""
+    return int(metric.split("@")[1])
 
 
 # --------------------------------------------------------------------------- the champion on a new split
@@ -75,20 +77,21 @@ class OnNewSplit:
         popularity[self.new_cols] = model.popularity[self.old_cols[self.new_cols]]
         self._popular = popularity
 
-    def coverage(self) -> dict:
+    def coverage(self) -> Coverage:
         """How many users and items of the new split the model knows, folds in, or answers by fallback."""
         active = np.diff(self.data.train.indptr) > 0
         unknown = active & (self.old_rows < 0)
-        counts = {"users": int(active.sum()), "users_known": int((active & (self.old_rows >= 0)).sum()),
-                  "users_new_folded_in": int((unknown & self.fold).sum()),
-                  "users_new_fallback": int((unknown & ~self.fold).sum()),
-                  "items": int(self.data.n_items), "items_new": int((self.old_cols < 0).sum())}
+        fallback = {}
         for part in ("valid", "test"):
             matrix = getattr(self.data, part)
             rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
             scorable = (self.old_cols[matrix.indices] >= 0) & ((self.old_rows[rows] >= 0) | self.fold[rows])
-            counts[f"{part}_pairs_fallback"] = int((~scorable).sum())
-        return counts
+            fallback[part] = int((~scorable).sum())
+        return Coverage(users=int(active.sum()), users_known=int((active & (self.old_rows >= 0)).sum()),
+                        users_new_folded_in=int((unknown & self.fold).sum()),
+                        users_new_fallback=int((unknown & ~self.fold).sum()), items=int(self.data.n_items),
+                        items_new=int((self.old_cols < 0).sum()), valid_pairs_fallback=fallback["valid"],
+                        test_pairs_fallback=fallback["test"])
 
     def _folded(self, row: int) -> np.ndarray:
         """Scores (the model's own columns) of a new user, from their ratings in the new train part."""
@@ -156,8 +159,10 @@ def improvement(new: float, old: float, metric: str) -> float:
     return gain / abs(old)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
+    """A comparison of challengers with the champion and the baselines on the newest split, and its verdict."""
+
     name: str
     promoted: bool
     reason: str
@@ -167,8 +172,8 @@ class Decision:
     challenger: str | None                 # run folder of the chosen challenger
     champion: str | None                   # run folder of the champion before the decision
     champion_version: int | None
-    rows: list[dict] = field(default_factory=list)     # the table: champion, challengers, baselines
-    coverage: dict | None = None           # the champion on the new split
+    rows: tuple[DecisionRow, ...] = ()     # the table: champion, challengers, baselines
+    coverage: Coverage | None = None       # the champion on the new split
     version: int | None = None             # the new champion's version when promoted
     champion_error: str | None = None      # why the champion could not be loaded or measured
 
@@ -182,8 +187,19 @@ class Decision:
             verdict = "KEPT the champion"
         return f"registry {self.name}: {verdict}: {self.reason}"
 
+    def table(self) -> list[dict]:
+        """The rows as a table (values under "valid <metric>" and "test <metric>")."""
+        return [row.to_json(self.metric) for row in self.rows]
+
+    def summary(self, candidates: list[str]) -> PromotionSummary:
+        """What the registry's history records of the decision."""
+        return PromotionSummary(self.metric, self.decided_on, self.margin, self.rows, self.coverage,
+                                tuple(candidates), self.champion_error)
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "line": self.line()}
+        """The decision as JSON (its table as ``table``), with its ``line``."""
+        return {**{name: getattr(self, name) for name in self.__dataclass_fields__}, "rows": self.table(),
+                "coverage": self.coverage.to_json() if self.coverage else None, "line": self.line()}
 
 
 def _better(a: float | None, b: float | None, metric: str) -> bool:
@@ -192,108 +208,172 @@ def _better(a: float | None, b: float | None, metric: str) -> bool:
     return a < b if lower_is_better(metric) else a > b
 
 
-def decide(name: str, champion_pointer: dict | None, run_dirs: list[str], *, margin: float = DEFAULT_MARGIN,
-           k: int = 10, recall_users: int = DEFAULT_RECALL_USERS, device: str = "cpu") -> Decision:
-    """Compare the challengers (trained on one split) with the champion and the baselines; decides, records nothing."""
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """A challenger or baseline measured on the newest split."""
+
+    label: str
+    run_dir: str | None
+    valid: float | None
+    test: float | None
+
+    def on(self, part: str) -> float | None:
+        return self.valid if part == "valid" else self.test
+
+    def deciding(self, part: str) -> float:
+        """The value on the part that decides, which the split has (so every challenger has a value there)."""
+        value = self.on(part)
+        assert value is not None, f"{self.label} has no value on {part}"
+        return value
+
+    def row(self, role, note: str = "") -> DecisionRow:
+        return DecisionRow(role, self.label, self.valid, self.test, note, self.run_dir)
+
+
+@dataclass(frozen=True)
+class _ChampionOnSplit:
+    """The champion re-measured on the newest split, or why it could not be."""
+
+    row: DecisionRow
+    value: float | None = None             # on the part that decides; None when it cannot be loaded
+    coverage: Coverage | None = None
+    error: str | None = None
+
+
+def _load_challengers(name: str, run_dirs: list[str], device: str) -> list:
+    """The challengers as ``ServableModel``s; RecsysError unless all were trained on one split."""
     from recsys_core.serving.model_access import ServableModel
 
-    if not run_dirs:
-        raise RecsysError(f"no trained run to compare for registry model {name}")
-    champion_run = (champion_pointer or {}).get("run_dir")
-    champion_version = (champion_pointer or {}).get("version")
-    if champion_run and {Path(r).resolve() for r in run_dirs} == {Path(champion_run).resolve()}:
-        return Decision(name, False, "the challenger is the champion's own run (nothing was retrained)",
-                        champion_pointer.get("primary_metric") or "", "", margin, champion_run, champion_run,
-                        champion_version)
-    challengers = [ServableModel(run_dir, device) for run_dir in run_dirs]
+    challengers = [ServableModel(run_dir, device) for run_dir in dict.fromkeys(run_dirs)]
     data = challengers[0].data
     for other in challengers[1:]:
-        if Path(other.data.path).resolve() != Path(data.path).resolve():
+        if not _same_folder(other.data.path, data.path):
             raise RecsysError(f"the challengers of {name} were trained on different splits "
                               f"({data.path} and {other.data.path}); give runs of one split")
-    metric = (champion_pointer or {}).get("primary_metric") or primary_metric(
-        all(c.rating_model for c in challengers), k)
-    rows: list[dict] = []
-    scores: dict[str, dict] = {}
+    return challengers
 
-    def add(role: str, label: str, run_dir: str | None, values: dict, note: str = "") -> None:
-        rows.append({"role": role, "model": label, f"valid {metric}": values.get("valid"),
-                     f"test {metric}": values.get("test"), "note": note, "run_dir": run_dir})
 
+def _measure_challengers(challengers, data, metric: str,
+                         recall_users: int) -> tuple[list[_Measured], list[DecisionRow]]:
+    """(the challengers measured by ``metric``, rows of those that cannot be: ranking models by RMSE)."""
+    measured, refused = [], []
     for candidate in challengers:
         if lower_is_better(metric) and not candidate.rating_model:
-            add("challenger", candidate.model_name, str(candidate.run_dir), {},
-                f"not comparable: predicts no ratings for {metric}")
+            refused.append(DecisionRow("challenger", candidate.model_name, None, None,
+                                       f"not comparable: predicts no ratings for {metric}", str(candidate.run_dir)))
             continue
-        scores[str(candidate.run_dir)] = measure(candidate, data, metric, recall_users)
-    decided_on = "valid" if data.valid.nnz else "test"
-    if not scores:
-        return Decision(name, False, f"no challenger can be measured by {metric}", metric, decided_on, margin,
-                        None, champion_run, champion_version, rows)
-    best = min(scores, key=lambda r: scores[r][decided_on] * (1 if lower_is_better(metric) else -1))
-    by_run = {str(c.run_dir): c for c in challengers}
-    for run_dir, values in scores.items():
-        add("challenger", by_run[run_dir].model_name, run_dir, values,
-            "best challenger" if run_dir == best else "not the best challenger")
+        values = measure(candidate, data, metric, recall_users)
+        measured.append(_Measured(candidate.model_name, str(candidate.run_dir), values["valid"], values["test"]))
+    return measured, refused
 
-    baselines = {}
+
+def _measure_baselines(data, metric: str, recall_users: int) -> list[_Measured]:
+    """The baselines fitted on the newest split's train part that can be measured by ``metric``."""
+    out = []
     for label, baseline in fit_baselines(data.train).items():
         if lower_is_better(metric) and not baseline.rating_model:
             continue
-        baselines[label] = measure(baseline, data, metric, recall_users)
-        add("baseline", label, None, baselines[label])
-    mine = scores[best][decided_on]
-    beaten = [b for b, values in baselines.items() if _better(values[decided_on], mine, metric)]
+        values = measure(baseline, data, metric, recall_users)
+        out.append(_Measured(label, None, values["valid"], values["test"]))
+    return out
 
-    decision = Decision(name, False, "", metric, decided_on, margin, best, champion_run, champion_version, rows)
-    champion_value = None
-    if champion_pointer is not None and Path(champion_run).resolve() == Path(best).resolve():
-        decision.reason = "the best challenger is the champion's own run"
-        return decision
-    if champion_pointer is not None:
-        # Any failure of loading or re-measuring the champion (a missing folder, a corrupt model.pt that
-        # torch cannot unpickle, weights of the wrong shape) makes it unreadable, not the comparison: the
-        # reason is recorded and the best valid challenger that beats the baselines replaces it.
-        try:
-            champion = OnNewSplit(ServableModel(champion_run, device), data)
-            coverage = champion.coverage()
-            values = measure(champion, data, metric, recall_users)
-        except Exception as err:  # every failure means the same: the champion cannot answer
-            champion = None
-            decision.champion_error = str(err) if isinstance(err, RecsysError) else f"{type(err).__name__}: {err}"
-            log.warning("registry %s: champion version %s (%s) cannot be loaded or measured: %s", name,
-                        champion_version, champion_run, decision.champion_error)
-            rows.insert(0, {"role": "champion", "model": champion_pointer.get("model"), "run_dir": champion_run,
-                            "note": f"cannot be loaded: {decision.champion_error}"})
-        if champion is not None:
-            decision.coverage = coverage
-            champion_value = values[decided_on]
-            cov = decision.coverage
-            note = (f"version {champion_version}; new users folded in {cov['users_new_folded_in']}, by fallback "
-                    f"{cov['users_new_fallback']}; new items {cov['items_new']}")
-            rows.insert(0, {"role": "champion", "model": champion_pointer.get("model"), f"valid {metric}":
-                            values.get("valid"), f"test {metric}": values.get("test"), "note": note,
-                            "run_dir": champion_run})
+
+def _measure_champion(name: str, champion: ChampionPointer, data, metric: str, decided_on: str,
+                      recall_users: int, device: str) -> _ChampionOnSplit:
+    """The champion's own weights mapped onto the newest split (``OnNewSplit``) and measured.
+
+    Any failure of loading or re-measuring it (a missing folder, a corrupt model.pt that torch cannot
+    unpickle, weights of the wrong shape) makes it unreadable, not the comparison: the reason is recorded
+    and the best valid challenger that beats the baselines replaces it."""
+    from recsys_core.serving.model_access import ServableModel
+
+    try:
+        mapped = OnNewSplit(ServableModel(champion.run_dir, device), data)
+        coverage = mapped.coverage()
+        values = measure(mapped, data, metric, recall_users)
+    except Exception as err:  # every failure means the same: the champion cannot answer
+        error = str(err) if isinstance(err, RecsysError) else f"{type(err).__name__}: {err}"
+        log.warning("registry %s: champion version %s (%s) cannot be loaded or measured: %s", name,
+                    champion.version, champion.run_dir, error)
+        return _ChampionOnSplit(DecisionRow("champion", champion.run.model, None, None,
+                                            f"cannot be loaded: {error}", champion.run_dir), error=error)
+    note = (f"version {champion.version}; new users folded in {coverage.users_new_folded_in}, by fallback "
+            f"{coverage.users_new_fallback}; new items {coverage.items_new}")
+    row = DecisionRow("champion", champion.run.model, values.get("valid"), values.get("test"), note,
+                      champion.run_dir)
+    return _ChampionOnSplit(row, values[decided_on], coverage)
+
+
+def _verdict(best: _Measured, beaten: list[_Measured], champion: ChampionPointer | None,
+             on_split: _ChampionOnSplit | None, decided_on: str, metric: str, margin: float) -> tuple[bool, str]:
+    """(promoted, why): no baseline may beat the best challenger; then it must beat the champion by the
+    margin, unless there is none or it cannot be loaded."""
     where = f"{decided_on} {metric}"
+    mine = best.deciding(decided_on)
     if beaten:
-        decision.reason = (f"{by_run[best].model_name} ({where} {mine:.4f}) loses to "
-                           + ", ".join(f"{b} ({baselines[b][decided_on]:.4f})" for b in beaten))
-    elif champion_pointer is None:
-        decision.promoted = True
-        decision.reason = f"first champion: {by_run[best].model_name} ({where} {mine:.4f}) beats every baseline"
-    elif champion_value is None:
-        decision.promoted = True
-        decision.reason = (f"the champion (version {champion_version}) cannot be loaded ({decision.champion_error}); "
-                           f"{by_run[best].model_name} "
-                           f"({where} {mine:.4f}) beats every baseline")
-    else:
-        gain = improvement(mine, champion_value, metric)
-        versus = (f"{by_run[best].model_name} {where} {mine:.4f} vs champion version {champion_version} "
-                  f"{champion_value:.4f} ({gain:+.2%}, margin {margin:.2%})")
-        decision.promoted = gain > margin
-        verdict = "better than the champion: " if decision.promoted else "not better than the champion by the margin: "
-        decision.reason = verdict + versus
-    return decision
+        return False, (f"{best.label} ({where} {mine:.4f}) loses to "
+                       + ", ".join(f"{b.label} ({b.on(decided_on):.4f})" for b in beaten))
+    if champion is None:
+        return True, f"first champion: {best.label} ({where} {mine:.4f}) beats every baseline"
+    if on_split is None or on_split.value is None:
+        error = on_split.error if on_split else None
+        return True, (f"the champion (version {champion.version}) cannot be loaded ({error}); {best.label} "
+                      f"({where} {mine:.4f}) beats every baseline")
+    gain = improvement(mine, on_split.value, metric)
+    versus = (f"{best.label} {where} {mine:.4f} vs champion version {champion.version} "
+              f"{on_split.value:.4f} ({gain:+.2%}, margin {margin:.2%})")
+    if gain > margin:
+        return True, "better than the champion: " + versus
+    return False, "not better than the champion by the margin: " + versus
+
+
+def decide(name: str, champion: ChampionPointer | None, run_dirs: list[str], *, margin: float = DEFAULT_MARGIN,
+           k: int = 10, recall_users: int = DEFAULT_RECALL_USERS, device: str = "cpu") -> Decision:
+    """Compare the challengers (trained on one split) with the champion and the baselines; decides, records nothing."""
+    if not run_dirs:
+        raise RecsysError(f"no trained run to compare for registry model {name}")
+    champion_run = champion.run_dir if champion else None
+    champion_version = champion.version if champion else None
+    if champion is not None and {Path(r).resolve() for r in run_dirs} == {Path(champion.run_dir).resolve()}:
+        return Decision(name, promoted=False, reason="the challenger is the champion's own run (nothing was retrained)",
+                        metric=champion.primary_metric or "", decided_on="", margin=margin, challenger=champion_run,
+                        champion=champion_run, champion_version=champion_version)
+
+    challengers = _load_challengers(name, run_dirs, device)
+    data = challengers[0].data
+    metric = (champion.primary_metric if champion else None) or primary_metric(
+        all(c.rating_model for c in challengers), k)
+    decided_on = "valid" if data.valid.nnz else "test"
+    measured, refused = _measure_challengers(challengers, data, metric, recall_users)
+    if not measured:
+        return Decision(name, promoted=False, reason=f"no challenger can be measured by {metric}", metric=metric,
+                        decided_on=decided_on, margin=margin, challenger=None, champion=champion_run,
+                        champion_version=champion_version, rows=tuple(refused))
+
+    sign = 1 if lower_is_better(metric) else -1
+    best = min(measured, key=lambda m: m.deciding(decided_on) * sign)   # the first of equals, as listed
+    baselines = _measure_baselines(data, metric, recall_users)
+    rows = refused + [m.row("challenger", "best challenger" if m is best else "not the best challenger")
+                      for m in measured] + [b.row("baseline") for b in baselines]
+    decision = Decision(name, promoted=False, reason="", metric=metric, decided_on=decided_on, margin=margin,
+                        challenger=best.run_dir, champion=champion_run, champion_version=champion_version,
+                        rows=tuple(rows))
+    if champion is not None and _same_folder(champion.run_dir, best.run_dir or ""):
+        return replace(decision, reason="the best challenger is the champion's own run")
+
+    on_split = None if champion is None else _measure_champion(name, champion, data, metric, decided_on,
+                                                                recall_users, device)
+    if on_split is not None:
+        rows.insert(0, on_split.row)   # the champion's row heads the table
+    beaten = [b for b in baselines if _better(b.on(decided_on), best.on(decided_on), metric)]
+    promoted, reason = _verdict(best, beaten, champion, on_split, decided_on, metric, margin)
+    return replace(decision, promoted=promoted, reason=reason, rows=tuple(rows),
+                   coverage=on_split.coverage if on_split else None,
+                   champion_error=on_split.error if on_split else None)
 
 
 def promote_if_better(registry: Registry, name: str, run_dirs: list[str], *, margin: float = DEFAULT_MARGIN,
@@ -313,35 +393,33 @@ def promote_if_better(registry: Registry, name: str, run_dirs: list[str], *, mar
     if earlier is not None:
         return earlier
     decision = decide(name, champion, candidates, margin=margin, k=k, recall_users=recall_users, device=device)
-    summary = {"metric": decision.metric, "decided_on": decision.decided_on, "margin": margin,
-               "rows": decision.rows, "coverage": decision.coverage, "candidates": candidates,
-               "champion_error": decision.champion_error}
-    if decision.challenger is None or (champion and decision.challenger == champion.get("run_dir")):
+    if decision.challenger is None or (champion and decision.challenger == champion.run_dir):
         return decision  # nothing new was compared: no history line
     if decision.promoted:
         event = registry.promote(name, decision.challenger, decision.reason, by=by, primary_metric=decision.metric,
-                                 decision=summary, expected_champion=(champion or {}).get("version"),
-                                 split_stats=split_stats)
-        decision.version = event["version"]
+                                 decision=decision.summary(candidates),
+                                 expected_champion=champion.version if champion else None, split_stats=split_stats)
+        decision = replace(decision, version=event.version)
     else:
-        registry.reject(name, decision.challenger, decision.reason, by=by, decision=summary, split_stats=split_stats)
+        registry.reject(name, decision.challenger, decision.reason, by=by, decision=decision.summary(candidates),
+                        split_stats=split_stats)
     log.info(decision.line())
     return decision
 
 
-def _earlier_rejection(name: str, history: list[dict], candidates: list[str], champion: dict | None,
-                       margin: float) -> Decision | None:
+def _earlier_rejection(name: str, history: list[HistoryEntry], candidates: list[str],
+                       champion: ChampionPointer | None, margin: float) -> Decision | None:
     """The same runs already rejected against the same champion with the same margin (a scheduled run
     with nothing retrained): that decision again, without evaluating or recording anything."""
-    champion_version = (champion or {}).get("version")
+    champion_version = champion.version if champion else None
     for event in reversed(history):
-        summary = event.get("decision") or {}
-        if (event["event"] == "rejected" and summary.get("candidates") == candidates
-                and event.get("champion_version") == champion_version and summary.get("margin") == margin):
-            return Decision(name, False, f"already kept out on {event['time']}: {event['reason']}",
-                            summary.get("metric", ""), summary.get("decided_on", ""), margin, event["run_dir"],
-                            (champion or {}).get("run_dir"), champion_version, summary.get("rows", []),
-                            summary.get("coverage"))
-        if event["event"] in ("promoted", "rolled_back"):
+        summary = event.decision
+        if (event.event == "rejected" and summary is not None and list(summary.candidates) == candidates
+                and event.champion_version == champion_version and summary.margin == margin):
+            return Decision(name, promoted=False, reason=f"already kept out on {event.time}: {event.reason}",
+                            metric=summary.metric, decided_on=summary.decided_on, margin=margin,
+                            challenger=event.run_dir, champion=champion.run_dir if champion else None,
+                            champion_version=champion_version, rows=summary.rows, coverage=summary.coverage)
+        if event.moves_the_champion:
             return None
     return None

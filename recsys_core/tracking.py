@@ -26,8 +26,10 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Mapping
 
 from recsys_core.errors import RecsysError
+from recsys_core.runs import HISTORY, METRICS, RunFolder, RunMetrics
 
 KEY_TAG = "recsys.key"
 SKIPPED_FILES = {"checkpoint.pt"}
@@ -62,7 +64,7 @@ def content_key(run_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _numbers(part: dict | None, prefix: str) -> dict[str, float]:
+def _numbers(part: Mapping | None, prefix: str) -> dict[str, float]:
     """Numeric metrics of one part (valid/test) of metrics.json; counts (n, n_*) left out."""
     out = {}
     for name, value in (part or {}).items():
@@ -73,15 +75,15 @@ def _numbers(part: dict | None, prefix: str) -> dict[str, float]:
     return out
 
 
-def run_metrics(metrics: dict) -> dict[str, float]:
+def run_metrics(metrics: RunMetrics) -> dict[str, float]:
     """The once-logged metrics of a metrics.json (model, baselines, training summary)."""
-    out = {**_numbers(metrics.get("test"), "test_"), **_numbers(metrics.get("valid"), "best_valid_")}
-    for name, baseline in (metrics.get("baselines") or {}).items():
-        out.update(_numbers(baseline.get("test"), f"baseline.{name}.test_"))
-        out.update(_numbers(baseline.get("valid"), f"baseline.{name}.valid_"))
-    training = metrics.get("training") or {}
+    out = {**_numbers(metrics.test, "test_"), **_numbers(metrics.valid, "best_valid_")}
+    for name, baseline in metrics.baselines.items():
+        out.update(_numbers(baseline.test, f"baseline.{name}.test_"))
+        out.update(_numbers(baseline.valid, f"baseline.{name}.valid_"))
+    training = metrics.training
     out.update(_numbers({k: training.get(k) for k in ("epochs_done", "best_epoch", "train_seconds")}, ""))
-    out.update(_numbers({"evaluation_seconds": metrics.get("evaluation_seconds")}, ""))
+    out.update(_numbers({"evaluation_seconds": metrics.other.get("evaluation_seconds")}, ""))
     return out
 
 
@@ -115,7 +117,8 @@ def log_run(run_dir, experiment: str, *, key: str | None = None, tracking_uri: s
     from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
+    folder = RunFolder(run_dir)
+    if not folder.file(METRICS).is_file():
         raise RecsysError(f"{run_dir} holds no metrics.json: only a finished run folder can be logged")
     key = key or content_key(run_dir)
     client = MlflowClient(tracking_uri)
@@ -126,13 +129,13 @@ def log_run(run_dir, experiment: str, *, key: str | None = None, tracking_uri: s
     if logged:
         return logged[0].info.run_id, False
 
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
-    model = str(metrics.get("model") or config.get("model") or "model")
-    run_tags = {"recsys.model": model, "recsys.split": str(metrics.get("split")),
+    config = folder.config().as_dict() if folder.file("config.json").exists() else {}
+    metrics = folder.metrics()
+    history = json.loads(folder.file(HISTORY).read_text()) if folder.file(HISTORY).exists() else {}
+    model = str(metrics.model or config.get("model") or "model")
+    run_tags = {"recsys.model": model, "recsys.split": str(metrics.split),
                 "recsys.run_dir": str(run_dir.resolve()),
-                "recsys.beaten_by": ", ".join(metrics.get("beaten_by") or []) or "none", **(tags or {})}
+                "recsys.beaten_by": ", ".join(metrics.beaten_by) or "none", **(tags or {})}
     run = client.create_run(experiment_id, run_name=run_name or model, tags=run_tags)
     run_id = run.info.run_id
     try:

@@ -17,7 +17,6 @@ the model's and each baseline's, per bucket of the user's training ratings and f
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from recsys_core.io import atomic_file, read_json, write_json
 from recsys_core.predictor import FoldIn
 from recsys_core.progress import progress_bar
 from recsys_core.ranking import best_items
+from recsys_core.runs import RunConfig, RunFolder, RunMetrics
 from recsys_core.threads import apply_threads, check_threads, decide_threads
 from recsys_core.training_loop import CHECKPOINT, load_checkpoint
 
@@ -154,7 +154,7 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         # the threads go with the options so that a resumed run keeps them
-        write_json(run_dir / "config.json", {**run_config, "threads": thread_info["threads"]})
+        RunFolder(run_dir).write_config(RunConfig.from_json({**run_config, "threads": thread_info["threads"]}))
     blind = data.valid.nnz == 0
     if ctx.is_main:
         log.info("training %s on %s (%d users x %d items, %d ratings) on %s%s, %d torch thread%s (%s)",
@@ -256,8 +256,8 @@ def evaluate(run_dir, device: str | None = None, split_dir=None) -> dict:
     """Re-evaluate a trained run (model + baselines); rewrites metrics.json and predictions.parquet."""
     run_dir = Path(run_dir)
     config, data, estimator = load_run(run_dir, device, split_dir)
-    previous = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
-    return _evaluate_and_write(estimator, data, config, run_dir, previous.get("training", {}))
+    previous = RunFolder(run_dir).metrics().training if (run_dir / "metrics.json").exists() else {}
+    return _evaluate_and_write(estimator, data, config, run_dir, dict(previous))
 
 
 def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary: dict) -> dict:
@@ -307,17 +307,8 @@ def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary
         metrics.update(valid=None, trained_blind=True)
     if losers_to:
         log.warning("%s is beaten by baseline(s) %s on test", config["model"], ", ".join(losers_to))
-    write_json(run_dir / "metrics.json", _finite(metrics))
+    RunFolder(run_dir).write_metrics(RunMetrics.from_json(metrics))
     return metrics
-
-
-def _finite(obj):
-    """JSON has no NaN: write null instead."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _write_predictions(estimator, data, run_dir: Path, made=None) -> None:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from recsys_core.errors import RecsysError
+
+if TYPE_CHECKING:
+    from recsys_core.promotion import Decision
 
 SPLIT_PLACEHOLDER = "{split}"
 
@@ -24,25 +28,22 @@ def _artifact_key(name: str) -> str:
     return "recsys-promotion-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model")
 
 
-def _table(decision: dict) -> list[dict]:
-    rows = []
-    for row in decision["rows"]:
-        rows.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-    return rows
+def _table(decision: Decision) -> list[dict]:
+    return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in decision.table()]
 
 
 @task(name="promote", task_run_name="promote {name}", cache_policy=NO_CACHE)
 def promote_task(registry_dir: str, name: str, run_dirs: list[str], margin: float, k: int, device: str,
-                 split_stats: str | None = None) -> dict:
+                 split_stats: str | None = None) -> Decision:
     from recsys_core.promotion import promote_if_better
     from recsys_core.registry import Registry
 
     decision = promote_if_better(Registry(registry_dir), name, run_dirs, margin=margin, k=k, device=device,
-                                 split_stats=split_stats).as_dict()
+                                 split_stats=split_stats)
     create_table_artifact(table=_table(decision), key=_artifact_key(name),
-                          description=f"{decision['line']} (champion vs challenger vs baselines on the newest "
-                                      f"split, {decision['decided_on']} {decision['metric']} decides)")
-    print(decision["line"])
+                          description=f"{decision.line()} (champion vs challenger vs baselines on the newest "
+                                      f"split, {decision.decided_on} {decision.metric} decides)")
+    print(decision.line())
     return decision
 
 
@@ -81,7 +82,7 @@ def registry_names(registry_model: str, splits: list[str]) -> dict[str, str]:
 
 
 def promote_runs(data_dir: str | Path, registry_model: str, runs: list[dict], margin: float, k: int,
-                 device: str, split_root: str | Path | None = None) -> list[dict]:
+                 device: str, split_root: str | Path | None = None) -> list[Decision]:
     """One decision per split of the flow's trained ``runs`` ({"split", "model", "run_dir"}); ``split_root``
     is the stage-2 output holding each split's stats.json (the training dates the registry records)."""
     from recsys_core.registry import default_root

@@ -9,9 +9,12 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from recsys_core.errors import RecsysError
+from recsys_core.runs import PredictorMetrics, RunFolder, RunMetrics
 
 MAX_EMBEDDED_IMAGE = 1 << 20
 BUCKETS_TITLE = ("Where models lose: per bucket of the user's training ratings and for new items, "
@@ -54,19 +57,19 @@ def split_warnings(split_root: Path) -> list[str]:
 # --------------------------------------------------------------------------- metrics
 
 
-def _test_metrics(metrics: dict) -> dict:
-    """Numeric test metrics; a metric the predictor has no value for (None: the global mean's ranking) is n/a."""
-    test = metrics.get("test") or {}
-    return {k: "n/a" if v is None else _fmt(v) for k, v in test.items()
+def _test_metrics(part) -> dict:
+    """Numeric metrics of one part (test, or valid); a metric the predictor has no value for (None: the global
+    mean's ranking) is n/a."""
+    return {k: "n/a" if v is None else _fmt(v) for k, v in (part or {}).items()
             if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
 
 
-def _note(metrics: dict) -> str:
+def _note(metrics: RunMetrics) -> str:
     """BEATEN when a baseline wins on the model's primary metric; else says which baselines rank better."""
-    beaten = metrics.get("beaten_by") or []
+    beaten = metrics.beaten_by
     if beaten:
         return f"BEATEN by {', '.join(beaten)}"
-    ranked_better = metrics.get("top_k_beaten_by") or []
+    ranked_better = metrics.top_k_beaten_by
     return f"top-K ranked better by {', '.join(ranked_better)}" if ranked_better else ""
 
 
@@ -79,13 +82,13 @@ def metric_rows(runs: list[dict]) -> list[dict]:
     rows: list[dict] = []
     baselines_shown: set[tuple[str, str]] = set()
     for run in runs:
-        metrics = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
-        rows.append({"split": run["split"], "model": run["model"], "kind": "model", **_test_metrics(metrics),
+        metrics = RunFolder(run["run_dir"]).metrics()
+        rows.append({"split": run["split"], "model": run["model"], "kind": "model", **_test_metrics(metrics.test),
                      "note": _note(metrics), "run_dir": run["run_dir"]})
-        for name, baseline in (metrics.get("baselines") or {}).items():
+        for name, baseline in metrics.baselines.items():
             if (run["split"], name) not in baselines_shown:
                 baselines_shown.add((run["split"], name))
-                rows.append({"split": run["split"], "model": name, "kind": "baseline", **_test_metrics(baseline),
+                rows.append({"split": run["split"], "model": name, "kind": "baseline", **_test_metrics(baseline.test),
                              "note": "", "run_dir": run["run_dir"]})
     return rows
 
@@ -105,11 +108,12 @@ def _bucket_count(row: dict, metric: str) -> int | None:
     return row.get("ratings") if metric == "rmse" else row.get("ranked_users")
 
 
-def _best_baseline(baselines: dict, part: str, bucket: str, metric: str) -> tuple[str, float] | None:
+def _best_baseline(baselines: Mapping[str, PredictorMetrics], part: str, bucket: str,
+                   metric: str) -> tuple[str, float] | None:
     """(name, value) of the baseline doing best on ``metric`` in one bucket of one part; None if none has it."""
     best = None
     for name, metrics in baselines.items():
-        rows = ((metrics.get("buckets") or {}).get(part)) or []
+        rows = metrics.buckets.get(part) or []
         value = next((row.get(metric) for row in rows if row.get("bucket") == bucket), None)
         if value is not None and (best is None or (value < best[1] if metric == "rmse" else value > best[1])):
             best = (name, value)
@@ -125,12 +129,12 @@ def bucket_rows(runs: list[dict]) -> list[dict]:
     per-bucket metrics (a ranking model without sampled negatives, a run from before them) give no rows."""
     out: list[dict] = []
     for run in runs:
-        metrics = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
-        mine = metrics.get("buckets") or {}
+        metrics = RunFolder(run["run_dir"]).metrics()
+        mine = metrics.buckets
         metric = _bucket_metric([row for rows in mine.values() for row in rows])
         if metric is None:
             continue
-        baselines = metrics.get("baselines") or {}
+        baselines = metrics.baselines
         labels = list(dict.fromkeys(row["bucket"] for part in ("test", "valid") for row in mine.get(part, [])))
         for label in labels:
             row: dict = {"split": run["split"], "model": run["model"], "bucket": label, "metric": metric}
@@ -171,33 +175,31 @@ def run_rows(data_dir: Path) -> list[dict]:
     split or model: key options, valid/test metrics of the model, epochs, seconds, the content of the run."""
     runs = []
     for manifest_file in sorted(Path(data_dir).glob("runs/*/*/*/*/manifest.json")):
-        folder = manifest_file.parent
+        folder = RunFolder(manifest_file.parent)
         try:
-            manifest = json.loads(manifest_file.read_text())
-            metrics = json.loads((folder / "metrics.json").read_text())
-            config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError):
+            manifest, metrics, config = folder.manifest(), folder.metrics(), folder.config().as_dict()
+        except (OSError, ValueError, RecsysError):
             continue  # an incomplete or foreign folder: not a run to compare
-        runs.append((folder, manifest, metrics, config))
+        runs.append((folder.path, manifest, metrics, config))
     varying: dict[str, set[str]] = {}
     by_model: dict[str, list[dict]] = {}
     for _, _, metrics, config in runs:
-        by_model.setdefault(str(metrics.get("model")), []).append(config)
+        by_model.setdefault(str(metrics.model), []).append(config)
     for model, configs in by_model.items():
         keys = set().union(*configs) - _BOOKKEEPING
         varying[model] = {k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1}
     rows = []
     for folder, manifest, metrics, config in runs:
-        model = str(metrics.get("model"))
+        model = str(metrics.model)
         shown = [k for k in MAIN_OPTIONS if k in config] + sorted(varying[model] - set(MAIN_OPTIONS))
-        training = metrics.get("training") or {}
+        training = metrics.training
         rows.append({
-            "data": folder.parents[2].name, "split": metrics.get("split") or folder.parent.name, "model": model,
+            "data": folder.parents[2].name, "split": metrics.split or folder.parent.name, "model": model,
             "options": ", ".join(f"{k}={_fmt(config.get(k))}" for k in shown),
-            **{f"valid {k}": v for k, v in _test_metrics({"test": metrics.get("valid")}).items() if k != "n"},
-            **{f"test {k}": v for k, v in _test_metrics(metrics).items() if not k.startswith("n")},
-            "epochs": training.get("epochs_done"), "seconds": manifest.get("elapsed_s"),
-            "note": _note(metrics), "built": manifest.get("created"), "run": folder.relative_to(data_dir).as_posix()})
+            **{f"valid {k}": v for k, v in _test_metrics(metrics.valid).items() if k != "n"},
+            **{f"test {k}": v for k, v in _test_metrics(metrics.test).items() if not k.startswith("n")},
+            "epochs": training.get("epochs_done"), "seconds": manifest.elapsed_s if manifest else None,
+            "note": _note(metrics), "built": manifest.created if manifest else None, "run": folder.relative_to(data_dir).as_posix()})
     columns = list(dict.fromkeys(k for row in rows for k in row))  # one column set: rating and ranking models mix
     return [{c: row.get(c) for c in columns} for row in rows]
 

@@ -26,6 +26,7 @@ from recsys_core.artifacts.build import build_stage
 from recsys_core.artifacts.hashing import hash_memo
 from recsys_core.artifacts.manifest import StageSpec, read_manifest, verify
 from recsys_core.errors import RecsysError
+from recsys_core.records import StageResult
 
 log = logging.getLogger("recsys_core.flow")
 
@@ -118,7 +119,7 @@ def stage_task(name: str):
 # --------------------------------------------------------------------------- the common stage body
 
 
-def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep_partial: bool = False) -> dict:
+def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep_partial: bool = False) -> StageResult:
     """``build_stage`` with the data dir's hash memo, naming this task's Prefect cache record in the manifest
     (so the next run reports the stage Cached)."""
     txn = get_transaction()
@@ -130,28 +131,28 @@ def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep
 
 
 @stage_task("synth")
-def synth_task(spec: StageSpec, data_dir: str, scale: float, seed: int) -> dict:
+def synth_task(spec: StageSpec, data_dir: str, scale: float, seed: int) -> StageResult:
     from recsys_core.synth import generate_netflix
 
     return run_stage(spec, data_dir, lambda out: generate_netflix(out, scale=scale, seed=seed))
 
 
 @stage_task("convert")
-def convert_task(spec: StageSpec, data_dir: str, source: str) -> dict:
+def convert_task(spec: StageSpec, data_dir: str, source: str) -> StageResult:
     from recsys_core.convert import convert
 
     return run_stage(spec, data_dir, lambda out: convert(source, out))
 
 
 @stage_task("split")
-def split_task(spec: StageSpec, data_dir: str, ratings_dir: str, protocol: str, options: dict) -> dict:
+def split_task(spec: StageSpec, data_dir: str, ratings_dir: str, protocol: str, options: dict) -> StageResult:
     from recsys_core.split import split
 
     return run_stage(spec, data_dir, lambda out: split(ratings_dir, out, protocol, **options))
 
 
 @stage_task("matrices")
-def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> dict:
+def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> StageResult:
     from recsys_core.matrices import build_matrices
 
     return run_stage(spec, data_dir, lambda out: build_matrices(split_root, out))
@@ -159,7 +160,7 @@ def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> dict:
 
 @stage_task("train")
 def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, config: dict, threads: int | None = None,
-               concurrent: int | None = 1, prune: dict | None = None) -> dict:
+               concurrent: int | None = 1, prune: dict | None = None) -> StageResult:
     """Train, evaluate (model + baselines) and write top-K recommendations of one model.
 
     The run folder keeps its checkpoint when a run fails or is killed; the library's ``resume="auto"``

@@ -72,7 +72,7 @@ def run_sweeps(spec: SweepSpec, fanout: Fanout, data: Path, matrices: StageSpec,
             if state.is_completed():
                 outcome = read_outcome(trained.out_dir, study.metric)
                 result = state.result()
-                status = "cached" if state.name == "Cached" else result["status"]
+                status = "cached" if state.name == "Cached" else result.status
             else:
                 outcome = {"state": FAILED, "error": _one_line(state), "run_dir": trained.out_dir}
                 status = "failed"

@@ -33,7 +33,7 @@ def test_a_stage_is_built_verified_reused_and_rebuilt_without_prefect(tmp_path):
     source = write_ml_csv(tmp_path / "ml")
     data = tmp_path / "data"
     spec, first = _convert(data, source)
-    assert first["status"] == "built" and first["key"] == spec.key
+    assert first.status == "built" and first.key == spec.key
     assert spec.path.parent == data / "converted" and spec.path.name == f"ml-{spec.short_key}"
     assert manifest.verify(spec, hashing.HashMemo(None)) is None
     recorded = manifest.read_manifest(spec)
@@ -46,17 +46,17 @@ def test_a_stage_is_built_verified_reused_and_rebuilt_without_prefect(tmp_path):
 
     written = (spec.path / "ratings.parquet").stat().st_mtime_ns
     again_spec, again = _convert(data, source)  # nothing changed: same key, reused, not rebuilt
-    assert again_spec == spec and again["status"] == "reused"
+    assert again_spec == spec and again.status == "reused"
     assert (spec.path / "ratings.parquet").stat().st_mtime_ns == written
 
     (spec.path / "meta.json").write_text("{}")  # damaged behind the cache's back: verify says so, build repairs
     assert manifest.verify(spec, hashing.HashMemo(None)) == "meta.json changed size"
-    assert _convert(data, source)[1]["status"] == "built"
+    assert _convert(data, source)[1].status == "built"
     assert json.loads((spec.path / "meta.json").read_text())["ratings"] == 4
 
     (source / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
     changed, built = _convert(data, source)  # other input content: another key, another folder
-    assert changed.key != spec.key and changed.out_dir != spec.out_dir and built["status"] == "built"
+    assert changed.key != spec.key and changed.out_dir != spec.out_dir and built.status == "built"
 
     # the next stage's key holds the verified output's hashes (from its manifest)
     split = layout.split_spec(data, changed, hashing.HashMemo(None), "random", {"seed": 0})

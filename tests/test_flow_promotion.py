@@ -39,9 +39,9 @@ def test_flow_promotes_then_keeps_an_unchanged_champion(api, tmp_path):
     assert line.startswith("registry sample-N3M: PROMOTED as version 1: first champion: autoencoder"), line
     assert line in summary_markdown(first)
     champion = registry.champion("sample-N3M")
-    assert champion["run_dir"] == first["artifacts"]["run N3M/autoencoder"]
+    assert champion.run_dir == first["artifacts"]["run N3M/autoencoder"]
     # the flow's run carries its content keys and the split's training dates
-    assert champion["data_key"] and champion["code_key"] and champion["trained_on"]["first_date"]
+    assert champion.run.data_key and champion.run.code_key and champion.run.trained_on.first_date
 
     # (plain HTTP: the pinned client's read_artifacts sends nulls the pinned server rejects)
     artifact = httpx.get(f"{api}/artifacts/recsys-promotion-sample-n3m/latest", timeout=30).json()

@@ -20,8 +20,8 @@ def test_champion_answers_in_the_new_splits_index(loop_runs):
     new_users = ~np.isin(new.user_ids, old.user_ids)
     new_items = ~np.isin(new.item_ids, old.item_ids)
     cov = mapped.coverage()
-    assert cov["users_known"] == int((~new_users).sum()) and cov["items_new"] == int(new_items.sum()) > 0
-    assert cov["users_new_folded_in"] == int(new_users.sum()) > 0 and cov["users_new_fallback"] == 0
+    assert cov.users_known == int((~new_users).sum()) and cov.items_new == int(new_items.sum()) > 0
+    assert cov.users_new_folded_in == int(new_users.sum()) > 0 and cov.users_new_fallback == 0
 
     rows, cols, _ = csr_triplets(new.valid)
     predicted = mapped.predict_pairs(rows, cols)
@@ -40,7 +40,7 @@ def test_champion_answers_in_the_new_splits_index(loop_runs):
     np.testing.assert_allclose(predicted[pairs], folded[champion.cols_of(new.item_ids[cols[pairs]])], rtol=1e-5)
     # a new item: the champion's global mean, counted
     assert np.all(predicted[new_items[cols]] == np.float32(champion.global_mean))
-    assert cov["valid_pairs_fallback"] == int(new_items[cols].sum())
+    assert cov.valid_pairs_fallback == int(new_items[cols].sum())
     # top-K lists: new items never ranked, every user gets a list
     scores = mapped.score_rows(np.arange(new.n_users))
     assert np.all(np.isneginf(scores[:, new_items])) and np.isfinite(scores[:, ~new_items]).all()
@@ -54,7 +54,7 @@ def test_a_model_that_cannot_fold_in_falls_back_and_says_how_often(loop_runs):
         champion.fold_in(np.array([0]), np.array([4.0]))
     mapped = OnNewSplit(champion, new)
     cov = mapped.coverage()
-    assert cov["users_new_folded_in"] == 0 and cov["users_new_fallback"] > 0
+    assert cov.users_new_folded_in == 0 and cov.users_new_fallback > 0
     rows, cols, _ = csr_triplets(new.valid)
     unknown = mapped.old_rows[rows] < 0
     assert np.all(mapped.predict_pairs(rows[unknown], cols[unknown]) == np.float32(champion.global_mean))
@@ -105,7 +105,7 @@ def test_first_champion_must_beat_the_baselines(loop_runs, tmp_path):
     assert not kept.promoted and "loses to" in kept.reason and registry.champion("demo") is None
     assert kept.line().startswith("registry demo: no champion yet: ") and kept.line().endswith("; nothing promoted")
     assert "KEPT" not in kept.line()
-    assert {r["role"] for r in kept.rows} == {"challenger", "baseline"}
+    assert {r.role for r in kept.rows} == {"challenger", "baseline"}
     # the same runs again against the same (absent) champion: the earlier verdict, nothing recorded twice
     again = promote_if_better(registry, "demo", [loop_runs["mf_bad"]])
     assert not again.promoted and again.reason.startswith("already kept out on")
@@ -114,10 +114,10 @@ def test_first_champion_must_beat_the_baselines(loop_runs, tmp_path):
     first = promote_if_better(registry, "demo", [loop_runs["mf_bad"], loop_runs["ae_new"]])
     assert first.promoted and first.version == 1 and first.reason.startswith("first champion: autoencoder")
     pointer = registry.champion("demo")
-    assert pointer["run_dir"] == str(loop_runs["ae_new"].resolve()) and pointer["primary_metric"] == "rmse"
+    assert pointer.run_dir == str(loop_runs["ae_new"].resolve()) and pointer.primary_metric == "rmse"
     event = registry.history("demo")[-1]
-    assert event["event"] == "promoted" and event["decision"]["metric"] == "rmse"
-    assert {r["model"] for r in event["decision"]["rows"]} >= {"autoencoder", "mf", "user_item_bias"}
+    assert event.event == "promoted" and event.decision.metric == "rmse"
+    assert {r.model for r in event.decision.rows} >= {"autoencoder", "mf", "user_item_bias"}
     # nothing retrained: the champion's own run is recognised and nothing is recorded
     same = promote_if_better(registry, "demo", [loop_runs["ae_new"]])
     assert not same.promoted and "champion's own run" in same.reason and len(registry.history("demo")) == 2
@@ -130,22 +130,22 @@ def test_better_challenger_promoted_worse_kept_out(loop_runs, tmp_path):
     better = promote_if_better(registry, "demo", [loop_runs["ae_new"]])
     assert better.promoted and better.version == 2, better.reason
     champion_row = better.rows[0]
-    assert champion_row["role"] == "champion" and "by fallback" in champion_row["note"]
-    assert better.coverage["users_new_fallback"] > 0
+    assert champion_row.role == "champion" and "by fallback" in champion_row.note
+    assert better.coverage.users_new_fallback > 0
     # a challenger that is not better by the margin stays out; the champion is untouched
     worse = promote_if_better(registry, "demo", [loop_runs["mf_new"]], margin=0.5)
     assert not worse.promoted and worse.reason.startswith("not better than the champion by the margin")
-    assert registry.champion("demo")["version"] == 2
-    assert registry.history("demo")[-1]["event"] == "rejected"
-    assert registry.history("demo")[-1]["champion_version"] == 2
+    assert registry.champion("demo").version == 2
+    assert registry.history("demo")[-1].event == "rejected"
+    assert registry.history("demo")[-1].champion_version == 2
 
 
 def test_ranking_registry_and_a_stale_decision(loop_runs, tmp_path):
     registry = Registry(tmp_path / "registry")
     registry.promote("top", loop_runs["ae_old"], "seed", primary_metric="recall@10")
     decision = decide("top", registry.champion("top"), [str(loop_runs["ae_new"])], k=10, recall_users=500)
-    assert decision.metric == "recall@10" and "valid recall@10" in decision.rows[0]
-    assert {r["model"] for r in decision.rows if r["role"] == "baseline"} == {
+    assert decision.metric == "recall@10" and "valid recall@10" in decision.table()[0]
+    assert {r.model for r in decision.rows if r.role == "baseline"} == {
         "global_mean", "item_mean", "user_item_bias", "most_popular"}
     # a promotion decided against version 1 after someone else moved the champion is refused
     registry.promote("top", loop_runs["mf_new"], "operator")
@@ -209,17 +209,17 @@ def test_an_unreadable_champion_is_recorded_and_replaced(loop_runs, tmp_path, da
         (tmp_path / "registry" / "demo" / "champion.json").write_text('{"version": "one"}')
     decision = promote_if_better(registry, "demo", [loop_runs["mf_bad"], loop_runs["ae_new"]])
     if damage == "damaged pointer":   # rebuilt from the history, then the champion compared as usual
-        events = [e["event"] for e in registry.history("demo")]
-        assert events[:2] == ["promoted", "pointer_rebuilt"] and registry.champion("demo")["version"] >= 1
-        assert decision.champion_version == 1 and decision.champion_error is None and decision.rows[0]["note"]
+        events = [e.event for e in registry.history("demo")]
+        assert events[:2] == ["promoted", "pointer_rebuilt"] and registry.champion("demo").version >= 1
+        assert decision.champion_version == 1 and decision.champion_error is None and decision.rows[0].note
         return
     assert decision.promoted and decision.version == 2, decision.reason
     event = registry.history("demo")[-1]
-    assert event["event"] == "promoted" and event["run_dir"] == str(loop_runs["ae_new"].resolve())
+    assert event.event == "promoted" and event.run_dir == str(loop_runs["ae_new"].resolve())
     assert "cannot be loaded" in decision.reason and decision.champion_error
-    assert event["decision"]["champion_error"] == decision.champion_error
-    first_row = event["decision"]["rows"][0]
-    assert first_row["role"] == "champion" and "cannot be loaded" in first_row["note"]
+    assert event.decision.champion_error == decision.champion_error
+    first_row = event.decision.rows[0]
+    assert first_row.role == "champion" and "cannot be loaded" in first_row.note
 
     # beaten by the baselines, a challenger does not replace a broken champion: the rejection is recorded
     registry2 = Registry(tmp_path / "registry2")
@@ -230,7 +230,7 @@ def test_an_unreadable_champion_is_recorded_and_replaced(loop_runs, tmp_path, da
     shutil.rmtree(broken)
     kept = promote_if_better(registry2, "demo", [loop_runs["mf_bad"]])
     assert not kept.promoted and "loses to" in kept.reason and kept.champion_error
-    assert registry2.history("demo")[-1]["decision"]["champion_error"] == kept.champion_error
+    assert registry2.history("demo")[-1].decision.champion_error == kept.champion_error
 
 
 def test_the_service_loads_a_linear_champion_without_its_training_estimator(loop_runs, tmp_path):

@@ -38,15 +38,15 @@ def test_promote_records_pointer_and_history(tmp_path):
     first, second = fake_run(tmp_path / "a", 0.95), fake_run(tmp_path / "b", 0.90, manifest=False)
     registry.promote("netflix-N3M", first, "first")
     event = registry.promote("netflix-N3M", second, "better")
-    assert event["version"] == 2 and event["previous_version"] == 1
+    assert event.version == 2 and event.previous_version == 1
     pointer = registry.champion("netflix-N3M")
-    assert pointer["version"] == 2 and pointer["run_dir"] == str(second.resolve())
-    assert pointer["primary_metric"] == "rmse" and pointer["metrics"]["test"]["rmse"] == 0.90
+    assert pointer.version == 2 and pointer.run_dir == str(second.resolve())
+    assert pointer.primary_metric == "rmse" and pointer.run.metrics["test"]["rmse"] == 0.90
     history = registry.history("netflix-N3M")
-    assert [(e["event"], e["version"]) for e in history] == [("promoted", 1), ("promoted", 2)]
+    assert [(e.event, e.version) for e in history] == [("promoted", 1), ("promoted", 2)]
     # content keys: from the flow's manifest, else hashed from the split folder (gone here) / unknown
-    assert (history[0]["data_key"], history[0]["code_key"]) == ("data-key-1", "code-key-1")
-    assert history[1]["code_key"] is None and history[0]["model_sha256"] != history[1]["model_sha256"]
+    assert (history[0].run.data_key, history[0].run.code_key) == ("data-key-1", "code-key-1")
+    assert history[1].run.code_key is None and history[0].run.model_sha256 != history[1].run.model_sha256
     assert registry.names() == ["netflix-N3M"]
 
 
@@ -55,16 +55,16 @@ def test_rollback_walks_back_the_champion_chain(tmp_path):
     runs = [fake_run(tmp_path / name) for name in ("a", "b", "c")]
     for run in runs:
         registry.promote("m", run, "x")
-    assert registry.rollback("m")["version"] == 2
-    assert registry.rollback("m")["version"] == 1
-    assert registry.champion("m")["run_dir"] == str(runs[0].resolve())
+    assert registry.rollback("m").version == 2
+    assert registry.rollback("m").version == 1
+    assert registry.champion("m").run_dir == str(runs[0].resolve())
     with pytest.raises(RecsysError, match="no earlier champion"):
         registry.rollback("m")
-    assert registry.rollback("m", to_version=3)["version"] == 3   # forward again to a version rolled past
+    assert registry.rollback("m", to_version=3).version == 3   # forward again to a version rolled past
     assert registry.chain("m") == [1, 3]
     with pytest.raises(RecsysError, match="has no version 7"):
         registry.rollback("m", to_version=7)
-    events = [e["event"] for e in registry.history("m")]
+    events = [e.event for e in registry.history("m")]
     assert events == ["promoted"] * 3 + ["rolled_back"] * 3
 
 
@@ -83,7 +83,7 @@ def test_damaged_or_unfinished_runs_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "missing model.pt, config.json, metrics.json" in err
     assert "\n" not in err
-    assert registry.champion("m")["version"] == 1 and len(registry.history("m")) == 1
+    assert registry.champion("m").version == 1 and len(registry.history("m")) == 1
     with pytest.raises(RecsysError, match="registry model name"):
         registry.promote("../escape", run, "x")
 
@@ -114,7 +114,7 @@ def test_readers_skip_a_history_line_still_being_written(tmp_path):
     registry.promote("m", fake_run(tmp_path / "a"), "x")
     with open(registry.folder("m") / HISTORY, "a") as fh:
         fh.write('{"time": "2030-01-01T00:00:00Z", "event": "prom')   # a writer mid-line
-    assert [e["version"] for e in registry.history("m")] == [1]
+    assert [e.version for e in registry.history("m")] == [1]
 
 
 WRITER = """
@@ -143,7 +143,7 @@ def test_concurrent_writers_and_a_reader(tmp_path):
                 errors.append(repr(err))
                 return
             if pointer is not None:
-                seen.append(pointer["version"])
+                seen.append(pointer.version)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -156,9 +156,9 @@ def test_concurrent_writers_and_a_reader(tmp_path):
         reader.join()
     assert errors == []
     registry = Registry(root)
-    versions = [e["version"] for e in registry.history("m")]
+    versions = [e.version for e in registry.history("m")]
     assert sorted(versions) == list(range(1, 2 * per_writer + 1))
-    assert registry.champion("m")["version"] == 2 * per_writer
+    assert registry.champion("m").version == 2 * per_writer
     assert seen and seen == sorted(seen)   # the reader saw versions only move forward
     assert not [p for p in registry.folder("m").iterdir() if ".tmp-" in p.name]
     assert (registry.folder("m") / POINTER).is_file()
@@ -199,16 +199,16 @@ def test_rollback_and_promote_rebuild_a_damaged_pointer_from_history(tmp_path, c
     if damage == "directory":
         pointer.rmdir()   # a folder in its place cannot be replaced by a file; the rest rebuilds itself
     assert cli_main(["registry", "--registry", str(root), "rollback", "m"]) == 0, capsys.readouterr().err
-    assert registry.champion("m")["version"] == 1 and registry.champion("m")["run_dir"] == str(runs[0].resolve())
+    assert registry.champion("m").version == 1 and registry.champion("m").run_dir == str(runs[0].resolve())
     events = registry.history("m")
     rebuilt = events[-2]
-    assert rebuilt["event"] == "pointer_rebuilt" and rebuilt["version"] == 2 and "rolled_back" in rebuilt["reason"]
+    assert rebuilt.event == "pointer_rebuilt" and rebuilt.version == 2 and "rolled_back" in rebuilt.reason
     assert registry.chain("m") == [1]
 
     (root / "m" / POINTER).write_text("[]")
     event = registry.promote("m", runs[2], "after damage")
-    assert event["version"] == 4 and event["previous_version"] == 1
-    assert [e["event"] for e in registry.history("m")][-2:] == ["pointer_rebuilt", "promoted"]
+    assert event.version == 4 and event.previous_version == 1
+    assert [e.event for e in registry.history("m")][-2:] == ["pointer_rebuilt", "promoted"]
 
 
 def test_a_pointer_damaged_without_any_history_says_so(tmp_path):

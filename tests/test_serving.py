@@ -187,7 +187,7 @@ def test_broken_champion_is_not_served_and_rollback_restores(service, loop_runs)
     assert client.get("/users/7/recommendations").status_code in (200, 404)   # still answering
 
     registry.promote(NAME, loop_runs["mlp_old"], "cannot fold in")
-    wait_for(lambda: client.get("/health").json()["version"] == registry.champion(NAME)["version"],
+    wait_for(lambda: client.get("/health").json()["version"] == registry.champion(NAME).version,
              what="the MLP champion")
     response = client.post("/recommendations", json={"ratings": {"1": 5}})
     assert response.status_code == 409 and "mlp model cannot score a user absent" in response.json()["detail"]
@@ -195,7 +195,7 @@ def test_broken_champion_is_not_served_and_rollback_restores(service, loop_runs)
     assert similar.status_code == 200 and len(similar.json()["items"]) == 3
 
     registry.promote(NAME, loop_runs["ease_new"], "no item vectors")
-    wait_for(lambda: client.get("/health").json()["version"] == registry.champion(NAME)["version"],
+    wait_for(lambda: client.get("/health").json()["version"] == registry.champion(NAME).version,
              what="the EASE champion")
     response = client.get("/items/1/similar")
     assert response.status_code == 409 and "ease model has no vector per item" in response.json()["detail"]

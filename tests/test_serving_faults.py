@@ -66,7 +66,7 @@ def _list_pointer(ctx):
 
 
 def _pointer_without_version(ctx):
-    pointer = ctx["registry"].champion(NAME)
+    pointer = ctx["registry"].champion(NAME).to_json()
     del pointer["version"]
     _write_pointer(ctx["registry"], json.dumps(pointer))
     return "version None is not a positive integer"
@@ -92,7 +92,7 @@ def _corrupt_model(ctx, loop_runs):
 def _deleted_run_folder(ctx, loop_runs):
     ctx["copies"] += 1
     run = _copy(loop_runs, "ae_new", ctx["data"], f"deleted-{ctx['copies']}")
-    pointer = ctx["registry"].champion(NAME)
+    pointer = ctx["registry"].champion(NAME).to_json()
     # the pointer names the run, then the run folder is gone before the service loads it
     shutil.rmtree(run)
     _write_pointer(ctx["registry"], json.dumps({**pointer, "version": pointer["version"] + 1, "run_dir": str(run)}))
@@ -129,7 +129,7 @@ def test_the_watcher_survives_and_the_next_good_champion_is_served(faults, loop_
         (registry.folder(NAME) / POINTER).rmdir()
     faults["copies"] += 1
     event = registry.promote(NAME, _copy(loop_runs, "ae_new", faults["data"], f"good-{faults['copies']}"), "good")
-    wait_for(lambda: client.get("/health").json()["version"] == event["version"], what="the next champion")
+    wait_for(lambda: client.get("/health").json()["version"] == event.version, what="the next champion")
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["last_reload_error"] is None
     assert client.get("/model").json()["run"] == f"runs/good-{faults['copies']}"
@@ -141,9 +141,9 @@ def test_a_run_folder_restored_is_picked_up_by_the_retries_alone(faults, loop_ru
     _deleted_run_folder(faults, loop_runs)
     wait_for(lambda: client.get("/health").status_code == 503, what="health to say degraded")
     broken = registry.champion(NAME)
-    shutil.copytree(loop_runs["ae_new"], broken["run_dir"])
+    shutil.copytree(loop_runs["ae_new"], broken.run_dir)
     wait_for(lambda: client.get("/health").status_code == 200, what="the restored run")
-    assert client.get("/health").json()["version"] == broken["version"]
+    assert client.get("/health").json()["version"] == broken.version
 
 
 def _metric(client: httpx.Client, name: str, headers: dict | None = None) -> float:

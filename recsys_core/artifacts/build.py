@@ -27,6 +27,7 @@ from recsys_core.artifacts.manifest import (
     verify,
     write_manifest,
 )
+from recsys_core.records import StageResult
 
 log = logging.getLogger("recsys_core.cache")
 
@@ -63,12 +64,12 @@ def remove_temporaries(spec: StageSpec) -> list[Path]:
 
 
 def build_stage(spec: StageSpec, memo: HashMemo, make: Callable[[Path], Any], keep_partial: bool = False,
-                cache_key: str | None = None) -> dict:
+                cache_key: str | None = None) -> StageResult:
     """Make ``spec``'s output complete: reuse it when it verifies, else build it with ``make(out_dir)``.
 
-    Returns ``{"stage", "key", "status": "built" | "reused", "elapsed_s"}`` (a reused output reports the
-    seconds of its build). ``keep_partial``: leave an unverified folder in place for ``make`` (training
-    resumes from its checkpoint); otherwise it is removed first so no stale file can slip into the manifest.
+    Returns a ``StageResult`` (a reused output reports the seconds of its build). ``keep_partial``: leave an
+    unverified folder in place for ``make`` (training resumes from its checkpoint); otherwise it is removed
+    first so no stale file can slip into the manifest.
     ``cache_key``: the orchestrator's record of this run, written into the manifest (see ``write_manifest``).
     The memo is saved after a build.
     """
@@ -78,8 +79,7 @@ def build_stage(spec: StageSpec, memo: HashMemo, make: Callable[[Path], Any], ke
             if cache_key:  # name this run's record, so the next run is reported cached
                 record_cache_key(spec, cache_key)
             manifest = read_manifest(spec)
-            return {"stage": spec.stage, "key": spec.key, "status": REUSED,
-                    "elapsed_s": manifest.elapsed_s if manifest is not None else None}
+            return StageResult(spec.stage, spec.key, REUSED, manifest.elapsed_s if manifest is not None else None)
         invalidate(spec)
         remove_temporaries(spec)
         if not keep_partial and spec.path.exists():
@@ -91,7 +91,7 @@ def build_stage(spec: StageSpec, memo: HashMemo, make: Callable[[Path], Any], ke
         write_manifest(spec, memo, elapsed, result=_jsonable(result), cache_key=cache_key)
         memo.save()
         log.info("%s: done in %.1f s", spec.stage, elapsed)
-        return {"stage": spec.stage, "key": spec.key, "status": BUILT, "elapsed_s": round(elapsed, 3)}
+        return StageResult(spec.stage, spec.key, BUILT, round(elapsed, 3))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from recsys_core.records import HistoryEntry
 
 
 def _registry(args):
@@ -15,16 +19,13 @@ def _registry(args):
     return Registry(args.registry)
 
 
-def _short(event: dict) -> dict:
+def _short(event: HistoryEntry) -> dict:
     """One history event as a table row."""
-    metrics = event.get("metrics") or {}
-    primary = event.get("primary_metric")
-    valid = (metrics.get("valid") or {}).get(primary) if primary else None
-    test = (metrics.get("test") or {}).get(primary) if primary else None
-    return {"time": event.get("time"), "event": event.get("event"), "version": event.get("version"),
-            "model": event.get("model"), "run": Path(event.get("run_dir") or "").name,
-            f"valid {primary or ''}".strip(): _round(valid), f"test {primary or ''}".strip(): _round(test),
-            "reason": event.get("reason")}
+    primary = event.primary_metric
+    return {"time": event.time, "event": event.event, "version": event.version, "model": event.run.model,
+            "run": Path(event.run_dir).name,
+            f"valid {primary or ''}".strip(): _round(event.run.value("valid", primary)),
+            f"test {primary or ''}".strip(): _round(event.run.value("test", primary)), "reason": event.reason}
 
 
 def _round(value):
@@ -51,12 +52,12 @@ def _cmd_ls(args) -> int:
     rows = []
     for name in registry.names():
         try:
-            champion, note = registry.champion(name) or {}, None
+            champion, note = registry.champion(name), None
         except RecsysError as err:   # one damaged pointer does not hide the other models
-            champion, note = {}, str(err)
-        row = {"name": name, "version": champion.get("version"), "model": champion.get("model"),
-               "run_dir": champion.get("run_dir"), "promoted_at": champion.get("promoted_at"),
-               "events": len(registry.history(name))}
+            champion, note = None, str(err)
+        row = {"name": name, "version": champion.version if champion else None,
+               "model": champion.run.model if champion else None, "run_dir": champion.run_dir if champion else None,
+               "promoted_at": champion.promoted_at if champion else None, "events": len(registry.history(name))}
         rows.append({**row, "problem": note} if note else row)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -77,11 +78,12 @@ def _cmd_show(args) -> int:
         raise RecsysError(f"{args.registry} has no registry model {args.name!r}; "
                           f"known: {', '.join(registry.names()) or 'none'}")
     if args.json:
-        print(json.dumps({"champion": champion, "history": history}, indent=2))
+        print(json.dumps({"champion": champion.to_json() if champion else None,
+                          "history": [event.to_json() for event in history]}, indent=2))
         return 0
     if champion:
-        print(f"{args.name}: champion version {champion['version']} ({champion['model']}) since "
-              f"{champion['promoted_at']}\n  run: {champion['run_dir']}\n  reason: {champion.get('reason')}")
+        print(f"{args.name}: champion version {champion.version} ({champion.run.model}) since "
+              f"{champion.promoted_at}\n  run: {champion.run_dir}\n  reason: {champion.reason}")
     else:
         print(f"{args.name}: no champion")
     _print_table(f"History of {args.name} (oldest first)", [_short(e) for e in history])
@@ -92,15 +94,15 @@ def _cmd_promote(args) -> int:
     registry = _registry(args)
     event = registry.promote(args.name, args.run_dir, f"manual: {args.reason}" if args.reason else "manual promotion",
                              by="cli", primary_metric=args.primary_metric, split_stats=args.split_stats)
-    print(f"{args.name}: version {event['version']} is now the champion ({event['run_dir']})")
+    print(f"{args.name}: version {event.version} is now the champion ({event.run_dir})")
     return 0
 
 
 def _cmd_rollback(args) -> int:
     registry = _registry(args)
     event = registry.rollback(args.name, args.to, args.reason or "")
-    print(f"{args.name}: rolled back from version {event['from_version']} to version {event['version']} "
-          f"({event['run_dir']})")
+    print(f"{args.name}: rolled back from version {event.from_version} to version {event.version} "
+          f"({event.run_dir})")
     return 0
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from recsys_core.errors import RecsysError
 from recsys_core.interactions import rating_range
 from recsys_core.predictor import FoldIn, ItemSimilarities, ItemVectors, LinearScores
+from recsys_core.runs import RunConfig
 
 
 class FoldInUnsupported(RecsysError):
@@ -54,11 +55,12 @@ class ServableModel:
         from recsys_core.train import load_run
 
         self.run_dir = Path(run_dir).resolve()
-        self.config, self.data, self.estimator = load_run(self.run_dir, device)
+        config, self.data, self.estimator = load_run(self.run_dir, device)
+        self.config = RunConfig.from_json(config)   # as the run's config.json (model.pt holds a copy)
         if isinstance(self.estimator, TorchEstimator):
             self.estimator.model.eval()  # stays in eval mode: concurrent readers never toggle it
         data = self.data
-        self.model_name: str = self.config["model"]
+        self.model_name: str = self.config.model
         self.rating_model: bool = bool(self.estimator.rating_model)
         self.clip = rating_range(data.meta)
         self.user_ids = np.asarray(data.user_ids, np.int64)   # sorted by raw id (the split's index order)

@@ -30,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_core.errors import RecsysError
+from recsys_core.runs import RunConfig
 
 ARRAYS = ("user_ids", "item_ids", "known_indptr", "known_indices", "users", "weight", "bias", "offset")
 
@@ -61,7 +62,7 @@ def _child(fd: int, run_dir: str, device: str, out_dir: str) -> int:
             arrays["item_vectors"] = model.item_vectors()
         for name, array in arrays.items():
             np.save(Path(out_dir) / f"{name}.npy", np.ascontiguousarray(array))
-        meta = {"config": model.config, "rating_model": model.rating_model, "clip": list(model.clip),
+        meta = {"config": model.config.to_json(), "rating_model": model.rating_model, "clip": list(model.clip),
                 "titles": model.titles, "global_mean": model.global_mean, "can_fold_in": model.can_fold_in,
                 "has_item_vectors": model.has_item_vectors}
         json.dumps(meta)  # fail here, in the child, on anything that does not travel
@@ -148,7 +149,7 @@ def load_in_child(model, run_dir: Path, device: str, timeout_s: float = 3600.0) 
         model._item_vectors = np.load(item_vectors) if item_vectors.exists() else None
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    model.config, model.data, model.estimator = meta["config"], None, None
+    model.config, model.data, model.estimator = RunConfig.from_json(meta["config"]), None, None
     model.model_name, model.rating_model = meta["config"]["model"], bool(meta["rating_model"])
     model.clip = tuple(meta["clip"])
     model.user_ids, model.item_ids = arrays["user_ids"], arrays["item_ids"]

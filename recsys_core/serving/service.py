@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys_core.errors import RecsysError
+from recsys_core.records import ChampionPointer
 from recsys_core.registry import POINTER, Registry, check_name, file_sha256
 from recsys_core.serving.model_access import FoldInUnsupported, ItemVectorsUnsupported, ServableModel
 
@@ -157,7 +158,7 @@ def run_id(data_dir: Path, run_dir: str | Path) -> str:
 @dataclass(frozen=True)
 class Champion:
     name: str
-    pointer: dict
+    pointer: ChampionPointer
     model: ServableModel
     loaded_at: str
     load_seconds: float
@@ -165,19 +166,19 @@ class Champion:
 
     @property
     def version(self) -> int:
-        return int(self.pointer["version"])
+        return self.pointer.version
 
     def describe(self) -> dict:
         p, m = self.pointer, self.model
-        trained_on = p.get("trained_on")
-        if isinstance(trained_on, dict) and trained_on.get("stats"):
-            trained_on = {**trained_on, "stats": Path(trained_on["stats"]).name}
+        trained_on = p.run.trained_on.to_json() if p.run.trained_on else None
+        if trained_on and trained_on["stats"]:
+            trained_on["stats"] = Path(trained_on["stats"]).name
         return {"model": self.name, "version": self.version, "run": self.run, "model_type": m.model_name,
                 "rating_model": m.rating_model, "can_fold_in": m.can_fold_in,
                 "has_item_vectors": m.has_item_vectors, "n_users": m.n_users,
-                "n_items": m.n_items, "primary_metric": p.get("primary_metric"), "metrics": p.get("metrics"),
-                "trained_on": trained_on, "data_key": p.get("data_key"), "code_key": p.get("code_key"),
-                "promoted_at": p.get("promoted_at"), "reason": p.get("reason"), "loaded_at": self.loaded_at,
+                "n_items": m.n_items, "primary_metric": p.primary_metric, "metrics": p.run.metrics,
+                "trained_on": trained_on, "data_key": p.run.data_key, "code_key": p.run.code_key,
+                "promoted_at": p.promoted_at, "reason": p.reason, "loaded_at": self.loaded_at,
                 "load_seconds": self.load_seconds}
 
     # --- answers ------------------------------------------------------------------------------------------
@@ -247,21 +248,21 @@ class Champion:
                 "items": self._top(scores, k)}
 
 
-def load_champion(registry: Registry, name: str, pointer: dict, device: str = "cpu",
+def load_champion(registry: Registry, name: str, pointer: ChampionPointer, device: str = "cpu",
                   in_child: bool = True) -> Champion:
     """Load the run a pointer names, completely: weights checked against the pointer, item vectors
     computed, one scoring pass run (so the first request pays no lazy start-up). ``in_child``: a model
     with ``LinearScores`` is loaded by a child process (``ServableModel.for_serving``)."""
     started = time.perf_counter()
     data_dir = registry.root.resolve().parent
-    run_dir = Path(pointer["run_dir"])
+    run_dir = Path(pointer.run_dir)
     run = run_id(data_dir, run_dir)
     model_file = run_dir / "model.pt"
     if not model_file.is_file():
-        raise RecsysError(f"{run}/model.pt (version {pointer.get('version')} of {name}) does not exist")
-    expected = pointer.get("model_sha256")
+        raise RecsysError(f"{run}/model.pt (version {pointer.version} of {name}) does not exist")
+    expected = pointer.run.model_sha256
     if expected and file_sha256(model_file) != expected:
-        raise RecsysError(f"{run}/model.pt changed since version {pointer.get('version')} of {name} was promoted")
+        raise RecsysError(f"{run}/model.pt changed since version {pointer.version} of {name} was promoted")
     model = ServableModel.for_serving(run_dir, device, in_child)
     model.prepare_fast_scoring()
     if model.has_item_vectors:
@@ -378,16 +379,16 @@ class ChampionHolder:
                 self._recovered(signature)
                 return {"changed": False, "version": old.version if old else None,
                         "detail": f"{self.name} has no champion pointer"}
-            same = old is not None and (old.version, old.pointer["run_dir"], old.pointer.get("model_sha256")) == (
-                pointer["version"], pointer["run_dir"], pointer.get("model_sha256"))
-            if same:
+            same = old is not None and (old.version, old.pointer.run_dir, old.pointer.run.model_sha256) == (
+                pointer.version, pointer.run_dir, pointer.run.model_sha256)
+            if old is not None and same:
                 self._recovered(signature)
                 return {"changed": False, "version": old.version}
             try:
                 champion = load_champion(self.registry, self.name, pointer, self.device, self.in_child)
             except Exception as err:  # a broken run: keep serving the old champion, say why
                 detail = str(err) if isinstance(err, RecsysError) else f"{type(err).__name__}: {err}"
-                self._failed(f"cannot load version {pointer['version']} of {self.name}: {self._public(detail)}; "
+                self._failed(f"cannot load version {pointer.version} of {self.name}: {self._public(detail)}; "
                              f"{still}", signature)
                 raise RecsysError(self.last_error) from None
             self.current = champion  # the swap: one reference assignment
