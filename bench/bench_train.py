@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 from recsys_core import models  # noqa: E402
 from recsys_core.evaluation import rating_metrics  # noqa: E402
 from recsys_core.interactions import csr_triplets, load_split_data  # noqa: E402
-from recsys_core.models import resolve_config  # noqa: E402
+from recsys_core.models import resolve_options  # noqa: E402
 from recsys_core.models.autoencoder import DeepAutoencoder  # noqa: E402
 from recsys_core.training_loop import fit, make_optimizer  # noqa: E402
 
@@ -93,7 +93,7 @@ def autoencoder(args) -> None:
     data = load_split_data(args.split)
     n_users, n_items = data.train.shape
     layers = args.layers or NF["layers"]
-    config = resolve_config("autoencoder", {**NF, "epochs": args.epochs, "patience": 0, "lr": args.lr,
+    config = resolve_options("autoencoder", {**NF, "epochs": args.epochs, "patience": 0, "lr": args.lr,
                                             "optimizer": args.optimizer, "recall_users": 0, "seed": 0,
                                             "refeed": args.refeed, "layers": layers})
     estimator = bound("autoencoder", config, data)
@@ -186,7 +186,7 @@ def equivalence(data, train_lists, n_items) -> None:
 
     from recsys_core.interactions import row_batch
 
-    config = resolve_config("autoencoder", {**NF, "optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "seed": 1})
+    config = resolve_options("autoencoder", {**NF, "optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "seed": 1})
     estimator = bound("autoencoder", config, data)
     mine = estimator.model
     ref = ReferenceAutoEncoder([n_items, *NF["layers"]], "selu", 0.8, False)
@@ -215,7 +215,7 @@ def ncf(args) -> None:
     torch.set_num_threads(args.threads)
     data = load_split_data(args.split)
     for batch_size in args.batch_sizes:
-        config = resolve_config("neumf", {"batch_size": batch_size, "seed": 0})
+        config = resolve_options("neumf", {"batch_size": batch_size, "seed": 0})
         estimator = bound("neumf", config, data)
         optimizer = make_optimizer(estimator.model, config)
         started = time.perf_counter()
@@ -258,7 +258,7 @@ def gpu(args) -> None:
     empty = sp.csr_matrix((n_users, n_items), dtype=np.float32)
     data = SimpleNamespace(train=train, valid=empty, test=test, meta={"rating_min": 1.0, "rating_max": 5.0})
     make_s = time.perf_counter() - started
-    config = resolve_config("autoencoder", {**NF, "epochs": 1, "patience": 0, "amp": args.amp,
+    config = resolve_options("autoencoder", {**NF, "epochs": 1, "patience": 0, "amp": args.amp,
                                             "batch_size": args.batch_size, "eval_batch_size": 8192, "seed": 0})
     estimator = bound("autoencoder", config, data, device)
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None

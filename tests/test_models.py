@@ -15,7 +15,7 @@ from train_fixtures import make_leave_one_out_split, make_rating_split
 from recsys_core.errors import RecsysError
 from recsys_core.interactions import row_batch
 from recsys_core.losses import masked_mse, observed_mse
-from recsys_core.models import registry, resolve_config
+from recsys_core.models import catalogue, resolve_options
 from recsys_core.models.autoencoder import ACTIVATIONS, DeepAutoencoder
 from recsys_core.train import train
 
@@ -83,14 +83,14 @@ def test_every_activation_gives_finite_outputs(activation):
 
 def test_unknown_options_are_refused_with_the_list_of_valid_ones():
     with pytest.raises(RecsysError, match="has no option"):
-        resolve_config("mf", {"layers": [3]})
+        resolve_options("mf", {"layers": [3]})
     with pytest.raises(RecsysError, match="option activation must be one of selu"):
-        resolve_config("autoencoder", {"activation": "softplus"})
-    assert resolve_config("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
+        resolve_options("autoencoder", {"activation": "softplus"})
+    assert resolve_options("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
 
 
 # models that combine other runs (the blend: tests/test_blend.py) are not fitted on a split alone
-STANDALONE = {name: r for name, r in registry().items() if not getattr(r.estimator, "needs_members", False)}
+STANDALONE = {name: r for name, r in catalogue().items() if not getattr(r.estimator, "needs_members", False)}
 RATING_MODELS = [name for name, r in STANDALONE.items() if r.estimator.rating_model]
 RANKING_MODELS = [name for name, r in STANDALONE.items() if not r.estimator.rating_model]
 # Epochs of the ranking models trained by the loop on the leave-one-out fixture (no valid part there, so no early
@@ -135,7 +135,7 @@ def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
     assert history["valid"] == sorted(history["valid"], reverse=True), history["valid"]
     assert metrics["test"]["rmse"] < metrics["baselines"]["global_mean"]["test"]["rmse"]
     with pytest.raises(RecsysError, match="noise_loss"):
-        resolve_config("autoencoder", {"noise_loss": "some"})
+        resolve_options("autoencoder", {"noise_loss": "some"})
 
 
 def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_split, tmp_path):
@@ -163,18 +163,18 @@ def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_spl
     # a user with no ratings at all is scored around the global mean, a heavy rater around their own mean
     assert abs(shrunk_means(np.zeros(0, np.int64), np.zeros(0), 1, 3.5)[0] - 3.5) < 1e-6
     with pytest.raises(RecsysError, match="center"):
-        resolve_config("autoencoder", {"center": "user-mean"})
-    assert resolve_config("autoencoder", {"preset": "N3M"}).layers == (128, 256, 256)
+        resolve_options("autoencoder", {"center": "user-mean"})
+    assert resolve_options("autoencoder", {"preset": "N3M"}).layers == (128, 256, 256)
 
 
 def test_presets_are_the_papers_whole_configuration():
-    paper = resolve_config("autoencoder", {"preset": "N3M"}).to_dict()
+    paper = resolve_options("autoencoder", {"preset": "N3M"}).to_dict()
     assert (paper["layers"], paper["dropout"], paper["activation"]) == ([128, 256, 256], 0.65, "selu")
     assert (paper["refeed"], paper["center"], paper["output_bias"], paper["weight_decay"]) == (1, "none", "zero", 0.0)
     assert (paper["optimizer"], paper["lr"], paper["momentum"]) == ("sgd", 0.005, 0.9)
     assert paper["lr_milestones"] == [24, 36, 48, 66, 72]
-    assert resolve_config("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
-    assert resolve_config("autoencoder", {"preset": "NF", "epochs": 12}).epochs == 12  # options win
+    assert resolve_options("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
+    assert resolve_options("autoencoder", {"preset": "NF", "epochs": 12}).epochs == 12  # options win
 
 
 def test_output_bias_starts_at_the_shrunk_item_mean():
@@ -191,7 +191,7 @@ def test_output_bias_starts_at_the_shrunk_item_mean():
     values = np.r_[np.tile([4.0, 5.0], 200), 5.0, np.full(400, 3.0)].astype(np.float32)
     train_matrix = sp.csr_matrix((values, (rows, cols)), shape=(400, 4))
     data = SimpleNamespace(train=train_matrix, train_by_item=train_matrix.T.tocsr(), meta={})
-    config = resolve_config("autoencoder", {"center": "none", "output_bias": "mean", "layers": [4]})
+    config = resolve_options("autoencoder", {"center": "none", "output_bias": "mean", "layers": [4]})
     estimator = RowsEstimator(config, name="autoencoder")
     estimator.bind(data)
     bias = estimator.model.dec_b[0].detach().numpy()
@@ -239,7 +239,7 @@ def test_predictions_blend_toward_the_biases_by_the_users_train_count(rating_spl
         new_user = estimator.fold_in(data.train.indices[start:end], data.train.data[start:end])
         np.testing.assert_allclose(new_user, scores[1], rtol=1e-4, atol=1e-4)
     with pytest.raises(RecsysError, match="bias_shrink"):
-        resolve_config(model, {"bias_shrink": -1})
+        resolve_options(model, {"bias_shrink": -1})
 
 
 @pytest.mark.parametrize("model", ["autoencoder", "autorec-user"])

@@ -103,7 +103,7 @@ class MLPOptions(PairsOptions):
 @register("mlp", options=MLPOptions, help="embedding MLP for ratings: [e_u, e_i] -> hidden layers with dropout")
 class MLP(PairsEstimator):
     def build(self, dims: dict) -> EmbeddingMLP:
-        c = self.config
+        c = self.options
         return EmbeddingMLP(dims["n_users"], dims["n_items"], c.dim, list(c.hidden), c.dropout, dims["global_mean"],
                             self.sparse_rows)
 
