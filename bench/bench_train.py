@@ -38,6 +38,7 @@ from recsys_core.evaluation import rating_metrics  # noqa: E402
 from recsys_core.interactions import csr_triplets, load_split_data  # noqa: E402
 from recsys_core.models import resolve_options  # noqa: E402
 from recsys_core.models.autoencoder import DeepAutoencoder  # noqa: E402
+from recsys_core.settings import RunSettings  # noqa: E402
 from recsys_core.training_loop import fit, make_optimizer  # noqa: E402
 
 # Every option the paper's NF run fixes is spelled out, so the library's defaults (tuned for the sample:
@@ -51,9 +52,9 @@ def usage() -> dict:
     return {"cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024)}
 
 
-def bound(model: str, config, data, device="cpu"):
+def bound(model: str, config, data, device="cpu", settings: RunSettings | None = None):
     """The estimator of ``model`` with ``config`` bound to ``data``: its network built from config.seed."""
-    estimator = models.get(model).create(config, device=device)
+    estimator = models.get(model).create(config, device=device, settings=settings)
     estimator.bind(data)
     return estimator
 
@@ -94,7 +95,7 @@ def autoencoder(args) -> None:
     n_users, n_items = data.train.shape
     layers = args.layers or NF["layers"]
     config = resolve_options("autoencoder", {**NF, "epochs": args.epochs, "patience": 0, "lr": args.lr,
-                                            "optimizer": args.optimizer, "recall_users": 0, "seed": 0,
+                                            "optimizer": args.optimizer, "seed": 0,
                                             "refeed": args.refeed, "layers": layers})
     estimator = bound("autoencoder", config, data)
     model = estimator.model
@@ -258,9 +259,9 @@ def gpu(args) -> None:
     empty = sp.csr_matrix((n_users, n_items), dtype=np.float32)
     data = SimpleNamespace(train=train, valid=empty, test=test, meta={"rating_min": 1.0, "rating_max": 5.0})
     make_s = time.perf_counter() - started
-    config = resolve_options("autoencoder", {**NF, "epochs": 1, "patience": 0, "amp": args.amp,
-                                            "batch_size": args.batch_size, "eval_batch_size": 8192, "seed": 0})
-    estimator = bound("autoencoder", config, data, device)
+    config = resolve_options("autoencoder", {**NF, "epochs": 1, "patience": 0, "batch_size": args.batch_size,
+                                            "seed": 0})
+    estimator = bound("autoencoder", config, data, device, RunSettings(amp=args.amp, eval_batch_size=8192))
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(estimator, config, Path(run_dir))

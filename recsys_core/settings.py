@@ -38,7 +38,7 @@ LEGACY_OPTIONS = {"k": "k", "recall_users": "recall_users", "eval_batch_size": "
 
 def _whole(value, name: str, low: int, what: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-        raise RecsysError(f"{name} must be an integer of at least {low} ({what}), got {value!r}")
+        raise RecsysError(f"{name} must be at least {low} ({what}; an integer), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class RunSettings:
             raise RecsysError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         check_threads(self.threads)
         _whole(self.concurrent, "concurrent", 1, "trainings sharing the cores")
-        _whole(self.processes, "processes (nproc)", 1, "processes training one model")
+        _whole(self.processes, "nproc", 1, "processes training one model")
         if self.resume not in (False, True, "auto"):
             raise RecsysError(f"resume must be true, false or 'auto', got {self.resume!r}")
         _whole(self.k, "k", 1, "items per user")

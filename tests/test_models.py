@@ -17,6 +17,7 @@ from recsys_core.interactions import row_batch
 from recsys_core.losses import masked_mse, observed_mse
 from recsys_core.models import catalogue, resolve_options
 from recsys_core.models.autoencoder import ACTIVATIONS, DeepAutoencoder
+from recsys_core.settings import RunSettings
 from recsys_core.train import train
 
 torch.set_num_threads(2)
@@ -97,13 +98,14 @@ RANKING_MODELS = [name for name, r in STANDALONE.items() if not r.estimator.rati
 # stopping: the last epoch is kept). Their defaults (20, 60, 20) cost 17-50 s of CPU each here; these epochs reach
 # the bar with room to spare (tests/quality_bars.py has the measurements).
 RANKING_EPOCHS = {"gmf": 8, "ncf-mlp": 20, "neumf": 8}
+QUICK = RunSettings(recall_users=0)  # no full-catalogue Recall@K: the bars read RMSE, HR and NDCG
 
 
 @pytest.mark.parametrize("model", RATING_MODELS)
 def test_rating_model_with_defaults_nears_the_oracle_and_beats_user_item_bias(rating_split, tmp_path, model):
     """At its defaults, on data drawn from a known model: within the model's stated factor of the oracle's RMSE
     and clearly below the strongest baseline (tests/quality_bars.py states and explains each bar)."""
-    metrics = train(rating_split.path, tmp_path / model, model, recall_users=0)
+    metrics = train(rating_split.path, tmp_path / model, model, None, QUICK)
     assert metrics_violations(model, metrics, rating_split.oracle_test_rmse) == []
     assert metrics["beaten_by"] == []
     assert math.isfinite(metrics["test"]["mae"])
@@ -111,7 +113,7 @@ def test_rating_model_with_defaults_nears_the_oracle_and_beats_user_item_bias(ra
 
 def test_the_rating_bar_fails_a_model_that_did_not_learn(rating_split, tmp_path):
     """The bar can fail: an MF barely moved from its initialisation (one epoch at lr 1e-6) is refused."""
-    metrics = train(rating_split.path, tmp_path / "mf", "mf", epochs=1, lr=1e-6, recall_users=0)
+    metrics = train(rating_split.path, tmp_path / "mf", "mf", {"epochs": 1, "lr": 1e-6}, QUICK)
     assert metrics_violations("mf", metrics, rating_split.oracle_test_rmse) != []
 
 
@@ -119,15 +121,15 @@ def test_the_rating_bar_fails_a_model_that_did_not_learn(rating_split, tmp_path)
                                    for m in RANKING_MODELS])  # ncf-mlp: 20 epochs, ~20 s of CPU; CI runs it
 def test_ranking_model_beats_most_popular_by_the_stated_margin(loo_split, tmp_path, model):
     options = {"epochs": RANKING_EPOCHS[model]} if model in RANKING_EPOCHS else {}
-    metrics = train(loo_split.path, tmp_path / model, model, recall_users=0, **options)
+    metrics = train(loo_split.path, tmp_path / model, model, options, QUICK)
     assert metrics_violations(model, metrics) == []
     assert metrics["beaten_by"] == []
     assert "rmse" not in metrics["test"]  # interaction scores are not ratings
 
 
 def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
-    metrics = train(rating_split.path, tmp_path / "dae", "autoencoder", epochs=3, noise=0.5, noise_loss="dropped",
-                    recall_users=0)
+    metrics = train(rating_split.path, tmp_path / "dae", "autoencoder",
+                    {"epochs": 3, "noise": 0.5, "noise_loss": "dropped"}, QUICK)
     history = json.loads((tmp_path / "dae" / "history.json").read_text())
     # it learns: the loss on the dropped ratings and the valid RMSE fall epoch after epoch (a loss on no rating,
     # or on the kept ones only, would leave the network unable to predict what it cannot see)
@@ -143,7 +145,7 @@ def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_spl
     from recsys_core.train import load_run
 
     run = tmp_path / "centered"
-    metrics = train(rating_split.path, run, "autoencoder", epochs=2, layers=[16], center="row", recall_users=0)
+    metrics = train(rating_split.path, run, "autoencoder", {"epochs": 2, "layers": [16], "center": "row"}, QUICK)
     assert metrics["test"]["rmse"] < metrics["baselines"]["global_mean"]["test"]["rmse"]
     _, data, estimator = load_run(run)
     train_matrix = data.train
@@ -211,8 +213,8 @@ def test_predictions_blend_toward_the_biases_by_the_users_train_count(rating_spl
     from recsys_core.train import load_run
 
     run = tmp_path / model
-    train(rating_split.path, run, model, epochs=2, layers=[16], center=center, bias_shrink=5.0, recall_users=0,
-          blend_on_valid=False)
+    train(rating_split.path, run, model,
+          {"epochs": 2, "layers": [16], "center": center, "bias_shrink": 5.0, "blend_on_valid": False}, QUICK)
     _, data, estimator = load_run(run)
     baseline = UserItemBias(data.train)
     counts = np.diff(data.train.indptr)
@@ -252,7 +254,7 @@ def test_the_blend_is_chosen_on_valid_and_travels_with_the_weights(rating_split,
     from recsys_core.train import load_run
 
     run = tmp_path / model
-    metrics = train(rating_split.path, run, model, epochs=3, layers=[16], recall_users=0)
+    metrics = train(rating_split.path, run, model, {"epochs": 3, "layers": [16]}, QUICK)
     chosen = metrics["training"]["bias_blend"]["bias_shrink"]
     _, data, estimator = load_run(run)
     assert estimator.bias_shrink == chosen

@@ -144,7 +144,7 @@ def test_flow_model_options_are_checked_for_every_model_before_any_stage():
             ([], None, "models is empty")):
         with pytest.raises(RecsysError, match=message.replace("(", r"\(")):
             train_arguments(models_, given, seed=0, k=10)
-    with pytest.raises(RecsysError, match=r"k must be an integer of at least 1 \(items per user\), got 0"):
+    with pytest.raises(RecsysError, match=r"k must be at least 1 \(items per user; an integer\), got 0"):
         train_arguments(["ease"], None, seed=0, k=0)
 
 

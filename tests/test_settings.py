@@ -33,10 +33,10 @@ def split(tmp_path_factory):
 
 
 @pytest.mark.parametrize("given,message", [
-    ({"k": 0}, "k must be an integer of at least 1 (items per user), got 0"),
-    ({"recall_users": -1}, "recall_users must be an integer of at least 0"),
-    ({"eval_batch_size": 2.5}, "eval_batch_size must be an integer of at least 1"),
-    ({"processes": 0}, "processes (nproc) must be an integer of at least 1"),
+    ({"k": 0}, "k must be at least 1 (items per user; an integer), got 0"),
+    ({"recall_users": -1}, "recall_users must be at least 0"),
+    ({"eval_batch_size": 2.5}, "eval_batch_size must be at least 1 (rows per evaluation batch; an integer), got 2.5"),
+    ({"processes": 0}, "nproc must be at least 1 (processes training one model; an integer), got 0"),
     ({"threads": -2}, "threads must be a positive integer or 0"),
     ({"resume": "yes"}, "resume must be true, false or 'auto', got 'yes'"),
     ({"amp": "on"}, "amp must be true or false, got 'on'"),
