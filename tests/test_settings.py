@@ -22,13 +22,13 @@ from recsys_core.ranking import TensorScores, score_block
 from recsys_core.settings import LEGACY_OPTIONS, RunSettings, split_legacy
 from recsys_core.train import evaluate, train
 
-OLD_RUN = Path(__file__).parent / "old_run"
+OLD_RUN = Path(__file__).parent / "fixtures" / "run_settings_v0"
 MF = {"epochs": 2, "patience": 0, "dim": 4}
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    # the split tests/old_run was trained on (tests/old_run/README.md)
+    # the split of tests/fixtures/run_settings_v0 (its README.md)
     return make_rating_split(tmp_path_factory.mktemp("small") / "N3M", n_users=120, n_items=40, n_ratings=3000)
 
 
