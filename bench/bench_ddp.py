@@ -1,5 +1,5 @@
 """Benchmark: one model trained by 1 process vs by N processes (DistributedDataParallel, gloo on CPU) on the
-same split, through the stage API (``recsys_core.train.train(..., nproc=N)``). Results and command in
+same split, through the stage API (``recsys_core.train.train(..., RunSettings(processes=N))``). Results and command in
 BENCHMARKS.md ("Several processes").
 
     flock /tmp/heavy.lock .venv/bin/python bench/bench_train.py make-data      # data/bench/N3M-like
@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recsys_core.settings import RunSettings  # noqa: E402
 from recsys_core.train import train  # noqa: E402
 
 # The options of each model for this benchmark (everything else: the model's defaults).
@@ -44,7 +45,8 @@ def one_run(split: Path, model: str, nproc: int, epochs: int, work: Path, per_pr
     run_dir = work / f"{model}-{nproc}-{time.monotonic_ns()}"
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    metrics = train(split, run_dir, model, epochs=epochs, patience=0, recall_users=0, nproc=nproc, **MODELS[model])
+    metrics = train(split, run_dir, model, {"epochs": epochs, "patience": 0, **MODELS[model]},
+                    RunSettings(recall_users=0, processes=nproc))
     wall = time.perf_counter() - started
     history = json.loads((run_dir / "history.json").read_text())
     return {"model": model, "nproc": nproc, "threads_per_process": max(1, torch.get_num_threads() // nproc),

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from recsys_core import models  # noqa: E402
 from recsys_core.interactions import load_split_data  # noqa: E402
+from recsys_core.settings import RunSettings  # noqa: E402
 from recsys_core.train import _evaluate_and_write, _write_recommendations  # noqa: E402
 
 
@@ -81,12 +82,12 @@ def main() -> None:
     results: dict = {}
     data = phase("load", lambda: load_split_data(args.split), results)
     registration = models.get(args.model)
-    config = registration.resolve({"epochs": 1, "k": args.k})
-    estimator = registration.create(config, device="cpu")
+    settings = RunSettings(k=args.k).resolved()
+    estimator = registration.create(registration.resolve({"epochs": 1}), device="cpu", settings=settings)
     with tempfile.TemporaryDirectory(prefix="bench-post-") as tmp:
         run_dir = args.out or Path(tmp)
         run_dir.mkdir(parents=True, exist_ok=True)
-        run_config = {**estimator.describe(), "split_dir": str(args.split.resolve())}
+        run_config = {**estimator.describe(), **settings.recorded(), "split_dir": str(args.split.resolve())}
         phase("epoch", lambda: estimator.fit(data, run_dir=run_dir), results)
         phase("evaluation", lambda: _evaluate_and_write(estimator, data, run_config, run_dir, {}), results)
         phase("recommendations", lambda: _write_recommendations(estimator, data, run_dir, args.k), results)

@@ -57,7 +57,7 @@ def main() -> int:
     print(json.dumps({
         "bench": f"{args.model}-fit", "split": str(args.split_dir), "users": int(data.train.shape[0]),
         "items": int(data.train.shape[1]), "train_nnz": int(data.train.nnz),
-        "sum_user_count_squared": float((counts ** 2).sum()), "options": estimator.config.to_dict(),
+        "sum_user_count_squared": float((counts ** 2).sum()), "options": estimator.options.to_dict(),
         "threads": args.threads, "load_s": round(load_s, 1), "fit_s": round(fit_s, 1),
         "fit_summary": {k: v for k, v in summary.items() if k != "history"},
         "score_users": int(len(rows)), "score_s": round(score_s, 1),

@@ -30,7 +30,7 @@ from recsys_core.training_loop import make_optimizer  # noqa: E402
 
 def step_ms(name: str, sparse: bool, args) -> tuple[float, float]:
     torch.manual_seed(0)
-    config = models.resolve_config(name, {"sparse": sparse})
+    config = models.resolve_options(name, {"sparse": sparse})
     if name == "mf":
         model = BiasedMF(args.users, args.items, config.dim, 3.6, sparse=sparse)
     else:

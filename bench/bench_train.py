@@ -36,8 +36,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 from recsys_core import models  # noqa: E402
 from recsys_core.evaluation import rating_metrics  # noqa: E402
 from recsys_core.interactions import csr_triplets, load_split_data  # noqa: E402
-from recsys_core.models import resolve_config  # noqa: E402
+from recsys_core.models import resolve_options  # noqa: E402
 from recsys_core.models.autoencoder import DeepAutoencoder  # noqa: E402
+from recsys_core.settings import RunSettings  # noqa: E402
 from recsys_core.training_loop import fit, make_optimizer  # noqa: E402
 
 # Every option the paper's NF run fixes is spelled out, so the library's defaults (tuned for the sample:
@@ -51,9 +52,9 @@ def usage() -> dict:
     return {"cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024)}
 
 
-def bound(model: str, config, data, device="cpu"):
+def bound(model: str, config, data, device="cpu", settings: RunSettings | None = None):
     """The estimator of ``model`` with ``config`` bound to ``data``: its network built from config.seed."""
-    estimator = models.get(model).create(config, device=device)
+    estimator = models.get(model).create(config, device=device, settings=settings)
     estimator.bind(data)
     return estimator
 
@@ -93,8 +94,8 @@ def autoencoder(args) -> None:
     data = load_split_data(args.split)
     n_users, n_items = data.train.shape
     layers = args.layers or NF["layers"]
-    config = resolve_config("autoencoder", {**NF, "epochs": args.epochs, "patience": 0, "lr": args.lr,
-                                            "optimizer": args.optimizer, "recall_users": 0, "seed": 0,
+    config = resolve_options("autoencoder", {**NF, "epochs": args.epochs, "patience": 0, "lr": args.lr,
+                                            "optimizer": args.optimizer, "seed": 0,
                                             "refeed": args.refeed, "layers": layers})
     estimator = bound("autoencoder", config, data)
     model = estimator.model
@@ -186,7 +187,7 @@ def equivalence(data, train_lists, n_items) -> None:
 
     from recsys_core.interactions import row_batch
 
-    config = resolve_config("autoencoder", {**NF, "optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "seed": 1})
+    config = resolve_options("autoencoder", {**NF, "optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "seed": 1})
     estimator = bound("autoencoder", config, data)
     mine = estimator.model
     ref = ReferenceAutoEncoder([n_items, *NF["layers"]], "selu", 0.8, False)
@@ -215,7 +216,7 @@ def ncf(args) -> None:
     torch.set_num_threads(args.threads)
     data = load_split_data(args.split)
     for batch_size in args.batch_sizes:
-        config = resolve_config("neumf", {"batch_size": batch_size, "seed": 0})
+        config = resolve_options("neumf", {"batch_size": batch_size, "seed": 0})
         estimator = bound("neumf", config, data)
         optimizer = make_optimizer(estimator.model, config)
         started = time.perf_counter()
@@ -258,9 +259,9 @@ def gpu(args) -> None:
     empty = sp.csr_matrix((n_users, n_items), dtype=np.float32)
     data = SimpleNamespace(train=train, valid=empty, test=test, meta={"rating_min": 1.0, "rating_max": 5.0})
     make_s = time.perf_counter() - started
-    config = resolve_config("autoencoder", {**NF, "epochs": 1, "patience": 0, "amp": args.amp,
-                                            "batch_size": args.batch_size, "eval_batch_size": 8192, "seed": 0})
-    estimator = bound("autoencoder", config, data, device)
+    config = resolve_options("autoencoder", {**NF, "epochs": 1, "patience": 0, "batch_size": args.batch_size,
+                                            "seed": 0})
+    estimator = bound("autoencoder", config, data, device, RunSettings(amp=args.amp, eval_batch_size=8192))
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(estimator, config, Path(run_dir))

@@ -150,6 +150,7 @@ def train_nf(work: Path, split: str, device: torch.device, epochs: int, amp: boo
     from bench_train import flops_per_epoch
 
     from recsys_core.interactions import load_split_data
+    from recsys_core.settings import RunSettings
     from recsys_core.train import train
 
     split_dir = work / "matrices" / split
@@ -160,8 +161,8 @@ def train_nf(work: Path, split: str, device: torch.device, epochs: int, amp: boo
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    metrics = train(split_dir, run_dir, "autoencoder", device=str(device), epochs=epochs, amp=amp, nproc=nproc,
-                    recall_users=1000, **NF)
+    metrics = train(split_dir, run_dir, "autoencoder", {"epochs": epochs, **NF},
+                    RunSettings(device=str(device), amp=amp, processes=nproc, recall_users=1000))
     wall = time.perf_counter() - started
     history = json.loads((run_dir / "history.json").read_text())
     epoch_s = history["seconds"]

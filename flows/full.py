@@ -37,6 +37,7 @@ from prefect import flow  # noqa: E402
 from recsys_core.artifacts import layout  # noqa: E402
 from recsys_core.artifacts.hashing import hash_memo  # noqa: E402
 from recsys_core.errors import RecsysError  # noqa: E402
+from recsys_core.settings import RunSettings, split_legacy  # noqa: E402
 from recsys_core.split import PROTOCOLS as split_protocols  # noqa: E402
 from recsys_core.split import check_options as check_split_options  # noqa: E402
 from recsys_core.sweep import load_sweep_file, parse_sweep  # noqa: E402
@@ -98,7 +99,7 @@ def full_pipeline(
     _check_choice("protocol", protocol, PROTOCOLS)
     _check_choice("device", device, DEVICES)
     _check_choice("until", until, UNTIL)
-    configs = model_configs(models, model_options, seed=seed, k=top_k)
+    arguments = train_arguments(models, model_options, seed=seed, k=top_k)
     check_split_options(protocol, _split_options(protocol, split_options, splits, seed))
     check_runner(task_runner, dask_address, dask_workers)
     check_threads(threads)  # a bad value is one sentence now, not in every task
@@ -107,7 +108,7 @@ def full_pipeline(
         sweep_spec = parse_sweep(sweep, models, seed=seed)
         stray = sorted(set(sweep_spec.models) - set(models))
         if stray:
-            configs.update(model_configs(stray, None, seed=seed, k=top_k))
+            arguments.update(train_arguments(stray, None, seed=seed, k=top_k))
     if registry_model:
         from tasks.promotion import check_options
 
@@ -166,16 +167,17 @@ def full_pipeline(
             calls, specs = [], []
             for split_name in split_names:
                 for model in phase:
-                    config = {**configs[model], "device": resolve_device(device)}
-                    if model in later and not config.get("members"):
-                        config["members"] = ",".join(folders.get(split_name, []))
-                    trained = layout.train_spec(data, matrices, memo, split_name, model, config)
+                    options, settings = arguments[model]
+                    settings = settings.replace(device=resolve_device(device), threads=threads)
+                    if model in later and not options.get("members"):
+                        options = {**options, "members": ",".join(folders.get(split_name, []))}
+                    trained = layout.train_spec(data, matrices, memo, split_name, model, options, settings)
                     if registered(model).estimator.rating_model and model not in later:
                         folders.setdefault(split_name, []).append(trained.path.name)
                     specs.append((split_name, model, trained))
                     calls.append(Call(f"train {split_name}/{model}", dict(
                         spec=trained, data_dir=str(data), split_dir=str(matrices.path / split_name), model=model,
-                        config=config, threads=threads)))
+                        options=options, settings=settings)))
             for (split_name, model, trained), done in zip(specs, fanout.run(train_task, calls) if calls else []):
                 run.record(done, trained)
                 run.artifacts[f"run {split_name}/{model}"] = trained.out_dir
@@ -190,7 +192,7 @@ def full_pipeline(
                 if curve.exists():
                     report.publish_learning_curve(f"recsys-curve-{_key(split_name)}-{_key(model)}", curve, model)
         if sweep_spec is not None:
-            swept = run_sweeps(sweep_spec, fanout, data, matrices, memo, split_names, configs,
+            swept = run_sweeps(sweep_spec, fanout, data, matrices, memo, split_names, arguments,
                                resolve_device(device), threads, top_k)
             run.report["stages"].extend(swept.stages)
             run.report["sweep"] = sweep_summary_rows(swept.rows)
@@ -258,15 +260,18 @@ class _Run:
         return self.report
 
 
-def model_configs(models: list[str], model_options: dict | None, seed: int, k: int) -> dict[str, dict]:
-    """The options ``recsys_core.train`` gets for each model: the flow's ``seed`` (models that have one) and
-    ``top_k``, then the model's ``model_options``; every one checked here, before any stage runs."""
-    from recsys_core import models as registry
+def train_arguments(models: list[str], model_options: dict | None, seed: int, k: int
+                    ) -> dict[str, tuple[dict, RunSettings]]:
+    """What ``recsys_core.train`` gets for each model: its options (the flow's ``seed``, for models that have
+    one, then the model's ``model_options``) and its run settings (``top_k`` as k; a run setting still given
+    among ``model_options``, as before run settings existed, is moved there with a deprecation line); every
+    one checked here, before any stage runs."""
+    from recsys_core import models as catalogue
 
     if not models:
-        raise RecsysError(f"models is empty; name at least one of {', '.join(registry.names())}")
+        raise RecsysError(f"models is empty; name at least one of {', '.join(catalogue.names())}")
     for model in models:
-        registry.get(model)  # an unknown name is refused with the list of registered models
+        catalogue.get(model)  # an unknown name is refused with the list of registered models
     model_options = {} if model_options is None else model_options
     if not isinstance(model_options, dict) or not all(isinstance(v, dict) for v in model_options.values()):
         raise RecsysError("model_options must map model names to objects of options, e.g. "
@@ -276,31 +281,31 @@ def model_configs(models: list[str], model_options: dict | None, seed: int, k: i
         raise RecsysError(f"model_options names {', '.join(stray)}, which {'is' if len(stray) == 1 else 'are'} "
                           f"not among the models to train ({', '.join(models)}); add it to models or drop its options")
     for model in models:  # a blend of this flow's runs needs a rating model among them (or named members)
-        if getattr(registry.get(model).estimator, "trains_after_others", False) and not model_options.get(
-                model, {}).get("members") and not any(registry.get(m).estimator.rating_model and not getattr(
-                    registry.get(m).estimator, "trains_after_others", False) for m in models):
+        if getattr(catalogue.get(model).estimator, "trains_after_others", False) and not model_options.get(
+                model, {}).get("members") and not any(catalogue.get(m).estimator.rating_model and not getattr(
+                    catalogue.get(m).estimator, "trains_after_others", False) for m in models):
             raise RecsysError(f"{model} blends the other rating models of the flow, and models names none; add "
                               "some (e.g. mf knn-item svdpp) or name its members in model_options")
-    configs = {}
+    arguments = {}
     for model in models:
-        registration = registry.get(model)
-        base = {"k": k, **({"seed": seed} if "seed" in registration.options.names() else {})}
-        config = {**base, **model_options.get(model, {})}
-        registration.resolve(config)  # RecsysError: one sentence naming the model, the option and the value
-        configs[model] = config
-    return configs
+        registration = catalogue.get(model)
+        given, moved = split_legacy(model_options.get(model), where=f"model_options of {model}")
+        options = {**({"seed": seed} if "seed" in registration.options.names() else {}), **given}
+        registration.resolve(options)  # RecsysError: one sentence naming the model, the option and the value
+        arguments[model] = (options, RunSettings(**{"k": k, **moved}))
+    return arguments
 
 
 def registered(model: str):
-    from recsys_core import models as registry
+    from recsys_core import models as catalogue
 
-    return registry.get(model)
+    return catalogue.get(model)
 
 
 def registered_models() -> list[str]:
-    from recsys_core import models as registry
+    from recsys_core import models as catalogue
 
-    return registry.names()
+    return catalogue.names()
 
 
 def resolve_device(device: str) -> str:
@@ -477,7 +482,7 @@ def local_run_settings(preload: tuple[str, ...] = ()):
     server's detection of crashed deployment runs, and each run ends by joining their thread (up to 1 s).
 
     ``preload``: modules the run will import, imported while the temporary API boots (the parent would
-    only wait then): torch, through the model registry, is ~1.5 s of an all-cached run.
+    only wait then): torch, through the model catalogue, is ~1.5 s of an all-cached run.
     """
     from prefect.settings import (
         PREFECT_API_URL,

@@ -28,43 +28,56 @@ from recsys_core.distributed import local_part
 from recsys_core.evaluation import rmse
 from recsys_core.interactions import csr_triplets, rating_range
 from recsys_core.losses import observed_mse
+from recsys_core.matrices import SplitMatrices
 from recsys_core.options import ModelOptions, option, options
+from recsys_core.settings import DEFAULTS as RUN_DEFAULTS
+from recsys_core.settings import RunSettings
 from recsys_core.training_loop import LoopOptions, uses_sparse_rows
 from recsys_core.training_loop import fit as fit_loop
 
 
-def data_dims(data) -> dict:
+def data_dims(data: SplitMatrices) -> dict:
     """What a network's shape and start depend on: users, items, mean training rating, rating range."""
     return {"n_users": int(data.train.shape[0]), "n_items": int(data.train.shape[1]),
             "global_mean": float(data.train.data.mean()), "rating_range": rating_range(data.meta)}
 
 
 class Estimator:
-    """Base of every model. Subclasses set the class attributes and implement fit/predict/state."""
+    """Base of every model. Subclasses set the class attributes and implement fit/predict/state.
+
+    What a model can do beyond the ``Predictor`` questions is declared, never found out by calling: the
+    capability protocols of ``recsys_core.predictor`` (``FoldIn`` with ``folds_in()``, ``ItemVectors``...)
+    and ``recsys_core.ranking.TensorScores`` (every estimator scores rows as a tensor on its device)."""
 
     family: ClassVar[str] = ""              # how it meets the data, recorded in the run's config.json
     rating_model: ClassVar[bool] = True     # predicts ratings (RMSE applies) rather than interaction scores
     valid_metric: ClassVar[str] = "rmse"    # what validate() returns
     higher_is_better: ClassVar[bool] = False
+    data: SplitMatrices  # the split it is bound to, by fit or load
 
-    def __init__(self, config: ModelOptions, *, name: str, device: str | torch.device | None = None):
-        self.config = config
+    def __init__(self, options: ModelOptions, *, name: str, device: str | torch.device | None = None,
+                 settings: RunSettings | None = None):
+        self.options = options
         self.name = name
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.data = None
+        # what the run settings say of how this estimator computes (not what it learns): rows per
+        # evaluation batch and bf16 autocast on CUDA
+        run = (settings or RunSettings()).resolved()
+        self.eval_batch_size = int(run.eval_batch_size or RUN_DEFAULTS["eval_batch_size"])
+        self.amp = bool(run.amp)
 
     def describe(self) -> dict[str, Any]:
         """The run's config.json: every option, the model's name and family."""
-        return {**self.config.to_dict(), "model": self.name, "family": self.family}
+        return {**self.options.to_dict(), "model": self.name, "family": self.family}
 
     # --- fitting ------------------------------------------------------------------------------------
-    def fit(self, data, run_dir: Path | None = None, resume: bool = False) -> dict:
+    def fit(self, data: SplitMatrices, run_dir: Path | None = None, resume: bool = False) -> dict:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
         raise NotImplementedError
 
-    def load(self, state: dict, data) -> "Estimator":
+    def load(self, state: dict, data: SplitMatrices) -> "Estimator":
         raise NotImplementedError
 
     def validate(self) -> float | None:
@@ -95,28 +108,27 @@ class TorchEstimator(Estimator):
     def build(self, dims: dict) -> torch.nn.Module:
         raise NotImplementedError
 
-    def prepare(self, data) -> None:
+    def prepare(self, data: SplitMatrices) -> None:
         """Everything derived from the data once the network exists (nothing by default)."""
 
-    def bind(self, data) -> None:
-        config = self.config
+    def bind(self, data: SplitMatrices) -> None:
+        options = self.options
         self.data = data
-        self.batch_size = int(config.batch_size)
-        self.eval_batch_size = int(config.eval_batch_size)
+        self.batch_size = int(options.batch_size)
         self.clip = rating_range(data.meta)
-        self.use_amp = bool(config.amp) and self.device.type == "cuda"
-        torch.manual_seed(int(config.seed))  # deterministic initial weights
+        self.use_amp = self.amp and self.device.type == "cuda"
+        torch.manual_seed(int(options.seed))  # deterministic initial weights
         self.model = self.build(data_dims(data)).to(self.device)
         self.prepare(data)
 
-    def fit(self, data, run_dir: Path | None = None, resume: bool = False, on_epoch=None) -> dict:
+    def fit(self, data: SplitMatrices, run_dir: Path | None = None, resume: bool = False, on_epoch=None) -> dict:
         self.bind(data)
-        return fit_loop(self, self.config, run_dir, resume, on_epoch=on_epoch)
+        return fit_loop(self, self.options, run_dir, resume, on_epoch=on_epoch)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
 
-    def load(self, state: dict, data) -> "TorchEstimator":
+    def load(self, state: dict, data: SplitMatrices) -> "TorchEstimator":
         self.bind(data)
         self.model.load_state_dict(state)
         return self
@@ -172,9 +184,9 @@ class PairsEstimator(TorchEstimator):
     @property
     def sparse_rows(self) -> bool:
         """Whether the embedding tables take sparse gradients (``recsys_core.row_optim``)."""
-        return uses_sparse_rows(self.config)
+        return uses_sparse_rows(self.options)
 
-    def prepare(self, data) -> None:
+    def prepare(self, data: SplitMatrices) -> None:
         rows, cols, values = csr_triplets(data.train)
         self.users = torch.from_numpy(rows)
         self.items = torch.from_numpy(cols)
@@ -195,7 +207,7 @@ class PairsEstimator(TorchEstimator):
         with self.autocast():
             pred = self.model(users, items)
         fit = observed_mse(pred, values)
-        l2 = float(self.config.l2)
+        l2 = float(self.options.l2)
         loss = fit + l2 * self.model.penalty(users, items) if l2 else fit
         yield loss, fit.detach()
 

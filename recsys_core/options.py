@@ -175,18 +175,14 @@ def _checked(info: OptionInfo, value: Any, model: str) -> Any:
 
 @options
 class ModelOptions:
-    """Options every model has: what the evaluation of its run folder uses."""
+    """Base of every model's options: its hyperparameters, what it learns. How a run is carried out and
+    evaluated (device, threads, processes, resume, k, recall_users, eval_batch_size, amp) is not an option
+    of the model but a run setting (``recsys_core.settings.RunSettings``)."""
 
     presets: ClassVar[dict[str, dict]] = {}
     # The search space a sweep uses for this model when it declares none (recsys_core.sweep; docs/sweeps.md):
     # {option: {"choices": [...]} or {"low": .., "high": .., "log": bool}}; {} = none shipped.
     sweep_space: ClassVar[dict[str, dict]] = {}
-
-    k: int = option(10, "cut-off of HR/NDCG/Recall and length of the written recommendation lists", low=1,
-                    resumable=True)
-    recall_users: int = option(5000, "test users sampled for full-catalogue Recall@K (0 = skip)", low=0,
-                               resumable=True)
-    eval_batch_size: int = option(4096, "rows per evaluation batch (memory vs speed)", low=1, resumable=True)
 
     # --- reading the declaration --------------------------------------------------------------------
     @classmethod

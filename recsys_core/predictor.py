@@ -10,14 +10,20 @@ was fitted on (rows and columns of its CSR matrices):
 their order means something). Capabilities some predictors add, each its own protocol so that a caller
 asks ``isinstance(p, FoldIn)`` instead of a model name:
 
-- ``FoldIn.fold_in(cols, values)``: scores for a user absent from training, from their ratings;
+- ``FoldIn.fold_in(cols, values)``: scores for a user absent from training, from their ratings, where
+  ``FoldIn.folds_in()`` says this configuration of the model can (I-AutoRec has the method of its family
+  but no user to fold in; a squashed MF is not linear in the user's vector);
 - ``ItemVectors.item_vectors()``: one vector per item column (similar items, ``[n_items, d]``);
 - ``LinearScores.linear_scores()``: the model's scores as one product per user (a service precomputes it);
 - ``ItemSimilarities.item_similarities(cols)``: the model's own item-item similarities (similar items of a
-  neighbourhood model, which has no vector per item).
+  neighbourhood model, which has no vector per item);
+- ``TensorScores.score_rows_tensor(rows)`` (``recsys_core.ranking``, re-exported here): ``score_rows`` as a
+  torch tensor on the model's device that ranking may overwrite (every trained model has it; baselines
+  answer ``score_rows`` alone).
 
-A capability method may still refuse for one configuration of its model (I-AutoRec has no user to fold
-in; a squashed MF is not linear): ``fold_in`` then raises ``RecsysError``, ``linear_scores`` returns None.
+A capability is declared, never discovered by a trial call: where it depends on the configuration of a
+model, the protocol says so (``FoldIn.folds_in()``; ``linear_scores`` returns None) and a caller asks that.
+``fold_in`` still raises ``RecsysError`` when called on a configuration that does not fold in.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_core.ranking import mask_items, score_block, top_k_tensor
+from recsys_core.ranking import TensorScores, mask_items, score_block, top_k_tensor
+
+__all__ = ["FoldIn", "ItemSimilarities", "ItemVectors", "LinearScores", "Predictor", "TensorScores", "folds_in",
+           "top_items"]
 
 
 @runtime_checkable
@@ -41,9 +50,20 @@ class Predictor(Protocol):
 
 @runtime_checkable
 class FoldIn(Protocol):
+    def folds_in(self) -> bool:
+        """Whether this configuration of the model folds a new user in (its class has the method of its
+        family; I-AutoRec and a squashed MF do not)."""
+        ...
+
     def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Scores of every item for a new user who rated item columns ``cols`` (ascending) with ``values``."""
         ...
+
+
+def folds_in(predictor) -> bool:
+    """Whether ``predictor`` scores a user absent from training: it declares ``FoldIn`` and this configuration
+    of it says yes."""
+    return isinstance(predictor, FoldIn) and bool(predictor.folds_in())
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ it the scoring product itself.
 from __future__ import annotations
 
 import contextlib
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,10 +27,20 @@ from recsys_core.progress import progress_bar
 BLOCK = 2048  # users per block: 2,048 x 17,770 float32 scores = 146 MB
 
 
+@runtime_checkable
+class TensorScores(Protocol):
+    """A predictor that scores in torch (every trained model, ``recsys_core.estimators.Estimator``)."""
+
+    def score_rows_tensor(self, rows: np.ndarray) -> torch.Tensor:
+        """``score_rows`` as a float32 tensor on the predictor's device that the caller may overwrite: top-K
+        over the whole catalogue masks and selects in it without a copy."""
+        ...
+
+
 def score_block(predictor, rows: np.ndarray) -> torch.Tensor:
     """Scores of every item for ``rows`` as a float32 tensor the caller may overwrite: the predictor's own
-    tensor (on its device) when it has ``score_rows_tensor``, else a copy of ``score_rows``."""
-    if hasattr(predictor, "score_rows_tensor"):
+    tensor (on its device) when it declares ``TensorScores``, else a copy of ``score_rows``."""
+    if isinstance(predictor, TensorScores):
         return predictor.score_rows_tensor(rows)
     return torch.from_numpy(np.array(predictor.score_rows(rows), np.float32, copy=True))
 

@@ -159,7 +159,7 @@ def load_sweep_file(path) -> dict:
 def parse_sweep(obj: Any, models: list[str] | None = None, seed: int = 0) -> SweepSpec:
     """Check a sweep object against the registered models' options; ``"default"`` sweeps ``models`` over
     their shipped spaces. ``seed`` is the sweep's seed where the object gives none."""
-    from recsys_core import models as registry
+    from recsys_core import models as catalogue
 
     if obj == "default":
         obj = {"models": {m: "default" for m in (models or [])}}
@@ -173,7 +173,7 @@ def parse_sweep(obj: Any, models: list[str] | None = None, seed: int = 0) -> Swe
                           "(\"default\" or {space: ..., trials: ...})")
     result = {}
     for model, entry in declared.items():
-        registration = registry.get(model)
+        registration = catalogue.get(model)
         if entry in ("default", None):
             entry = {}
         if not isinstance(entry, Mapping):
@@ -431,9 +431,9 @@ class Study:
 
     def next_round(self) -> list[Trial]:
         """The next ``batch`` trials (fewer at the end of the budget; none when it is spent)."""
-        from recsys_core import models as registry
+        from recsys_core import models as catalogue
 
-        registration = registry.get(self.sweep.model)
+        registration = catalogue.get(self.sweep.model)
         rule = None
         if self.sweep.prune is not None:
             curves = [t.outcome["curve"] for t in self.trials if t.outcome.get("state") == COMPLETE]

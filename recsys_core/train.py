@@ -16,10 +16,13 @@ the model's and each baseline's, per bucket of the user's training ratings and f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import polars as pl
@@ -33,11 +36,13 @@ from recsys_core.estimators import TorchEstimator, data_dims
 from recsys_core.evaluation import beaten_by, evaluate_predictor, top_k
 from recsys_core.interactions import csr_triplets, load_split_data, rating_range
 from recsys_core.io import atomic_file, read_json, write_json
-from recsys_core.predictor import FoldIn
+from recsys_core.options import ModelOptions
+from recsys_core.predictor import FoldIn, folds_in
 from recsys_core.progress import progress_bar
 from recsys_core.ranking import best_items
 from recsys_core.runs import RunConfig, RunFolder, RunMetrics
-from recsys_core.threads import apply_threads, check_threads, decide_threads
+from recsys_core.settings import DEFAULTS, RunSettings, split_legacy
+from recsys_core.threads import apply_threads, decide_threads
 from recsys_core.training_loop import CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("recsys_core")
@@ -60,69 +65,104 @@ def pick_device(name: str | None) -> torch.device:
         raise RecsysError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
 
 
-def train(split_dir, run_dir, model: str = "autoencoder", *, resume: bool | str = False, device: str | None = None,
-          threads: int | None = None, concurrent: int | None = None, on_epoch=None, **options) -> dict | None:
+def train(split_dir, run_dir, model: str = "autoencoder", options: Mapping[str, Any] | None = None,
+          settings: RunSettings | None = None, *, on_epoch=None, **legacy) -> dict | None:
     """Train ``model`` on one stage-3 split folder into ``run_dir``; returns the metrics (also written).
 
-    ``options`` are the model's options (``recsys_core.models.get(model).options``); all are checked
-    before anything is read or written. ``resume=True`` continues the run in ``run_dir`` from its
-    checkpoint with its saved options (only resumable ones such as epochs/patience/evaluation may change)
-    and gives exactly what an uninterrupted run would have given. ``resume="auto"`` resumes when
-    ``run_dir`` holds a run of the same model and options (resumable ones aside) with a readable checkpoint,
-    and otherwise starts afresh (what the flow does after a killed run).
+    ``options`` are the model's hyperparameters (``recsys_core.models.get(model).options``), all checked
+    before anything is read or written; ``settings`` (``recsys_core.settings.RunSettings``) say how the run is
+    carried out and evaluated: device, threads, processes, resume, k, recall_users, eval_batch_size, amp.
 
-    Several processes (``recsys_core.distributed``): ``nproc=N`` (models trained by the loop) spawns N
+    ``settings.resume=True`` continues the run in ``run_dir`` from its checkpoint with its saved options (only
+    resumable ones such as epochs/patience may change; settings left unset keep the run's) and gives exactly
+    what an uninterrupted run would have given. ``resume="auto"`` resumes when ``run_dir`` holds a run of
+    the same model and options (resumable ones aside) with a readable checkpoint, and otherwise starts
+    afresh (what the flow does after a killed run).
+
+    Several processes (``recsys_core.distributed``): ``processes=N`` (models trained by the loop) spawns N
     processes on this host that train one model together; under ``torchrun`` every process calls this
     function, process 0 returns the metrics and the others ``None``.
 
     ``threads``/``concurrent``: torch's threads, chosen by ``recsys_core.threads.decide_threads`` (None =
     the cores available to this process shared by ``concurrent`` trainings), for the whole training: its
     processes on this host share them; logged and recorded in metrics.json, and per process in config.json
-    (a resumed run keeps that). ``on_epoch(epoch, valid) -> stop?`` is the training loop's per-epoch hook (a sweep's
-    pruner); models fitted in closed form have no epochs and ignore it.
+    (a resumed run keeps that). ``on_epoch(epoch, valid) -> stop?`` is the training loop's per-epoch hook (a
+    sweep's pruner); models fitted in closed form have no epochs and ignore it.
+
+    ``legacy``: the keyword arguments this function took before (``device=``, ``threads=``, ``resume=``,
+    ``k=`` and the model's options as keywords), accepted for one release with a deprecation line.
     """
     run_dir = Path(run_dir)
     split_dir = Path(split_dir)
-    if resume not in (False, True, "auto"):
-        raise RecsysError(f"resume must be true, false or 'auto', got {resume!r}")
-    dev = pick_device(device)
-    check_threads(threads)
+    options, settings = _arguments(options, settings, legacy)
+    dev = pick_device(settings.device)
     registration = models.get(model)
     ctx = distributed.from_environment(dev)  # the group torchrun started, joined here; else one process
     try:
-        resume = ctx.decide(lambda: _decide_resume(run_dir, registration, options, resume))
+        resume = ctx.decide(lambda: _decide_resume(run_dir, registration, options, settings.resume))
         resumed_threads = None
         if resume:
-            registration, config, split_dir, resumed_threads = _resumed_config(run_dir, model, options)
+            registration, model_options, split_dir, saved = _resumed_options(run_dir, model, options)
+            settings = settings.resolved(saved)
+            resumed_threads = saved.get("threads")
         else:
-            config = registration.resolve(options)
-        nproc = int(getattr(config, "nproc", 1))
+            model_options = registration.resolve(options)
+            settings = settings.resolved()
+        settings = settings.replace(resume=resume)
+        nproc = int(settings.processes or 1)
         local = nproc  # the processes of this training on this host, which share its threads
+        by_loop = issubclass(registration.estimator, TorchEstimator)
+        if (nproc > 1 or ctx.enabled) and not by_loop:
+            raise RecsysError(f"model {registration.name} is not trained by the loop and runs in one process: "
+                              f"{'start it without torchrun' if ctx.enabled else 'leave nproc out'}")
         if ctx.enabled:
-            if "nproc" not in config.names():
-                raise RecsysError(f"model {registration.name} is not trained by the loop and runs in one process: "
-                                  "start it without torchrun")
             if nproc not in (1, ctx.world):
                 raise RecsysError(f"nproc {nproc} was given but torchrun started {ctx.world} processes: "
                                   "leave nproc out under torchrun")
-            config = config.replace(registration.name, nproc=ctx.world)
+            settings = settings.replace(processes=ctx.world)
             local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world))
         # One decision for the whole training, taken by process 0 alone under torchrun (only it measures the
         # free cores) and given to every process: spawned or started by torchrun, the same request gives each
         # process the same count (recsys_core.threads).
-        thread_choice = ctx.decide(lambda: decide_threads(threads, concurrent, processes=local,
+        thread_choice = ctx.decide(lambda: decide_threads(settings.threads, settings.concurrent, processes=local,
                                                           resumed=resumed_threads))
         if nproc > 1 and not ctx.enabled:
             if on_epoch is not None:
                 raise RecsysError("an on_epoch hook (a sweep's pruner) needs one process: leave nproc out")
             return distributed.spawn(nproc, dev, _train_process, str(split_dir), str(run_dir), registration.name,
-                                     config.to_dict(), resume, str(dev), thread_choice.as_dict(),
+                                     model_options.to_dict(), settings, str(dev), thread_choice.as_dict(),
                                      threads=thread_choice.threads)
         apply_threads(thread_choice)
-        return _train_process(split_dir, run_dir, registration.name, config.to_dict(), resume, str(dev),
+        return _train_process(split_dir, run_dir, registration.name, model_options.to_dict(), settings, str(dev),
                               thread_choice.as_dict(), on_epoch)
     finally:
         distributed.leave()
+
+
+def _arguments(options: Mapping[str, Any] | None, settings: RunSettings | None,
+               legacy: dict[str, Any]) -> tuple[dict[str, Any], RunSettings]:
+    """(model options, run settings) of ``train``'s arguments, with the spellings of the release before
+    (run settings among the options, everything as keywords) moved where they belong, with a deprecation
+    line."""
+    if options is not None and not isinstance(options, Mapping):
+        raise RecsysError(f"options must map option names to values, e.g. {{\"epochs\": 5}}, got {options!r}")
+    options, moved = split_legacy(options)
+    if legacy:
+        warnings.warn(f"train(..., {', '.join(f'{name}=' for name in sorted(legacy))}) is deprecated: pass the "
+                      "model's options as train(split_dir, run_dir, model, {...}) and how to run it as "
+                      "settings=RunSettings(...); accepted until the next release", FutureWarning, stacklevel=3)
+        fields = {f.name for f in dataclasses.fields(RunSettings)}
+        moved.update({name: value for name, value in legacy.items() if name in fields})
+        rest = {name: value for name, value in legacy.items() if name not in fields}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # one deprecation line is enough
+            rest, moved_too = split_legacy(rest)
+        options.update(rest)
+        moved.update(moved_too)
+    settings = settings if settings is not None else RunSettings()
+    if not isinstance(settings, RunSettings):
+        raise RecsysError(f"settings must be a RunSettings (recsys_core.settings), got {settings!r}")
+    return options, settings.replace(**moved) if moved else settings
 
 
 def _decide_resume(run_dir: Path, registration, options: dict, resume: bool | str) -> bool:
@@ -136,21 +176,22 @@ def _decide_resume(run_dir: Path, registration, options: dict, resume: bool | st
     return False
 
 
-def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: bool, device: str,
+def _train_process(split_dir, run_dir, model: str, saved_options: dict, settings: RunSettings, device: str,
                    thread_info: dict, on_epoch=None) -> dict | None:
     """What every training process does (the only one, or one of ``distributed.current()``'s group): train;
-    process 0 also writes the run folder and returns the metrics. ``thread_info``: the thread decision of
-    the calling process (``ThreadChoice.as_dict``); the threads this process really has are recorded."""
+    process 0 also writes the run folder and returns the metrics. ``settings``: resolved (every value set,
+    ``resume`` true or false). ``thread_info``: the thread decision of the calling process
+    (``ThreadChoice.as_dict``); the threads this process really has are recorded."""
     split_dir, run_dir = Path(split_dir), Path(run_dir)
     ctx = distributed.current()
     registration = models.get(model)
-    config = registration.options.from_saved(saved_options, model)
+    options = registration.options.from_saved(saved_options, model)
     dev = ctx.device if ctx.enabled else pick_device(device)
     thread_info = {**thread_info, "threads": torch.get_num_threads()}
     data = load_split_data(split_dir)
     torch.set_float32_matmul_precision("high")
-    estimator = registration.create(config, device=dev)
-    run_config = {**estimator.describe(), "split_dir": str(split_dir.resolve())}
+    estimator = registration.create(options, device=dev, settings=settings)
+    run_config = {**estimator.describe(), **settings.recorded(), "split_dir": str(split_dir.resolve())}
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         # the threads go with the options so that a resumed run keeps them
@@ -167,7 +208,7 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
                     "; no early stopping: the last epoch is kept" if isinstance(estimator, TorchEstimator) else "")
     started = time.perf_counter()
     hook = {"on_epoch": on_epoch} if on_epoch is not None and isinstance(estimator, TorchEstimator) else {}
-    result = estimator.fit(data, run_dir=run_dir, resume=resume, **hook)
+    result = estimator.fit(data, run_dir=run_dir, resume=bool(settings.resume), **hook)
     train_seconds = time.perf_counter() - started
     world = ctx.world
     distributed.leave()  # training is over: process 0 evaluates and writes alone
@@ -187,31 +228,32 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, resume: 
                    "stopped_early": result["stopped_early"], "pruned_at_epoch": result.get("pruned"), **summary,
                    "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
     metrics = _evaluate_and_write(estimator, data, run_config, run_dir, summary)
-    _write_recommendations(estimator, data, run_dir, int(config.k))
+    _write_recommendations(estimator, data, run_dir, int(settings.k or DEFAULTS["k"]))
     return metrics
 
 
-def _resumed_config(run_dir: Path, model: str, options: dict):
-    """(registration, options, split folder, torch threads or None) of the run to resume, with the resumable
-    ``options`` applied. The threads are kept: the count can change some models' sums (recsys_core.threads)."""
+def _resumed_options(run_dir: Path, model: str, options: dict):
+    """(registration, options, split folder, saved config.json) of the run to resume, with the resumable
+    ``options`` applied. The caller keeps the saved run settings not given again and the threads (the count
+    can change some models' sums: recsys_core.threads)."""
     if not (run_dir / "config.json").exists() or not (run_dir / CHECKPOINT).exists():
         raise RecsysError(f"{run_dir} holds no config.json and checkpoint.pt to resume from")
     saved = read_json(run_dir / "config.json")
     if model != saved["model"] and model != "autoencoder":
         raise RecsysError(f"{run_dir} holds a {saved['model']} run, not {model}")
     registration = models.get(saved["model"])
-    config = registration.options.from_saved(saved, registration.name)
+    resumed = registration.options.from_saved(saved, registration.name)
     given = {k: v for k, v in options.items() if v is not None}
     resumable = {info.name for info in registration.options.describe() if info.resumable}
-    changed = {k for k in given if k not in config.names()
-               or config.replace(registration.name, **{k: given[k]}) != config}
+    changed = {k for k in given if k not in resumed.names()
+               or resumed.replace(registration.name, **{k: given[k]}) != resumed}
     if changed - resumable:
         raise RecsysError(f"options {', '.join(sorted(changed - resumable))} cannot change when "
                           f"resuming; only {', '.join(sorted(resumable))} can")
-    return registration, config.replace(registration.name, **given), Path(saved["split_dir"]), saved.get("threads")
+    return registration, resumed.replace(registration.name, **given), Path(saved["split_dir"]), saved
 
 
-def _can_resume(run_dir: Path, model: str, config) -> bool:
+def _can_resume(run_dir: Path, model: str, given: ModelOptions) -> bool:
     """Whether ``run_dir`` holds a run of this model and options (resumable ones aside) to continue."""
     if not (run_dir / CHECKPOINT).exists() or not (run_dir / "config.json").exists():
         return False
@@ -220,7 +262,7 @@ def _can_resume(run_dir: Path, model: str, config) -> bool:
         options = models.get(model).options
         fixed = [info.name for info in options.describe() if not info.resumable]
         same = saved.get("model") == model and all(
-            getattr(options.from_saved(saved, model), name) == getattr(config, name) for name in fixed)
+            getattr(options.from_saved(saved, model), name) == getattr(given, name) for name in fixed)
         if not same:
             log.warning("%s holds a run of other options; training from scratch", run_dir)
             return False
@@ -241,6 +283,7 @@ def load_run(run_dir, device: str | None = None, split_dir=None):
     config = saved["config"]
     registration = models.get(config["model"])
     options = registration.options.from_saved(config, registration.name)
+    settings = RunSettings().resolved(config)  # its eval_batch_size and amp, as recorded in config.json
     dev = pick_device(device)
     data = load_split_data(split_dir or config["split_dir"])
     dims = data_dims(data)
@@ -248,7 +291,7 @@ def load_run(run_dir, device: str | None = None, split_dir=None):
         raise RecsysError(f"the split at {split_dir or config['split_dir']} has {dims['n_users']} users x "
                           f"{dims['n_items']} items but the model in {run_dir} was trained on "
                           f"{saved['dims']['n_users']} x {saved['dims']['n_items']}")
-    estimator = registration.create(options, device=dev).load(saved["state_dict"], data)
+    estimator = registration.create(options, device=dev, settings=settings).load(saved["state_dict"], data)
     return config, data, estimator
 
 
@@ -400,10 +443,11 @@ def recommend_for_ratings(run_dir, ratings: dict[int, float], k: int = 10, devic
     ratings are folded into the model (models with ``fold_in``: user-facing autoencoders, EASE, ALS)."""
     _check_k(k)
     config, data, estimator = load_run(run_dir, device)
-    if not isinstance(estimator, FoldIn):
-        able = [name for name, r in models.registry().items() if issubclass(r.estimator, FoldIn)]
-        raise RecsysError(f"a {config['model']} model cannot score a user absent from training; "
-                          f"use one of {', '.join(able)}")
+    if not folds_in(estimator):
+        able = [name for name, r in models.catalogue().items()
+                if issubclass(r.estimator, FoldIn) and r.create().folds_in()]  # with their default options
+        raise RecsysError(f"a {config['model']} model{' of these options' if isinstance(estimator, FoldIn) else ''} "
+                          f"cannot score a user absent from training; use one of {', '.join(able)}")
     col_of = {int(i): c for c, i in enumerate(data.item_ids)}
     unknown = [i for i in ratings if int(i) not in col_of]
     if unknown:

@@ -64,10 +64,6 @@ class LoopOptions(ModelOptions):
     lr_gamma: float = option(0.5, "factor of the step schedule", low=0, low_open=True)
     patience: int = option(5, "early stopping: epochs without a better valid metric (0 = never stop early)",
                            low=0, resumable=True)
-    amp: bool = option(True, "bf16 autocast when training on CUDA (ignored on CPU)", resumable=True)
-    nproc: int = option(1, "processes training the model data-parallel on this host (DistributedDataParallel: "
-                           "gloo on CPU, NCCL with one GPU each on CUDA); batch_size stays the examples per step "
-                           "over all of them. Under torchrun the launcher's processes", low=1, resumable=True)
 
 
 def sparse_parameters(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -27,6 +27,7 @@ from recsys_core.artifacts.hashing import hash_memo
 from recsys_core.artifacts.manifest import StageSpec, read_manifest, verify
 from recsys_core.errors import RecsysError
 from recsys_core.records import StageResult
+from recsys_core.settings import RunSettings
 
 log = logging.getLogger("recsys_core.flow")
 
@@ -159,24 +160,23 @@ def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> StageResul
 
 
 @stage_task("train")
-def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, config: dict, threads: int | None = None,
+def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, options: dict, settings: RunSettings,
                concurrent: int | None = 1, prune: dict | None = None) -> StageResult:
-    """Train, evaluate (model + baselines) and write top-K recommendations of one model.
+    """Train, evaluate (model + baselines) and write top-K recommendations of one model: its ``options``,
+    run as ``settings`` say (``recsys_core.settings.RunSettings``).
 
     The run folder keeps its checkpoint when a run fails or is killed; the library's ``resume="auto"``
     continues from it on the next run of the same key (giving the result of an uninterrupted run), or
-    starts afresh when there is nothing it can continue. ``threads``/``concurrent``: torch's threads
-    (``recsys_core.threads.decide_threads``; ``concurrent=None`` on a Dask worker: its task slots). ``prune``:
-    a sweep trial's pruning rule (``recsys_core.sweep.MedianRule``; it is part of ``spec``'s key).
+    starts afresh when there is nothing it can continue. ``concurrent``: trainings sharing the cores, for
+    torch's threads (``recsys_core.threads.decide_threads``; None on a Dask worker: its task slots).
+    ``prune``: a sweep trial's pruning rule (``recsys_core.sweep.MedianRule``; it is part of ``spec``'s key).
     """
     from recsys_core.sweep import MedianRule
     from recsys_core.train import train
     from tasks.logs import forward_library_logs
 
     forward_library_logs()  # on a Dask worker too: the library's log lines go to this task run
-    options = dict(config)
-    device = options.pop("device", None)
     on_epoch = MedianRule.from_dict(prune).callback() if prune else None
-    return run_stage(spec, data_dir, lambda out: train(split_dir, out, model=model, resume="auto", device=device,
-                                                       threads=threads, concurrent=concurrent, on_epoch=on_epoch,
-                                                       **options), keep_partial=True)
+    run = settings.replace(resume="auto", concurrent=concurrent)
+    return run_stage(spec, data_dir, lambda out: train(split_dir, out, model, options, run, on_epoch=on_epoch),
+                     keep_partial=True)

@@ -19,6 +19,7 @@ from recsys_core.artifacts import layout
 from recsys_core.artifacts.hashing import HashMemo, digest
 from recsys_core.artifacts.manifest import StageSpec
 from recsys_core.io import write_json
+from recsys_core.settings import RunSettings
 from recsys_core.sweep import COMPLETE, FAILED, Study, SweepSpec, plot, read_outcome, write_table
 from tasks.fanout import Call, Fanout
 from tasks.stages import train_task
@@ -36,15 +37,15 @@ class SweepResult:
 
 
 def run_sweeps(spec: SweepSpec, fanout: Fanout, data: Path, matrices: StageSpec, memo: HashMemo,
-               split_names: list[str], base_configs: dict[str, dict], device: str, threads: int | None,
-               top_k: int) -> SweepResult:
-    from recsys_core import models as registry
+               split_names: list[str], arguments: dict[str, tuple[dict, RunSettings]], device: str,
+               threads: int | None, top_k: int) -> SweepResult:
+    from recsys_core import models as catalogue
 
     studies: dict[tuple[str, str], Study] = {}
     for split in split_names:
         for model, sweep in spec.models.items():
-            estimator = registry.get(model).estimator
-            studies[(split, model)] = Study(sweep, base_configs[model], rating_model=estimator.rating_model,
+            estimator = catalogue.get(model).estimator
+            studies[(split, model)] = Study(sweep, arguments[model][0], rating_model=estimator.rating_model,
                                             loop_higher=estimator.higher_is_better, k=top_k, label=f"{split}/{model}")
     total = sum(s.sweep.trials for s in studies.values())
     finished = 0
@@ -60,12 +61,13 @@ def run_sweeps(spec: SweepSpec, fanout: Fanout, data: Path, matrices: StageSpec,
             if trial.config is None:  # options refused by a rule between options: failed without running
                 study.tell(trial, {"state": FAILED, "error": trial.error})
                 continue
-            config = {**trial.config, "device": device}
-            trained = layout.train_spec(data, matrices, memo, split, model, config, prune=trial.prune)
+            options = trial.config
+            settings = arguments[model][1].replace(device=device, threads=threads)
+            trained = layout.train_spec(data, matrices, memo, split, model, options, settings, prune=trial.prune)
             label = f"trial {split}/{model} #{trial.number}"
             runnable.append((study, trial, trained))
             calls.append(Call(label, dict(spec=trained, data_dir=str(data), split_dir=str(matrices.path / split),
-                                          model=model, config=config, threads=threads, prune=trial.prune)))
+                                          model=model, options=options, settings=settings, prune=trial.prune)))
         log.info("sweep round %d: %d trial(s) on %s", round_number, len(calls), fanout.description)
         for (study, trial, trained), done in zip(runnable, fanout.run(train_task, calls)):
             state = done.state
@@ -94,7 +96,8 @@ def run_sweeps(spec: SweepSpec, fanout: Fanout, data: Path, matrices: StageSpec,
         chosen.append({"split": split, "model": model, "trial": best.number, "params": best.params,
                        "valid_metric": study.metric, "valid": best.outcome["valid"],
                        "run_dir": best.outcome["run_dir"]})
-    key = digest({"sweep": spec.as_dict(), "base": base_configs, "matrices": matrices.key})
+    base = {model: {**options, **settings.cache_params()} for model, (options, settings) in arguments.items()}
+    key = digest({"sweep": spec.as_dict(), "base": base, "matrices": matrices.key})
     out_dir = Path(data) / "sweeps" / matrices.path.parent.name / matrices.path.name / f"sweep-{key[:10]}"
     files = {"sweep table": str(write_table(rows, out_dir / "sweep.parquet")),
              "sweep plot": str(plot(rows, out_dir / "sweep.png"))}

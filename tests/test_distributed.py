@@ -20,6 +20,7 @@ from train_fixtures import make_rating_split, pause_after_first_checkpoint, sigk
 from recsys_core import distributed
 from recsys_core.cli import main
 from recsys_core.errors import RecsysError
+from recsys_core.settings import RunSettings
 from recsys_core.train import train
 
 torch.set_num_threads(2)
@@ -31,7 +32,8 @@ pytestmark = [pytest.mark.usefixtures("two_torch_threads"), pytest.mark.slow]
 SMALL = dict(n_users=300, n_items=80, n_ratings=12_000)
 EPOCHS = 4
 ENV = {"RECSYS_PROGRESS": "0", "OMP_NUM_THREADS": "2", "GLOO_SOCKET_IFNAME": "lo"}  # 1 thread per process of 2
-AE = dict(layers=[32, 16], dropout=0.3, noise=0.1, refeed=1, batch_size=32, recall_users=50, patience=0)
+AE = dict(layers=[32, 16], dropout=0.3, noise=0.1, refeed=1, batch_size=32, patience=0)
+RUN = RunSettings(recall_users=50)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,8 @@ def _cli(split, run_dir, *args) -> list[str]:
     return [sys.executable, "-m", "recsys_core", "train", str(split.path), str(run_dir), *args]
 
 
-AE_FLAGS = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in AE.items()]
+AE_FLAGS = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in AE.items()
+            ] + ["--recall-users=50"]
 
 
 def _children(pid: int) -> list[int]:
@@ -105,7 +108,7 @@ def _predictions(run_dir) -> np.ndarray:
 
 
 def test_two_processes_complete_resume_a_killed_run_and_reach_the_single_process_rmse(split, tmp_path):
-    single = train(split.path, tmp_path / "single", "autoencoder", epochs=EPOCHS, **AE)
+    single = train(split.path, tmp_path / "single", "autoencoder", {"epochs": EPOCHS, **AE}, RUN)
     straight = tmp_path / "torchrun"
     _launched_like_torchrun(split, straight, tmp_path / "store", f"--epochs={EPOCHS}", *AE_FLAGS)
     assert json.loads((straight / "config.json").read_text())["nproc"] == 2
@@ -119,7 +122,7 @@ def test_two_processes_complete_resume_a_killed_run_and_reach_the_single_process
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(map(_alive, workers)), "a training process outlived the killed command"
-    resumed = train(split.path, killed, "autoencoder", resume=True)  # nproc 2 again, from config.json
+    resumed = train(split.path, killed, "autoencoder", None, RunSettings(resume=True))  # nproc 2 again: config.json
     assert resumed["training"]["processes"] == 2 and resumed["training"]["epochs_done"] == EPOCHS
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] == EPOCHS
     # Launched by the stage and killed + resumed, or launched like torchrun: the same thread count per
@@ -142,7 +145,7 @@ def test_two_processes_complete_resume_a_killed_run_and_reach_the_single_process
 
 
 def test_mf_in_two_processes_from_the_command_line_matches_one_process(split, tmp_path, capsys):
-    one = train(split.path, tmp_path / "one", "mf", epochs=3, patience=0, recall_users=50)
+    one = train(split.path, tmp_path / "one", "mf", {"epochs": 3, "patience": 0}, RUN)
     assert main(["train", str(split.path), str(tmp_path / "two"), "--model", "mf", "--nproc", "2", "--epochs", "3",
                  "--patience", "0", "--recall-users", "50"]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -153,15 +156,15 @@ def test_mf_in_two_processes_from_the_command_line_matches_one_process(split, tm
 
 def test_a_diverging_loss_stops_every_process_with_one_sentence(split, tmp_path):
     with pytest.raises(RecsysError, match=r"diverged in epoch 1, batch \d+: the loss became .*lower --lr"):
-        train(split.path, tmp_path / "run", "autoencoder", epochs=3, optimizer="sgd", lr=50.0, nproc=2,
-              **{**AE, "noise": 0.0})
+        train(split.path, tmp_path / "run", "autoencoder", {"epochs": 3, "optimizer": "sgd", "lr": 50.0,
+                                                             **{**AE, "noise": 0.0}}, RUN.replace(processes=2))
 
 
 def test_bad_process_counts_are_refused_in_one_sentence(split, tmp_path, capsys):
-    with pytest.raises(RecsysError, match="option nproc must be at least 1, got 0"):
-        train(split.path, tmp_path / "run", "mf", nproc=0)
-    with pytest.raises(RecsysError, match="model ease has no option nproc"):
-        train(split.path, tmp_path / "run", "ease", nproc=2)
+    with pytest.raises(RecsysError, match="nproc must be at least 1 .*, got 0"):
+        train(split.path, tmp_path / "run", "mf", None, RunSettings(processes=0))
+    with pytest.raises(RecsysError, match="model ease is not trained by the loop and runs in one process"):
+        train(split.path, tmp_path / "run", "ease", None, RunSettings(processes=2))
     count = torch.cuda.device_count()
     with pytest.raises(RecsysError, match=f"nproc {count + 1} needs {count + 1} GPUs .* this machine has {count}$"):
         distributed.check_processes(count + 1, torch.device("cuda"))

@@ -44,4 +44,4 @@ def test_reg_must_be_positive():
     from recsys_core.errors import RecsysError
 
     with pytest.raises(RecsysError, match="model ease: option reg must be above 0, got 0"):
-        models.resolve_config("ease", {"reg": 0})
+        models.resolve_options("ease", {"reg": 0})

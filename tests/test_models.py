@@ -15,8 +15,9 @@ from train_fixtures import make_leave_one_out_split, make_rating_split
 from recsys_core.errors import RecsysError
 from recsys_core.interactions import row_batch
 from recsys_core.losses import masked_mse, observed_mse
-from recsys_core.models import registry, resolve_config
+from recsys_core.models import catalogue, resolve_options
 from recsys_core.models.autoencoder import ACTIVATIONS, DeepAutoencoder
+from recsys_core.settings import RunSettings
 from recsys_core.train import train
 
 torch.set_num_threads(2)
@@ -83,27 +84,28 @@ def test_every_activation_gives_finite_outputs(activation):
 
 def test_unknown_options_are_refused_with_the_list_of_valid_ones():
     with pytest.raises(RecsysError, match="has no option"):
-        resolve_config("mf", {"layers": [3]})
+        resolve_options("mf", {"layers": [3]})
     with pytest.raises(RecsysError, match="option activation must be one of selu"):
-        resolve_config("autoencoder", {"activation": "softplus"})
-    assert resolve_config("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
+        resolve_options("autoencoder", {"activation": "softplus"})
+    assert resolve_options("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
 
 
 # models that combine other runs (the blend: tests/test_blend.py) are not fitted on a split alone
-STANDALONE = {name: r for name, r in registry().items() if not getattr(r.estimator, "needs_members", False)}
+STANDALONE = {name: r for name, r in catalogue().items() if not getattr(r.estimator, "needs_members", False)}
 RATING_MODELS = [name for name, r in STANDALONE.items() if r.estimator.rating_model]
 RANKING_MODELS = [name for name, r in STANDALONE.items() if not r.estimator.rating_model]
 # Epochs of the ranking models trained by the loop on the leave-one-out fixture (no valid part there, so no early
 # stopping: the last epoch is kept). Their defaults (20, 60, 20) cost 17-50 s of CPU each here; these epochs reach
 # the bar with room to spare (tests/quality_bars.py has the measurements).
 RANKING_EPOCHS = {"gmf": 8, "ncf-mlp": 20, "neumf": 8}
+QUICK = RunSettings(recall_users=0)  # no full-catalogue Recall@K: the bars read RMSE, HR and NDCG
 
 
 @pytest.mark.parametrize("model", RATING_MODELS)
 def test_rating_model_with_defaults_nears_the_oracle_and_beats_user_item_bias(rating_split, tmp_path, model):
     """At its defaults, on data drawn from a known model: within the model's stated factor of the oracle's RMSE
     and clearly below the strongest baseline (tests/quality_bars.py states and explains each bar)."""
-    metrics = train(rating_split.path, tmp_path / model, model, recall_users=0)
+    metrics = train(rating_split.path, tmp_path / model, model, None, QUICK)
     assert metrics_violations(model, metrics, rating_split.oracle_test_rmse) == []
     assert metrics["beaten_by"] == []
     assert math.isfinite(metrics["test"]["mae"])
@@ -111,7 +113,7 @@ def test_rating_model_with_defaults_nears_the_oracle_and_beats_user_item_bias(ra
 
 def test_the_rating_bar_fails_a_model_that_did_not_learn(rating_split, tmp_path):
     """The bar can fail: an MF barely moved from its initialisation (one epoch at lr 1e-6) is refused."""
-    metrics = train(rating_split.path, tmp_path / "mf", "mf", epochs=1, lr=1e-6, recall_users=0)
+    metrics = train(rating_split.path, tmp_path / "mf", "mf", {"epochs": 1, "lr": 1e-6}, QUICK)
     assert metrics_violations("mf", metrics, rating_split.oracle_test_rmse) != []
 
 
@@ -119,15 +121,15 @@ def test_the_rating_bar_fails_a_model_that_did_not_learn(rating_split, tmp_path)
                                    for m in RANKING_MODELS])  # ncf-mlp: 20 epochs, ~20 s of CPU; CI runs it
 def test_ranking_model_beats_most_popular_by_the_stated_margin(loo_split, tmp_path, model):
     options = {"epochs": RANKING_EPOCHS[model]} if model in RANKING_EPOCHS else {}
-    metrics = train(loo_split.path, tmp_path / model, model, recall_users=0, **options)
+    metrics = train(loo_split.path, tmp_path / model, model, options, QUICK)
     assert metrics_violations(model, metrics) == []
     assert metrics["beaten_by"] == []
     assert "rmse" not in metrics["test"]  # interaction scores are not ratings
 
 
 def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
-    metrics = train(rating_split.path, tmp_path / "dae", "autoencoder", epochs=3, noise=0.5, noise_loss="dropped",
-                    recall_users=0)
+    metrics = train(rating_split.path, tmp_path / "dae", "autoencoder",
+                    {"epochs": 3, "noise": 0.5, "noise_loss": "dropped"}, QUICK)
     history = json.loads((tmp_path / "dae" / "history.json").read_text())
     # it learns: the loss on the dropped ratings and the valid RMSE fall epoch after epoch (a loss on no rating,
     # or on the kept ones only, would leave the network unable to predict what it cannot see)
@@ -135,7 +137,7 @@ def test_denoising_loss_on_dropped_ratings_only_trains(rating_split, tmp_path):
     assert history["valid"] == sorted(history["valid"], reverse=True), history["valid"]
     assert metrics["test"]["rmse"] < metrics["baselines"]["global_mean"]["test"]["rmse"]
     with pytest.raises(RecsysError, match="noise_loss"):
-        resolve_config("autoencoder", {"noise_loss": "some"})
+        resolve_options("autoencoder", {"noise_loss": "some"})
 
 
 def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_split, tmp_path):
@@ -143,7 +145,7 @@ def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_spl
     from recsys_core.train import load_run
 
     run = tmp_path / "centered"
-    metrics = train(rating_split.path, run, "autoencoder", epochs=2, layers=[16], center="row", recall_users=0)
+    metrics = train(rating_split.path, run, "autoencoder", {"epochs": 2, "layers": [16], "center": "row"}, QUICK)
     assert metrics["test"]["rmse"] < metrics["baselines"]["global_mean"]["test"]["rmse"]
     _, data, estimator = load_run(run)
     train_matrix = data.train
@@ -163,18 +165,18 @@ def test_row_centering_predicts_residuals_and_adds_the_user_mean_back(rating_spl
     # a user with no ratings at all is scored around the global mean, a heavy rater around their own mean
     assert abs(shrunk_means(np.zeros(0, np.int64), np.zeros(0), 1, 3.5)[0] - 3.5) < 1e-6
     with pytest.raises(RecsysError, match="center"):
-        resolve_config("autoencoder", {"center": "user-mean"})
-    assert resolve_config("autoencoder", {"preset": "N3M"}).layers == (128, 256, 256)
+        resolve_options("autoencoder", {"center": "user-mean"})
+    assert resolve_options("autoencoder", {"preset": "N3M"}).layers == (128, 256, 256)
 
 
 def test_presets_are_the_papers_whole_configuration():
-    paper = resolve_config("autoencoder", {"preset": "N3M"}).to_dict()
+    paper = resolve_options("autoencoder", {"preset": "N3M"}).to_dict()
     assert (paper["layers"], paper["dropout"], paper["activation"]) == ([128, 256, 256], 0.65, "selu")
     assert (paper["refeed"], paper["center"], paper["output_bias"], paper["weight_decay"]) == (1, "none", "zero", 0.0)
     assert (paper["optimizer"], paper["lr"], paper["momentum"]) == ("sgd", 0.005, 0.9)
     assert paper["lr_milestones"] == [24, 36, 48, 66, 72]
-    assert resolve_config("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
-    assert resolve_config("autoencoder", {"preset": "NF", "epochs": 12}).epochs == 12  # options win
+    assert resolve_options("autoencoder", {"preset": "NF"}).layers == (512, 512, 1024)
+    assert resolve_options("autoencoder", {"preset": "NF", "epochs": 12}).epochs == 12  # options win
 
 
 def test_output_bias_starts_at_the_shrunk_item_mean():
@@ -191,7 +193,7 @@ def test_output_bias_starts_at_the_shrunk_item_mean():
     values = np.r_[np.tile([4.0, 5.0], 200), 5.0, np.full(400, 3.0)].astype(np.float32)
     train_matrix = sp.csr_matrix((values, (rows, cols)), shape=(400, 4))
     data = SimpleNamespace(train=train_matrix, train_by_item=train_matrix.T.tocsr(), meta={})
-    config = resolve_config("autoencoder", {"center": "none", "output_bias": "mean", "layers": [4]})
+    config = resolve_options("autoencoder", {"center": "none", "output_bias": "mean", "layers": [4]})
     estimator = RowsEstimator(config, name="autoencoder")
     estimator.bind(data)
     bias = estimator.model.dec_b[0].detach().numpy()
@@ -211,8 +213,8 @@ def test_predictions_blend_toward_the_biases_by_the_users_train_count(rating_spl
     from recsys_core.train import load_run
 
     run = tmp_path / model
-    train(rating_split.path, run, model, epochs=2, layers=[16], center=center, bias_shrink=5.0, recall_users=0,
-          blend_on_valid=False)
+    train(rating_split.path, run, model,
+          {"epochs": 2, "layers": [16], "center": center, "bias_shrink": 5.0, "blend_on_valid": False}, QUICK)
     _, data, estimator = load_run(run)
     baseline = UserItemBias(data.train)
     counts = np.diff(data.train.indptr)
@@ -239,7 +241,7 @@ def test_predictions_blend_toward_the_biases_by_the_users_train_count(rating_spl
         new_user = estimator.fold_in(data.train.indices[start:end], data.train.data[start:end])
         np.testing.assert_allclose(new_user, scores[1], rtol=1e-4, atol=1e-4)
     with pytest.raises(RecsysError, match="bias_shrink"):
-        resolve_config(model, {"bias_shrink": -1})
+        resolve_options(model, {"bias_shrink": -1})
 
 
 @pytest.mark.parametrize("model", ["autoencoder", "autorec-user"])
@@ -252,7 +254,7 @@ def test_the_blend_is_chosen_on_valid_and_travels_with_the_weights(rating_split,
     from recsys_core.train import load_run
 
     run = tmp_path / model
-    metrics = train(rating_split.path, run, model, epochs=3, layers=[16], recall_users=0)
+    metrics = train(rating_split.path, run, model, {"epochs": 3, "layers": [16]}, QUICK)
     chosen = metrics["training"]["bias_blend"]["bias_shrink"]
     _, data, estimator = load_run(run)
     assert estimator.bias_shrink == chosen

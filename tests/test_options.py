@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("model,given,message", [
     ("mf", {"lr": float("nan")}, "model mf: option lr must be a finite number, got nan"),
     ("autoencoder", {"dropout": 2}, "model autoencoder: option dropout must be at least 0 and below 1, got 2"),
-    ("mf", {"k": 0}, "model mf: option k must be at least 1, got 0"),
     ("neumf", {"epochs": -3}, "model neumf: option epochs must be at least 1, got -3"),
     ("mf", {"epochs": 2.5}, "model mf: option epochs must be an integer, got 2.5"),
     ("mf", {"squash": "yes"}, "model mf: option squash must be true or false, got 'yes'"),
@@ -34,24 +33,24 @@ ROOT = Path(__file__).resolve().parents[1]
 ])
 def test_bad_values_are_one_sentence_naming_model_option_and_value(model, given, message):
     with pytest.raises(RecsysError) as err:
-        models.resolve_config(model, given)
+        models.resolve_options(model, given)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_values_are_normalized_and_presets_apply_before_given_options():
-    config = models.resolve_config("autoencoder", {"lr": 1, "layers": [8, 4], "preset": "N3M", "dropout": 0.1})
+    config = models.resolve_options("autoencoder", {"lr": 1, "layers": [8, 4], "preset": "N3M", "dropout": 0.1})
     assert config.lr == 1.0 and isinstance(config.lr, float)
     assert config.layers == (8, 4) and config.dropout == 0.1  # given beats the preset
     assert config.refeed == 1 and config.optimizer == "sgd"  # the rest of the preset
     assert config.to_dict()["layers"] == [8, 4]
-    assert models.resolve_config("autoencoder", {"layers": None}).layers == (64,)  # None = not given
+    assert models.resolve_options("autoencoder", {"layers": None}).layers == (64,)  # None = not given
     saved = json.loads(json.dumps({**config.to_dict(), "model": "autoencoder", "split_dir": "x"}))
     assert models.get("autoencoder").options.from_saved(saved) == config
 
 
 def test_every_option_is_described_for_command_lines_and_sweeps():
-    for name, registration in models.registry().items():
+    for name, registration in models.catalogue().items():
         for info in registration.options.describe():
             assert info.help and info.kind in ("int", "float", "bool", "str", "ints"), (name, info)
             if info.kind == "str" and (name, info.name) != ("blend", "members"):  # members: run names, free text
@@ -83,7 +82,7 @@ def split(tmp_path_factory):
 @pytest.mark.parametrize("args,message", [
     (["--lr", "nan"], "option lr must be a finite number, got nan"),
     (["--dropout", "2"], "option dropout must be at least 0 and below 1, got 2"),
-    (["-k", "0"], "option k must be at least 1, got 0"),
+    (["-k", "0"], "k must be at least 1 (items per user; an integer), got 0"),
     (["--epochs", "-1"], "option epochs must be at least 1, got -1"),
     (["--model", "mf", "--layers", "8"], "model mf has no option layers"),
     (["--device", "cuda:7"], "no usable CUDA GPU"),
@@ -115,7 +114,7 @@ def test_help_lists_every_registered_model_and_every_option(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = capsys.readouterr().out
-    for name, registration in models.registry().items():
+    for name, registration in models.catalogue().items():
         assert name in text
         for info in registration.options.describe():
             assert "--" + info.name.replace("_", "-") in text, (name, info.name)
@@ -131,10 +130,12 @@ def test_convert_command_does_not_import_torch():
 
 
 def test_flow_model_options_are_checked_for_every_model_before_any_stage():
-    from flows.full import model_configs
+    from flows.full import train_arguments
 
-    configs = model_configs(["autoencoder", "ease"], {"autoencoder": {"layers": [128, 256, 256]}}, seed=3, k=5)
-    assert configs == {"autoencoder": {"k": 5, "seed": 3, "layers": [128, 256, 256]}, "ease": {"k": 5}}
+    arguments = train_arguments(["autoencoder", "ease"], {"autoencoder": {"layers": [128, 256, 256]}}, seed=3, k=5)
+    assert {m: options for m, (options, _) in arguments.items()} == {
+        "autoencoder": {"seed": 3, "layers": [128, 256, 256]}, "ease": {}}
+    assert {m: settings.k for m, (_, settings) in arguments.items()} == {"autoencoder": 5, "ease": 5}
     for models_, given, message in (
             (["mf"], {"mf": {"dim": 0}}, "model mf: option dim must be at least 1, got 0"),
             (["mf"], {"gmf": {"dim": 8}}, "model_options names gmf, which is not among the models to train"),
@@ -142,9 +143,9 @@ def test_flow_model_options_are_checked_for_every_model_before_any_stage():
             (["mf"], {"mf": [8]}, "model_options must map model names to objects of options"),
             ([], None, "models is empty")):
         with pytest.raises(RecsysError, match=message.replace("(", r"\(")):
-            model_configs(models_, given, seed=0, k=10)
-    with pytest.raises(RecsysError, match="model ease: option k must be at least 1, got 0"):
-        model_configs(["ease"], None, seed=0, k=0)
+            train_arguments(models_, given, seed=0, k=10)
+    with pytest.raises(RecsysError, match=r"k must be at least 1 \(items per user; an integer\), got 0"):
+        train_arguments(["ease"], None, seed=0, k=0)
 
 
 def test_flow_help_lists_every_registered_model():

@@ -71,7 +71,7 @@ def test_a_split_optimizer_round_trips_its_state():
     """Resuming a run loads the optimizer state: a fresh optimizer given the state continues identically."""
     torch.manual_seed(0)
     model = EmbeddingMLP(10, 8, 4, (6,), 0.0, 3.0, sparse=True)
-    config = models.resolve_config("mlp", {"lr": 0.01})
+    config = models.resolve_options("mlp", {"lr": 0.01})
     optimizer = make_optimizer(model, config)
     assert isinstance(optimizer, SplitOptimizer)
     users, items = torch.tensor([0, 3, 3, 9]), torch.tensor([1, 1, 7, 2])
@@ -97,7 +97,7 @@ def test_a_split_optimizer_round_trips_its_state():
 def test_sparse_tables_need_an_optimizer_with_a_row_wise_step():
     model = BiasedMF(5, 5, 2, sparse=True)
     with pytest.raises(RecsysError, match="row-wise step"):
-        make_optimizer(model, models.resolve_config("mf", {"optimizer": "sgd"}))
+        make_optimizer(model, models.resolve_options("mf", {"optimizer": "sgd"}))
 
 
 @pytest.mark.parametrize("name, options, sparse", [("mf", {}, True), ("mf", {"sparse": False}, False),

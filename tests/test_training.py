@@ -13,6 +13,7 @@ from train_fixtures import make_rating_split
 
 from recsys_core.cli import build_parser, main
 from recsys_core.errors import RecsysError
+from recsys_core.settings import RunSettings
 from recsys_core.train import train
 
 torch.set_num_threads(2)
@@ -22,7 +23,9 @@ pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 SMALL = dict(n_users=300, n_items=80, n_ratings=12_000)
 # A configuration that exercises every random path: code dropout, input noise, re-feeding.
-AE = dict(layers=[32, 16], dropout=0.3, noise=0.1, refeed=1, batch_size=32, recall_users=50, patience=0)
+AE = dict(layers=[32, 16], dropout=0.3, noise=0.1, refeed=1, batch_size=32, patience=0)
+RUN = RunSettings(recall_users=50)
+QUICK = RunSettings(recall_users=0)
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +45,20 @@ def _assert_same_weights(a, b):
 
 @pytest.mark.slow  # three trainings, 27 s of CPU at load ~25 (tests/test_repeatability.py, slow too, holds all models)
 def test_same_seed_gives_identical_weights_and_metrics(split, tmp_path):
-    first = train(split.path, tmp_path / "a", "autoencoder", epochs=3, **AE)
-    second = train(split.path, tmp_path / "b", "autoencoder", epochs=3, **AE)
+    first = train(split.path, tmp_path / "a", "autoencoder", {"epochs": 3, **AE}, RUN)
+    second = train(split.path, tmp_path / "b", "autoencoder", {"epochs": 3, **AE}, RUN)
     _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
     assert first["test"] == second["test"]
-    other = train(split.path, tmp_path / "c", "autoencoder", epochs=3, seed=1, **AE)
+    other = train(split.path, tmp_path / "c", "autoencoder", {"epochs": 3, "seed": 1, **AE}, RUN)
     assert other["test"]["rmse"] != first["test"]["rmse"]
 
 
 @pytest.mark.slow  # three trainings each, 17 s of CPU for the autoencoder at load ~25
-@pytest.mark.parametrize("model,options", [("autoencoder", AE), ("neumf", dict(recall_users=50, patience=0))])
+@pytest.mark.parametrize("model,options", [("autoencoder", AE), ("neumf", dict(patience=0))])
 def test_resume_continues_exactly(split, tmp_path, model, options):
-    straight = train(split.path, tmp_path / "straight", model, epochs=4, **options)
-    train(split.path, tmp_path / "resumed", model, epochs=2, **options)
-    resumed = train(split.path, tmp_path / "resumed", model, resume=True, epochs=4)
+    straight = train(split.path, tmp_path / "straight", model, {"epochs": 4, **options}, RUN)
+    train(split.path, tmp_path / "resumed", model, {"epochs": 2, **options}, RUN)
+    resumed = train(split.path, tmp_path / "resumed", model, {"epochs": 4}, RunSettings(resume=True))
     _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
     assert straight["test"] == resumed["test"]
     history = json.loads((tmp_path / "resumed" / "history.json").read_text())
@@ -64,24 +67,24 @@ def test_resume_continues_exactly(split, tmp_path, model, options):
 
 
 def test_resume_refuses_to_change_the_model_options(split, tmp_path):
-    train(split.path, tmp_path / "run", "mf", epochs=1)
+    train(split.path, tmp_path / "run", "mf", {"epochs": 1})
     with pytest.raises(RecsysError, match="cannot change when resuming"):
-        train(split.path, tmp_path / "run", "mf", resume=True, epochs=2, lr=0.1)
+        train(split.path, tmp_path / "run", "mf", {"epochs": 2, "lr": 0.1}, RunSettings(resume=True))
     with pytest.raises(RecsysError, match="no config.json and checkpoint.pt"):
-        train(split.path, tmp_path / "nothing", "mf", resume=True)
+        train(split.path, tmp_path / "nothing", "mf", None, RunSettings(resume=True))
 
 
 def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(split, tmp_path):
     run = tmp_path / "run"
-    train(split.path, run, "autoencoder", epochs=1, **AE)
+    train(split.path, run, "autoencoder", {"epochs": 1, **AE}, RUN)
     before = _weights(run)
     with pytest.raises(RecsysError, match=r"diverged in epoch 1, batch \d+: the loss became .*lower --lr"):
-        train(split.path, run, "autoencoder", epochs=3, optimizer="sgd", lr=50.0, **AE)
+        train(split.path, run, "autoencoder", {"epochs": 3, "optimizer": "sgd", "lr": 50.0, **AE}, RUN)
     _assert_same_weights(before, _weights(run))
 
 
 def test_checkpoint_holds_only_tensors_and_plain_containers(split, tmp_path):
-    train(split.path, tmp_path / "run", "autoencoder", epochs=2, **AE)
+    train(split.path, tmp_path / "run", "autoencoder", {"epochs": 2, **AE}, RUN)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "epoch", "history"} <= set(checkpoint)
     assert checkpoint["epoch"] == 2
@@ -91,7 +94,8 @@ def test_checkpoint_holds_only_tensors_and_plain_containers(split, tmp_path):
 
 def test_early_stopping_restores_the_best_epoch(split, tmp_path):
     # A large learning rate overfits/oscillates quickly on the small split.
-    metrics = train(split.path, tmp_path / "run", "mf", epochs=30, patience=2, lr=0.05, dim=64, l2=0.0)
+    metrics = train(split.path, tmp_path / "run", "mf",
+                    {"epochs": 30, "patience": 2, "lr": 0.05, "dim": 64, "l2": 0.0})
     info = metrics["training"]
     assert info["stopped_early"] and info["epochs_done"] == info["best_epoch"] + 2
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -99,14 +103,15 @@ def test_early_stopping_restores_the_best_epoch(split, tmp_path):
 
 
 def test_lr_step_schedule_is_applied(split, tmp_path):
-    train(split.path, tmp_path / "run", "mf", epochs=4, lr=0.01, lr_milestones=[1, 3], lr_gamma=0.5, patience=0)
+    train(split.path, tmp_path / "run", "mf",
+          {"epochs": 4, "lr": 0.01, "lr_milestones": [1, 3], "lr_gamma": 0.5, "patience": 0})
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["lr"] == pytest.approx([0.01, 0.005, 0.005, 0.0025])
 
 
 def test_run_folder_holds_every_artifact(split, tmp_path):
     run = tmp_path / "run"
-    metrics = train(split.path, run, "autoencoder", epochs=2, **AE)
+    metrics = train(split.path, run, "autoencoder", {"epochs": 2, **AE}, RUN)
     for name in ("config.json", "metrics.json", "history.json", "learning_curve.png", "checkpoint.pt", "model.pt",
                  "predictions.parquet", "recommendations.parquet"):
         assert (run / name).is_file(), name
@@ -177,7 +182,7 @@ def test_trains_on_folders_made_by_the_real_split_and_matrices_stages(tmp_path):
     write_stage1(tmp_path / "converted", rows)
     split(tmp_path / "converted", tmp_path / "splits", "leave-one-out", negatives=50)
     build_matrices(tmp_path / "splits", tmp_path / "matrices")
-    metrics = train(tmp_path / "matrices" / "leave-one-out", tmp_path / "run", "gmf", epochs=2, recall_users=50)
+    metrics = train(tmp_path / "matrices" / "leave-one-out", tmp_path / "run", "gmf", {"epochs": 2}, RUN)
     assert metrics["test"]["n_ranked"] == 120 and 0.0 <= metrics["test"]["hr@10"] <= 1.0
     assert set(metrics["baselines"]["most_popular"]["test"]) >= {"hr@10", "ndcg@10", "recall@10"}
     # the global mean scores every item the same: no ranking, never said to rank better than a model
@@ -191,22 +196,23 @@ def test_trains_on_folders_made_by_the_real_split_and_matrices_stages(tmp_path):
 
 
 def test_resume_auto_continues_an_unfinished_run_and_restarts_anything_else(split, tmp_path, caplog):
-    options = dict(patience=0, recall_users=0)
-    straight = train(split.path, tmp_path / "straight", "mf", epochs=3, **options)
+    options = dict(patience=0)
+    straight = train(split.path, tmp_path / "straight", "mf", {"epochs": 3, **options}, QUICK)
     run = tmp_path / "run"
-    train(split.path, run, "mf", epochs=1, **options)  # as a run stopped after epoch 1 leaves its checkpoint
+    # as a run stopped after epoch 1 leaves its checkpoint
+    train(split.path, run, "mf", {"epochs": 1, **options}, QUICK)
     caplog.set_level("INFO", logger="recsys_core")
-    resumed = train(split.path, run, "mf", resume="auto", epochs=3, **options)
+    resumed = train(split.path, run, "mf", {"epochs": 3, **options}, QUICK.replace(resume="auto"))
     assert "resuming" in caplog.text
     assert resumed["test"] == straight["test"]
     assert json.loads((run / "history.json").read_text())["epoch"] == [1, 2, 3]
     caplog.clear()  # other model options than the run's: start afresh, with a warning
-    fresh = train(split.path, run, "mf", resume="auto", epochs=2, lr=0.01, **options)
+    fresh = train(split.path, run, "mf", {"epochs": 2, "lr": 0.01, **options}, QUICK.replace(resume="auto"))
     assert "training from scratch" in caplog.text
     assert json.loads((run / "history.json").read_text())["epoch"] == [1, 2]
     caplog.clear()  # a checkpoint that does not load: start afresh too
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    again = train(split.path, run, "mf", resume="auto", epochs=2, lr=0.01, **options)
+    again = train(split.path, run, "mf", {"epochs": 2, "lr": 0.01, **options}, QUICK.replace(resume="auto"))
     assert "cannot resume" in caplog.text and again["test"] == fresh["test"]
 
 
@@ -215,7 +221,7 @@ def test_a_split_without_valid_part_trains_blind_and_says_so(tmp_path, caplog):
 
     loo = make_leave_one_out_split(tmp_path / "loo", n_users=80, n_items=150, mean_per_user=20)
     caplog.set_level("WARNING", logger="recsys_core")
-    metrics = train(loo.path, tmp_path / "run", "gmf", epochs=1, recall_users=0)
+    metrics = train(loo.path, tmp_path / "run", "gmf", {"epochs": 1}, QUICK)
     assert "trains blind" in caplog.text and "no early stopping" in caplog.text
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["valid"] is None and on_disk["trained_blind"] is True
@@ -223,5 +229,5 @@ def test_a_split_without_valid_part_trains_blind_and_says_so(tmp_path, caplog):
 
 
 def test_a_split_with_valid_part_is_not_blind(split, tmp_path):
-    metrics = train(split.path, tmp_path / "run", "mf", epochs=1, recall_users=0)
+    metrics = train(split.path, tmp_path / "run", "mf", {"epochs": 1}, QUICK)
     assert "trained_blind" not in metrics and metrics["valid"]["rmse"] > 0

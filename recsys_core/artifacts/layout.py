@@ -24,6 +24,7 @@ from recsys_core.artifacts.manifest import MANIFEST_NAME, StageSpec, make_spec, 
 from recsys_core.convert import detect
 from recsys_core.errors import RecsysError
 from recsys_core.prize import probe_holder
+from recsys_core.settings import RunSettings
 
 SAMPLE = "sample"
 
@@ -109,10 +110,12 @@ def split_names(matrices: StageSpec, memo: HashMemo) -> list[str]:
     return sorted({p.split("/")[0] for p in output_hashes(matrices, memo) if p.endswith("/meta.json")})
 
 
-def train_spec(data_dir: str | Path, matrices: StageSpec, memo: HashMemo, split: str, model: str, config: dict,
-               prune: dict | None = None) -> StageSpec:
-    """A training run's folder and key. ``prune``: a sweep trial's pruning rule (it can stop the run early,
-    so it is part of the key; a trial without one shares the folder of an ordinary run of its options)."""
+def train_spec(data_dir: str | Path, matrices: StageSpec, memo: HashMemo, split: str, model: str, options: dict,
+               settings: RunSettings, prune: dict | None = None) -> StageSpec:
+    """A training run's folder and key: the model's ``options`` and those run ``settings`` that change what
+    the run writes (``RunSettings.cache_params``: k and device, not threads). ``prune``: a sweep trial's pruning
+    rule (it can stop the run early, so it is part of the key; a trial without one shares the folder of an
+    ordinary run of its options)."""
     prefix = f"{split}/"
     hashes = {p: h for p, h in output_hashes(matrices, memo).items() if p.startswith(prefix)}
     if not hashes:
@@ -120,7 +123,7 @@ def train_spec(data_dir: str | Path, matrices: StageSpec, memo: HashMemo, split:
     return make_spec(
         "train",
         inputs={"matrices": digest(hashes)},
-        params={"model": model, **config, **({"prune": prune} if prune else {})},
+        params={"model": model, **options, **settings.cache_params(), **({"prune": prune} if prune else {})},
         code=code_version("recsys_core.train", *(("recsys_core.sweep",) if prune else ())),
         parent=Path(data_dir) / "runs" / matrices.path.parent.name / matrices.path.name / split,
         prefix=_slug(model),

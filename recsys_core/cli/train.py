@@ -4,7 +4,9 @@ The model options of ``train`` are generated from the registered models' option 
 (``recsys_core.options``): one flag per option name (``--layers 128,256,256`` for a list of integers,
 ``--constrained/--no-constrained`` for a switch), its help text from the option's declaration, with each
 model's default. Flags are grouped by the models that take them; an option the chosen model does not
-have is refused before anything runs.
+have is refused before anything runs. How the run is carried out and evaluated (device, threads, nproc,
+resume, k, recall users, evaluation batch, amp) are the run settings (``recsys_core.settings.RunSettings``),
+flags of their own.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import argparse
 import json
 
 from recsys_core.errors import RecsysError
-
-SHORT_FLAGS = {"k": "-k"}
 
 
 def int_list(text: str) -> list[int]:
@@ -49,7 +49,7 @@ def model_option_table() -> dict[str, dict]:
     from recsys_core import models
 
     table: dict[str, dict] = {}
-    for name, registration in models.registry().items():
+    for name, registration in models.catalogue().items():
         for info in registration.options.describe():
             entry = table.setdefault(info.name, {"info": info, "models": {}})
             first = entry["info"]
@@ -77,7 +77,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> list[str]:
         text = f"{helps} (default {_by_value({m: i.default for m, i in entry['models'].items()})}"
         bounds = info.range_text()
         text += f"; {bounds})" if bounds else ")"
-        flags = [*([SHORT_FLAGS[name]] if name in SHORT_FLAGS else []), "--" + name.replace("_", "-")]
+        flags = ["--" + name.replace("_", "-")]
         kwargs: dict = {"dest": name, "default": None, "help": text.replace("%", "%%")}
         if info.kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -98,7 +98,7 @@ def add(subparsers, name: str, summary: str) -> None:
 def _add_train(subparsers, name: str, summary: str) -> None:
     from recsys_core import models
 
-    described = "; ".join(f"{n}: {r.help}" for n, r in models.registry().items())
+    described = "; ".join(f"{n}: {r.help}" for n, r in models.catalogue().items())
     p = subparsers.add_parser(name, help=summary,
                               description="Train a model on one stage-3 split folder and write a run folder "
                                           "(config, model, metrics with baselines, test predictions, top-K "
@@ -110,23 +110,40 @@ def _add_train(subparsers, name: str, summary: str) -> None:
                    help=f"the model (default autoencoder): {described}")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in RUN_DIR from its checkpoint with its saved options (only "
-                        "--epochs, --patience and evaluation options may change); gives exactly the result "
-                        "of an uninterrupted run")
+                        "--epochs and --patience may change; run settings not given keep the run's); gives "
+                        "exactly the result of an uninterrupted run")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cuda when present, else cpu)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads (default: the cores available to this process, from its CPU affinity and "
                         "cgroup quota, fewer when other work keeps some busy as training starts, or RECSYS_THREADS; "
                         "a resumed run keeps its count; the log and metrics.json say what was used)")
+    run = p.add_argument_group("run settings (how the run is carried out and evaluated, not what the model learns)")
+    run.add_argument("-k", "--k", type=int, metavar="K",
+                     help="cut-off of HR/NDCG/Recall and length of the written recommendation lists (default 10; "
+                          "a resumed run keeps its own)")
+    run.add_argument("--recall-users", type=int, metavar="N",
+                     help="test users sampled for full-catalogue Recall@K, 0 = skip (default 5000)")
+    run.add_argument("--eval-batch-size", type=int, metavar="N",
+                     help="rows per evaluation batch, memory vs speed (default 4096)")
+    run.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                     help="bf16 autocast when training on CUDA, ignored on CPU (default on)")
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="processes training a model of the loop data-parallel on this host (DistributedDataParallel: "
+                          "gloo on CPU, NCCL with one GPU each on CUDA); batch_size stays the examples per step over "
+                          "all of them. Under torchrun the launcher's processes (default 1)")
     names = add_model_options(p)
     p.set_defaults(func=_train, option_names=names)
 
 
 def _train(args) -> int:
+    from recsys_core.settings import RunSettings
     from recsys_core.train import train
 
     options = {name: getattr(args, name) for name in args.option_names if getattr(args, name) is not None}
-    metrics = train(args.split_dir, args.run_dir, args.model, resume=args.resume, device=args.device,
-                    threads=args.threads, **options)
+    settings = RunSettings(device=args.device, threads=args.threads, processes=args.nproc, resume=args.resume,
+                           k=args.k, recall_users=args.recall_users, eval_batch_size=args.eval_batch_size,
+                           amp=args.amp)
+    metrics = train(args.split_dir, args.run_dir, args.model, options, settings)
     if metrics is not None:  # None: one of the processes of a torchrun launch other than process 0
         print(json.dumps(_summary(metrics), indent=2))
     return 0

@@ -1,10 +1,11 @@
-"""The model registry. A model is ONE module in this package: its network (or solver), its options class
-(``recsys_core.options``) and its estimator (how it meets the data), registered with ``@register``::
+"""The model catalogue: every model by name (the champion registry, a different thing, is
+``recsys_core.registry``). A model is ONE module in this package: its network (or solver), its options
+class (``recsys_core.options``) and its estimator (how it meets the data), registered with ``@register``::
 
     @register("ease", options=EASEOptions, help="EASE (Steck 2019): closed-form item-item model")
     class EASE(Estimator): ...
 
-Every module here whose name does not start with ``_`` is imported the first time the registry is read,
+Every module here whose name does not start with ``_`` is imported the first time the catalogue is read,
 so a new file is a new model: the ``train`` command line, the flow's ``models``/``model_options`` and
 their help texts list it with no other edit. One estimator class may register several names with
 fixed constructor arguments (``orientation="item"``, ``kind="gmf"``).
@@ -19,8 +20,9 @@ from typing import Any, Mapping
 
 from recsys_core.errors import RecsysError
 from recsys_core.options import ModelOptions
+from recsys_core.settings import RunSettings
 
-_REGISTRY: dict[str, "Registration"] = {}
+_CATALOGUE: dict[str, "Registration"] = {}
 _discovered = False
 
 
@@ -36,21 +38,22 @@ class Registration:
         """This model's options: defaults, its preset, then ``given``; checked (RecsysError)."""
         return self.options.resolve(given, model=self.name)
 
-    def create(self, config: ModelOptions | None = None, device=None):
-        """An unfitted estimator of this model (``config`` defaults to the model's defaults)."""
-        return self.estimator(config if config is not None else self.resolve(), name=self.name, device=device,
-                              **self.fixed)
+    def create(self, options: ModelOptions | None = None, device=None, settings: RunSettings | None = None):
+        """An unfitted estimator of this model (``options`` defaults to the model's defaults; ``settings``:
+        how it computes, of which an estimator reads ``eval_batch_size`` and ``amp``)."""
+        return self.estimator(options if options is not None else self.resolve(), name=self.name, device=device,
+                              settings=settings, **self.fixed)
 
 
 def register(name: str, *, options: type[ModelOptions], help: str, **fixed):
     """Class decorator: make ``name`` a model trained by this estimator class with these options."""
     def add(cls):
-        known = _REGISTRY.get(name)
+        known = _CATALOGUE.get(name)
         if known is not None and (known.estimator.__qualname__, known.estimator.__module__) != (
                 cls.__qualname__, cls.__module__):
             raise ValueError(f"model name {name!r} is registered twice ({known.estimator.__module__} and "
                              f"{cls.__module__})")
-        _REGISTRY[name] = Registration(name, cls, options, help, dict(fixed))
+        _CATALOGUE[name] = Registration(name, cls, options, help, dict(fixed))
         return cls
     return add
 
@@ -65,24 +68,24 @@ def _discover() -> None:
     _discovered = True
 
 
-def registry() -> dict[str, Registration]:
+def catalogue() -> dict[str, Registration]:
     """Every registered model by name, sorted by name."""
     _discover()
-    return {name: _REGISTRY[name] for name in sorted(_REGISTRY)}
+    return {name: _CATALOGUE[name] for name in sorted(_CATALOGUE)}
 
 
 def names() -> list[str]:
-    return list(registry())
+    return list(catalogue())
 
 
 def get(name: str) -> Registration:
-    models = registry()
+    models = catalogue()
     if name not in models:
         raise RecsysError(f"unknown model {name!r}; choose one of {', '.join(models)}")
     return models[name]
 
 
-def resolve_config(name: str, given: Mapping[str, Any] | None = None) -> ModelOptions:
+def resolve_options(name: str, given: Mapping[str, Any] | None = None) -> ModelOptions:
     """The checked options of model ``name`` (see ``Registration.resolve``)."""
     return get(name).resolve(given)
 

@@ -25,6 +25,7 @@ import torch
 
 from recsys_core.estimators import Estimator
 from recsys_core.interactions import binary, torch_csr
+from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import ModelOptions, option, options
 from recsys_core.progress import progress_bar
@@ -87,8 +88,8 @@ class ALS(Estimator):
     family = "factorization"
     rating_model = False
 
-    def fit(self, data, run_dir: Path | None = None, resume: bool = False) -> dict:
-        c = self.config
+    def fit(self, data: SplitMatrices, run_dir: Path | None = None, resume: bool = False) -> dict:
+        c = self.options
         self.data = data
         by_user = torch_csr(binary(data.train), self.device)
         by_item = torch_csr(binary(data.train_by_item), self.device)
@@ -111,7 +112,7 @@ class ALS(Estimator):
     def state_dict(self) -> dict:
         return {"user_factors": self.user_factors.cpu(), "item_factors": self.item_factors.cpu()}
 
-    def load(self, state: dict, data) -> "ALS":
+    def load(self, state: dict, data: SplitMatrices) -> "ALS":
         self.data = data
         self.user_factors = state["user_factors"].to(self.device)
         self.item_factors = state["item_factors"].to(self.device)
@@ -131,10 +132,14 @@ class ALS(Estimator):
             out[lo:lo + PAIR_CHUNK] = (self.user_factors[u] * self.item_factors[i]).sum(1).cpu().numpy()
         return out
 
+    def folds_in(self) -> bool:
+        """Whether this model folds a new user in."""
+        return True
+
     def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A new user's factors solved exactly against the item factors (values are ignored: ALS reads
         interactions), then their scores."""
-        c = self.config
+        c = self.options
         fixed = self.item_factors.double()
         rated = fixed[torch.as_tensor(np.asarray(cols, np.int64), device=self.device)]
         system = fixed.T @ fixed + c.alpha * rated.T @ rated

@@ -25,6 +25,7 @@ from recsys_core.estimators import TorchEstimator
 from recsys_core.evaluation import rmse
 from recsys_core.interactions import RowBatch, csr_triplets, group_pairs_by_row, row_batch
 from recsys_core.losses import observed_mse
+from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import option, options
 from recsys_core.training_loop import LoopOptions
@@ -236,23 +237,23 @@ class RowsEstimator(TorchEstimator):
     model: DeepAutoencoder
     family = "rows"
 
-    def __init__(self, config, *, name, device=None, orientation: str = "user"):
-        super().__init__(config, name=name, device=device)
+    def __init__(self, options, *, name, device=None, settings=None, orientation: str = "user"):
+        super().__init__(options, name=name, device=device, settings=settings)
         self.orientation = orientation
 
     def describe(self) -> dict:
         return {**super().describe(), "orientation": self.orientation}
 
     def build(self, dims: dict) -> DeepAutoencoder:
-        c = self.config
+        c = self.options
         n = dims["n_items"] if self.orientation == "user" else dims["n_users"]
         return DeepAutoencoder(n, list(c.layers), c.activation, c.dropout, c.constrained, c.last_layer_activation)
 
-    def prepare(self, data) -> None:
-        config = self.config
+    def prepare(self, data: SplitMatrices) -> None:
+        options = self.options
         matrix = data.train if self.orientation == "user" else data.train_by_item
-        self.center = config.center
-        if self.center == "bias" or config.bias_shrink > 0:
+        self.center = options.center
+        if self.center == "bias" or options.bias_shrink > 0:
             self._fit_biases(data)
         if self.center == "bias":
             # The network sees and predicts residuals from the user+item bias baseline (mu + b_u + b_i of the
@@ -275,14 +276,14 @@ class RowsEstimator(TorchEstimator):
             self.row_offset = np.zeros(matrix.shape[0], np.float32)
         self.matrix = matrix
         self.train_rows = np.flatnonzero(np.diff(self.matrix.indptr) > 0)
-        self._prepare_blend(data, float(config.bias_shrink))
-        self.input_noise = float(config.noise)
-        self.refeed = int(config.refeed)
-        self.noise_loss = config.noise_loss
-        if config.output_bias == "mean" and not self.model.last_layer_activation:
+        self._prepare_blend(data, float(options.bias_shrink))
+        self.input_noise = float(options.noise)
+        self.refeed = int(options.refeed)
+        self.noise_loss = options.noise_loss
+        if options.output_bias == "mean" and not self.model.last_layer_activation:
             self._init_output_bias()
 
-    def _fit_biases(self, data) -> None:
+    def _fit_biases(self, data: SplitMatrices) -> None:
         """The user+item bias baseline of this split (derived from the data alone, so a loaded run gets it
         back without extra state)."""
         baseline = UserItemBias(data.train)
@@ -300,9 +301,9 @@ class RowsEstimator(TorchEstimator):
     # S tried on valid after training: 0 (the network alone) up to 1e5 (the user+item biases alone, in effect)
     BLEND_GRID = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 1e5)
 
-    def fit(self, data, run_dir=None, resume: bool = False, on_epoch=None) -> dict:
+    def fit(self, data: SplitMatrices, run_dir=None, resume: bool = False, on_epoch=None) -> dict:
         result = super().fit(data, run_dir, resume, on_epoch=on_epoch)
-        if self.config.blend_on_valid and data.valid.nnz:  # reported in metrics.json's training.bias_blend
+        if self.options.blend_on_valid and data.valid.nnz:  # reported in metrics.json's training.bias_blend
             result.setdefault("report", {})["bias_blend"] = self.choose_blend()
         return result
 
@@ -319,7 +320,7 @@ class RowsEstimator(TorchEstimator):
             network += biases
         counts = np.diff(self.data.train.indptr)[users].astype(np.float64)
         low, high = self.clip
-        configured = float(self.config.bias_shrink)
+        configured = float(self.options.bias_shrink)
         scores = {}
         for shrink in sorted(set(self.BLEND_GRID) | {configured}):
             weight = counts / (counts + shrink) if shrink > 0 else 1.0
@@ -336,7 +337,7 @@ class RowsEstimator(TorchEstimator):
         # the blend's S (chosen on valid after training) travels with the weights
         return {**self.model.state_dict(), BLEND_KEY: torch.tensor(float(self.bias_shrink), dtype=torch.float64)}
 
-    def load(self, state: dict, data) -> "RowsEstimator":
+    def load(self, state: dict, data: SplitMatrices) -> "RowsEstimator":
         state = dict(state)
         shrink = state.pop(BLEND_KEY, None)
         super().load(state, data)
@@ -344,7 +345,7 @@ class RowsEstimator(TorchEstimator):
             self._prepare_blend(data, float(shrink))
         return self
 
-    def _prepare_blend(self, data, shrink: float) -> None:
+    def _prepare_blend(self, data: SplitMatrices, shrink: float) -> None:
         """Each user's weight on the network, n_u / (n_u + shrink) (n_u: the user's training ratings)."""
         self.bias_shrink = shrink
         if shrink <= 0:
@@ -482,6 +483,10 @@ class RowsEstimator(TorchEstimator):
                 out[:, items] = self.model.output_columns(self._hidden_for(items), users).float().cpu().numpy().T
             out += self.row_offset[None, :]
             return torch.from_numpy(out)
+
+    def folds_in(self) -> bool:
+        """Whether this model folds a new user in (U-AutoRec and the deep autoencoder; I-AutoRec reads item vectors)."""
+        return self.orientation == "user"
 
     def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Outputs for a user absent from training, from their ratings (user orientation only)."""

@@ -31,6 +31,7 @@ from recsys_core.estimators import Estimator
 from recsys_core.evaluation import rmse
 from recsys_core.interactions import csr_triplets, rating_range
 from recsys_core.io import read_json
+from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import ModelOptions, option, options
 
@@ -111,8 +112,8 @@ class Blend(Estimator):
     trains_after_others = True  # the flow trains it once every other model of its split is done
     needs_members = True        # it combines other runs (tests/test_real_data.py trains the standalone models)
 
-    def fit(self, data, run_dir: Path | None = None, resume: bool = False) -> dict:
-        c = self.config
+    def fit(self, data: SplitMatrices, run_dir: Path | None = None, resume: bool = False) -> dict:
+        c = self.options
         if run_dir is None:
             raise RecsysError("a blend finds its members beside its run folder: give it a run folder")
         if data.valid.nnz == 0:
@@ -140,7 +141,7 @@ class Blend(Estimator):
                  report["cv_rmse"], min(m["valid_rmse"] for m in report["members"]))
         return {"history": None, "report": {"blend": report}}
 
-    def _bind(self, data, member_dirs: list[Path]) -> None:
+    def _bind(self, data: SplitMatrices, member_dirs: list[Path]) -> None:
         from recsys_core.train import load_run
 
         self.data = data
@@ -182,7 +183,7 @@ class Blend(Estimator):
                   "cv_rmse": round(cv[self.use_counts, self.reg], 6), "count_features": self.use_counts,
                   "cv_rmse_without_count_features": round(min(v for (k, _), v in cv.items() if not k), 6),
                   "weights": [round(float(w), 6) for w in self.weights]}
-        if self.config.count_features:
+        if self.options.count_features:
             report["cv_rmse_with_count_features"] = round(min(v for (k, _), v in cv.items() if k), 6)
         best = min(members, key=lambda m: m["valid_rmse"])
         report["best_member"] = best["member"]
@@ -199,7 +200,7 @@ class Blend(Estimator):
                 "intercept": torch.tensor(self.intercept, dtype=torch.float64), "reg": float(self.reg),
                 "count_features": bool(self.use_counts)}
 
-    def load(self, state: dict, data) -> "Blend":
+    def load(self, state: dict, data: SplitMatrices) -> "Blend":
         missing = [d for d in state["member_dirs"] if not (Path(d) / "model.pt").is_file()]
         if missing:
             raise RecsysError(f"the blend's member run(s) {', '.join(missing)} are gone: the blend cannot predict "

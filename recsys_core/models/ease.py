@@ -28,6 +28,7 @@ from scipy.linalg import lapack
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import Estimator
 from recsys_core.interactions import binary, group_pairs_by_row, torch_csr
+from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import ModelOptions, option, options
 
@@ -89,12 +90,12 @@ class EASE(Estimator):
     family = "item-item"
     rating_model = False
 
-    def fit(self, data, run_dir: Path | None = None, resume: bool = False) -> dict:
+    def fit(self, data: SplitMatrices, run_dir: Path | None = None, resume: bool = False) -> dict:
         started = time.perf_counter()
         self._bind(data)
         gram = item_gram(binary(data.train_by_item), self.x, torch.get_num_threads())
         gram_seconds = time.perf_counter() - started
-        gram[np.diag_indices_from(gram)] += np.float32(self.config.reg)
+        gram[np.diag_indices_from(gram)] += np.float32(self.options.reg)
         weights = torch.from_numpy(spd_inverse(gram))
         # B = I - P / diag(P): column j of -P divided by P_jj, then a zero diagonal (in place)
         weights.div_(-weights.diagonal().clone())
@@ -106,14 +107,14 @@ class EASE(Estimator):
         return {"history": None, "gram_seconds": round(gram_seconds, 3),
                 "solve_seconds": round(seconds - gram_seconds, 3)}
 
-    def _bind(self, data) -> None:
+    def _bind(self, data: SplitMatrices) -> None:
         self.data = data
         self.x = binary(data.train)
 
     def state_dict(self) -> dict:
         return {"weights": self.weights.cpu()}
 
-    def load(self, state: dict, data) -> "EASE":
+    def load(self, state: dict, data: SplitMatrices) -> "EASE":
         self._bind(data)
         self.weights = state["weights"].to(self.device)
         return self
@@ -145,6 +146,10 @@ class EASE(Estimator):
             result[pairs] = torch.zeros(len(pairs), device=self.device).index_add_(0, owner, picked).cpu().numpy()
             lo = hi
         return result
+
+    def folds_in(self) -> bool:
+        """Whether this model folds a new user in."""
+        return True
 
     def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A new user's scores: the sum of the weight rows of the items they rated (values are ignored:

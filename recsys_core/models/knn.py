@@ -37,6 +37,7 @@ import torch
 from recsys_core.baselines import UserItemBias
 from recsys_core.estimators import Estimator
 from recsys_core.interactions import group_pairs_by_row
+from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import ModelOptions, option, options
 
@@ -109,8 +110,8 @@ class ItemKNN(Estimator):
     config: KNNOptions
     family = "item-item"
 
-    def fit(self, data, run_dir: Path | None = None, resume: bool = False) -> dict:
-        c = self.config
+    def fit(self, data: SplitMatrices, run_dir: Path | None = None, resume: bool = False) -> dict:
+        c = self.options
         started = time.perf_counter()
         baseline = UserItemBias(data.train, reg_u=c.reg_u, reg_i=c.reg_i)
         sim = pearson_baseline(data.train, baseline, c.shrinkage, c.min_support, torch.get_num_threads())
@@ -119,7 +120,8 @@ class ItemKNN(Estimator):
         log.info("knn-item: %d items, similarities in %.1f s", sim.shape[0], seconds)
         return {"history": None, "similarity_seconds": round(seconds, 3)}
 
-    def _bind(self, data, mean: float, user_bias: np.ndarray, item_bias: np.ndarray, sim: torch.Tensor) -> None:
+    def _bind(self, data: SplitMatrices, mean: float, user_bias: np.ndarray, item_bias: np.ndarray,
+              sim: torch.Tensor) -> None:
         self.data = data
         self.mean = float(mean)
         self.user_bias = np.asarray(user_bias, np.float64)
@@ -143,7 +145,7 @@ class ItemKNN(Estimator):
         return {"mean": torch.tensor(self.mean, dtype=torch.float64), "user_bias": torch.from_numpy(self.user_bias),
                 "item_bias": torch.from_numpy(self.item_bias), "sim_upper": packed}
 
-    def load(self, state: dict, data) -> "ItemKNN":
+    def load(self, state: dict, data: SplitMatrices) -> "ItemKNN":
         packed = state["sim_upper"]
         n = len(state["item_bias"])
         sim = torch.empty(n, n, dtype=torch.float32)
@@ -168,7 +170,7 @@ class ItemKNN(Estimator):
         out = torch.zeros(n_targets, dtype=torch.float32)
         if len(rated) == 0 or n_targets == 0:
             return out
-        k, min_k = int(self.config.neighbours), int(self.config.min_k)
+        k, min_k = int(self.options.neighbours), int(self.options.min_k)
         rated = np.asarray(rated, np.int64)
         resid = np.asarray(residuals, np.float32)
         sums = np.vstack([resid, np.ones_like(resid)])  # one product gives sum w e and sum w
@@ -222,12 +224,16 @@ class ItemKNN(Estimator):
             base[p] += self._adjustment(*self._user(int(row)), None)
         return base
 
+    def folds_in(self) -> bool:
+        """Whether this model folds a new user in."""
+        return True
+
     def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A new user's bias by the baseline's own user step against the trained item biases,
         b_u = sum (r - mu - b_i) / (reg_u + n), then their neighbourhood predictions of every item."""
         cols = np.asarray(cols, np.int64)
         gap = np.asarray(values, np.float64) - self.mean - self.item_bias[cols]
-        user_bias = gap.sum() / (float(self.config.reg_u) + len(cols))
+        user_bias = gap.sum() / (float(self.options.reg_u) + len(cols))
         adjust = self._adjustment(cols, (gap - user_bias).astype(np.float32), None).numpy()
         return (self.mean + user_bias + self.item_bias + adjust).astype(np.float32)
 

@@ -82,12 +82,16 @@ class MF(PairsEstimator):
     model: BiasedMF
 
     def build(self, dims: dict) -> BiasedMF:
-        c = self.config
+        c = self.options
         return BiasedMF(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.squash, dims["rating_range"],
                         self.sparse_rows)
 
     def item_vectors(self) -> np.ndarray:
         return self.model.item_factors.weight.detach().float().cpu().numpy()
+
+    def folds_in(self) -> bool:
+        """Whether this model folds a new user in (a squashed MF is not linear in the user's vector)."""
+        return not bool(self.options.squash)
 
     def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A new user's factors and bias by a ridge solve against the frozen item factors and biases, then
@@ -105,7 +109,7 @@ class MF(PairsEstimator):
         cols = np.asarray(cols, np.int64)
         x = np.hstack([q[cols], np.ones((len(cols), 1))])
         y = np.asarray(values, np.float64) - mu - b[cols]
-        ridge = max(float(self.config.l2) * len(cols), 1e-6)
+        ridge = max(float(self.options.l2) * len(cols), 1e-6)
         w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
         return (mu + w[-1] + b + q @ w[:-1]).astype(np.float32)
 

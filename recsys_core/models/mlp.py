@@ -106,7 +106,7 @@ class MLP(PairsEstimator):
     model: EmbeddingMLP
 
     def build(self, dims: dict) -> EmbeddingMLP:
-        c = self.config
+        c = self.options
         return EmbeddingMLP(dims["n_users"], dims["n_items"], c.dim, list(c.hidden), c.dropout, dims["global_mean"],
                             self.sparse_rows)
 

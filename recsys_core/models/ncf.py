@@ -16,6 +16,7 @@ from recsys_core.estimators import PairsEstimator, PairsOptions
 from recsys_core.evaluation import hit_rate_at_k, rank_of_positive
 from recsys_core.interactions import csr_triplets
 from recsys_core.losses import binary_cross_entropy
+from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.models.mlp import mlp_tower, tower_grid
 from recsys_core.options import option, options
@@ -119,17 +120,17 @@ class NCFEstimator(PairsEstimator):
     valid_metric = "hr@10"
     higher_is_better = True
 
-    def __init__(self, config, *, name, device=None, kind: str = "neumf"):
-        super().__init__(config, name=name, device=device)
+    def __init__(self, options, *, name, device=None, settings=None, kind: str = "neumf"):
+        super().__init__(options, name=name, device=device, settings=settings)
         self.kind = kind
 
     def build(self, dims: dict) -> NCF:
-        c = self.config
+        c = self.options
         return NCF(dims["n_users"], dims["n_items"], self.kind, c.dim, list(c.hidden), c.dropout, self.sparse_rows)
 
-    def prepare(self, data) -> None:
+    def prepare(self, data: SplitMatrices) -> None:
         super().prepare(data)
-        self.n_negatives = int(self.config.negatives)
+        self.n_negatives = int(self.options.negatives)
         # Training negatives: any item outside the user's TRAIN ratings (as the NCF paper's code does). Excluding
         # the held-out items too (it once used train + valid + test) never pushes the test item down while the
         # evaluation's 99 negatives are: on MovieLens 100K that inflated NeuMF's HR@10 from 0.595 to 0.614.

@@ -29,6 +29,7 @@ from recsys_core.distributed import local_part
 from recsys_core.estimators import TorchEstimator
 from recsys_core.interactions import group_pairs_by_row, row_batch
 from recsys_core.losses import observed_mse
+from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import option, options
 from recsys_core.training_loop import LoopOptions
@@ -87,10 +88,10 @@ class SVDpp(TorchEstimator):
     family = "pairs"
 
     def build(self, dims: dict) -> SVDppNet:
-        c = self.config
+        c = self.options
         return SVDppNet(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.init_std)
 
-    def prepare(self, data) -> None:
+    def prepare(self, data: SplitMatrices) -> None:
         train = data.train
         self.counts = np.diff(train.indptr).astype(np.int64)
         self.train_rows = np.flatnonzero(self.counts > 0)
@@ -127,7 +128,7 @@ class SVDpp(TorchEstimator):
             vectors = model.user_vectors(users, items, offsets, counts)
             pred = model.pairs(vectors, users, owner, items)
         fit = observed_mse(pred.float(), values)
-        l2 = float(self.config.l2)
+        l2 = float(self.options.l2)
         if not l2:
             yield fit, fit.detach()
             return
@@ -182,6 +183,10 @@ class SVDpp(TorchEstimator):
             parts = (users, model.item_factors.weight.T, model.item_bias.weight[:, 0], offset)
             return tuple(np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in parts)
 
+    def folds_in(self) -> bool:
+        """Whether this model folds a new user in."""
+        return True
+
     def fold_in(self, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A new user: the implicit sum of the items they rated from the trained y_j, then p_u and b_u by a
         ridge solve against the frozen item factors and biases (ridge l2 x n, training's per-rating L2
@@ -196,6 +201,6 @@ class SVDpp(TorchEstimator):
         implicit = y[cols].sum(0) / np.sqrt(len(cols))
         x = np.hstack([q[cols], np.ones((len(cols), 1))])
         target = np.asarray(values, np.float64) - mu - b[cols] - q[cols] @ implicit
-        ridge = max(float(self.config.l2) * len(cols), 1e-6)
+        ridge = max(float(self.options.l2) * len(cols), 1e-6)
         w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ target)
         return (mu + w[-1] + b + q @ (w[:-1] + implicit)).astype(np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 
 from recsys_core.errors import RecsysError
 from recsys_core.interactions import rating_range
-from recsys_core.predictor import FoldIn, ItemSimilarities, ItemVectors, LinearScores
+from recsys_core.predictor import ItemSimilarities, ItemVectors, LinearScores, folds_in
 from recsys_core.runs import RunConfig
 
 
@@ -32,18 +32,6 @@ class ItemVectorsUnsupported(RecsysError):
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
-def _folds_in(estimator, n_items: int) -> bool:
-    """Whether the estimator folds a new user in: it has the capability and this configuration of the
-    model does not refuse it (I-AutoRec has the method of its family but no user to fold in)."""
-    if not isinstance(estimator, FoldIn) or n_items == 0:
-        return False
-    try:
-        estimator.fold_in(np.array([0], np.int64), np.array([1.0], np.float32))
-    except RecsysError:
-        return False
-    return True
 
 
 class ServableModel:
@@ -74,7 +62,7 @@ class ServableModel:
         self.known = known
         self.global_mean = float(data.train.data.mean())
         self.popularity = np.bincount(data.train.indices, minlength=self.n_items).astype(np.float32)
-        self.can_fold_in: bool = _folds_in(self.estimator, self.n_items)
+        self.can_fold_in: bool = self.n_items > 0 and folds_in(self.estimator)
         self.has_item_vectors: bool = isinstance(self.estimator, ItemVectors)
         self._item_vectors: np.ndarray | None = None
         self.has_item_similarities: bool = isinstance(self.estimator, ItemSimilarities)  # knn-item
