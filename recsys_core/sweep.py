@@ -45,7 +45,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from recsys_core.errors import RecsysError
 from recsys_core.options import OptionInfo, _checked
@@ -507,6 +507,93 @@ def _decode(param: Param, value):
     return value
 
 
+# --------------------------------------------------------------------------- the loop: rounds of trials
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """One trial to train: its split and model, the trial (number, options, pruning rule) and the valid metric
+    its outcome is read for (``read_outcome``)."""
+
+    split: str
+    model: str
+    trial: Trial
+    metric: str
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.split}/{self.model} #{self.trial.number}"
+
+
+# Trains a round of trials (concurrently if it can) and returns, in the same order, each one's outcome:
+# ``read_outcome`` of its run folder plus "seconds", or {"state": "failed", "error": ..., "seconds": ...}.
+RunRound = Callable[[list[TrialRun]], list[dict]]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """What a sweep found: every trial's row (``Study.rows``) and, per split and model, the trial chosen on valid
+    ({"split", "model", "trial", "params", "valid_metric", "valid", "run_dir"})."""
+
+    rows: list[dict]
+    chosen: list[dict]
+
+
+def run_sweep(spec: SweepSpec, splits: list[str], base_configs: Mapping[str, dict], run_round: RunRound,
+              k: int = 10) -> SweepRun:
+    """Every model of ``spec`` on every split: rounds of trials asked of its ``Study``, trained by ``run_round``
+    and told back in trial order; then the complete trial with the best valid metric of each. ``base_configs``:
+    per model, the options every trial starts from (``base_config``)."""
+    from recsys_core import models as catalogue
+
+    studies: dict[tuple[str, str], Study] = {}
+    for split in splits:
+        for model, sweep in spec.models.items():
+            estimator = catalogue.get(model).estimator
+            studies[(split, model)] = Study(sweep, base_configs[model], rating_model=estimator.rating_model,
+                                            loop_higher=estimator.higher_is_better, k=k, label=f"{split}/{model}")
+    total = sum(s.sweep.trials for s in studies.values())
+    finished = 0
+    round_number = 0
+    while asked := [(key, study, trial) for key, study in studies.items() for trial in study.next_round()]:
+        round_number += 1
+        runnable: list[tuple[Study, TrialRun]] = []
+        for (split, model), study, trial in asked:
+            if trial.config is None:  # options refused by a rule between options: failed without running
+                study.tell(trial, {"state": FAILED, "error": trial.error})
+                continue
+            runnable.append((study, TrialRun(split, model, trial, study.metric)))
+        log.info("sweep round %d: %d trial(s)", round_number, len(runnable))
+        outcomes = run_round([job for _, job in runnable]) if runnable else []
+        for (study, job), outcome in zip(runnable, outcomes):
+            study.tell(job.trial, outcome)
+            finished += 1
+            valid = outcome.get("valid")
+            log.info("sweep %d/%d: %s %s, valid %s %s", finished, total, job.label, outcome["state"], study.metric,
+                     "-" if valid is None else f"{valid:.4f}")
+    rows = [row for (split, _), study in studies.items() for row in study.rows(split)]
+    chosen = []
+    for (split, model), study in studies.items():
+        best = study.best()
+        if best is None:
+            log.warning("sweep %s/%s: no trial completed, nothing chosen", split, model)
+            continue
+        chosen.append({"split": split, "model": model, "trial": best.number, "params": best.params,
+                       "valid_metric": study.metric, "valid": best.outcome["valid"],
+                       "run_dir": best.outcome["run_dir"]})
+    log.info("sweep: %d trials, %d complete, %d pruned, %d failed", len(rows),
+             sum(1 for r in rows if r["state"] == COMPLETE), sum(1 for r in rows if r["state"] == PRUNED),
+             sum(1 for r in rows if r["state"] == FAILED))
+    return SweepRun(rows, chosen)
+
+
+def base_config(model: str, k: int = 10, seed: int = 0) -> dict:
+    """The options a model's trials start from: the cut-off ``k``, and ``seed`` for models that have one."""
+    from recsys_core import models as catalogue
+
+    return {"k": k, **({"seed": seed} if "seed" in catalogue.get(model).options.names() else {})}
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -577,3 +664,72 @@ def plot(rows: list[dict], dest) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return dest
+
+
+def write_outputs(spec: SweepSpec, result: SweepRun, out_dir) -> dict[str, str]:
+    """``sweep.parquet`` (every trial), ``sweep.png`` (valid metric vs trial) and ``chosen.json`` (the trial
+    chosen on valid per split and model) in ``out_dir``; returns their paths by name."""
+    from recsys_core.io import write_json
+
+    out_dir = Path(out_dir)
+    files = {"sweep table": str(write_table(result.rows, out_dir / "sweep.parquet")),
+             "sweep plot": str(plot(result.rows, out_dir / "sweep.png"))}
+    write_json(out_dir / "chosen.json", {"sweep": spec.as_dict(), "chosen": result.chosen})
+    files["sweep chosen"] = str(out_dir / "chosen.json")
+    return files
+
+
+# --------------------------------------------------------------------------- a sweep from the library alone
+
+
+def train_in_folders(matrices_dir, runs_dir, device: str | None = None, threads: int | None = None) -> RunRound:
+    """A ``RunRound`` training each trial in this process, one after another, with ``recsys_core.train`` into
+    ``runs_dir/<split>/<model>-<key>`` (the key: the trial's options and pruning rule). A folder that holds a
+    finished run is read, not trained again; an unfinished one is resumed: a sweep run again asks the same
+    trials and finds them done. (The flow runs rounds on its task runner instead: tasks/sweep.py.)"""
+    import hashlib
+    import time
+
+    from recsys_core.train import train
+
+    def run_round(jobs: list[TrialRun]) -> list[dict]:
+        outcomes = []
+        for job in jobs:
+            config, prune = dict(job.trial.config or {}), job.trial.prune
+            key = hashlib.sha256(json.dumps({"model": job.model, **config, "prune": prune}, sort_keys=True,
+                                            default=str).encode()).hexdigest()[:10]
+            run_dir = Path(runs_dir) / job.split / f"{job.model}-{key}"
+            started = time.perf_counter()
+            try:
+                if not (run_dir / "metrics.json").exists():
+                    on_epoch = MedianRule.from_dict(prune).callback() if prune else None
+                    train(Path(matrices_dir) / job.split, run_dir, model=job.model, resume="auto", device=device,
+                          threads=threads, on_epoch=on_epoch, **config)
+                outcome = read_outcome(run_dir, job.metric)
+            except Exception as err:  # a failed trial is a row of the sweep, not the end of it
+                message = str(err).splitlines()[0] if str(err) else ""
+                outcome = {"state": FAILED, "error": f"{type(err).__name__}: {message}"[:300], "run_dir": str(run_dir)}
+            outcomes.append({**outcome, "seconds": round(time.perf_counter() - started, 2)})
+        return outcomes
+
+    return run_round
+
+
+def sweep(obj: Any, matrices_dir, out_dir, models: list[str] | None = None, k: int = 10, seed: int = 0,
+          device: str | None = None, threads: int | None = None) -> SweepRun:
+    """Run a sweep (a sweep object, the path of a YAML/JSON sweep file, or ``"default"`` over ``models``) on every split
+    folder of a stage-3 output ``matrices_dir``, without Prefect: trials in ``out_dir/runs/``, the sweep's table,
+    plot and chosen trials in ``out_dir``."""
+    if isinstance(obj, (str, Path)) and obj != "default":
+        obj = load_sweep_file(obj)
+    spec = parse_sweep(obj, models, seed=seed)
+    matrices_dir = Path(matrices_dir)
+    splits = sorted(p.parent.name for p in matrices_dir.glob("*/meta.json"))
+    if not splits:
+        raise RecsysError(f"{matrices_dir} holds no split folder (a stage-3 output: <split>/meta.json)")
+    base = {model: base_config(model, k, seed) for model in spec.models}
+    result = run_sweep(spec, splits, base, train_in_folders(matrices_dir, Path(out_dir) / "runs", device, threads),
+                       k=k)
+    write_outputs(spec, result, out_dir)
+    return result
+
