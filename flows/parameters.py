@@ -8,7 +8,9 @@ From this declaration are generated
 - the checks of a parameter object, as a deployment or the flow gets it (``check_parameters``): unknown
   names, old spellings, types and choices, one sentence each;
 - the table of parameters in README.md (``markdown_table``; ``python flows/parameters.py --markdown`` prints
-  it, tests/test_parameters.py checks README.md holds exactly this).
+  it, tests/test_parameters.py checks README.md holds exactly this);
+- the check of a prefect.yaml's deployments before ``prefect deploy`` (``python flows/parameters.py --check
+  prefect.yaml``; tests/test_parameters.py runs it on the repository's).
 
 A parameter renamed keeps its old spelling in ``old`` for one release: the command line and
 ``check_parameters`` accept it with a deprecation line.
@@ -485,7 +487,37 @@ def _registered_models() -> list[str]:
     return catalogue.names()
 
 
+def check_deployments(path) -> list[str]:
+    """Check the parameters of every deployment of a prefect.yaml as the flow will (``check_parameters`` and
+    ``resolve``: names, types, choices, every model's and the split's options, the registry name); one line
+    each. RecsysError, naming the file and the deployment, for the first one that fails."""
+    import yaml
+
+    path = Path(path)
+    lines = []
+    for deployment in (yaml.safe_load(path.read_text()) or {}).get("deployments") or []:
+        where = f"{path}: deployment {deployment.get('name')!r} parameters"
+        resolve(check_parameters(deployment.get("parameters") or {}, where=where))
+        lines.append(f"{path}: deployment {deployment.get('name')}: parameters ok")
+    return lines
+
+
+def _main(argv: list[str]) -> int:
+    if argv == ["--markdown"]:
+        sys.stdout.write(markdown_table())
+        return 0
+    if len(argv) == 2 and argv[0] == "--check":
+        try:
+            print("\n".join(check_deployments(argv[1])))
+        except (RecsysError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    print("usage: python flows/parameters.py --markdown        README.md's table of parameters\n"
+          "       python flows/parameters.py --check FILE      check the parameters of a prefect.yaml's deployments",
+          file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--markdown"]:
-        sys.exit("usage: python flows/parameters.py --markdown   (prints README.md's table of parameters)")
-    sys.stdout.write(markdown_table())
+    sys.exit(_main(sys.argv[1:]))

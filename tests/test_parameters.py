@@ -118,12 +118,17 @@ def test_bad_parameters_are_one_sentence(values, says):
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
-def test_every_deployment_of_prefect_yaml_passes_the_checks():
-    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    assert deployments
-    for deployment in deployments:
-        checked = check_parameters(deployment.get("parameters", {}), where=f"deployment {deployment['name']}")
-        parameters.resolve(checked)  # the models' options, split options, registry names: as the flow checks them
+def test_every_deployment_of_prefect_yaml_passes_the_checks(tmp_path):
+    lines = parameters.check_deployments(ROOT / "prefect.yaml")
+    names = [d["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]]
+    assert lines == [f"{ROOT / 'prefect.yaml'}: deployment {name}: parameters ok" for name in names] and names
+    bad = tmp_path / "prefect.yaml"
+    bad.write_text("deployments:\n  - name: weekly\n    parameters: {models: [mf], model_options: {mf: {lr: -1}}}\n")
+    with pytest.raises(RecsysError, match="model mf: option lr must be above 0, got -1"):
+        parameters.check_deployments(bad)
+    bad.write_text("deployments:\n  - name: weekly\n    parameters: {model: mf}\n")
+    with pytest.raises(RecsysError, match=r"prefect.yaml: deployment 'weekly' parameters name model, which the "):
+        parameters.check_deployments(bad)
 
 
 def test_an_old_spelling_is_accepted_with_a_deprecation_line(monkeypatch, caplog, capsys):
