@@ -31,6 +31,7 @@ if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
     local_api.start_early()
 
 from prefect import flow  # noqa: E402
+from prefect.client.schemas.objects import State  # noqa: E402
 
 from flows import steps  # noqa: E402
 from flows.parameters import (  # noqa: E402, F401 (DEFAULT_SCALE, build_parser, model_configs: their old home)
@@ -58,7 +59,7 @@ from tasks.tracking import tracking_uri  # noqa: E402
 
 @flow(name="recsys-full-pipeline", log_prints=True)
 @flow_signature  # the parameters, their types, defaults and help: PipelineParams in flows/parameters.py
-def full_pipeline(**values) -> dict:
+def full_pipeline(**values) -> dict | State:
     """Run the pipeline; returns the report (stages with cached/built status, stats, metrics, paths)."""
     p = PipelineParams(**values)
     forward_library_logs()

@@ -294,8 +294,8 @@ def flow_signature(fn: Callable) -> Callable:
     (and the descriptions the UI shows) from."""
     fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=p.annotation)
-         for p in PARAMETERS], return_annotation=dict)
-    fn.__annotations__ = {**{p.name: p.annotation for p in PARAMETERS}, "return": dict}
+         for p in PARAMETERS], return_annotation=inspect.signature(fn).return_annotation)
+    fn.__annotations__ = {**{p.name: p.annotation for p in PARAMETERS}, "return": fn.__annotations__.get("return")}
     args = "\n".join(f"    {p.name}: {p.help_text()}" for p in PARAMETERS)
     fn.__doc__ = f"{inspect.cleandoc(fn.__doc__ or '')}\n\nArgs:\n{args}\n"
     return fn

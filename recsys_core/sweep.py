@@ -85,16 +85,23 @@ class Param:
         out = {"low": self.low, "high": self.high, "log": self.log}
         return out if self.step is None else {**out, "step": self.step}
 
+    def bounds(self) -> tuple[float, float]:
+        """``low``, ``high`` of a range."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.name} is searched over choices, not a range")
+        return self.low, self.high
+
     def grid(self) -> list | None:
         """Every value of a grid over this parameter, or None when it has no finite grid."""
         if self.choices is not None:
             return list(self.choices)
+        low, high = self.bounds()
         if self.kind == "int":
             step = int(self.step or 1)
-            return list(range(int(self.low), int(self.high) + 1, step))
+            return list(range(int(low), int(high) + 1, step))
         if self.step is not None:
-            count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-            return [round(self.low + i * self.step, 12) for i in range(count)]
+            count = int(math.floor((high - low) / self.step + 1e-9)) + 1
+            return [round(low + i * self.step, 12) for i in range(count)]
         return None
 
 
@@ -224,7 +231,7 @@ def _model_sweep(model: str, options_class, space, fixed: dict, settings: dict) 
         flat = [p.name for p, g in zip(params, grids) if g is None]
         if flat:
             raise RecsysError(f"{where}: the grid sampler needs choices or a step for {', '.join(flat)}")
-        size = math.prod(len(g) for g in grids)
+        size = math.prod(len(g or ()) for g in grids)
         if size > MAX_GRID:
             raise RecsysError(f"{where}: the grid has {size} points (at most {MAX_GRID}); use random or tpe")
         trials = min(trials, size)
@@ -268,7 +275,8 @@ def _param(model: str, name: str, spec, infos: dict[str, OptionInfo]) -> Param:
         raise RecsysError(f"{where}: a {info.kind} option is searched over choices, not a range")
     if "low" not in spec or "high" not in spec:
         raise RecsysError(f"{where}: a range needs both low and high (or give choices)")
-    low, high = _checked(info, spec["low"], model), _checked(info, spec["high"], model)
+    low: Any = _checked(info, spec["low"], model)
+    high: Any = _checked(info, spec["high"], model)
     if not low < high:
         raise RecsysError(f"{where}: low must be below high, got low {spec['low']!r} and high {spec['high']!r}")
     log_scale = spec.get("log", False)
@@ -276,7 +284,7 @@ def _param(model: str, name: str, spec, infos: dict[str, OptionInfo]) -> Param:
         raise RecsysError(f"{where}: log must be true or false, got {log_scale!r}")
     if log_scale and low <= 0:
         raise RecsysError(f"{where}: a log-scale range must start above 0, got low {spec['low']!r}")
-    step = spec.get("step")
+    step: Any = spec.get("step")
     if step is not None:
         bad_type = isinstance(step, bool) or not isinstance(step, (int, float))
         if bad_type or step <= 0 or (info.kind == "int" and not isinstance(step, int)):
@@ -314,9 +322,11 @@ class MedianRule:
             if valid is None or not math.isfinite(valid):
                 return False
             best.append(valid if not best else (max if self.higher_is_better else min)(best[-1], valid))
-            if epoch <= self.warmup_epochs or epoch > len(self.medians) or self.medians[epoch - 1] is None:
+            if epoch <= self.warmup_epochs or epoch > len(self.medians):
                 return False
             median = self.medians[epoch - 1]
+            if median is None:
+                return False
             return best[-1] < median if self.higher_is_better else best[-1] > median
 
         return on_epoch
@@ -329,7 +339,7 @@ def median_rule(curves: list[list[float | None]], pruning: Pruning, higher_is_be
     longest = max((len(c) for c in curves), default=0)
     medians = []
     for e in range(longest):
-        values = [c[e] for c in curves if e < len(c) and c[e] is not None and math.isfinite(c[e])]
+        values = [v for c in curves if e < len(c) and (v := c[e]) is not None and math.isfinite(v)]
         medians.append(float(statistics.median(values)) if values else None)
     return MedianRule(tuple(medians), pruning.warmup_epochs, higher_is_better)
 
@@ -400,7 +410,7 @@ class Study:
         self.trials: list[Trial] = []
         self._study = optuna.create_study(direction="maximize" if self.higher else "minimize",
                                           sampler=self._sampler(), pruner=optuna.pruners.NopPruner())
-        self._distributions = {p.name: self._distribution(p) for p in sweep.space}
+        self._distributions: dict[str, Any] = {p.name: self._distribution(p) for p in sweep.space}
 
     # --- Optuna's side ----------------------------------------------------------------------------------
     def _sampler(self):
@@ -408,7 +418,7 @@ class Study:
 
         s = self.sweep
         if s.sampler == "grid":
-            return _grid_sampler({p.name: [_encode(v) for v in p.grid()] for p in s.space}, seed=s.seed)
+            return _grid_sampler({p.name: [_encode(v) for v in p.grid() or ()] for p in s.space}, seed=s.seed)
         if s.sampler == "random":
             return optuna.samplers.RandomSampler(seed=s.seed)
         # TPE: random until a few rounds have completed, then the model of good vs bad configurations.
@@ -419,10 +429,11 @@ class Study:
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if p.choices is not None or p.step is not None and p.kind == "float":
-            return CategoricalDistribution([_encode(v) for v in p.grid()])
+            return CategoricalDistribution([_encode(v) for v in p.grid() or ()])
+        low, high = p.bounds()
         if p.kind == "int":
-            return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-        return FloatDistribution(p.low, p.high, log=p.log)
+            return IntDistribution(int(low), int(high), log=p.log, step=int(p.step or 1))
+        return FloatDistribution(low, high, log=p.log)
 
     # --- rounds -----------------------------------------------------------------------------------------
     @property
