@@ -45,7 +45,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from recsys_core.errors import RecsysError
 from recsys_core.options import OptionInfo, _checked
@@ -85,16 +85,23 @@ class Param:
         out = {"low": self.low, "high": self.high, "log": self.log}
         return out if self.step is None else {**out, "step": self.step}
 
+    def bounds(self) -> tuple[float, float]:
+        """``low``, ``high`` of a range."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.name} is searched over choices, not a range")
+        return self.low, self.high
+
     def grid(self) -> list | None:
         """Every value of a grid over this parameter, or None when it has no finite grid."""
         if self.choices is not None:
             return list(self.choices)
+        low, high = self.bounds()
         if self.kind == "int":
             step = int(self.step or 1)
-            return list(range(int(self.low), int(self.high) + 1, step))
+            return list(range(int(low), int(high) + 1, step))
         if self.step is not None:
-            count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-            return [round(self.low + i * self.step, 12) for i in range(count)]
+            count = int(math.floor((high - low) / self.step + 1e-9)) + 1
+            return [round(low + i * self.step, 12) for i in range(count)]
         return None
 
 
@@ -224,7 +231,7 @@ def _model_sweep(model: str, options_class, space, fixed: dict, settings: dict) 
         flat = [p.name for p, g in zip(params, grids) if g is None]
         if flat:
             raise RecsysError(f"{where}: the grid sampler needs choices or a step for {', '.join(flat)}")
-        size = math.prod(len(g) for g in grids)
+        size = math.prod(len(g or ()) for g in grids)
         if size > MAX_GRID:
             raise RecsysError(f"{where}: the grid has {size} points (at most {MAX_GRID}); use random or tpe")
         trials = min(trials, size)
@@ -268,7 +275,8 @@ def _param(model: str, name: str, spec, infos: dict[str, OptionInfo]) -> Param:
         raise RecsysError(f"{where}: a {info.kind} option is searched over choices, not a range")
     if "low" not in spec or "high" not in spec:
         raise RecsysError(f"{where}: a range needs both low and high (or give choices)")
-    low, high = _checked(info, spec["low"], model), _checked(info, spec["high"], model)
+    low: Any = _checked(info, spec["low"], model)
+    high: Any = _checked(info, spec["high"], model)
     if not low < high:
         raise RecsysError(f"{where}: low must be below high, got low {spec['low']!r} and high {spec['high']!r}")
     log_scale = spec.get("log", False)
@@ -276,7 +284,7 @@ def _param(model: str, name: str, spec, infos: dict[str, OptionInfo]) -> Param:
         raise RecsysError(f"{where}: log must be true or false, got {log_scale!r}")
     if log_scale and low <= 0:
         raise RecsysError(f"{where}: a log-scale range must start above 0, got low {spec['low']!r}")
-    step = spec.get("step")
+    step: Any = spec.get("step")
     if step is not None:
         bad_type = isinstance(step, bool) or not isinstance(step, (int, float))
         if bad_type or step <= 0 or (info.kind == "int" and not isinstance(step, int)):
@@ -314,9 +322,11 @@ class MedianRule:
             if valid is None or not math.isfinite(valid):
                 return False
             best.append(valid if not best else (max if self.higher_is_better else min)(best[-1], valid))
-            if epoch <= self.warmup_epochs or epoch > len(self.medians) or self.medians[epoch - 1] is None:
+            if epoch <= self.warmup_epochs or epoch > len(self.medians):
                 return False
             median = self.medians[epoch - 1]
+            if median is None:
+                return False
             return best[-1] < median if self.higher_is_better else best[-1] > median
 
         return on_epoch
@@ -329,7 +339,7 @@ def median_rule(curves: list[list[float | None]], pruning: Pruning, higher_is_be
     longest = max((len(c) for c in curves), default=0)
     medians = []
     for e in range(longest):
-        values = [c[e] for c in curves if e < len(c) and c[e] is not None and math.isfinite(c[e])]
+        values = [v for c in curves if e < len(c) and (v := c[e]) is not None and math.isfinite(v)]
         medians.append(float(statistics.median(values)) if values else None)
     return MedianRule(tuple(medians), pruning.warmup_epochs, higher_is_better)
 
@@ -400,7 +410,7 @@ class Study:
         self.trials: list[Trial] = []
         self._study = optuna.create_study(direction="maximize" if self.higher else "minimize",
                                           sampler=self._sampler(), pruner=optuna.pruners.NopPruner())
-        self._distributions = {p.name: self._distribution(p) for p in sweep.space}
+        self._distributions: dict[str, Any] = {p.name: self._distribution(p) for p in sweep.space}
 
     # --- Optuna's side ----------------------------------------------------------------------------------
     def _sampler(self):
@@ -408,7 +418,7 @@ class Study:
 
         s = self.sweep
         if s.sampler == "grid":
-            return _grid_sampler({p.name: [_encode(v) for v in p.grid()] for p in s.space}, seed=s.seed)
+            return _grid_sampler({p.name: [_encode(v) for v in p.grid() or ()] for p in s.space}, seed=s.seed)
         if s.sampler == "random":
             return optuna.samplers.RandomSampler(seed=s.seed)
         # TPE: random until a few rounds have completed, then the model of good vs bad configurations.
@@ -419,10 +429,11 @@ class Study:
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if p.choices is not None or p.step is not None and p.kind == "float":
-            return CategoricalDistribution([_encode(v) for v in p.grid()])
+            return CategoricalDistribution([_encode(v) for v in p.grid() or ()])
+        low, high = p.bounds()
         if p.kind == "int":
-            return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-        return FloatDistribution(p.low, p.high, log=p.log)
+            return IntDistribution(int(low), int(high), log=p.log, step=int(p.step or 1))
+        return FloatDistribution(low, high, log=p.log)
 
     # --- rounds -----------------------------------------------------------------------------------------
     @property
@@ -507,6 +518,93 @@ def _decode(param: Param, value):
     return value
 
 
+# --------------------------------------------------------------------------- the loop: rounds of trials
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """One trial to train: its split and model, the trial (number, options, pruning rule) and the valid metric
+    its outcome is read for (``read_outcome``)."""
+
+    split: str
+    model: str
+    trial: Trial
+    metric: str
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.split}/{self.model} #{self.trial.number}"
+
+
+# Trains a round of trials (concurrently if it can) and returns, in the same order, each one's outcome:
+# ``read_outcome`` of its run folder plus "seconds", or {"state": "failed", "error": ..., "seconds": ...}.
+RunRound = Callable[[list[TrialRun]], list[dict]]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """What a sweep found: every trial's row (``Study.rows``) and, per split and model, the trial chosen on valid
+    ({"split", "model", "trial", "params", "valid_metric", "valid", "run_dir"})."""
+
+    rows: list[dict]
+    chosen: list[dict]
+
+
+def run_sweep(spec: SweepSpec, splits: list[str], base_configs: Mapping[str, dict], run_round: RunRound,
+              k: int = 10) -> SweepRun:
+    """Every model of ``spec`` on every split: rounds of trials asked of its ``Study``, trained by ``run_round``
+    and told back in trial order; then the complete trial with the best valid metric of each. ``base_configs``:
+    per model, the options every trial starts from (``base_config``)."""
+    from recsys_core import models as catalogue
+
+    studies: dict[tuple[str, str], Study] = {}
+    for split in splits:
+        for model, sweep in spec.models.items():
+            estimator = catalogue.get(model).estimator
+            studies[(split, model)] = Study(sweep, base_configs[model], rating_model=estimator.rating_model,
+                                            loop_higher=estimator.higher_is_better, k=k, label=f"{split}/{model}")
+    total = sum(s.sweep.trials for s in studies.values())
+    finished = 0
+    round_number = 0
+    while asked := [(key, study, trial) for key, study in studies.items() for trial in study.next_round()]:
+        round_number += 1
+        runnable: list[tuple[Study, TrialRun]] = []
+        for (split, model), study, trial in asked:
+            if trial.config is None:  # options refused by a rule between options: failed without running
+                study.tell(trial, {"state": FAILED, "error": trial.error})
+                continue
+            runnable.append((study, TrialRun(split, model, trial, study.metric)))
+        log.info("sweep round %d: %d trial(s)", round_number, len(runnable))
+        outcomes = run_round([job for _, job in runnable]) if runnable else []
+        for (study, job), outcome in zip(runnable, outcomes):
+            study.tell(job.trial, outcome)
+            finished += 1
+            valid = outcome.get("valid")
+            log.info("sweep %d/%d: %s %s, valid %s %s", finished, total, job.label, outcome["state"], study.metric,
+                     "-" if valid is None else f"{valid:.4f}")
+    rows = [row for (split, _), study in studies.items() for row in study.rows(split)]
+    chosen = []
+    for (split, model), study in studies.items():
+        best = study.best()
+        if best is None:
+            log.warning("sweep %s/%s: no trial completed, nothing chosen", split, model)
+            continue
+        chosen.append({"split": split, "model": model, "trial": best.number, "params": best.params,
+                       "valid_metric": study.metric, "valid": best.outcome["valid"],
+                       "run_dir": best.outcome["run_dir"]})
+    log.info("sweep: %d trials, %d complete, %d pruned, %d failed", len(rows),
+             sum(1 for r in rows if r["state"] == COMPLETE), sum(1 for r in rows if r["state"] == PRUNED),
+             sum(1 for r in rows if r["state"] == FAILED))
+    return SweepRun(rows, chosen)
+
+
+def base_config(model: str, seed: int = 0) -> dict:
+    """The options a model's trials start from: ``seed`` for models that have one."""
+    from recsys_core import models as catalogue
+
+    return {"seed": seed} if "seed" in catalogue.get(model).options.names() else {}
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -577,3 +675,75 @@ def plot(rows: list[dict], dest) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return dest
+
+
+def write_outputs(spec: SweepSpec, result: SweepRun, out_dir) -> dict[str, str]:
+    """``sweep.parquet`` (every trial), ``sweep.png`` (valid metric vs trial) and ``chosen.json`` (the trial
+    chosen on valid per split and model) in ``out_dir``; returns their paths by name."""
+    from recsys_core.io import write_json
+
+    out_dir = Path(out_dir)
+    files = {"sweep table": str(write_table(result.rows, out_dir / "sweep.parquet")),
+             "sweep plot": str(plot(result.rows, out_dir / "sweep.png"))}
+    write_json(out_dir / "chosen.json", {"sweep": spec.as_dict(), "chosen": result.chosen})
+    files["sweep chosen"] = str(out_dir / "chosen.json")
+    return files
+
+
+# --------------------------------------------------------------------------- a sweep from the library alone
+
+
+def train_in_folders(matrices_dir, runs_dir, device: str | None = None, threads: int | None = None,
+                     k: int = 10) -> RunRound:
+    """A ``RunRound`` training each trial in this process, one after another, with ``recsys_core.train`` into
+    ``runs_dir/<split>/<model>-<key>`` (the key: the trial's options and pruning rule). A folder that holds a
+    finished run is read, not trained again; an unfinished one is resumed: a sweep run again asks the same
+    trials and finds them done. (The flow runs rounds on its task runner instead: tasks/sweep.py.)"""
+    import hashlib
+    import time
+
+    from recsys_core.settings import RunSettings
+    from recsys_core.train import train
+
+    settings = RunSettings(device=device, threads=threads, k=k, resume="auto")
+
+    def run_round(jobs: list[TrialRun]) -> list[dict]:
+        outcomes = []
+        for job in jobs:
+            config, prune = dict(job.trial.config or {}), job.trial.prune
+            key = hashlib.sha256(json.dumps({"model": job.model, **config, "prune": prune}, sort_keys=True,
+                                            default=str).encode()).hexdigest()[:10]
+            run_dir = Path(runs_dir) / job.split / f"{job.model}-{key}"
+            started = time.perf_counter()
+            try:
+                if not (run_dir / "metrics.json").exists():
+                    on_epoch = MedianRule.from_dict(prune).callback() if prune else None
+                    train(Path(matrices_dir) / job.split, run_dir, job.model, config, settings, on_epoch=on_epoch)
+                outcome = read_outcome(run_dir, job.metric)
+            except Exception as err:  # a failed trial is a row of the sweep, not the end of it
+                message = str(err).splitlines()[0] if str(err) else ""
+                outcome = {"state": FAILED, "error": f"{type(err).__name__}: {message}"[:300], "run_dir": str(run_dir)}
+            outcomes.append({**outcome, "seconds": round(time.perf_counter() - started, 2)})
+        return outcomes
+
+    return run_round
+
+
+def sweep(obj: Any, matrices_dir, out_dir, models: list[str] | None = None, k: int = 10, seed: int = 0,
+          device: str | None = None, threads: int | None = None) -> SweepRun:
+    """Run a sweep (a sweep object, the path of a YAML/JSON sweep file, or ``"default"`` over ``models``) on every split
+    folder of a stage-3 output ``matrices_dir``, without Prefect: trials in ``out_dir/runs/``, the sweep's table,
+    plot and chosen trials in ``out_dir``."""
+    if isinstance(obj, (str, Path)) and obj != "default":
+        obj = load_sweep_file(obj)
+    spec = parse_sweep(obj, models, seed=seed)
+    matrices_dir = Path(matrices_dir)
+    splits = sorted(p.parent.name for p in matrices_dir.glob("*/meta.json"))
+    if not splits:
+        raise RecsysError(f"{matrices_dir} holds no split folder (a stage-3 output: <split>/meta.json)")
+    base = {model: base_config(model, seed) for model in spec.models}
+    result = run_sweep(spec, splits, base, train_in_folders(matrices_dir, Path(out_dir) / "runs", device, threads, k),
+                       k=k)
+    write_outputs(spec, result, out_dir)
+    return result
+

@@ -21,9 +21,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys_core.errors import RecsysError
 from recsys_core.threads import available_cores
+
+if TYPE_CHECKING:  # Prefect is imported by the tasks this runs, not by this module
+    from prefect.client.schemas.objects import State
 
 log = logging.getLogger("recsys_core.flow")
 
@@ -43,7 +47,7 @@ class Call:
 @dataclass
 class Done:
     call: Call
-    state: object          # the Prefect State
+    state: State           # the Prefect State
     seconds: float         # wall time from submission to its end (queueing included on Dask)
 
     def result(self):
@@ -105,7 +109,7 @@ class Fanout:
 
     # --- Dask ---------------------------------------------------------------------------------------------
     def _start_dask(self) -> None:
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask.task_runners import DaskTaskRunner
 
         address = self.address
         if address is None:
@@ -116,9 +120,9 @@ class Fanout:
             # One task slot per worker process (GIL-free training in parallel processes); torch threads per
             # worker = cores // workers (recsys_core.threads.decide_threads with concurrent=workers).
             started = time.perf_counter()
-            cluster = self._stack.enter_context(LocalCluster(
+            cluster: LocalCluster = self._stack.enter_context(LocalCluster(  # pyright: ignore[reportAssignmentType]
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, silence_logs=logging.WARNING))
+                dashboard_address=None, silence_logs=logging.WARNING))  # pyright: ignore[reportArgumentType] (None: no dashboard)
             address = cluster.scheduler_address
             self.concurrent = workers
             self.description = (f"dask: a local cluster of {workers} worker process{'es' if workers > 1 else ''} "
@@ -145,7 +149,7 @@ class Fanout:
         try:
             with Client(address, timeout=f"{WORKER_TIMEOUT_S}s") as client:
                 client.wait_for_workers(1, timeout=WORKER_TIMEOUT_S)
-                answers = client.run(probe_worker, self.data_dir, name, token)
+                answers: dict = client.run(probe_worker, self.data_dir, name, token)  # pyright: ignore[reportAssignmentType] (a synchronous client)
         except OSError as err:
             raise RecsysError(f"cannot reach the Dask scheduler at {address} ({err})") from None
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -267,3 +268,62 @@ def publish_learning_curve(key: str, png: Path, model: str) -> None:
 def publish_summary(report: dict) -> None:
     create_markdown_artifact(markdown=summary_markdown(report), key="recsys-summary",
                              description="stages, split statistics, test metrics, where models lose (per bucket) and artifact paths")
+
+
+# --------------------------------------------------------------------------- the run's report
+
+
+class RunReport:
+    """What a flow run did, collected stage by stage (cached / reused / built, tables, artifact paths) for the
+    summary it returns and publishes."""
+
+    def __init__(self, data: Path, source: str):
+        self.report: dict[str, Any] = {"source": source, "data_dir": str(data), "stages": [], "split_stats": [],
+                                       "metrics": []}
+        self.artifacts: dict[str, str] = {}
+
+    def stage(self, task_fn, spec, label: str, **kwargs) -> dict:
+        """Run a stage task in the flow's process; its status in the report; re-raises its error."""
+        started = time.perf_counter()
+        state = task_fn(spec=spec, data_dir=self.report["data_dir"], return_state=True, **kwargs)
+        result = state.result()  # re-raises the stage's error
+        status = "cached" if state.name == "Cached" else result.status
+        seconds = round(time.perf_counter() - started, 2)
+        self.report["stages"].append({"stage": label, "status": status, "seconds": seconds,
+                                      "output": spec.out_dir})
+        return result
+
+    def record(self, done, spec) -> dict:
+        """A training task's end (``tasks.fanout.Done``) in the report; re-raises its error."""
+        result = done.result()
+        status = "cached" if done.state.name == "Cached" else result.status
+        self.report["stages"].append({"stage": done.call.label, "status": status, "seconds": round(done.seconds, 2),
+                                      "output": spec.out_dir})
+        return result
+
+    def table(self, name: str, rows: list, key: str, description: str) -> None:
+        """``rows`` as the report's ``name`` and as the Prefect table artifact ``key``."""
+        self.report[name] = rows
+        publish_table(key, rows, description)
+
+    def finish(self) -> dict:
+        self.report["artifacts"] = self.artifacts
+        publish_table("recsys-stages", self.report["stages"], "what each stage did: cached, reused or built")
+        publish_summary(self.report)
+        return self.report
+
+
+def dataset_row(converted: Path) -> dict:
+    """Stage 1's table: the converted data set's meta.json."""
+    return json.loads((converted / "meta.json").read_text())
+
+
+def matrices_rows(root: Path) -> list[dict]:
+    """Stage 3's table: per split, users, items and non-zeros per part."""
+    rows = []
+    for meta_file in sorted(root.glob("*/meta.json")):
+        meta = json.loads(meta_file.read_text())
+        nnz = meta.get("nnz", {})
+        rows.append({"split": meta_file.parent.name, "users": meta.get("n_users"), "items": meta.get("n_items"),
+                     **{f"nnz {part}": n for part, n in nnz.items()}})
+    return rows

@@ -157,3 +157,57 @@ def test_a_pruned_trial_is_an_ordinary_run_folder(tmp_path):
     outcome = read_outcome(tmp_path / "run", "rmse")
     assert outcome["state"] == PRUNED and len(outcome["curve"]) == 2 and outcome["valid"] > 0
     assert (tmp_path / "run" / "recommendations.parquet").exists()
+
+
+SWEEP_SCRIPT = """
+import json, sys
+from recsys_core.sweep import sweep
+result = sweep(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], threads=1)
+prefect = sorted({name.split(".")[0] for name in sys.modules} & {"prefect", "prefect_dask"})
+print(json.dumps({"rows": result.rows, "chosen": result.chosen, "prefect": prefect}))
+"""
+
+
+def test_a_sweep_runs_from_the_library_alone(tmp_path):
+    """``recsys_core.sweep.sweep`` with no Prefect imported: rounds of trials trained in run folders, one chosen on
+    valid, the table, plot and chosen.json written; run again, the same trials are read back from their folders
+    (nothing trains: every run folder keeps its metrics.json)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    make_rating_split(tmp_path / "matrices" / "N3M", n_users=120, n_items=40, n_ratings=3000)
+    obj = {"trials": 4, "batch": 2, "sampler": "random", "seed": 1, "prune": False,
+           "models": {"mf": {"space": {"dim": {"choices": [2, 4]}, "lr": {"low": 0.005, "high": 0.05, "log": True}},
+                             "fixed": {"epochs": 2, "patience": 0}}}}
+    env = {**os.environ, "PYTHONPATH": str(root), "RECSYS_PROGRESS": "0"}
+
+    def run_alone() -> dict:
+        done = subprocess.run([sys.executable, "-c", SWEEP_SCRIPT, json.dumps(obj), str(tmp_path / "matrices"),
+                               str(tmp_path / "sweep")], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = run_alone()
+    assert first["prefect"] == []
+    rows = first["rows"]
+    assert [r["trial"] for r in rows] == [0, 1, 2, 3] and {r["state"] for r in rows} == {COMPLETE}
+    best = min(rows, key=lambda r: (r["valid"], r["trial"]))
+    assert [r["chosen"] for r in rows] == [r is best for r in rows]
+    assert first["chosen"] == [{"split": "N3M", "model": "mf", "trial": best["trial"],
+                                "params": json.loads(best["params"]), "valid_metric": "rmse", "valid": best["valid"],
+                                "run_dir": best["run_dir"]}]
+    for name in ("sweep.parquet", "sweep.png", "chosen.json"):
+        assert (tmp_path / "sweep" / name).exists(), name
+    folders = {r["run_dir"] for r in rows}
+    assert len(folders) == 4 and all(Path(f).parent == tmp_path / "sweep" / "runs" / "N3M" for f in folders)
+    written = {f: (Path(f) / "metrics.json").stat().st_mtime_ns for f in folders}
+
+    from recsys_core.sweep import sweep
+
+    again = sweep(obj, tmp_path / "matrices", tmp_path / "sweep", threads=1)  # in this process: no second start-up
+    assert [(r["params"], r["valid"]) for r in again.rows] == [(r["params"], r["valid"]) for r in rows]
+    assert {f: (Path(f) / "metrics.json").stat().st_mtime_ns for f in folders} == written
