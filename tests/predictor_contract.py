@@ -97,7 +97,6 @@ class PredictorContract:
             rows = np.array([7, 2, 7], np.int64)
             np.testing.assert_allclose(users[rows] @ weight + bias + offset[rows, None], fitted.score_rows(rows),
                                        rtol=1e-4, atol=1e-4)
-        assert isinstance(fitted, TensorScores)  # ranking scores every trained model in torch
         if isinstance(fitted, FoldIn):  # what folds_in() declares is what fold_in does
             lo, hi = data.train.indptr[3], data.train.indptr[4]
             if fitted.folds_in():
@@ -129,6 +128,13 @@ class ModelContract(PredictorContract):
     def reload(self, fitted, data):
         registration = models.get(self.model)
         return registration.create(fitted.options, device="cpu").load(round_trip(fitted.state_dict()), data)
+
+    def test_scores_rows_in_torch(self, fitted, data):
+        """Ranking scores every trained model as a tensor on its device (a baseline's rows are copied)."""
+        assert isinstance(fitted, TensorScores)
+        rows = np.array([7, 2, 7], np.int64)
+        np.testing.assert_allclose(fitted.score_rows_tensor(rows).cpu().numpy(), fitted.score_rows(rows),
+                                   rtol=1e-5, atol=1e-5)
 
     def test_same_options_fit_the_same_model(self, fitted, data):
         again = self.fit(data)

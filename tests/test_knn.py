@@ -61,6 +61,7 @@ def test_service_answers_similar_items_from_the_similarities(tmp_path):
     """The service's similar items of a knn-item run are its most similar items by its own similarities."""
     from train_fixtures import make_rating_split
 
+    from recsys_core.records import ChampionPointer
     from recsys_core.serving.model_access import ServableModel
     from recsys_core.serving.service import Champion
     from recsys_core.train import train
@@ -69,7 +70,8 @@ def test_service_answers_similar_items_from_the_similarities(tmp_path):
     metrics = train(split.path, tmp_path / "run", "knn-item", recall_users=50)
     assert "recall@10" in metrics["test"]  # neighbours is its own option: k stays the lists' cut-off
     model = ServableModel(tmp_path / "run", "cpu")
-    champion = Champion("knn", {"version": 1, "run_dir": str(tmp_path / "run")}, model, "now", 0.0)
+    pointer = ChampionPointer.from_json({"name": "knn", "version": 1, "run_dir": str(tmp_path / "run")})
+    champion = Champion("knn", pointer, model, "now", 0.0)
     answer = champion.similar_items(int(model.item_ids[3]), 5)
     row = model.estimator.sim_array[3].copy()
     row[3] = -np.inf

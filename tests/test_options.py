@@ -130,7 +130,7 @@ def test_convert_command_does_not_import_torch():
 
 
 def test_flow_model_options_are_checked_for_every_model_before_any_stage():
-    from flows.full import train_arguments
+    from flows.parameters import train_arguments
 
     arguments = train_arguments(["autoencoder", "ease"], {"autoencoder": {"layers": [128, 256, 256]}}, seed=3, k=5)
     assert {m: options for m, (options, _) in arguments.items()} == {

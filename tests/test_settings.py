@@ -68,7 +68,7 @@ def test_a_setting_enters_the_cache_key_only_where_it_changes_what_the_run_write
 
 
 def test_the_flows_run_settings_give_the_keys_of_the_release_before():
-    from flows.full import train_arguments
+    from flows.parameters import train_arguments
 
     options, settings = train_arguments(["mf"], {"mf": {"dim": 8}}, seed=0, k=10)["mf"]
     settings = settings.replace(device="cpu", threads=2)
@@ -80,7 +80,7 @@ def test_run_settings_among_model_options_are_moved_with_a_deprecation_line():
     with pytest.warns(FutureWarning, match="k, nproc in model options is deprecated"):
         options, moved = split_legacy({"dim": 4, "k": 3, "nproc": 2})
     assert (options, moved) == ({"dim": 4}, {"k": 3, "processes": 2})
-    from flows.full import train_arguments
+    from flows.parameters import train_arguments
 
     with pytest.warns(FutureWarning, match="recall_users in model_options of mf is deprecated"):
         options, settings = train_arguments(["mf"], {"mf": {"dim": 4, "recall_users": 0}}, seed=0, k=5)["mf"]
