@@ -236,13 +236,14 @@ def _phase(host: str, port: int, pid: int, users: np.ndarray, rate: float, k: in
 def bench_floor(registry_dir: Path, name: str, args, work: Path) -> dict:
     """The service and the floor side by side at each rate (see the module docstring)."""
     from recsys_core.matrices import load_split
+    from recsys_core.runs import RunFolder
     from tests.loop_fixtures import serving
 
     rates = [float(r) for r in args.rates.split(",")]
     with serving(registry_dir, name, work / f"server-{name}.log", watch_interval=2.0,
                  extra=args.serve_arg) as (client, server):
         model = client.get("/model").json()
-        split_dir = json.loads((Path(_champion_run(registry_dir, name)) / "config.json").read_text())["split_dir"]
+        split_dir = RunFolder(_champion_run(registry_dir, name)).config().split_dir
         user_ids = load_split(split_dir).user_ids
         rng = np.random.default_rng(args.seed)
         host, port = client.base_url.host, client.base_url.port
@@ -284,6 +285,7 @@ def bench_floor(registry_dir: Path, name: str, args, work: Path) -> dict:
 
 def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
     from recsys_core.matrices import load_split
+    from recsys_core.runs import RunFolder
     from tests.loop_fixtures import serving
 
     log = work / f"server-{name}.log"
@@ -292,7 +294,7 @@ def bench_one(registry_dir: Path, name: str, args, work: Path) -> dict:
         ready_s = time.perf_counter() - started
         model = client.get("/model").json()
         model["run_dir"] = _champion_run(registry_dir, name)
-        split_dir = json.loads((Path(model["run_dir"]) / "config.json").read_text())["split_dir"]
+        split_dir = RunFolder(model["run_dir"]).config().split_dir
         user_ids = load_split(split_dir).user_ids
         rng = np.random.default_rng(args.seed)
         host, port = client.base_url.host, client.base_url.port
