@@ -78,7 +78,7 @@ class MFOptions(PairsOptions):
 
 @register("mf", options=MFOptions, help="biased matrix factorization: mu + b_u + b_i + p_u.q_i, L2")
 class MF(PairsEstimator):
-    config: MFOptions
+    options: MFOptions
     model: BiasedMF
 
     def build(self, dims: dict) -> BiasedMF:

@@ -102,7 +102,7 @@ class MLPOptions(PairsOptions):
 
 @register("mlp", options=MLPOptions, help="embedding MLP for ratings: [e_u, e_i] -> hidden layers with dropout")
 class MLP(PairsEstimator):
-    config: MLPOptions
+    options: MLPOptions
     model: EmbeddingMLP
 
     def build(self, dims: dict) -> EmbeddingMLP:
