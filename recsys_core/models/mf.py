@@ -86,6 +86,9 @@ class MF(PairsEstimator):
         return BiasedMF(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.squash, dims["rating_range"],
                         self.sparse_rows)
 
+    def penalty_weight(self) -> float:
+        return float(self.options.l2)
+
     def item_vectors(self) -> np.ndarray:
         return self.model.item_factors.weight.detach().float().cpu().numpy()
 

@@ -110,6 +110,9 @@ class MLP(PairsEstimator):
         return EmbeddingMLP(dims["n_users"], dims["n_items"], c.dim, list(c.hidden), c.dropout, dims["global_mean"],
                             self.sparse_rows)
 
+    def penalty_weight(self) -> float:
+        return float(self.options.l2)
+
     def item_vectors(self) -> np.ndarray:
         """The item embeddings."""
         return self.model.item_emb.weight.detach().float().cpu().numpy()
