@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -105,6 +105,9 @@ class TorchEstimator(Estimator):
     """A network trained by the loop. ``build(dims)`` makes the ``nn.Module`` (right after the torch seed
     is set, so the initial weights follow ``seed``); ``prepare(data)`` derives what batches need."""
 
+    options: LoopOptions
+    model: torch.nn.Module
+
     def build(self, dims: dict) -> torch.nn.Module:
         raise NotImplementedError
 
@@ -174,12 +177,33 @@ class PairsOptions(LoopOptions):
                                 "row-wise (lazy) step with adam or adagrad; sgd and rmsprop update every row")
 
 
+class PairsNetwork(Protocol):
+    """The network of a ``PairsEstimator``: ratings of ``(users, items)`` and the L2 penalty of what they touch."""
+
+    def __call__(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
+
+    def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ScoresAll(Protocol):
+    """A network that scores whole rows at once: ``[len(users), n_items]``."""
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor: ...
+
+
 class PairsEstimator(TorchEstimator):
     """One (user, item, rating) per example (biased MF, the embedding MLP): the network maps
-    ``(users, items)`` to ratings and has ``penalty(users, items)``; loss = MSE + l2 * penalty. A network
-    with ``score_all(users)`` scores whole rows at once."""
+    ``(users, items)`` to ratings and has ``penalty(users, items)``; loss = MSE + penalty_weight() * penalty.
+    A network with ``score_all(users)`` scores whole rows at once."""
 
     family = "pairs"
+    options: PairsOptions
+    model: PairsNetwork
+
+    def penalty_weight(self) -> float:
+        """The weight of the network's penalty in the loss (the model's ``l2`` option)."""
+        raise NotImplementedError
 
     @property
     def sparse_rows(self) -> bool:
@@ -207,7 +231,7 @@ class PairsEstimator(TorchEstimator):
         with self.autocast():
             pred = self.model(users, items)
         fit = observed_mse(pred, values)
-        l2 = float(self.options.l2)
+        l2 = self.penalty_weight()
         loss = fit + l2 * self.model.penalty(users, items) if l2 else fit
         yield loss, fit.detach()
 
@@ -227,7 +251,7 @@ class PairsEstimator(TorchEstimator):
 
     def score_rows_tensor(self, rows):
         rows = np.asarray(rows, np.int64)
-        if hasattr(self.model, "score_all"):
+        if isinstance(self.model, ScoresAll):
             with self._eval_mode():
                 return self.model.score_all(torch.from_numpy(rows).to(self.device)).float()
         n_items = self.data.train.shape[1]

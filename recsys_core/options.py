@@ -23,7 +23,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Self, TypeVar
 
 from recsys_core.errors import RecsysError
 
@@ -97,7 +97,13 @@ def _kind(annotation) -> tuple[str, bool]:
     raise TypeError(f"unsupported option type {annotation!r}")
 
 
-def options(cls):
+_Options = TypeVar("_Options", bound="ModelOptions")
+
+
+# option() is not named a field specifier: its default is positional, which a type checker would not read as
+# a default; seen as a plain default value, every option has one, as it does at run time.
+@typing.dataclass_transform(frozen_default=True)
+def options(cls: type[_Options]) -> type[_Options]:
     """Class decorator: a frozen dataclass whose re-declared fields keep their base's help and constraints."""
     cls = dataclass(frozen=True)(cls)
     inherited: dict[str, Any] = {}
@@ -180,6 +186,7 @@ class ModelOptions:
     of the model but a run setting (``recsys_core.settings.RunSettings``)."""
 
     presets: ClassVar[dict[str, dict]] = {}
+    _infos: ClassVar[tuple[OptionInfo, ...]]  # every option, set by @options
     # The search space a sweep uses for this model when it declares none (recsys_core.sweep; docs/sweeps.md):
     # {option: {"choices": [...]} or {"low": .., "high": .., "log": bool}}; {} = none shipped.
     sweep_space: ClassVar[dict[str, dict]] = {}
@@ -196,7 +203,7 @@ class ModelOptions:
 
     # --- making validated options ---------------------------------------------------------------------
     @classmethod
-    def resolve(cls, given: Mapping[str, Any] | None = None, model: str = "") -> "ModelOptions":
+    def resolve(cls, given: Mapping[str, Any] | None = None, model: str = "") -> Self:
         """Defaults, then the preset (``given["preset"]``, where the model has presets), then ``given``
         (None values count as not given). Every value is checked; unknown names are refused."""
         model = model or cls.__name__
@@ -218,7 +225,7 @@ class ModelOptions:
         return config
 
     @classmethod
-    def from_saved(cls, saved: Mapping[str, Any], model: str = "") -> "ModelOptions":
+    def from_saved(cls, saved: Mapping[str, Any], model: str = "") -> Self:
         """Options written by :meth:`to_dict` (other keys of the mapping, e.g. a run's "model", are ignored)."""
         names = set(cls.names())
         checked = {k: _checked(info, saved[k], model or cls.__name__) for info in cls._infos
@@ -227,7 +234,7 @@ class ModelOptions:
         config.check(model or cls.__name__)
         return config
 
-    def replace(self, model: str = "", **changes) -> "ModelOptions":
+    def replace(self, model: str = "", **changes) -> Self:
         """A copy with ``changes`` checked as :meth:`resolve` checks them."""
         unknown = sorted(set(changes) - set(self.names()))
         if unknown:

@@ -99,7 +99,8 @@ def train(split_dir, run_dir, model: str = "autoencoder", options: Mapping[str, 
     registration = models.get(model)
     ctx = distributed.from_environment(dev)  # the group torchrun started, joined here; else one process
     try:
-        resume = ctx.decide(lambda: _decide_resume(run_dir, registration, options, settings.resume))
+        wanted = settings.resume  # settings is reassigned below: a lambda would see it as possibly None
+        resume = ctx.decide(lambda: _decide_resume(run_dir, registration, options, wanted))
         resumed_threads = None
         if resume:
             registration, model_options, split_dir, saved = _resumed_options(run_dir, model, options)

@@ -18,7 +18,6 @@ from recsys_core.convert.common import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     WHOLE_STARS,
-    RatingScale,
     RatingsSink,
     Timings,
     describe_os_error,
@@ -56,6 +55,15 @@ class Source:
                                      else [])
         return [self.path]
 
+    @property
+    def form(self) -> NetflixInput | MovieLensFormat:
+        """The one form recognised (``detect`` sets exactly one of ``netflix`` and ``movielens``)."""
+        if self.netflix is not None:
+            return self.netflix
+        if self.movielens is None:
+            raise RecsysError(f"{self.path} is not a recognised data set; expected {RECOGNISED}")
+        return self.movielens
+
 
 def detect(src: str | Path) -> Source:
     """Recognise the form of ``src``; RecsysError (one sentence) when it is missing or none of ``RECOGNISED``."""
@@ -85,7 +93,7 @@ class ConversionReport:
                 f"MB/s); phases (thread seconds): {phases}; peak RSS {self.peak_rss_mb:.0f} MB")
 
 
-def _input_bytes(src: Path, netflix) -> int:
+def _input_bytes(src: Path, netflix: NetflixInput | None) -> int:
     if netflix is not None and netflix.kind.startswith("kaggle"):
         return kaggle_input_bytes(netflix.path)
     if src.is_file():
@@ -112,8 +120,8 @@ def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = D
         raise RecsysError(f"the batch size must be a positive number of megabytes, not {batch_mb}")
     if compression not in COMPRESSIONS:
         raise RecsysError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
-    source = detect(src)
-    netflix, movielens = source.netflix, source.movielens
+    form = detect(src).form
+    netflix = form if isinstance(form, NetflixInput) else None
     inputs = [src, netflix.path] + ([netflix.titles] if netflix.titles else []) if netflix else [src]
     _refuse_overlap(inputs, out_dir)
     timings = Timings()
@@ -124,25 +132,26 @@ def run_conversion(src: str | Path, out_dir: str | Path, *, compression: str = D
         with atomic_dir(out_dir) as tmp:
             sink = RatingsSink(tmp / "ratings.parquet", compression, label=out_dir / "ratings.parquet")
             try:
-                if netflix is not None and netflix.kind.startswith("kaggle"):
-                    log.info("converting Netflix (%s layout) %s into %s", netflix.kind, netflix.path, out_dir)
-                    catalog = convert_kaggle(netflix.path, tmp, sink, timings, batch_mb, label_dir=out_dir)
-                elif netflix is not None:
-                    log.info("converting Netflix %s %s into %s", netflix.kind, netflix.path, out_dir)
-                    catalog = convert_netflix(netflix, tmp, sink, timings, batch_mb, label_dir=out_dir)
+                if isinstance(form, NetflixInput) and form.kind.startswith("kaggle"):
+                    log.info("converting Netflix (%s layout) %s into %s", form.kind, form.path, out_dir)
+                    catalog = convert_kaggle(form.path, tmp, sink, timings, batch_mb, label_dir=out_dir)
+                elif isinstance(form, NetflixInput):
+                    log.info("converting Netflix %s %s into %s", form.kind, form.path, out_dir)
+                    catalog = convert_netflix(form, tmp, sink, timings, batch_mb, label_dir=out_dir)
                 else:
-                    log.info("converting %s %s into %s", movielens.source, src, out_dir)
-                    catalog = convert_movielens(src, movielens, tmp, sink, timings, label_dir=out_dir)
+                    log.info("converting %s %s into %s", form.source, src, out_dir)
+                    catalog = convert_movielens(src, form, tmp, sink, timings, label_dir=out_dir)
             finally:
                 sink.close()
-            meta = write_meta(tmp, "netflix" if netflix else movielens.source, sink, catalog,
-                              _scale(netflix, movielens), label=out_dir / "meta.json")
+            meta = write_meta(tmp, "netflix" if isinstance(form, NetflixInput) else form.source, sink, catalog,
+                              WHOLE_STARS if isinstance(form, NetflixInput) else form.scale,
+                              label=out_dir / "meta.json")
     except OSError as err:  # unreadable input, full disk, ...: the user's environment, one sentence
         raise _environment_error(err, out_dir) from err
     timings.wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = ConversionReport(meta, timings,
-                              _input_bytes(netflix.path if netflix else src / movielens.ratings_name, netflix), peak)
+    ratings_input = form.path if isinstance(form, NetflixInput) else src / form.ratings_name
+    report = ConversionReport(meta, timings, _input_bytes(ratings_input, netflix), peak)
     log.info("converted %s into %s: %s", src, out_dir, report.summary())
     return report
 
@@ -158,10 +167,6 @@ def _environment_error(err: OSError, out_dir: Path) -> RecsysError:
         return RecsysError(f"could not write {out_dir}: {describe_os_error(err)}; the previous output, if any, "
                            "is unchanged")
     return RecsysError(f"{names[0]}: {describe_os_error(err)} (nothing was written to {out_dir})")
-
-
-def _scale(netflix, movielens) -> RatingScale:
-    return WHOLE_STARS if netflix is not None else movielens.scale
 
 
 def convert(src: str | Path, out_dir: str | Path, *, compression: str = DEFAULT_COMPRESSION,

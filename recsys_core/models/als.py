@@ -84,7 +84,7 @@ def solve_rows(interactions: torch.Tensor, fixed: torch.Tensor, start: torch.Ten
           help="implicit ALS (Hu, Koren, Volinsky 2008): confidence-weighted factorization of interactions, "
                "conjugate-gradient sweeps (ranking)")
 class ALS(Estimator):
-    config: ALSOptions
+    options: ALSOptions
     family = "factorization"
     rating_model = False
 

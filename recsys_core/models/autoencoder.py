@@ -233,7 +233,7 @@ class RowsEstimator(TorchEstimator):
     """Autoencoders. ``orientation="user"``: input = a user's ratings, outputs = items (the deep
     autoencoder, U-AutoRec). ``orientation="item"``: input = an item's ratings, outputs = users (I-AutoRec)."""
 
-    config: RowsOptions
+    options: RowsOptions
     model: DeepAutoencoder
     family = "rows"
 

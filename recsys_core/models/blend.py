@@ -107,7 +107,7 @@ def ridge(features: np.ndarray, target: np.ndarray, reg: float) -> tuple[np.ndar
           help="ridge blend of the other rating runs of the same split, fitted on valid (weight by cross-"
                "validation on valid), applied to test; train it after its members")
 class Blend(Estimator):
-    config: BlendOptions
+    options: BlendOptions
     family = "blend"
     trains_after_others = True  # the flow trains it once every other model of its split is done
     needs_members = True        # it combines other runs (tests/test_real_data.py trains the standalone models)

@@ -86,7 +86,7 @@ def spd_inverse(matrix: np.ndarray, block: int = GRAM_BLOCK) -> np.ndarray:
           help="EASE (Steck 2019): closed-form item-item weights B = I - P/diag(P), P = (X^T X + lambda I)^-1 "
                "(ranking)")
 class EASE(Estimator):
-    config: EASEOptions
+    options: EASEOptions
     family = "item-item"
     rating_model = False
 

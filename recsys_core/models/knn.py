@@ -107,7 +107,7 @@ def pearson_baseline(train: sp.csr_matrix, baseline: UserItemBias, shrinkage: fl
           help="item-item kNN on the residuals of the user+item bias baseline (Koren 2010; Surprise's "
                "KNNBaseline): shrunk Pearson-baseline similarities, the k most similar items the user rated")
 class ItemKNN(Estimator):
-    config: KNNOptions
+    options: KNNOptions
     family = "item-item"
 
     def fit(self, data: SplitMatrices, run_dir: Path | None = None, resume: bool = False) -> dict:

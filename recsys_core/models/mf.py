@@ -78,13 +78,16 @@ class MFOptions(PairsOptions):
 
 @register("mf", options=MFOptions, help="biased matrix factorization: mu + b_u + b_i + p_u.q_i, L2")
 class MF(PairsEstimator):
-    config: MFOptions
+    options: MFOptions
     model: BiasedMF
 
     def build(self, dims: dict) -> BiasedMF:
         c = self.options
         return BiasedMF(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.squash, dims["rating_range"],
                         self.sparse_rows)
+
+    def penalty_weight(self) -> float:
+        return float(self.options.l2)
 
     def item_vectors(self) -> np.ndarray:
         return self.model.item_factors.weight.detach().float().cpu().numpy()

@@ -102,13 +102,16 @@ class MLPOptions(PairsOptions):
 
 @register("mlp", options=MLPOptions, help="embedding MLP for ratings: [e_u, e_i] -> hidden layers with dropout")
 class MLP(PairsEstimator):
-    config: MLPOptions
+    options: MLPOptions
     model: EmbeddingMLP
 
     def build(self, dims: dict) -> EmbeddingMLP:
         c = self.options
         return EmbeddingMLP(dims["n_users"], dims["n_items"], c.dim, list(c.hidden), c.dropout, dims["global_mean"],
                             self.sparse_rows)
+
+    def penalty_weight(self) -> float:
+        return float(self.options.l2)
 
     def item_vectors(self) -> np.ndarray:
         """The item embeddings."""

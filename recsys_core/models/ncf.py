@@ -113,7 +113,7 @@ class NCFEstimator(PairsEstimator):
     positive, drawn afresh each epoch from the epoch's seeded generator; BCE on logits. Scores are
     probabilities. Training never reads the valid or test part; validation reads valid, never test."""
 
-    config: NCFOptions
+    options: NCFOptions
     model: NCF
     family = "implicit"
     rating_model = False

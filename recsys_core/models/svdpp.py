@@ -83,7 +83,7 @@ class SVDppOptions(LoopOptions):
           help="SVD++ (Koren 2008): mu + b_u + b_i + q_i.(p_u + |N(u)|^-1/2 sum y_j), the items a user rated as "
                "implicit feedback; folds new users in by their rated items")
 class SVDpp(TorchEstimator):
-    config: SVDppOptions
+    options: SVDppOptions
     model: SVDppNet
     family = "pairs"
 

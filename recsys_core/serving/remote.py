@@ -51,10 +51,11 @@ def _child(fd: int, run_dir: str, device: str, out_dir: str) -> int:
         torch.set_num_threads(1)
         single_threaded_blas()
         model = ServableModel(run_dir, device)
-        if not model.prepare_fast_scoring():
+        linear = model._linear if model.prepare_fast_scoring() else None
+        if linear is None:
             conn.send(("not_linear", None))
             return 0
-        users, weight, bias, offset = model._linear
+        users, weight, bias, offset = linear
         arrays = {"user_ids": model.user_ids, "item_ids": model.item_ids, "known_indptr": model.known.indptr,
                   "known_indices": model.known.indices, "users": users, "weight": weight, "bias": bias,
                   "offset": offset}
