@@ -9,13 +9,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
+from rich.table import Table
+
+from recsys_core.errors import RecsysError
+from recsys_core.registry import Registry
+
 if TYPE_CHECKING:
     from recsys_core.records import HistoryEntry
 
 
 def _registry(args):
-    from recsys_core.registry import Registry
-
     return Registry(args.registry)
 
 
@@ -33,9 +37,6 @@ def _round(value):
 
 
 def _print_table(title: str, rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title, title_justify="left")
     columns = list(dict.fromkeys(k for r in rows for k in r))
     for column in columns:
@@ -46,8 +47,6 @@ def _print_table(title: str, rows: list[dict]) -> None:
 
 
 def _cmd_ls(args) -> int:
-    from recsys_core.errors import RecsysError
-
     registry = _registry(args)
     rows = []
     for name in registry.names():
@@ -69,8 +68,6 @@ def _cmd_ls(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from recsys_core.errors import RecsysError
-
     registry = _registry(args)
     champion = registry.champion(args.name)
     history = registry.history(args.name)
