@@ -149,7 +149,6 @@ def results(run: RunReport, runs: list[dict], p: PipelineParams, split_options: 
 
 
 def _estimator(model: str):
-    # the catalogue imports its model modules, so torch (~1.5 s), at its first call: never in an ETL-only run
     return catalogue.get(model).estimator
 
 

@@ -144,7 +144,7 @@ def measure_free_cores(cores: int, seconds: float = MEASURE_SECONDS) -> float:
 def dask_worker_slots() -> int | None:
     """Task slots (threads) of the Dask worker this code runs in, or None outside a Dask worker."""
     try:
-        from distributed import get_worker  # ~0.5 s (distributed), only asked while deciding threads for a training
+        from distributed import get_worker  # distributed (~0.4 s): asked only when a training decides its threads
     except ImportError:
         return None
     try:

@@ -105,7 +105,7 @@ def retry_transient(task_obj, task_run, state) -> bool:
 
 def _release_cuda_memory() -> None:
     with contextlib.suppress(Exception):
-        import torch  # torch (~1.5 s): loaded by then after a training task; the ETL tasks need none
+        import torch  # torch (~1.5 s): a training task has loaded it already; the ETL tasks never need it
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
