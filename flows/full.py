@@ -23,15 +23,22 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from flows import local_api  # noqa: E402 (no Prefect: it must start before Prefect is imported)
+
 if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
     # A command-line run: local Prefect defaults before Prefect is imported (it reads them then), and the
     # temporary API server starting now, while the rest imports (flows/local_api.py says why).
-    from flows import local_api
-
     local_api.start_early()
 
 from prefect import flow  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
+from prefect.settings import (  # noqa: E402
+    PREFECT_API_URL,
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_UI_URL,
+    temporary_settings,
+)
+from rich.console import Console  # noqa: E402
 
 from flows import steps  # noqa: E402
 from flows.parameters import (  # noqa: E402, F401 (DEFAULT_SCALE, build_parser: their old home)
@@ -109,8 +116,6 @@ def full_pipeline(**values) -> dict | State:
 
 
 def print_summary(result: dict) -> None:
-    from rich.console import Console
-
     console = Console(width=None if sys.stdout.isatty() else 160)
     data = Path(result["data_dir"])
     stages = [{**s, "output": _relative(s["output"], data)} for s in result["stages"]]
@@ -156,15 +161,6 @@ def local_run_settings(preload: tuple[str, ...] = ()):
     ``preload``: modules the run will import, imported while the temporary API boots (the parent would
     only wait then): torch, through the model registry, is ~1.5 s of an all-cached run.
     """
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        PREFECT_UI_URL,
-        temporary_settings,
-    )
-
-    from flows import local_api
-
     local_api.apply_local_defaults()
     server = local_api.take_started()
     updates = {}
@@ -185,8 +181,6 @@ def local_run_settings(preload: tuple[str, ...] = ()):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows import local_api
-
     args = parse_args(argv)
     report_json = args.pop("report_json")
     quiet_user_error_tracebacks()

@@ -23,6 +23,7 @@ child is on its way.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 
 # Prefect settings a local run gets unless the user set them. Analytics: the server's telemetry service
@@ -125,8 +127,6 @@ def _profile_has_api_url() -> bool:
     home = os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect")
     path = os.environ.get("PREFECT_PROFILES_PATH") or os.path.join(home, "profiles.toml")
     try:
-        import tomllib
-
         with open(path, "rb") as fh:
             profiles = tomllib.load(fh)
     except (OSError, ValueError):
@@ -148,8 +148,6 @@ def take_started() -> LocalAPI | None:
 def _die_with(parent: int) -> None:
     """Have the kernel send SIGTERM when the parent dies (Linux); elsewhere, watch the parent's pid."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl")
@@ -169,6 +167,7 @@ def _die_with(parent: int) -> None:
 
 def _serve(fd: int, parent: int) -> None:
     _die_with(parent)
+    # Prefect's server app (~3 s): the child alone needs it; the parent side imports no Prefect (see above)
     import uvicorn
     from prefect.server.api.server import create_app
 

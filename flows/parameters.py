@@ -36,6 +36,9 @@ from typing import Any, Callable, Mapping
 if __package__ in (None, ""):  # run as a script: python flows/parameters.py --markdown
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import yaml
+
+from recsys_core import models as catalogue  # discovers (imports) its model modules, so torch, at the first call
 from recsys_core.errors import RecsysError
 from recsys_core.settings import RunSettings, split_legacy
 from recsys_core.split import PROTOCOLS
@@ -365,8 +368,6 @@ def train_arguments(models: list[str], model_options: dict | None, seed: int, k:
     one, then the model's ``model_options``) and its run settings (``top_k`` as k; a run setting still given
     among ``model_options``, as before run settings existed, is moved there with a deprecation line); every
     one checked here, before any stage runs."""
-    from recsys_core import models as catalogue  # torch (~1.5 s): only runs that train need it
-
     if not models:
         raise RecsysError(f"models is empty; name at least one of {', '.join(catalogue.names())}")
     for model in models:
@@ -410,7 +411,7 @@ def resolve_device(device: str) -> str:
     """``auto``: cuda when torch sees a GPU, else cpu."""
     if device != "auto":
         return device
-    import torch  # only runs that train resolve the device
+    import torch  # torch (~1.5 s): only runs that train resolve the device
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -487,8 +488,6 @@ def markdown_table() -> str:
 
 
 def _registered_models() -> list[str]:
-    from recsys_core import models as catalogue
-
     return catalogue.names()
 
 
@@ -496,8 +495,6 @@ def check_deployments(path) -> list[str]:
     """Check the parameters of every deployment of a prefect.yaml as the flow will (``check_parameters`` and
     ``resolve``: names, types, choices, every model's and the split's options, the registry name); one line
     each. RecsysError, naming the file and the deployment, for the first one that fails."""
-    import yaml
-
     path = Path(path)
     lines = []
     for deployment in (yaml.safe_load(path.read_text()) or {}).get("deployments") or []:

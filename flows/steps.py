@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.parameters import PipelineParams
+from recsys_core import models as catalogue
+from recsys_core import prize
 from recsys_core.artifacts import layout
 from recsys_core.artifacts.hashing import HashMemo
 from recsys_core.artifacts.manifest import StageSpec
@@ -138,8 +140,6 @@ def results(run: RunReport, runs: list[dict], p: PipelineParams, split_options: 
     run.table("buckets", report.bucket_rows(runs), "recsys-buckets", "stage 4: where models lose, per bucket of the "
               "user's training ratings and for new items, model beside its best baseline")
     if p.protocol == "netflix-probe":  # the Prize's published numbers beside the run's probe RMSE, labelled
-        from recsys_core import prize
-
         generated = p.source == layout.SAMPLE or prize.is_generated(split_options["source"])
         run.report["prize_note"] = prize.GENERATED_NOTE if generated else prize.REAL_NOTE
         run.table("prize", prize.comparison_rows(run.report["metrics"], generated), "recsys-prize",
@@ -149,9 +149,6 @@ def results(run: RunReport, runs: list[dict], p: PipelineParams, split_options: 
 
 
 def _estimator(model: str):
-    # imported here: the model catalogue imports torch (~1.5 s), which a run --until matrices never needs
-    from recsys_core import models as catalogue
-
     return catalogue.get(model).estimator
 
 

@@ -32,8 +32,10 @@ import numpy as np
 from recsys_core.baselines import fit_baselines
 from recsys_core.errors import RecsysError
 from recsys_core.evaluation import full_catalogue_recall, rating_metrics
+from recsys_core.interactions import rating_range
 from recsys_core.records import ChampionPointer, Coverage, DecisionRow, HistoryEntry, PromotionSummary
 from recsys_core.registry import Registry
+from recsys_core.serving.model_access import ServableModel
 
 log = logging.getLogger("recsys_core.promotion")
 
@@ -143,8 +145,6 @@ def measure(predictor, data, metric: str, recall_users: int = DEFAULT_RECALL_USE
         if matrix.nnz == 0:
             result[part] = None
         elif metric in ("rmse", "mae"):
-            from recsys_core.interactions import rating_range
-
             result[part] = rating_metrics(predictor, matrix, rating_range(data.meta))[metric]
         else:
             result[part] = full_catalogue_recall(predictor, data.train, matrix, _k_of(metric), recall_users)[metric]
@@ -246,8 +246,6 @@ class _ChampionOnSplit:
 
 def _load_challengers(name: str, run_dirs: list[str], device: str) -> list:
     """The challengers as ``ServableModel``s; RecsysError unless all were trained on one split."""
-    from recsys_core.serving.model_access import ServableModel
-
     challengers = [ServableModel(run_dir, device) for run_dir in dict.fromkeys(run_dirs)]
     data = challengers[0].data
     for other in challengers[1:]:
@@ -289,8 +287,6 @@ def _measure_champion(name: str, champion: ChampionPointer, data, metric: str, d
     Any failure of loading or re-measuring it (a missing folder, a corrupt model.pt that torch cannot
     unpickle, weights of the wrong shape) makes it unreadable, not the comparison: the reason is recorded
     and the best valid challenger that beats the baselines replaces it."""
-    from recsys_core.serving.model_access import ServableModel
-
     try:
         mapped = OnNewSplit(ServableModel(champion.run_dir, device), data)
         coverage = mapped.coverage()

@@ -19,8 +19,10 @@ import numpy as np
 
 from recsys_core import prize
 from recsys_core.errors import RecsysError
+from recsys_core.interactions import rating_range
 from recsys_core.io import atomic_file
 from recsys_core.progress import progress_bar
+from recsys_core.train import load_run
 
 log = logging.getLogger("recsys_core")
 
@@ -47,9 +49,6 @@ class QualifyReport:
 def write_qualifying(run_dir: str | Path, source: str | Path, out: str | Path, device: str | None = None,
                      lines_per_chunk: int = prize.LINES_PER_CHUNK) -> QualifyReport:
     """Predict every line of ``source``'s qualifying.txt with the rating model of ``run_dir`` into ``out``."""
-    from recsys_core.interactions import rating_range
-    from recsys_core.train import load_run
-
     started = time.perf_counter()
     qualifying = prize.require_prize_file(source, prize.QUALIFYING, "a qualifying submission")
     config, data, estimator = load_run(run_dir, device)

@@ -39,16 +39,24 @@ choose.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import polars as pl
+import yaml
+
+from recsys_core import models as catalogue
 from recsys_core.errors import RecsysError
+from recsys_core.io import atomic_file, write_json
 from recsys_core.options import OptionInfo, _checked
+from recsys_core.settings import RunSettings
 
 log = logging.getLogger("recsys_core")
 
@@ -146,8 +154,6 @@ def load_sweep_file(path) -> dict:
         raise RecsysError(f"{path}: cannot read the sweep file ({err.strerror or err})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             obj = yaml.safe_load(text)
         else:
             obj = json.loads(text)
@@ -166,8 +172,6 @@ def load_sweep_file(path) -> dict:
 def parse_sweep(obj: Any, models: list[str] | None = None, seed: int = 0) -> SweepSpec:
     """Check a sweep object against the registered models' options; ``"default"`` sweeps ``models`` over
     their shipped spaces. ``seed`` is the sweep's seed where the object gives none."""
-    from recsys_core import models as catalogue
-
     if obj == "default":
         obj = {"models": {m: "default" for m in (models or [])}}
     if not isinstance(obj, Mapping):
@@ -385,7 +389,7 @@ def _grid_sampler(*args, **kwargs):
     """Optuna's GridSampler without its end-of-grid ``study.stop()`` in ``after_trial``: that call raises
     RuntimeError outside ``study.optimize`` (ask-and-tell, as here), so telling the grid's last point failed
     the whole sweep; the trial budget (capped at the grid's size) ends a sweep here."""
-    import optuna
+    import optuna  # ~0.3 s: the flow imports this module for every run, sweep or not
 
     class RoundsGridSampler(optuna.samplers.GridSampler):
         def after_trial(self, study, trial, state, values) -> None:
@@ -399,7 +403,7 @@ class Study:
 
     def __init__(self, sweep: ModelSweep, base_config: Mapping, rating_model: bool, loop_higher: bool,
                  k: int = 10, label: str = ""):
-        import optuna
+        import optuna  # ~0.3 s: the flow imports this module for every run, sweep or not
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.sweep = sweep
@@ -414,7 +418,7 @@ class Study:
 
     # --- Optuna's side ----------------------------------------------------------------------------------
     def _sampler(self):
-        import optuna
+        import optuna  # ~0.3 s: the flow imports this module for every run, sweep or not
 
         s = self.sweep
         if s.sampler == "grid":
@@ -426,7 +430,7 @@ class Study:
 
     @staticmethod
     def _distribution(p: Param):
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # ~0.3 s, ditto
 
         if p.choices is not None or p.step is not None and p.kind == "float":
             return CategoricalDistribution([_encode(v) for v in p.grid() or ()])
@@ -442,8 +446,6 @@ class Study:
 
     def next_round(self) -> list[Trial]:
         """The next ``batch`` trials (fewer at the end of the budget; none when it is spent)."""
-        from recsys_core import models as catalogue
-
         registration = catalogue.get(self.sweep.model)
         rule = None
         if self.sweep.prune is not None:
@@ -466,7 +468,7 @@ class Study:
 
     def tell(self, trial: Trial, outcome: dict) -> None:
         """Record a trial's outcome (``read_outcome`` or {"state": "failed", "error": ...}) in trial order."""
-        from optuna.trial import TrialState
+        from optuna.trial import TrialState  # ~0.3 s: the flow imports this module for every run, sweep or not
 
         trial.outcome = outcome
         state = outcome.get("state", FAILED)
@@ -555,8 +557,6 @@ def run_sweep(spec: SweepSpec, splits: list[str], base_configs: Mapping[str, dic
     """Every model of ``spec`` on every split: rounds of trials asked of its ``Study``, trained by ``run_round``
     and told back in trial order; then the complete trial with the best valid metric of each. ``base_configs``:
     per model, the options every trial starts from (``base_config``)."""
-    from recsys_core import models as catalogue
-
     studies: dict[tuple[str, str], Study] = {}
     for split in splits:
         for model, sweep in spec.models.items():
@@ -600,8 +600,6 @@ def run_sweep(spec: SweepSpec, splits: list[str], base_configs: Mapping[str, dic
 
 def base_config(model: str, seed: int = 0) -> dict:
     """The options a model's trials start from: ``seed`` for models that have one."""
-    from recsys_core import models as catalogue
-
     return {"seed": seed} if "seed" in catalogue.get(model).options.names() else {}
 
 
@@ -610,10 +608,6 @@ def base_config(model: str, seed: int = 0) -> dict:
 
 def write_table(rows: list[dict], dest) -> Path:
     """sweep.parquet: one row per trial (every column of ``Study.rows``; test metrics as test_<name>)."""
-    import polars as pl
-
-    from recsys_core.io import atomic_file
-
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = pl.DataFrame([{c: row.get(c) for c in columns} for row in rows], infer_schema_length=None)
     dest = Path(dest)
@@ -626,12 +620,10 @@ def write_table(rows: list[dict], dest) -> Path:
 def plot(rows: list[dict], dest) -> Path:
     """Valid metric vs trial, one panel per split and model: complete trials as dots, pruned as x, failed as
     marks on the axis, the best-so-far line and the chosen trial circled."""
-    import matplotlib
+    import matplotlib  # pyplot ~0.5 s, only for a sweep's plot; and the Agg backend must be chosen before it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from recsys_core.io import atomic_file
 
     panels: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -680,8 +672,6 @@ def plot(rows: list[dict], dest) -> Path:
 def write_outputs(spec: SweepSpec, result: SweepRun, out_dir) -> dict[str, str]:
     """``sweep.parquet`` (every trial), ``sweep.png`` (valid metric vs trial) and ``chosen.json`` (the trial
     chosen on valid per split and model) in ``out_dir``; returns their paths by name."""
-    from recsys_core.io import write_json
-
     out_dir = Path(out_dir)
     files = {"sweep table": str(write_table(result.rows, out_dir / "sweep.parquet")),
              "sweep plot": str(plot(result.rows, out_dir / "sweep.png"))}
@@ -699,11 +689,7 @@ def train_in_folders(matrices_dir, runs_dir, device: str | None = None, threads:
     ``runs_dir/<split>/<model>-<key>`` (the key: the trial's options and pruning rule). A folder that holds a
     finished run is read, not trained again; an unfinished one is resumed: a sweep run again asks the same
     trials and finds them done. (The flow runs rounds on its task runner instead: tasks/sweep.py.)"""
-    import hashlib
-    import time
-
-    from recsys_core.settings import RunSettings
-    from recsys_core.train import train
+    from recsys_core.train import train  # torch (~1.5 s): the flow imports this module to check sweeps
 
     settings = RunSettings(device=device, threads=threads, k=k, resume="auto")
 

@@ -144,7 +144,7 @@ def measure_free_cores(cores: int, seconds: float = MEASURE_SECONDS) -> float:
 def dask_worker_slots() -> int | None:
     """Task slots (threads) of the Dask worker this code runs in, or None outside a Dask worker."""
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # distributed (~0.4 s): asked only when a training decides its threads
     except ImportError:
         return None
     try:
@@ -206,7 +206,7 @@ def decide_threads(requested: int | None = None, concurrent: int | None = None, 
 
 def apply_threads(choice: ThreadChoice) -> ThreadChoice:
     """Set torch's intra-op threads to the choice (inter-op threads cannot change once torch has run)."""
-    import torch
+    import torch  # torch (~1.5 s): this module also serves flows/parameters.py, which imports no torch
 
     torch.set_num_threads(choice.threads)
     return choice

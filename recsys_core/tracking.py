@@ -38,7 +38,7 @@ _BATCH = 100  # params per log_batch call (MLflow's limit)
 
 def available() -> bool:
     try:
-        import mlflow  # noqa: F401
+        import mlflow  # noqa: F401 (the optional extra [mlflow]: may not be installed)
     except ImportError:
         return False
     return True
@@ -113,7 +113,7 @@ def log_run(run_dir, experiment: str, *, key: str | None = None, tracking_uri: s
     MLflow run with that key makes this a no-op. Returns (MLflow run id, whether it was logged now).
     """
     require()
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param, RunTag  # the optional extra [mlflow], checked just above
     from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recsys_core.artifacts.hashing import code_version
 from recsys_core.errors import RecsysError
 from recsys_core.threads import available_cores
 
@@ -71,8 +72,6 @@ def check_runner(task_runner: str, dask_address: str | None, dask_workers: int |
 
 def probe_worker(data_dir: str, name: str, token: str) -> dict:
     """Run on every worker: can it read the flow's probe file in the data dir, and which code does it run?"""
-    from recsys_core.artifacts.hashing import code_version
-
     try:
         seen = (Path(data_dir) / PROBE_DIR / name).read_text() == token
     except OSError:
@@ -109,6 +108,8 @@ class Fanout:
 
     # --- Dask ---------------------------------------------------------------------------------------------
     def _start_dask(self) -> None:
+        # prefect_dask (~1.5 s, with Prefect) and distributed (~0.4 s): only task_runner='dask' needs them, and
+        # flows/parameters.py imports this module without Prefect
         from prefect_dask.task_runners import DaskTaskRunner
 
         address = self.address
@@ -137,9 +138,7 @@ class Fanout:
         log.info("training tasks run on %s", self.description)
 
     def _check_workers(self, address: str) -> None:
-        from distributed import Client
-
-        from recsys_core.artifacts.hashing import code_version
+        from distributed import Client  # distributed (~0.4 s): only task_runner='dask' needs it
 
         name = f"dask-probe-{secrets.token_hex(6)}"
         token = secrets.token_hex(16)
@@ -178,7 +177,7 @@ class Fanout:
                 if on_done:
                     on_done(done[-1])
             return done
-        from distributed import as_completed
+        from distributed import as_completed  # distributed (~0.4 s): only task_runner='dask' needs it
 
         started = time.perf_counter()
         futures = [self._runner.submit(task, parameters=call.params) for call in calls]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
+
 from recsys_core.errors import RecsysError
 
 LIBRARY_LOGGER = "recsys_core"
 
 
 def _inside_a_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
@@ -28,8 +29,6 @@ def forward_library_logs(level: int = logging.INFO) -> None:
     Prefect's API handler attaches each record to the current flow or task run; the console handler of
     the root logger prints it. Idempotent.
     """
-    from prefect.logging.handlers import APILogHandler
-
     library = logging.getLogger(LIBRARY_LOGGER)
     library.setLevel(level)
     if not any(isinstance(h, APILogHandler) for h in library.handlers):
@@ -50,8 +49,6 @@ class _DropUserErrorTraceback(logging.Filter):
 
 def quiet_user_error_tracebacks() -> None:
     """Strip tracebacks of RecsysError from the terminal's log lines (the API keeps them)."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and not any(
             isinstance(f, _DropUserErrorTraceback) for f in handler.filters

@@ -8,6 +8,7 @@ evaluating anything).
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from recsys_core.errors import RecsysError
+from recsys_core.registry import Registry, check_name, default_root
 
 if TYPE_CHECKING:
     from recsys_core.promotion import Decision
@@ -35,8 +37,7 @@ def _table(decision: Decision) -> list[dict]:
 @task(name="promote", task_run_name="promote {name}", cache_policy=NO_CACHE)
 def promote_task(registry_dir: str, name: str, run_dirs: list[str], margin: float, k: int, device: str,
                  split_stats: str | None = None) -> Decision:
-    from recsys_core.promotion import promote_if_better
-    from recsys_core.registry import Registry
+    from recsys_core.promotion import promote_if_better  # torch (~1.5 s): only runs with a registry_model promote
 
     decision = promote_if_better(Registry(registry_dir), name, run_dirs, margin=margin, k=k, device=device,
                                  split_stats=split_stats)
@@ -50,10 +51,6 @@ def promote_task(registry_dir: str, name: str, run_dirs: list[str], margin: floa
 def check_options(registry_model: str, margin: float, splits: list[str] | None = None) -> None:
     """The flow's registry options, checked before any stage runs (one sentence each); ``splits``: the
     split names when they are known before splitting (netflix-time)."""
-    import math
-
-    from recsys_core.registry import check_name
-
     if not isinstance(registry_model, str):
         raise RecsysError(f"registry_model must be a name such as netflix-{SPLIT_PLACEHOLDER}, got {registry_model!r}")
     try:
@@ -72,8 +69,6 @@ def check_options(registry_model: str, margin: float, splits: list[str] | None =
 def registry_names(registry_model: str, splits: list[str]) -> dict[str, str]:
     """{split: registry model name}: ``{split}`` in the name is replaced by each split's name; a name
     without it serves one split only."""
-    from recsys_core.registry import check_name
-
     if SPLIT_PLACEHOLDER not in registry_model and len(splits) > 1:
         raise RecsysError(f"registry_model {registry_model!r} names one model but the run trains "
                           f"{len(splits)} splits ({', '.join(splits)}); put {SPLIT_PLACEHOLDER} in the name, "
@@ -85,8 +80,6 @@ def promote_runs(data_dir: str | Path, registry_model: str, runs: list[dict], ma
                  device: str, split_root: str | Path | None = None) -> list[Decision]:
     """One decision per split of the flow's trained ``runs`` ({"split", "model", "run_dir"}); ``split_root``
     is the stage-2 output holding each split's stats.json (the training dates the registry records)."""
-    from recsys_core.registry import default_root
-
     splits = list(dict.fromkeys(run["split"] for run in runs))
     names = registry_names(registry_model, splits)
     decisions = []

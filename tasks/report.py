@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from rich.table import Table
 
 from recsys_core.errors import RecsysError
 from recsys_core.runs import PredictorMetrics, RunFolder, RunMetrics
@@ -218,8 +219,6 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def rich_table(title: str, rows: list[dict], columns: list[str] | None = None):
-    from rich.table import Table
-
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     table = Table(title=title, title_justify="left")
     for column in columns:

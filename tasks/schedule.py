@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect.context import FlowRunContext
+from prefect.logging import get_run_logger
+from prefect.states import Completed
+
 SKIPPED = "Skipped"
 
 
@@ -19,8 +23,6 @@ def no_data_yet(source: Path) -> bool:
 
 def created_by_schedule() -> bool:
     """Whether the current flow run was created by a deployment's schedule (not by a person or a script)."""
-    from prefect.context import FlowRunContext
-
     context = FlowRunContext.get()
     return bool(context and context.flow_run and context.flow_run.auto_scheduled)
 
@@ -36,9 +38,6 @@ def skip_without_data(source: Path):
     """A ``Skipped`` (Completed) state for a scheduled run whose source is not there yet, else None."""
     if not (no_data_yet(source) and created_by_schedule()):
         return None
-    from prefect.logging import get_run_logger
-    from prefect.states import Completed
-
     message = waiting_for(source)
     get_run_logger().warning(message)
     return Completed(name=SKIPPED, message=message)

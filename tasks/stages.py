@@ -25,9 +25,15 @@ from prefect.transactions import get_transaction
 from recsys_core.artifacts.build import build_stage
 from recsys_core.artifacts.hashing import hash_memo
 from recsys_core.artifacts.manifest import StageSpec, read_manifest, verify
+from recsys_core.convert import convert
 from recsys_core.errors import RecsysError
+from recsys_core.matrices import build_matrices
 from recsys_core.records import StageResult
 from recsys_core.settings import RunSettings
+from recsys_core.split import split
+from recsys_core.sweep import MedianRule
+from recsys_core.synth import generate_netflix
+from tasks.logs import forward_library_logs
 
 log = logging.getLogger("recsys_core.flow")
 
@@ -99,7 +105,7 @@ def retry_transient(task_obj, task_run, state) -> bool:
 
 def _release_cuda_memory() -> None:
     with contextlib.suppress(Exception):
-        import torch
+        import torch  # torch (~1.5 s): a training task has loaded it already; the ETL tasks never need it
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -133,29 +139,21 @@ def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep
 
 @stage_task("synth")
 def synth_task(spec: StageSpec, data_dir: str, scale: float, seed: int) -> StageResult:
-    from recsys_core.synth import generate_netflix
-
     return run_stage(spec, data_dir, lambda out: generate_netflix(out, scale=scale, seed=seed))
 
 
 @stage_task("convert")
 def convert_task(spec: StageSpec, data_dir: str, source: str) -> StageResult:
-    from recsys_core.convert import convert
-
     return run_stage(spec, data_dir, lambda out: convert(source, out))
 
 
 @stage_task("split")
 def split_task(spec: StageSpec, data_dir: str, ratings_dir: str, protocol: str, options: dict) -> StageResult:
-    from recsys_core.split import split
-
     return run_stage(spec, data_dir, lambda out: split(ratings_dir, out, protocol, **options))
 
 
 @stage_task("matrices")
 def matrices_task(spec: StageSpec, data_dir: str, split_root: str) -> StageResult:
-    from recsys_core.matrices import build_matrices
-
     return run_stage(spec, data_dir, lambda out: build_matrices(split_root, out))
 
 
@@ -171,9 +169,7 @@ def train_task(spec: StageSpec, data_dir: str, split_dir: str, model: str, optio
     torch's threads (``recsys_core.threads.decide_threads``; None on a Dask worker: its task slots).
     ``prune``: a sweep trial's pruning rule (``recsys_core.sweep.MedianRule``; it is part of ``spec``'s key).
     """
-    from recsys_core.sweep import MedianRule
-    from recsys_core.train import train
-    from tasks.logs import forward_library_logs
+    from recsys_core.train import train  # torch (~1.5 s): only training tasks need it, not the ETL stages'
 
     forward_library_logs()  # on a Dask worker too: the library's log lines go to this task run
     on_epoch = MedianRule.from_dict(prune).callback() if prune else None

@@ -17,6 +17,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from recsys_core.tracking import log_run
+
 log = logging.getLogger("recsys_core.flow")
 
 _KEYED = re.compile(r"^(?P<name>.+)-[0-9a-f]{10}$")  # "<name>-<short content key>" folders (artifacts.layout)
@@ -38,8 +40,6 @@ def experiment_name(run_dir: Path) -> str:
 @task(name="track", cache_policy=NO_CACHE, task_run_name="track {label}")
 def track_task(run_dir: str, key: str, uri: str, label: str) -> str:
     """Log one finished run folder to MLflow unless its key is logged already; returns the MLflow run id."""
-    from recsys_core.tracking import log_run
-
     path = Path(run_dir)
     data_key = _KEYED.match(path.parent.parent.parent.name)
     tags = {"recsys.data": path.parent.parent.parent.name, "recsys.protocol": path.parent.parent.name,

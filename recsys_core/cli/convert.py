@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recsys_core.convert import (
+    COMPRESSIONS,
+    DEFAULT_BATCH_MB,
+    DEFAULT_COMPRESSION,
+    RECOGNISED,
+    run_conversion,
+)
+
 
 def add(subparsers, name: str, summary: str) -> None:
-    from recsys_core.convert import COMPRESSIONS, DEFAULT_BATCH_MB, DEFAULT_COMPRESSION, RECOGNISED
-
     parser = subparsers.add_parser(
         name,
         help=summary,
@@ -30,8 +36,6 @@ def add(subparsers, name: str, summary: str) -> None:
 
 
 def run(args) -> int:
-    from recsys_core.convert import run_conversion
-
     report = run_conversion(args.src, args.out_dir, compression=args.compression, batch_mb=args.batch_mb)
     print(f"wrote {args.out_dir}/ratings.parquet, items.parquet, meta.json: {report.summary()}")
     return 0

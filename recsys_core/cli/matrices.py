@@ -25,7 +25,7 @@ def add(subparsers, name: str, summary: str) -> None:
 
 
 def run(args) -> int:
-    from recsys_core.matrices import build_matrices
+    from recsys_core.matrices import build_matrices  # polars, pyarrow, scipy (~0.4 s): not for `--help`
 
     started = time.perf_counter()
     result = build_matrices(args.split_dir, args.out_dir)

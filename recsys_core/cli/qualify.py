@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recsys_core.prize import score_submission
+
 
 def add(subparsers, name: str, summary: str) -> None:
     p = subparsers.add_parser(
@@ -25,8 +27,7 @@ def add(subparsers, name: str, summary: str) -> None:
 
 
 def run(args) -> int:
-    from recsys_core.prize import score_submission
-    from recsys_core.qualify import write_qualifying
+    from recsys_core.qualify import write_qualifying  # torch (~1.5 s), through load_run: not for `--help`
 
     out = args.out or str(Path(args.run_dir) / "qualifying_predictions.txt")
     report = write_qualifying(args.run_dir, args.source, out, args.device)

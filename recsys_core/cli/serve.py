@@ -5,6 +5,12 @@ fastapi, uvicorn and torch are imported only when the command runs, never to bui
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
+
+from recsys_core.errors import RecsysError
+
 
 def single_threaded_blas() -> list[str]:
     """Set every loaded OpenBLAS (numpy's, scipy's) to one thread; returns the libraries set.
@@ -12,8 +18,6 @@ def single_threaded_blas() -> list[str]:
     A request's product (a user vector times the 64 x 17,733 output layer) is far too small to split:
     with OpenBLAS's 2 threads it took 26 ms on the loaded 2-core machine, with 1 thread 1.3 ms. numpy is
     imported before this command runs, so the OPENBLAS_NUM_THREADS variable would come too late."""
-    import ctypes
-
     done = []
     with open("/proc/self/maps") as maps:
         paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
@@ -32,10 +36,6 @@ MIN_KEY_CHARS = 16
 
 def api_key(args) -> str | None:
     """The API key from ``--api-key-file`` (its first line) or ``RECSYS_API_KEY``; None when neither is set."""
-    import os
-
-    from recsys_core.errors import RecsysError
-
     if args.api_key_file:
         try:
             with open(args.api_key_file, encoding="utf-8") as fh:
@@ -53,8 +53,7 @@ def api_key(args) -> str | None:
 
 
 def _serve(args) -> int:
-    import logging
-
+    # torch, fastapi and uvicorn (~2 s): only when the service runs, never for the parser (or `recsys --help`)
     import torch
     import uvicorn
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from recsys_core.errors import RecsysError
+from recsys_core.split import PROTOCOLS, protocol_options, split, stats_table
 
 _FLAGS = {  # option -> (argparse keywords, help)
     "splits": ({}, "netflix-time: comma-separated subset of N3M,N6M,N1Y,NF (default: all four)"),
@@ -41,8 +42,6 @@ _FLAGS = {  # option -> (argparse keywords, help)
 
 
 def run(args) -> int:
-    from recsys_core.split import protocol_options, split, stats_table
-
     accepted = set(protocol_options(args.protocol))
     given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
     foreign = sorted(set(given) - accepted)
@@ -64,8 +63,6 @@ def run(args) -> int:
 
 
 def add(subparsers, name: str, summary: str) -> None:
-    from recsys_core.split import PROTOCOLS
-
     p = subparsers.add_parser(
         name, help=summary,
         description="Split RATINGS_DIR (a stage-1 folder) into one folder per split under OUT_DIR (train, valid, "

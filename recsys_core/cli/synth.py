@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from recsys_core.synth import (
+    DEFAULT_PROFILE,
+    DISTRIBUTION_TAR_GZ,
+    KAGGLE_ZIP,
+    LAYOUTS,
+    MAX_SCALE,
+    MIN_SCALE,
+    PROFILES,
+    generate_netflix,
+)
+
 
 def add(subparsers, name: str, summary: str) -> None:
-    from recsys_core.synth import (
-        DEFAULT_PROFILE,
-        DISTRIBUTION_TAR_GZ,
-        KAGGLE_ZIP,
-        LAYOUTS,
-        MAX_SCALE,
-        MIN_SCALE,
-        PROFILES,
-    )
-
     parser = subparsers.add_parser(
         name,
         help=summary,
@@ -77,8 +78,6 @@ def add(subparsers, name: str, summary: str) -> None:
 
 
 def run(args) -> int:
-    from recsys_core.synth import generate_netflix
-
     meta = generate_netflix(args.out, scale=args.scale, seed=args.seed, tar=args.tar, layout=args.layout,
                             zip_archive=args.zip, profile=args.profile, distribution=args.tar_gz)
     print(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recsys_core.artifacts.hashing import HashMemo
+from recsys_core.artifacts.manifest import verify_tree
 from recsys_core.errors import RecsysError
 
 
@@ -19,9 +21,6 @@ def add(subparsers, name: str, summary: str) -> None:
 
 
 def run(args) -> int:
-    from recsys_core.artifacts.hashing import HashMemo
-    from recsys_core.artifacts.manifest import verify_tree
-
     if not args.path.exists():
         raise RecsysError(f"{args.path}: no such file or folder")
     checks = verify_tree(args.path, HashMemo(None))

@@ -20,6 +20,9 @@ from __future__ import annotations
 import calendar
 import time
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 # latency buckets (s): a known user's answer takes ~1 ms; the tail shows the machine, swaps and GC
 METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -30,8 +33,6 @@ class _ChampionCollector:
         self.holder = holder
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         holder, name = self.holder, self.holder.name
         champion = holder.current
         version = GaugeMetricFamily("recsys_champion_version", "version of the served champion", labels=["model"])
@@ -56,8 +57,6 @@ class ServiceMetrics:
     """The counters and histogram the HTTP layer feeds, plus the holder's figures."""
 
     def __init__(self, holder):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
         self.registry = CollectorRegistry()
         self.requests = Counter("recsys_http_requests", "HTTP requests answered, by route and status",
                                 ["method", "route", "status"], registry=self.registry)
@@ -78,6 +77,4 @@ class ServiceMetrics:
         children[1].observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

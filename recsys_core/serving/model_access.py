@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from recsys_core.errors import RecsysError
+from recsys_core.estimators import TorchEstimator
 from recsys_core.interactions import rating_range
 from recsys_core.predictor import ItemSimilarities, ItemVectors, LinearScores, folds_in
 from recsys_core.runs import RunConfig
+from recsys_core.serving.remote import load_in_child
+from recsys_core.train import load_run
 
 
 class FoldInUnsupported(RecsysError):
@@ -39,9 +42,6 @@ class ServableModel:
     the model answering scores for known users, folded-in users and items."""
 
     def __init__(self, run_dir: str | Path, device: str = "cpu"):
-        from recsys_core.estimators import TorchEstimator
-        from recsys_core.train import load_run
-
         self.run_dir = Path(run_dir).resolve()
         config, self.data, self.estimator = load_run(self.run_dir, device)
         self.config = RunConfig.from_json(config)   # as the run's config.json (model.pt holds a copy)
@@ -76,8 +76,6 @@ class ServableModel:
         output layer, ids, titles, seen items, item vectors) and never builds the training estimator;
         fold-ins go to that child. Any other model, or any with ``in_child`` False, is loaded here, as
         ``ServableModel(run_dir)``."""
-        from recsys_core.serving.remote import load_in_child
-
         if not in_child:
             return cls(run_dir, device)
         model = cls.__new__(cls)

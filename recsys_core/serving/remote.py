@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
+from recsys_core.cli.serve import single_threaded_blas
 from recsys_core.errors import RecsysError
 from recsys_core.runs import RunConfig
 
@@ -43,10 +45,7 @@ def _child(fd: int, run_dir: str, device: str, out_dir: str) -> int:
     """The child's life: load, write the arrays, answer fold-ins until the parent closes the socket."""
     conn = Connection(fd)
     try:
-        import torch
-
-        from recsys_core.cli.serve import single_threaded_blas
-        from recsys_core.serving.model_access import ServableModel
+        from recsys_core.serving.model_access import ServableModel  # import cycle: model_access imports this module
 
         torch.set_num_threads(1)
         single_threaded_blas()
