@@ -89,25 +89,31 @@ class NCFOptions(PairsOptions):
                                    "weight_decay": {"low": 1e-7, "high": 1e-3, "log": True}}
 
 
-# The MLP tower learns the user-item interaction from 0.01-scale embeddings alone (no dot product to lean
-# on, unlike GMF and NeuMF), so it needs more epochs: with a cap of 20 its default run on the default
-# sample stopped at the cap while valid HR@10 was still rising (issue 14 part 6). The cap is a ceiling
-# only: early stopping on valid HR@10 (patience 3) ends the run. Measured with cap 100 on a smaller
-# leave-one-out sample (synth --scale 0.001: 480 users x 561 items, 99,697 ratings): valid HR@10 0.192
-# (epoch 1), 0.210 (5), 0.248 (10, best), stopped after epoch 13; test HR@10 0.230 vs most-popular 0.215.
-# There it stops well inside 20 either way; 60 (the autoencoder's cap) leaves the larger samples room.
-# lr 0.003 chosen on real MovieLens leave-one-out valid (best valid HR@10 0.7332 against 0.7228 at 0.001, 0.7243
-# at dim 32, 0.7168 at 8 negatives); with the sparse step at 0.001 it stopped at epoch 7 on the generated sample at
-# most-popular's HR@10 (0.498 vs 0.497), at 0.003 it climbs past it (valid 0.525 by epoch 12). docs/train.md.
+# Batch size and learning rate of each kind chosen on real MovieLens leave-one-out valid (docs/train.md, "The
+# defaults on real data", and docs/sweeps/*-real-loo.yaml); the MLP tower's epoch cap is a ceiling only (early
+# stopping ends the run): it learns from 0.01-scale embeddings alone and needs more epochs than GMF and NeuMF.
+@options
+class GMFOptions(NCFOptions):
+    batch_size: int = 1024
+    lr: float = 0.004
+
+
 @options
 class NCFMLPOptions(NCFOptions):
+    batch_size: int = 1024
     epochs: int = 60
-    lr: float = 0.003
+    lr: float = 0.006
 
 
-@register("gmf", options=NCFOptions, kind="gmf", help="NCF generalized matrix factorization (implicit)")
+@options
+class NeuMFOptions(NCFOptions):
+    batch_size: int = 1024
+    lr: float = 0.002
+
+
+@register("gmf", options=GMFOptions, kind="gmf", help="NCF generalized matrix factorization (implicit)")
 @register("ncf-mlp", options=NCFMLPOptions, kind="mlp", help="NCF multi-layer perceptron (implicit)")
-@register("neumf", options=NCFOptions, kind="neumf", help="NCF NeuMF = GMF + MLP fused (implicit)")
+@register("neumf", options=NeuMFOptions, kind="neumf", help="NCF NeuMF = GMF + MLP fused (implicit)")
 class NCFEstimator(PairsEstimator):
     """NCF: every training rating is a positive; ``negatives`` items outside the user's training ratings per
     positive, drawn afresh each epoch from the epoch's seeded generator; BCE on logits. Scores are
