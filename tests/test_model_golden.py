@@ -28,8 +28,8 @@ Re-recorded on purpose:
   mean of 1.086 and GMF's HR@10 at 0.267 against most-popular's 0.287. The rating cases record the oracle's
   RMSE (oracle.test.rmse) so the recorded values can be held to their bar without training.
 - issue 17 (defaults chosen on real data): gmf, ncf-mlp, neumf and neumf-on-ratings train at their new defaults,
-  batch 1024 with lr 0.004 / 0.006 / 0.002 (were batch 256, lr 0.001 / 0.003 / 0.001), chosen on real
-  MovieLens leave-one-out valid (docs/train.md); every other case unchanged.
+  batch 1024 (was 256) and GMF's lr 0.004 (was 0.001), chosen on real MovieLens leave-one-out valid
+  (docs/train.md); every other case unchanged.
 """
 
 from __future__ import annotations

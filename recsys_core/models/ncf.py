@@ -102,13 +102,12 @@ class GMFOptions(NCFOptions):
 class NCFMLPOptions(NCFOptions):
     batch_size: int = 1024
     epochs: int = 60
-    lr: float = 0.006
+    lr: float = 0.003
 
 
 @options
 class NeuMFOptions(NCFOptions):
     batch_size: int = 1024
-    lr: float = 0.002
 
 
 @register("gmf", options=GMFOptions, kind="gmf", help="NCF generalized matrix factorization (implicit)")
