@@ -30,6 +30,7 @@ def loop_runs(tmp_path_factory):
     import os
 
     os.environ.setdefault("RECSYS_PROGRESS", "0")
+    from recsys_core.settings import RunSettings
     from recsys_core.train import train
     from tests.loop_fixtures import make_growing_splits
 
@@ -42,7 +43,7 @@ def loop_runs(tmp_path_factory):
     runs = {"old": old, "new": new}
     for label, (split, model, options) in plan.items():
         runs[label] = root / "runs" / label
-        train(split, runs[label], model, device="cpu", recall_users=500, **options)
+        train(split, runs[label], model, options, RunSettings(device="cpu", recall_users=500))
     return runs
 
 

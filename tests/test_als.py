@@ -10,6 +10,7 @@ from train_fixtures import make_leave_one_out_split
 
 from recsys_core.interactions import torch_csr
 from recsys_core.models.als import solve_rows
+from recsys_core.settings import RunSettings
 from recsys_core.train import train
 
 
@@ -35,7 +36,7 @@ def test_conjugate_gradient_reaches_the_exact_least_squares_solution():
 
 def test_ranks_above_most_popular_on_leave_one_out(tmp_path):
     split = make_leave_one_out_split(tmp_path / "loo")
-    metrics = train(split.path, tmp_path / "run", "als", recall_users=400)
+    metrics = train(split.path, tmp_path / "run", "als", None, RunSettings(recall_users=400))
     popular = metrics["baselines"]["most_popular"]["test"]
     assert metrics["test"]["hr@10"] > popular["hr@10"] + 0.1, (metrics["test"], popular)
     assert metrics["test"]["recall@10"] > popular["recall@10"]

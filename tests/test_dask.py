@@ -6,7 +6,9 @@
   (duplicate trials of one key at once) leave every manifest verifying; a re-run is all Cached;
 - a separately started ``dask scheduler`` + ``dask worker`` pair on 127.0.0.1 (``dask_address``); a worker that
   cannot see the data dir (its own mount namespace) is refused with one sentence;
-- a failed trial never fails the sweep, and a killed sweep resumes with its finished trials cached.
+- a failed trial never fails the sweep, and a killed sweep resumes with its finished trials cached (a flow
+  given a run setting among its model_options, the spelling of the release before, accepted with a deprecation
+  line: kept here on purpose).
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ pytestmark = pytest.mark.slow
 
 
 SCALE = 0.002
-MF = {"mf": {"epochs": 2, "dim": 4, "recall_users": 50}}
+MF = {"mf": {"epochs": 2, "dim": 4}}
+# recall_users is a run setting (recsys_core.settings.RunSettings) that the flow takes no parameter for: given
+# among model_options as before it existed, it is moved there with a deprecation line, for one release.
+LEGACY_MF = {"mf": {**MF["mf"], "recall_users": 50}}
 # Two values of one option and 3 trials a round: every round holds two trials of one content key at once.
 SWEEP = {"sampler": "random", "seed": 0, "trials": 6, "batch": 3, "prune": {"startup_trials": 2, "warmup_epochs": 1},
-         "models": {"mf": {"space": {"dim": {"choices": [4, 8]}}, "fixed": {"epochs": 3, "recall_users": 50}}}}
+         "models": {"mf": {"space": {"dim": {"choices": [4, 8]}}, "fixed": {"epochs": 3}}}}
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
@@ -212,14 +217,14 @@ full_pipeline(data_dir={data!r}, **json.loads(sys.argv[1]))
 # random order: with seed 1 the failing point is the fourth trial.
 FAILING = {"sampler": "grid", "seed": 1, "trials": 4, "batch": 1, "prune": False,
            "models": {"mf": {"space": {"lr": {"choices": [0.003, 1e7, 0.01, 0.005]}},
-                             "fixed": {"epochs": 4, "dim": 4, "recall_users": 50}}}}
+                             "fixed": {"epochs": 4, "dim": 4}}}}
 
 
 def test_a_failed_trial_never_fails_the_sweep_and_a_killed_sweep_resumes(sandbox, etl, tmp_path):
     from flows.full import full_pipeline
 
     data = _copy(etl, tmp_path / "data")
-    params = dict(sample_scale=SCALE, models=["mf"], model_options=MF, sweep=FAILING, threads=1)
+    params = dict(sample_scale=SCALE, models=["mf"], model_options=LEGACY_MF, sweep=FAILING, threads=1)
     driver = tmp_path / "driver.py"
     marker = tmp_path / "marker"
     driver.write_text(SWEEP_THEN_WAIT.format(data=str(data), marker=str(marker)))
@@ -245,7 +250,8 @@ def test_a_failed_trial_never_fails_the_sweep_and_a_killed_sweep_resumes(sandbox
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    report = full_pipeline(data_dir=str(data), **params)
+    with pytest.warns(FutureWarning, match="recall_users in model_options of mf is deprecated"):
+        report = full_pipeline(data_dir=str(data), **params)
     trials = _trials(report)
     assert len(trials) == 4
     assert trials.filter(pl.col("params").str.contains("1000000"))["state"].to_list() == ["failed"]

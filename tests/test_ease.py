@@ -9,6 +9,7 @@ from predictor_contract import ModelContract
 from train_fixtures import make_leave_one_out_split
 
 from recsys_core import models
+from recsys_core.settings import RunSettings
 from recsys_core.train import train
 
 
@@ -31,7 +32,7 @@ def test_weights_are_steck_closed_form():
 
 def test_ranks_far_above_most_popular_on_leave_one_out(tmp_path):
     split = make_leave_one_out_split(tmp_path / "loo")
-    metrics = train(split.path, tmp_path / "run", "ease", recall_users=400)
+    metrics = train(split.path, tmp_path / "run", "ease", None, RunSettings(recall_users=400))
     popular = metrics["baselines"]["most_popular"]["test"]
     assert metrics["test"]["hr@10"] > popular["hr@10"] + 0.2, (metrics["test"], popular)
     assert metrics["test"]["recall@10"] > popular["recall@10"]

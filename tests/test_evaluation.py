@@ -30,9 +30,11 @@ from recsys_core.evaluation import (
 )
 from recsys_core.interactions import load_split_data, row_batch
 from recsys_core.sampling import sample_negatives
+from recsys_core.settings import RunSettings
 from recsys_core.train import load_run, recommend, recommend_for_ratings, train
 
 torch.set_num_threads(2)
+QUICK = RunSettings(recall_users=0)  # the trainings here read RMSE, the buckets and the top-K, not Recall@K
 
 
 def test_rmse_and_mae_by_hand():
@@ -195,7 +197,7 @@ def ae_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ae")
     split = make_rating_split(root / "N3M", n_users=300, n_items=80, n_ratings=12_000)
     run = root / "run"
-    train(split.path, run, "autoencoder", epochs=5, layers=[32, 16], dropout=0.2, recall_users=0)
+    train(split.path, run, "autoencoder", {"epochs": 5, "layers": [32, 16], "dropout": 0.2}, QUICK)
     return split, run
 
 
@@ -241,7 +243,7 @@ def test_new_user_is_scored_by_feeding_their_ratings_through_the_autoencoder(ae_
 
 def test_new_user_needs_a_model_that_folds_in(ae_run, tmp_path):
     split, _ = ae_run
-    train(split.path, tmp_path / "mlp", "mlp", epochs=1, recall_users=0)  # MF folds in since the loop's port
+    train(split.path, tmp_path / "mlp", "mlp", {"epochs": 1}, QUICK)  # MF folds in since the loop's port
     with pytest.raises(RecsysError, match="cannot score a user absent from training"):
         recommend_for_ratings(tmp_path / "mlp", {1: 5.0})
 
@@ -410,7 +412,7 @@ def test_a_trained_runs_metrics_json_has_errors_per_bucket_for_the_model_and_eve
 
 def test_a_ranking_runs_metrics_json_has_hit_rate_per_bucket(tmp_path):
     split = make_leave_one_out_split(tmp_path / "loo", n_users=200, n_items=250, mean_per_user=20)
-    metrics = train(split.path, tmp_path / "run", "ease", recall_users=0)
+    metrics = train(split.path, tmp_path / "run", "ease", None, QUICK)
     rows = {r["bucket"]: r for r in metrics["buckets"]["test"]}
     assert "valid" not in metrics["buckets"]  # the fixture has no valid part
     assert sum(r["ranked_users"] for b, r in rows.items() if b != "new items") == metrics["test"]["n_ranked"]

@@ -64,10 +64,11 @@ def test_service_answers_similar_items_from_the_similarities(tmp_path):
     from recsys_core.records import ChampionPointer
     from recsys_core.serving.model_access import ServableModel
     from recsys_core.serving.service import Champion
+    from recsys_core.settings import RunSettings
     from recsys_core.train import train
 
     split = make_rating_split(tmp_path / "split", n_users=150, n_items=40, n_ratings=3000)
-    metrics = train(split.path, tmp_path / "run", "knn-item", recall_users=50)
+    metrics = train(split.path, tmp_path / "run", "knn-item", None, RunSettings(recall_users=50))
     assert "recall@10" in metrics["test"]  # neighbours is its own option: k stays the lists' cut-off
     model = ServableModel(tmp_path / "run", "cpu")
     pointer = ChampionPointer.from_json({"name": "knn", "version": 1, "run_dir": str(tmp_path / "run")})

@@ -57,7 +57,7 @@ TOLERANCE = 1e-6
 # The fixtures of the quality bars (tests/quality_bars.py, tests/test_models.py): the recorded values must pass them.
 RATING = dict()   # make_rating_split's defaults: 1,000 users x 200 items, 100,000 ratings
 LOO = dict()      # make_leave_one_out_split's defaults: 400 users x 300 items, ~50 each
-COMMON = dict(recall_users=60, seed=3)
+SEED = dict(seed=3)  # every case's model options start here
 # name -> (fixture, model, options): every model at its defaults (trained to early stopping; the NCF models, which
 # have no valid part to stop on here, for tests/test_models.py's epochs), plus an autoencoder that takes every
 # random and scheduled path (input noise, re-feeding, code dropout, momentum SGD with a step schedule, tied weights).
@@ -102,13 +102,15 @@ def _numbers(metrics: dict, history: dict) -> dict:
 
 
 def run_case(root: Path, splits: dict[str, tuple[Path, float]], name: str) -> dict:
+    from recsys_core.settings import RunSettings
     from recsys_core.train import train
 
     fixture, model, options = CASES[name]
     split_dir, oracle = splits[fixture]
     run_dir = root / "runs" / name
     # two threads, pinned: the default lowers itself on a loaded machine, and MLP / NCF sum differently at 1
-    metrics = train(split_dir, run_dir, model, device="cpu", threads=2, **{**COMMON, **options})
+    settings = RunSettings(device="cpu", threads=2, recall_users=60)
+    metrics = train(split_dir, run_dir, model, {**SEED, **options}, settings)
     history = json.loads((run_dir / "history.json").read_text())
     numbers = _numbers(metrics, history)
     if math.isfinite(oracle):

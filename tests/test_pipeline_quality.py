@@ -8,6 +8,7 @@ import torch
 
 from recsys_core.convert import convert
 from recsys_core.matrices import build_matrices, load_split
+from recsys_core.settings import RunSettings
 from recsys_core.split import split
 from recsys_core.synth import generate_netflix, load_oracle
 from recsys_core.train import train
@@ -38,7 +39,7 @@ def random_split(tmp_path_factory):
 
 def test_biased_mf_with_defaults_gets_within_5_percent_of_the_oracle(random_split, tmp_path):
     split_dir, oracle_rmse = random_split
-    metrics = train(split_dir, tmp_path / "mf", "mf", recall_users=0)
+    metrics = train(split_dir, tmp_path / "mf", "mf", None, RunSettings(recall_users=0))
     rmse = metrics["test"]["rmse"]
     assert 0.80 < oracle_rmse < 0.90  # the generator's documented noise level
     assert rmse <= 1.05 * oracle_rmse, (rmse, oracle_rmse)

@@ -173,6 +173,7 @@ def test_submission_pieces_keep_headers_across_chunks(tmp_path):
 def generated_run(tmp_path_factory):
     """A generated set (scale 0.002) split by its probe.txt, and an MF trained on it (2 epochs)."""
     from recsys_core.matrices import build_matrices
+    from recsys_core.settings import RunSettings
     from recsys_core.synth import generate_netflix
     from recsys_core.train import train
 
@@ -181,7 +182,7 @@ def generated_run(tmp_path_factory):
     convert(root / "raw", root / "converted")
     split(root / "converted", root / "splits", "netflix-probe", source=str(root / "raw"))
     build_matrices(root / "splits", root / "matrices")
-    train(root / "matrices" / "probe", root / "run", model="mf", epochs=2, threads=1)
+    train(root / "matrices" / "probe", root / "run", "mf", {"epochs": 2}, RunSettings(threads=1))
     return root, meta
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from train_fixtures import make_rating_split, pause_after_first_checkpoint, sigkill_at_first_checkpoint
 
+from recsys_core.settings import RunSettings
 from recsys_core.train import train
 
 THREADS = 2  # the default on the project's machine; the parallel kernels need > 1
@@ -30,7 +31,8 @@ CASES = {
     "mlp": ("mlp", dict(batch_size=2048)),
     "neumf": ("neumf", dict(batch_size=4096)),
 }
-COMMON = dict(epochs=EPOCHS, seed=3, patience=0, recall_users=50)
+COMMON = dict(epochs=EPOCHS, seed=3, patience=0)  # every case's model options start here
+RUN = RunSettings(recall_users=50)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def _cli(split, run_dir, model, options, resume=False) -> list[str]:
         return command + ["--resume"]
     for key, value in {**COMMON, **options}.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    return command
+    return command + ["--recall-users", str(RUN.recall_users)]
 
 
 def _kill_after_first_checkpoint(command, run_dir, timeout=600.0) -> int:
@@ -84,14 +86,14 @@ def _kill_after_first_checkpoint(command, run_dir, timeout=600.0) -> int:
 def test_two_runs_and_a_killed_and_resumed_run_are_bit_identical(split, tmp_path, case):
     model, model_options = CASES[case]
     options = {**COMMON, **model_options}
-    train(split.path, tmp_path / "first", model, **options)
-    train(split.path, tmp_path / "second", model, **options)
+    train(split.path, tmp_path / "first", model, options, RUN)
+    train(split.path, tmp_path / "second", model, options, RUN)
     _assert_bit_identical(tmp_path / "first", tmp_path / "second")
 
     killed = tmp_path / "killed"
     epoch = _kill_after_first_checkpoint(_cli(split, killed, model, model_options), killed)
     assert 1 <= epoch < EPOCHS, "the run was not interrupted before its end"
     assert not (killed / "predictions.parquet").exists()
-    train(split.path, killed, model, resume=True)
+    train(split.path, killed, model, None, RunSettings(resume=True))
     _assert_bit_identical(tmp_path / "first", killed)
     assert [p.name for p in killed.iterdir() if p.name.startswith(".")] == []  # no temporary left behind

@@ -11,6 +11,7 @@ from train_fixtures import make_rating_split
 
 from recsys_core import models
 from recsys_core.errors import RecsysError
+from recsys_core.settings import RunSettings
 from recsys_core.sweep import (
     COMPLETE,
     FAILED,
@@ -151,8 +152,8 @@ def test_a_pruned_trial_is_an_ordinary_run_folder(tmp_path):
     torch.set_num_threads(2)
     split = make_rating_split(tmp_path / "N3M", n_users=120, n_items=40, n_ratings=3000)
     rule = MedianRule((0.1, 0.1, 0.1, 0.1), warmup_epochs=1, higher_is_better=False)  # nothing reaches 0.1
-    metrics = train(split.path, tmp_path / "run", "mf", on_epoch=rule.callback(), epochs=4, patience=0, dim=4,
-                    recall_users=20)
+    metrics = train(split.path, tmp_path / "run", "mf", {"epochs": 4, "patience": 0, "dim": 4},
+                    RunSettings(recall_users=20), on_epoch=rule.callback())
     assert metrics["training"]["pruned_at_epoch"] == 2 and metrics["training"]["epochs_done"] == 2
     outcome = read_outcome(tmp_path / "run", "rmse")
     assert outcome["state"] == PRUNED and len(outcome["curve"]) == 2 and outcome["valid"] > 0

@@ -14,11 +14,13 @@ from train_fixtures import make_rating_split
 
 from recsys_core.cli import main
 from recsys_core.errors import RecsysError
+from recsys_core.settings import RunSettings
 from recsys_core.threads import ENV, available_cores, cgroup_cpu_limit, decide_threads
 from recsys_core.train import train
 from tests.flow_support import ROOT
 
-MF = dict(epochs=2, patience=0, recall_users=20, dim=4)
+MF = dict(epochs=2, patience=0, dim=4)
+ONE_THREAD = RunSettings(threads=1, recall_users=20)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,7 @@ def test_train_logs_and_records_the_threads(split, tmp_path, caplog):
     import torch
 
     with caplog.at_level(logging.INFO, logger="recsys_core"):
-        metrics = train(split.path, tmp_path / "run", "mf", threads=1, **MF)
+        metrics = train(split.path, tmp_path / "run", "mf", MF, ONE_THREAD)
     assert torch.get_num_threads() == 1
     assert "1 torch thread (asked for" in caplog.text
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["training"]
@@ -148,9 +150,9 @@ def test_train_logs_and_records_the_threads(split, tmp_path, caplog):
 def test_a_resumed_run_keeps_the_threads_of_the_run_it_continues(split, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     run = tmp_path / "run"
-    train(split.path, run, "mf", threads=1, **MF)
+    train(split.path, run, "mf", MF, ONE_THREAD)
     assert json.loads((run / "config.json").read_text())["threads"] == 1
-    metrics = train(split.path, run, "mf", resume=True, epochs=3)
+    metrics = train(split.path, run, "mf", {"epochs": 3}, RunSettings(resume=True))
     assert metrics["training"]["threads"] == 1 and "as the run it resumes" in metrics["training"]["threads_reason"]
     import torch
 

@@ -7,6 +7,7 @@ import json
 import pytest
 from train_fixtures import make_rating_split
 
+from recsys_core.settings import RunSettings
 from recsys_core.tracking import KEY_TAG, log_run, metric_name
 from recsys_core.train import train
 from tasks.tracking import experiment_name
@@ -21,7 +22,8 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     split = make_rating_split(root / "N3M", n_users=200, n_items=60, n_ratings=6_000)
     run = root / "runs" / "netflix-0123456789" / "netflix-time-abcdefabcd" / "N3M" / "autoencoder-fedcba9876"
-    train(split.path, run, "autoencoder", epochs=3, layers=[16], patience=0, recall_users=50, device="cpu")
+    train(split.path, run, "autoencoder", {"epochs": 3, "layers": [16], "patience": 0},
+          RunSettings(device="cpu", recall_users=50))
     return run
 
 
