@@ -39,6 +39,7 @@ choose.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -56,7 +57,7 @@ from recsys_core import models as catalogue
 from recsys_core.errors import RecsysError
 from recsys_core.io import atomic_file, write_json
 from recsys_core.options import OptionInfo, _checked
-from recsys_core.settings import RunSettings
+from recsys_core.settings import RunSettings, split_legacy
 
 log = logging.getLogger("recsys_core")
 
@@ -129,12 +130,20 @@ class ModelSweep:
     seed: int
     batch: int
     prune: Pruning | None
+    # run settings a sweep file still gives among its fixed options (``recall_users: 50``), as before
+    # RunSettings: accepted for one release with a deprecation line, applied to every trial's settings
+    run_settings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """Canonical JSON form (what a sweep's identity is made of)."""
-        return {"model": self.model, "space": {p.name: p.as_dict() for p in self.space}, "fixed": self.fixed,
-                "trials": self.trials, "sampler": self.sampler, "seed": self.seed, "batch": self.batch,
-                "prune": None if self.prune is None else vars(self.prune)}
+        out = {"model": self.model, "space": {p.name: p.as_dict() for p in self.space}, "fixed": self.fixed,
+               "trials": self.trials, "sampler": self.sampler, "seed": self.seed, "batch": self.batch,
+               "prune": None if self.prune is None else vars(self.prune)}
+        return {**out, "run_settings": self.run_settings} if self.run_settings else out
+
+    def settings(self, base: RunSettings) -> RunSettings:
+        """``base`` with the run settings this sweep's file gave among its fixed options."""
+        return base.replace(**self.run_settings) if self.run_settings else base
 
 
 @dataclass(frozen=True)
@@ -197,8 +206,9 @@ def parse_sweep(obj: Any, models: list[str] | None = None, seed: int = 0) -> Swe
             space = registration.options.sweep_space
             if not space:
                 raise RecsysError(f"sweep: model {model} ships no default search space; declare its space")
-        fixed = dict(entry.get("fixed") or {})
-        result[model] = _model_sweep(model, registration.options, space, fixed, settings)
+        fixed, run_settings = split_legacy(entry.get("fixed"), where=f"the sweep's fixed options of {model}")
+        result[model] = dataclasses.replace(_model_sweep(model, registration.options, space, fixed, settings),
+                                            run_settings=run_settings)
     return SweepSpec(result)
 
 
@@ -684,7 +694,7 @@ def write_outputs(spec: SweepSpec, result: SweepRun, out_dir) -> dict[str, str]:
 
 
 def train_in_folders(matrices_dir, runs_dir, device: str | None = None, threads: int | None = None,
-                     k: int = 10) -> RunRound:
+                     k: int = 10, spec: SweepSpec | None = None) -> RunRound:
     """A ``RunRound`` training each trial in this process, one after another, with ``recsys_core.train`` into
     ``runs_dir/<split>/<model>-<key>`` (the key: the trial's options and pruning rule). A folder that holds a
     finished run is read, not trained again; an unfinished one is resumed: a sweep run again asks the same
@@ -697,14 +707,18 @@ def train_in_folders(matrices_dir, runs_dir, device: str | None = None, threads:
         outcomes = []
         for job in jobs:
             config, prune = dict(job.trial.config or {}), job.trial.prune
-            key = hashlib.sha256(json.dumps({"model": job.model, **config, "prune": prune}, sort_keys=True,
+            moved = spec.models[job.model].run_settings if spec is not None else {}
+            trial_settings = settings.replace(**moved) if moved else settings
+            key = hashlib.sha256(json.dumps({"model": job.model, **config, "prune": prune,
+                                             **({"run_settings": moved} if moved else {})}, sort_keys=True,
                                             default=str).encode()).hexdigest()[:10]
             run_dir = Path(runs_dir) / job.split / f"{job.model}-{key}"
             started = time.perf_counter()
             try:
                 if not (run_dir / "metrics.json").exists():
                     on_epoch = MedianRule.from_dict(prune).callback() if prune else None
-                    train(Path(matrices_dir) / job.split, run_dir, job.model, config, settings, on_epoch=on_epoch)
+                    train(Path(matrices_dir) / job.split, run_dir, job.model, config, trial_settings,
+                          on_epoch=on_epoch)
                 outcome = read_outcome(run_dir, job.metric)
             except Exception as err:  # a failed trial is a row of the sweep, not the end of it
                 message = str(err).splitlines()[0] if str(err) else ""
@@ -728,7 +742,8 @@ def sweep(obj: Any, matrices_dir, out_dir, models: list[str] | None = None, k: i
     if not splits:
         raise RecsysError(f"{matrices_dir} holds no split folder (a stage-3 output: <split>/meta.json)")
     base = {model: base_config(model, seed) for model in spec.models}
-    result = run_sweep(spec, splits, base, train_in_folders(matrices_dir, Path(out_dir) / "runs", device, threads, k),
+    result = run_sweep(spec, splits, base, train_in_folders(matrices_dir, Path(out_dir) / "runs", device, threads, k,
+                                                          spec),
                        k=k)
     write_outputs(spec, result, out_dir)
     return result

@@ -46,7 +46,7 @@ def run_sweeps(spec: SweepSpec, fanout: Fanout, data: Path, matrices: StageSpec,
         specs, calls = [], []
         for job in jobs:
             options = job.trial.config or {}
-            settings = arguments[job.model][1].replace(device=device, threads=threads)
+            settings = spec.models[job.model].settings(arguments[job.model][1].replace(device=device, threads=threads))
             trained = layout.train_spec(data, matrices, memo, job.split, job.model, options, settings,
                                         prune=job.trial.prune)
             specs.append(trained)

@@ -212,3 +212,17 @@ def test_a_sweep_runs_from_the_library_alone(tmp_path):
     again = sweep(obj, tmp_path / "matrices", tmp_path / "sweep", threads=1)  # in this process: no second start-up
     assert [(r["params"], r["valid"]) for r in again.rows] == [(r["params"], r["valid"]) for r in rows]
     assert {f: (Path(f) / "metrics.json").stat().st_mtime_ns for f in folders} == written
+
+
+def test_a_run_setting_among_a_sweep_files_fixed_options_is_moved_with_a_deprecation_line():
+    """Sweep files written before RunSettings (``fixed: {recall_users: 50}``) keep working for one release: the
+    setting leaves the options (which would refuse it) and applies to every trial's run settings."""
+    obj = {"models": {"mf": {"space": {"dim": {"choices": [4, 8]}}, "fixed": {"epochs": 2, "recall_users": 50}}}}
+    with pytest.warns(FutureWarning, match="recall_users in the sweep's fixed options of mf is deprecated"):
+        spec = parse_sweep(obj)
+    mf = spec.models["mf"]
+    assert mf.fixed == {"epochs": 2} and mf.run_settings == {"recall_users": 50}
+    assert mf.settings(RunSettings(k=5)) == RunSettings(k=5, recall_users=50)
+    assert mf.as_dict()["run_settings"] == {"recall_users": 50}
+    plain = parse_sweep({"models": {"mf": {"space": {"dim": {"choices": [4, 8]}}, "fixed": {"epochs": 2}}}})
+    assert "run_settings" not in plain.models["mf"].as_dict()  # a sweep without one keeps its identity
