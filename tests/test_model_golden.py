@@ -27,9 +27,9 @@ Re-recorded on purpose:
   stopping; NCF 8/20/8 epochs) instead of 2 epochs, which had frozen an autoencoder at 1.164 against a global
   mean of 1.086 and GMF's HR@10 at 0.267 against most-popular's 0.287. The rating cases record the oracle's
   RMSE (oracle.test.rmse) so the recorded values can be held to their bar without training.
-- issue 17 (defaults chosen on real data): gmf, ncf-mlp, neumf and neumf-on-ratings train at their new defaults,
-  batch 1024 (was 256) and GMF's lr 0.004 (was 0.001), chosen on real MovieLens leave-one-out valid
-  (docs/train.md); every other case unchanged.
+- issue 17 (defaults chosen on real data): gmf and ncf-mlp train at their new defaults, batch 1024 (was 256) and
+  GMF's lr 0.004 (was 0.001), chosen on real MovieLens leave-one-out valid (docs/train.md); every other case
+  unchanged.
 """
 
 from __future__ import annotations

@@ -105,14 +105,9 @@ class NCFMLPOptions(NCFOptions):
     lr: float = 0.003
 
 
-@options
-class NeuMFOptions(NCFOptions):
-    batch_size: int = 1024
-
-
 @register("gmf", options=GMFOptions, kind="gmf", help="NCF generalized matrix factorization (implicit)")
 @register("ncf-mlp", options=NCFMLPOptions, kind="mlp", help="NCF multi-layer perceptron (implicit)")
-@register("neumf", options=NeuMFOptions, kind="neumf", help="NCF NeuMF = GMF + MLP fused (implicit)")
+@register("neumf", options=NCFOptions, kind="neumf", help="NCF NeuMF = GMF + MLP fused (implicit)")
 class NCFEstimator(PairsEstimator):
     """NCF: every training rating is a positive; ``negatives`` items outside the user's training ratings per
     positive, drawn afresh each epoch from the epoch's seeded generator; BCE on logits. Scores are
