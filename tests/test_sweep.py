@@ -169,6 +169,7 @@ print(json.dumps({"rows": result.rows, "chosen": result.chosen, "prefect": prefe
 """
 
 
+@pytest.mark.slow  # two child processes that import torch and train the trials: 9.5 s in a fresh-clone CI run
 def test_a_sweep_runs_from_the_library_alone(tmp_path):
     """``recsys_core.sweep.sweep`` with no Prefect imported: rounds of trials trained in run folders, one chosen on
     valid, the table, plot and chosen.json written; run again, the same trials are read back from their folders
