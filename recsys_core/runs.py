@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from recsys_core.artifacts.hashing import HashMemo
-from recsys_core.artifacts.manifest import Manifest, changed_file, load_manifest
+from recsys_core.artifacts.manifest import MANIFEST_NAME, Manifest, changed_file, load_manifest
 from recsys_core.errors import RecsysError
 from recsys_core.io import read_json, write_json
 from recsys_core.records import finite
@@ -24,7 +24,7 @@ from recsys_core.records import finite
 CONFIG = "config.json"
 METRICS = "metrics.json"
 MODEL = "model.pt"
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_NAME
 HISTORY = "history.json"
 CURVE = "learning_curve.png"
 PREDICTIONS = "predictions.parquet"
@@ -57,10 +57,6 @@ class RunConfig:
         out = {**self.options, "model": self.model, "family": self.family, "split_dir": self.split_dir,
                "threads": self.threads}
         return {k: v for k, v in out.items() if v is not None or k in self.options}
-
-    def as_dict(self) -> dict:
-        """Every key of ``config.json`` (the options and the model's name among them)."""
-        return self.to_json()
 
 
 @dataclass(frozen=True)

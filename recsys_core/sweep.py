@@ -57,6 +57,7 @@ from recsys_core import models as catalogue
 from recsys_core.errors import RecsysError
 from recsys_core.io import atomic_file, write_json
 from recsys_core.options import OptionInfo, _checked
+from recsys_core.runs import HISTORY, METRICS, RunFolder
 from recsys_core.settings import RunSettings, split_legacy
 
 log = logging.getLogger("recsys_core")
@@ -380,16 +381,17 @@ def selection_metric(rating_model: bool, k: int) -> tuple[str, bool]:
 def read_outcome(run_dir, metric: str) -> dict:
     """What a finished trial's run folder says: state, valid metric, test metrics, epochs, seconds, curve."""
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    training = metrics.get("training", {})
-    history_file = run_dir / "history.json"
+    metrics = RunFolder(run_dir).metrics()
+    training = metrics.training
+    history_file = run_dir / HISTORY
     curve = json.loads(history_file.read_text())["valid"] if history_file.exists() else []
-    valid = (metrics.get("valid") or {}).get(metric)
+    valid = (metrics.valid or {}).get(metric)
     pruned = training.get("pruned_at_epoch")
     state = PRUNED if pruned else COMPLETE
     if valid is None or not math.isfinite(valid):
         state = FAILED if not pruned else PRUNED
-    return {"state": state, "valid": valid, "test": metrics.get("test", {}), "epochs": training.get("epochs_done"),
+    test = metrics.test if metrics.test is not None else {}
+    return {"state": state, "valid": valid, "test": test, "epochs": training.get("epochs_done"),
             "best_epoch": training.get("best_epoch"), "train_seconds": training.get("train_seconds"),
             "pruned_at_epoch": pruned, "curve": curve, "run_dir": str(run_dir),
             "error": None if state != FAILED else f"no valid {metric} in metrics.json"}
@@ -715,7 +717,7 @@ def train_in_folders(matrices_dir, runs_dir, device: str | None = None, threads:
             run_dir = Path(runs_dir) / job.split / f"{job.model}-{key}"
             started = time.perf_counter()
             try:
-                if not (run_dir / "metrics.json").exists():
+                if not (run_dir / METRICS).exists():
                     on_epoch = MedianRule.from_dict(prune).callback() if prune else None
                     train(Path(matrices_dir) / job.split, run_dir, job.model, config, trial_settings,
                           on_epoch=on_epoch)

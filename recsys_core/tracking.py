@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Mapping
 
 from recsys_core.errors import RecsysError
-from recsys_core.runs import HISTORY, METRICS, RunFolder, RunMetrics
+from recsys_core.runs import CONFIG, HISTORY, METRICS, RunFolder, RunMetrics
 
 KEY_TAG = "recsys.key"
 SKIPPED_FILES = {"checkpoint.pt"}
@@ -129,7 +129,7 @@ def log_run(run_dir, experiment: str, *, key: str | None = None, tracking_uri: s
     if logged:
         return logged[0].info.run_id, False
 
-    config = folder.config().as_dict() if folder.file("config.json").exists() else {}
+    config = folder.config().to_json() if folder.file(CONFIG).exists() else {}
     metrics = folder.metrics()
     history = json.loads(folder.file(HISTORY).read_text()) if folder.file(HISTORY).exists() else {}
     model = str(metrics.model or config.get("model") or "model")

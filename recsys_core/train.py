@@ -35,23 +35,32 @@ from recsys_core.errors import RecsysError
 from recsys_core.estimators import TorchEstimator, data_dims
 from recsys_core.evaluation import beaten_by, evaluate_predictor, top_k
 from recsys_core.interactions import csr_triplets, load_split_data, rating_range
-from recsys_core.io import atomic_file, read_json, write_json
+from recsys_core.io import atomic_file, write_json
 from recsys_core.options import ModelOptions
 from recsys_core.predictor import FoldIn, folds_in
 from recsys_core.progress import progress_bar
 from recsys_core.ranking import best_items
-from recsys_core.runs import RunConfig, RunFolder, RunMetrics
+from recsys_core.runs import (
+    CONFIG,
+    CURVE,
+    HISTORY,
+    METRICS,
+    MODEL,
+    PREDICTIONS,
+    RECOMMENDATIONS,
+    RunConfig,
+    RunFolder,
+    RunMetrics,
+)
 from recsys_core.settings import DEFAULTS, RunSettings, split_legacy
 from recsys_core.threads import apply_threads, decide_threads
 from recsys_core.training_loop import CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("recsys_core")
 
-MODEL_FILE = "model.pt"
-RECOMMENDATIONS = "recommendations.parquet"
+MODEL_FILE = MODEL
 # What a run writes, removed before a fresh start over an unfinished run (resume="auto").
-RUN_FILES = ("config.json", CHECKPOINT, MODEL_FILE, "history.json", "learning_curve.png", "metrics.json",
-             "predictions.parquet", RECOMMENDATIONS)
+RUN_FILES = (CONFIG, CHECKPOINT, MODEL, HISTORY, CURVE, METRICS, PREDICTIONS, RECOMMENDATIONS)
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -223,8 +232,8 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, settings
         summary["processes"] = world
     summary.update(result.get("report", {}))  # what a model reports of its fit (a blend: weights, members)
     if history is not None:
-        write_json(run_dir / "history.json", {"valid_metric": estimator.valid_metric, **history})
-        plot_learning_curve(history, estimator, run_dir / "learning_curve.png")
+        write_json(run_dir / HISTORY, {"valid_metric": estimator.valid_metric, **history})
+        plot_learning_curve(history, estimator, run_dir / CURVE)
         summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
                    "stopped_early": result["stopped_early"], "pruned_at_epoch": result.get("pruned"), **summary,
                    "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
@@ -237,9 +246,9 @@ def _resumed_options(run_dir: Path, model: str, options: dict):
     """(registration, options, split folder, saved config.json) of the run to resume, with the resumable
     ``options`` applied. The caller keeps the saved run settings not given again and the threads (the count
     can change some models' sums: recsys_core.threads)."""
-    if not (run_dir / "config.json").exists() or not (run_dir / CHECKPOINT).exists():
-        raise RecsysError(f"{run_dir} holds no config.json and checkpoint.pt to resume from")
-    saved = read_json(run_dir / "config.json")
+    if not (run_dir / CONFIG).exists() or not (run_dir / CHECKPOINT).exists():
+        raise RecsysError(f"{run_dir} holds no {CONFIG} and {CHECKPOINT} to resume from")
+    saved = RunFolder(run_dir).config().to_json()
     if model != saved["model"] and model != "autoencoder":
         raise RecsysError(f"{run_dir} holds a {saved['model']} run, not {model}")
     registration = models.get(saved["model"])
@@ -256,10 +265,10 @@ def _resumed_options(run_dir: Path, model: str, options: dict):
 
 def _can_resume(run_dir: Path, model: str, given: ModelOptions) -> bool:
     """Whether ``run_dir`` holds a run of this model and options (resumable ones aside) to continue."""
-    if not (run_dir / CHECKPOINT).exists() or not (run_dir / "config.json").exists():
+    if not (run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
         return False
     try:
-        saved = read_json(run_dir / "config.json")
+        saved = RunFolder(run_dir).config().to_json()
         options = models.get(model).options
         fixed = [info.name for info in options.describe() if not info.resumable]
         same = saved.get("model") == model and all(
@@ -300,7 +309,7 @@ def evaluate(run_dir, device: str | None = None, split_dir=None) -> dict:
     """Re-evaluate a trained run (model + baselines); rewrites metrics.json and predictions.parquet."""
     run_dir = Path(run_dir)
     config, data, estimator = load_run(run_dir, device, split_dir)
-    previous = RunFolder(run_dir).metrics().training if (run_dir / "metrics.json").exists() else {}
+    previous = RunFolder(run_dir).metrics().training if (run_dir / METRICS).exists() else {}
     return _evaluate_and_write(estimator, data, config, run_dir, dict(previous))
 
 
@@ -364,7 +373,7 @@ def _write_predictions(estimator, data, run_dir: Path, made=None) -> None:
         prediction = np.clip(prediction, *rating_range(data.meta))
     table = pl.DataFrame({"user_id": data.user_ids[rows], "item_id": data.item_ids[cols],
                           "rating": truth.astype(np.float32), "prediction": prediction.astype(np.float32)})
-    with atomic_file(run_dir / "predictions.parquet") as tmp:
+    with atomic_file(run_dir / PREDICTIONS) as tmp:
         table.write_parquet(tmp)
 
 

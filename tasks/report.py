@@ -16,7 +16,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from rich.table import Table
 
 from recsys_core.errors import RecsysError
+from recsys_core.records import StageResult
 from recsys_core.runs import PredictorMetrics, RunFolder, RunMetrics
+from tasks.stages import reported_status
 
 MAX_EMBEDDED_IMAGE = 1 << 20
 BUCKETS_TITLE = ("Where models lose: per bucket of the user's training ratings and for new items, "
@@ -179,7 +181,7 @@ def run_rows(data_dir: Path) -> list[dict]:
     for manifest_file in sorted(Path(data_dir).glob("runs/*/*/*/*/manifest.json")):
         folder = RunFolder(manifest_file.parent)
         try:
-            manifest, metrics, config = folder.manifest(), folder.metrics(), folder.config().as_dict()
+            manifest, metrics, config = folder.manifest(), folder.metrics(), folder.config().to_json()
         except (OSError, ValueError, RecsysError):
             continue  # an incomplete or foreign folder: not a run to compare
         runs.append((folder.path, manifest, metrics, config))
@@ -281,24 +283,22 @@ class RunReport:
                                        "metrics": []}
         self.artifacts: dict[str, str] = {}
 
-    def stage(self, task_fn, spec, label: str, **kwargs) -> dict:
+    def stage(self, task_fn, spec, label: str, **kwargs) -> StageResult:
         """Run a stage task in the flow's process; its status in the report; re-raises its error."""
         started = time.perf_counter()
         state = task_fn(spec=spec, data_dir=self.report["data_dir"], return_state=True, **kwargs)
-        result = state.result()  # re-raises the stage's error
-        status = "cached" if state.name == "Cached" else result.status
+        status = reported_status(state)  # re-raises the stage's error
         seconds = round(time.perf_counter() - started, 2)
         self.report["stages"].append({"stage": label, "status": status, "seconds": seconds,
                                       "output": spec.out_dir})
-        return result
+        return state.result()
 
-    def record(self, done, spec) -> dict:
+    def record(self, done, spec) -> StageResult:
         """A training task's end (``tasks.fanout.Done``) in the report; re-raises its error."""
-        result = done.result()
-        status = "cached" if done.state.name == "Cached" else result.status
+        status = reported_status(done.state)
         self.report["stages"].append({"stage": done.call.label, "status": status, "seconds": round(done.seconds, 2),
                                       "output": spec.out_dir})
-        return result
+        return done.result()
 
     def table(self, name: str, rows: list, key: str, description: str) -> None:
         """``rows`` as the report's ``name`` and as the Prefect table artifact ``key``."""

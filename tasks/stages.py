@@ -126,6 +126,13 @@ def stage_task(name: str):
 # --------------------------------------------------------------------------- the common stage body
 
 
+def reported_status(state) -> str:
+    """What the run's report says a finished stage task did: "cached" (Prefect's record, the task body did not
+    run), else its ``StageResult.status`` ("built" or "reused"). Re-raises a failed task's error."""
+    result = state.result()
+    return "cached" if state.name == "Cached" else result.status
+
+
 def run_stage(spec: StageSpec, data_dir: str, build: Callable[[Path], Any], keep_partial: bool = False) -> StageResult:
     """``build_stage`` with the data dir's hash memo, naming this task's Prefect cache record in the manifest
     (so the next run reports the stage Cached)."""

@@ -22,7 +22,7 @@ from recsys_core.artifacts.manifest import StageSpec
 from recsys_core.settings import RunSettings
 from recsys_core.sweep import FAILED, SweepSpec, TrialRun, read_outcome, run_sweep, write_outputs
 from tasks.fanout import Call, Fanout
-from tasks.stages import train_task
+from tasks.stages import reported_status, train_task
 
 log = logging.getLogger("recsys_core.flow")
 
@@ -59,7 +59,7 @@ def run_sweeps(spec: SweepSpec, fanout: Fanout, data: Path, matrices: StageSpec,
             state = done.state
             if state.is_completed():
                 outcome = read_outcome(trained.out_dir, job.metric)
-                status = "cached" if state.name == "Cached" else state.result().status
+                status = reported_status(state)
             else:
                 outcome = {"state": FAILED, "error": _one_line(state), "run_dir": trained.out_dir}
                 status = "failed"
