@@ -42,7 +42,7 @@ def test_similarities_are_surprise_pearson_baseline_pair_by_pair():
 def test_prediction_is_the_baseline_plus_the_k_nearest_rated_residuals():
     train = _ratings(seed=1)
     data = type("Data", (), {"train": train, "meta": {}})()
-    estimator = models.create("knn-item", neighbours=3, shrinkage=0.0)
+    estimator = models.create("knn-item", neighbours=3, shrinkage=0.0, damping=0.7)
     estimator.fit(data)
     sim, b = estimator.sim_array, estimator
     for user, item in [(0, 2), (5, 7), (11, 0), (30, 14)]:
@@ -52,7 +52,7 @@ def test_prediction_is_the_baseline_plus_the_k_nearest_rated_residuals():
         positive = [(s, r) for s, r in best if s > 0]
         expected = b.mean + b.user_bias[user] + b.item_bias[item]
         if positive:
-            expected += sum(s * r for s, r in positive) / sum(s for s, _ in positive)
+            expected += sum(s * r for s, r in positive) / (sum(s for s, _ in positive) + 0.7)
         got = estimator.predict_pairs(np.array([user]), np.array([item]))[0]
         assert abs(got - expected) < 1e-4, (user, item, got, expected)
 

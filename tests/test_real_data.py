@@ -36,9 +36,6 @@ pytestmark = [
 
 SVDPP_CHRONO, SVDPP_RANDOM = 0.8941, 0.8916  # Surprise SVD++ on these splits (issue 17, fitted on train only)
 CHRONO_MARGIN = 0.01
-# knn-item is Surprise's KNNBaseline and lands where it does on chrono (0.8975 against the biases' 0.9023, 0.5%):
-# held to issue 22's bar there, beating the biases
-CHRONO_MARGIN_OF = {"knn-item": 0.0}
 RANKING_MARGIN = 0.20
 # models that combine other runs instead of fitting the data alone are trained by the flow after their members
 STANDALONE = [name for name in models.names() if not getattr(models.get(name).estimator, "needs_members", False)]
@@ -86,8 +83,8 @@ def _table(runs: dict, metric: str, baseline: str) -> str:
 def test_chrono_every_rating_model_beats_the_biases_by_one_percent(chrono_runs):
     for name, metrics in chrono_runs.items():
         bias = metrics["baselines"]["user_item_bias"]["test"]["rmse"]
-        margin = CHRONO_MARGIN_OF.get(name, CHRONO_MARGIN)
-        assert metrics["test"]["rmse"] < (1 - margin) * bias, (name, _table(chrono_runs, "rmse", "user_item_bias"))
+        assert metrics["test"]["rmse"] < (1 - CHRONO_MARGIN) * bias, (name, _table(chrono_runs, "rmse",
+                                                                                    "user_item_bias"))
     assert min(m["test"]["rmse"] for m in chrono_runs.values()) <= SVDPP_CHRONO, _table(chrono_runs, "rmse",
                                                                                          "user_item_bias")
 
