@@ -39,7 +39,7 @@ from recsys_core.io import atomic_file, write_json
 from recsys_core.options import ModelOptions
 from recsys_core.predictor import FoldIn, folds_in
 from recsys_core.progress import progress_bar
-from recsys_core.ranking import best_items
+from recsys_core.ranking import ScoredOnce, best_items
 from recsys_core.runs import (
     CONFIG,
     CURVE,
@@ -237,8 +237,9 @@ def _train_process(split_dir, run_dir, model: str, saved_options: dict, settings
         summary = {"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
                    "stopped_early": result["stopped_early"], "pruned_at_epoch": result.get("pruned"), **summary,
                    "seconds_per_epoch": round(float(np.mean(history["seconds"])), 3) if history["seconds"] else None}
-    metrics = _evaluate_and_write(estimator, data, run_config, run_dir, summary)
-    _write_recommendations(estimator, data, run_dir, int(settings.k or DEFAULTS["k"]))
+    scored = ScoredOnce.wrap(estimator, *data.train.shape)  # evaluation and recommendations share the scores
+    metrics = _evaluate_and_write(scored, data, run_config, run_dir, summary)
+    _write_recommendations(scored, data, run_dir, int(settings.k or DEFAULTS["k"]))
     return metrics
 
 
@@ -310,7 +311,7 @@ def evaluate(run_dir, device: str | None = None, split_dir=None) -> dict:
     run_dir = Path(run_dir)
     config, data, estimator = load_run(run_dir, device, split_dir)
     previous = RunFolder(run_dir).metrics().training if (run_dir / METRICS).exists() else {}
-    return _evaluate_and_write(estimator, data, config, run_dir, dict(previous))
+    return _evaluate_and_write(ScoredOnce.wrap(estimator, *data.train.shape), data, config, run_dir, dict(previous))
 
 
 def _evaluate_and_write(estimator, data, config, run_dir: Path, training_summary: dict) -> dict:

@@ -29,6 +29,7 @@ from recsys_core.evaluation import (
     top_k,
 )
 from recsys_core.interactions import load_split_data, row_batch
+from recsys_core.ranking import ScoredOnce, best_items
 from recsys_core.sampling import sample_negatives
 from recsys_core.settings import RunSettings
 from recsys_core.train import load_run, recommend, recommend_for_ratings, train
@@ -92,6 +93,27 @@ def test_sampled_ranking_and_full_catalogue_recall_with_a_known_predictor():
     # user 1's best item 0 is rated in training, so its top 1 is item 2 (not the held-out 1)
     recall = full_catalogue_recall(_Table(table), train, test, k=1, max_users=10)
     assert recall["recall@1"] == 0.5
+
+
+def test_scores_kept_once_are_the_predictors_and_each_row_is_scored_once():
+    table = np.random.default_rng(0).random((6, 5)).astype(np.float32)
+    asked: list[list[int]] = []
+
+    class Counting(_Table):
+        def score_rows(self, rows):
+            asked.append(list(rows))
+            return self.table[rows]
+
+    scored = ScoredOnce.wrap(Counting(table), 6, 5)
+    assert isinstance(scored, ScoredOnce) and scored.rating_model  # the predictor's own attributes
+    train = sp.csr_matrix(np.eye(6, 5, dtype=np.float32))
+    first = best_items(scored, np.array([4, 1, 2]), 3, exclude=train, block=2)
+    again = best_items(scored, np.arange(6), 3, exclude=train, block=4)
+    plain = best_items(Counting(table), np.arange(6), 3, exclude=train)
+    assert np.array_equal(again[0], plain[0]) and np.array_equal(again[1], plain[1])
+    assert np.array_equal(first[0], plain[0][[4, 1, 2]])
+    assert sorted(r for rows in asked[:-1] for r in rows) == list(range(6))  # the last call: the plain one
+    assert ScoredOnce.wrap(table, 10 ** 6, 10 ** 5) is table  # would not fit: the predictor itself
 
 
 def test_baselines_by_hand():

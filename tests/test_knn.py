@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from predictor_contract import ModelContract
 
 from recsys_core import models
@@ -78,3 +79,17 @@ def test_service_answers_similar_items_from_the_similarities(tmp_path):
     row[3] = -np.inf
     expected = np.argsort(-row, kind="stable")[:5]
     assert [item["item_id"] for item in answer["items"]] == model.item_ids[expected].tolist()
+
+
+def test_neighbours_tied_at_the_kth_place_share_it_whatever_the_order_of_the_ratings():
+    estimator = models.create("knn-item", neighbours=2, damping=0.0)
+    sim = np.eye(5, dtype=np.float32)
+    sim[0, 1:] = sim[1:, 0] = [0.9, 0.5, 0.5, 0.5]  # item 0: one clear neighbour, then three tied for 2nd place
+    estimator.sim, estimator.sim_array = torch.from_numpy(sim), sim
+    resid = np.array([1.0, 0.3, -0.6, 1.2], np.float32)
+    expected = (0.9 * 1.0 + 0.5 * (0.3 - 0.6 + 1.2) / 3) / (0.9 + 0.5)
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        rated = np.array([1, 2, 3, 4])[order]
+        got = estimator._adjustment(rated, resid[order], None).numpy()
+        assert abs(got[0] - expected) < 1e-6, (order, got[0], expected)
+        assert abs(estimator._adjustment(rated, resid[order], np.array([0]))[0] - expected) < 1e-6

@@ -13,7 +13,9 @@ n_ij < min_support), and a prediction is
     r^_ui = b_ui + sum_{j in N^k(i; u)} sim(i, j) e_uj / (damping + sum_{j in N^k(i; u)} sim(i, j)),
 
 N^k(i; u) the k = ``neighbours`` items the user rated that are most similar to i, of which only positive
-similarities count (Surprise's ``KNNBaseline.estimate``, which has damping 0). The damping keeps a prediction
+similarities count (Surprise's ``KNNBaseline.estimate``, which has damping 0). Neighbours tied at the k-th place
+share its remaining places equally (Surprise keeps whichever it met first), so a prediction never depends on
+the order of the user's ratings. The damping keeps a prediction
 resting on a few weakly similar neighbours near the baseline (the shrunk interpolation of Koren's
 neighbourhood models): chosen on valid parts, it is what lets the model beat the biases by more than
 Surprise's KNNBaseline does (docs/train.md). No optimizer, no epochs.
@@ -171,9 +173,9 @@ class ItemKNN(Estimator):
 
     # --- the neighbourhood ------------------------------------------------------------------------------
     def _adjustment(self, rated: np.ndarray, residuals: np.ndarray, targets: np.ndarray | None) -> torch.Tensor:
-        """sum sim(i, j) e_uj / sum sim(i, j) over the k most similar of the ``rated`` columns (residuals
-        ``residuals``) with positive similarity, for each target column i (all when None); 0 without
-        ``min_k`` such neighbours."""
+        """sum sim(i, j) e_uj / (damping + sum sim(i, j)) over the k most similar of the ``rated`` columns
+        (residuals ``residuals``) with positive similarity, ties at the k-th place sharing it, for each target
+        column i (all when None); 0 without ``min_k`` such neighbours."""
         n_targets = self.sim.shape[0] if targets is None else len(targets)
         out = torch.zeros(n_targets, dtype=torch.float32)
         if len(rated) == 0 or n_targets == 0:
@@ -192,16 +194,23 @@ class ItemKNN(Estimator):
                      else sim[np.ix_(rated, np.asarray(targets[lo:lo + step], np.int64))])
             # Only positive similarities count: a column with at most k of them takes them all (one product);
             # only columns with more go through the selection of their k largest.
-            positive = np.maximum(block, 0.0)
+            positive = np.maximum(block, 0.0, out=block)  # the gather is a copy: clipped in place
             count = np.count_nonzero(positive, axis=0)
             weighted, total = sums @ positive
             crowded = np.flatnonzero(count > k)
             if len(crowded):
-                part = block[:, crowded]
-                top = np.argpartition(part, len(rated) - k, axis=0)[len(rated) - k:]  # the k largest, any order
-                weights = np.maximum(np.take_along_axis(part, top, 0), 0.0)
-                total[crowded] = weights.sum(0)
-                weighted[crowded] = (weights * resid[top]).sum(0)
+                # crowded x rated, each row contiguous: partitioning along rows is 5x faster than down columns
+                part = np.ascontiguousarray(positive[:, crowded].T)
+                kth = np.partition(part, len(rated) - k, axis=1)[:, len(rated) - k]  # the k-th largest (> 0)
+                above = part > kth[:, None]
+                n_above = above.sum(1)
+                # the neighbours tied at the k-th place share its remaining slots equally, so a prediction
+                # never depends on the order of the user's ratings
+                tied = part == kth[:, None]
+                tied_resid, n_tied = np.where(tied, resid, 0.0).sum(1), tied.sum(1)
+                kept = np.where(above, part, 0.0)
+                total[crowded] = kept.sum(1) + (k - n_above) * kth
+                weighted[crowded] = kept @ resid + (k - n_above) * kth * tied_resid / n_tied
                 count[crowded] = k
             enough = (count >= min_k) & (total > 0)
             out[lo:lo + block.shape[1]] = torch.from_numpy(
