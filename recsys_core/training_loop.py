@@ -90,7 +90,9 @@ def make_optimizer(model: torch.nn.Module, config: LoopOptions):
     decay = float(config.weight_decay)
     groups = [{"params": [p for p in sparse if p.dim() >= 2], "weight_decay": decay},
               {"params": [p for p in sparse if p.dim() < 2], "weight_decay": 0.0}]
-    rowwise = ROW_OPTIMIZERS[config.optimizer]([g for g in groups if g["params"]], lr=float(config.lr))
+    # a network that names row_catch_up gets the row-wise step that catches up skipped rows (row_optim.RowAdam)
+    rowwise = ROW_OPTIMIZERS[config.optimizer]([g for g in groups if g["params"]], lr=float(config.lr),
+                                               catch_up=bool(getattr(model, "row_catch_up", False)))
     return SplitOptimizer(_dense_optimizer(dense, config) if dense else None, rowwise)
 
 
