@@ -219,6 +219,8 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
                     _drain(pending, totals, state, epoch, config, lr, ctx)
                     bar.update(loss=totals["total"] / max(totals["count"], 1))
             _drain(pending, totals, state, epoch, config, lr, ctx)
+        if isinstance(optimizer, SplitOptimizer):  # rows a row-wise step skipped are brought up to date
+            optimizer.flush()
         total, count = ctx.sum([totals["total"], totals["count"]])
         train_loss = total / max(count, 1)
         valid = _validate_once(estimator, state, higher, epoch, model, int(config.patience), ctx)
