@@ -68,6 +68,18 @@ def _momentum_tail(beta1: float, beta2: float) -> torch.Tensor:
     return torch.from_numpy(tail)
 
 
+def _take(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """A copy of ``values`` at ``rows`` (all of them when None)."""
+    return values.clone() if rows is None else values.index_select(0, rows)
+
+
+def _mark(values: torch.Tensor, rows: torch.Tensor | None, step: int) -> None:
+    if rows is None:
+        values.fill_(step)
+    else:
+        values.index_fill_(0, rows, step)
+
+
 class RowOptimizer(torch.optim.Optimizer):
     """The walk both row-wise steps share: for each parameter with a gradient, the touched rows (all of them
     for a dense gradient), the gradient plus ``weight_decay`` times those rows (L2, coupled), the rows of each
@@ -77,11 +89,12 @@ class RowOptimizer(torch.optim.Optimizer):
 
     row_state: tuple[str, ...] = ()
 
-    def _catch_up(self, group: dict, state: dict, rows: torch.Tensor | None,
-                  touched: dict[str, torch.Tensor], flush: bool = False) -> torch.Tensor | None:
+    def _catch_up(self, group: dict, state: dict, rows: torch.Tensor | None, touched: dict[str, torch.Tensor],
+                  flush: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Before the step (or, with ``flush``, after the last one): bring the touched rows' state up to date
-        (in place) and return the move of the rows in the steps they were skipped (None: none)."""
-        return None
+        (in place); returns the move of the rows in the steps they were skipped and the factor of each row's
+        weight decay (None, None: nothing to catch up, decay as it is)."""
+        return None, None
 
     @torch.no_grad()
     def flush(self) -> None:
@@ -91,8 +104,8 @@ class RowOptimizer(torch.optim.Optimizer):
             for param in group["params"]:
                 state = self.state[param]
                 if state:
-                    skipped = self._catch_up(group, state, None, {name: state[name] for name in self.row_state},
-                                             flush=True)
+                    skipped, _ = self._catch_up(group, state, None, {name: state[name] for name in self.row_state},
+                                                flush=True)
                     if skipped is not None:
                         param.add_(skipped)
 
@@ -118,10 +131,12 @@ class RowOptimizer(torch.optim.Optimizer):
                     touched = {name: state[name] for name in self.row_state}
                 else:
                     touched = {name: state[name].index_select(0, rows) for name in self.row_state}
-                skipped = self._catch_up(group, state, rows, touched)
+                skipped, decay_scale = self._catch_up(group, state, rows, touched)
                 if decay:
                     table = param if rows is None else param.index_select(0, rows)
-                    grad = grad.add(table if skipped is None else table + skipped, alpha=decay)
+                    if skipped is not None:
+                        table = table + skipped
+                    grad = grad.add(table if decay_scale is None else table * decay_scale, alpha=decay)
                 update = self._update(group, state, grad, touched)
                 if skipped is not None:
                     update += skipped
@@ -149,30 +164,32 @@ class RowAdam(RowOptimizer):
 
     def _catch_up(self, group, state, rows, touched, flush=False):
         if not group.get("catch_up"):
-            return None
-        if "last" not in state:  # the table's step at which each row was last brought up to date
-            state["last"] = torch.zeros(len(state["exp_avg"]), dtype=torch.int64, device=state["exp_avg"].device)
+            return None, None
+        shape = (-1,) + (1,) * (state["exp_avg"].dim() - 1)
+        for key in ("last", "decayed"):  # steps at which each row was last brought up to date / decayed
+            if key not in state:
+                state[key] = torch.zeros(len(state["exp_avg"]), dtype=torch.int64, device=state["exp_avg"].device)
         done = int(state["step"])  # steps taken before this one: the catch-up covers last + 1 .. done
-        last = state["last"] if rows is None else state["last"].index_select(0, rows)
-        mark = done if flush else done + 1  # after this step, the row is up to date with it
-        if rows is None:
-            last = last.clone()
-            state["last"].fill_(mark)
-        else:
-            state["last"].index_fill_(0, rows, mark)
+        decay_scale = None
+        if not flush:
+            # the decay gradients of the steps the row was skipped, added at its touch (lazy coupled L2)
+            decayed = _take(state["decayed"], rows)
+            _mark(state["decayed"], rows, done + 1)
+            decay_scale = ((done + 1) - decayed).to(state["exp_avg"].dtype).view(shape)
+        last = _take(state["last"], rows)
+        _mark(state["last"], rows, done if flush else done + 1)  # after this step, up to date with it
         gap = done - last  # steps each row was skipped
         if not bool((gap > 0).any()):
-            return None
+            return None, decay_scale
         beta1, beta2 = group["betas"]
         tail = _momentum_tail(beta1, beta2).to(last.device)
         ratio = beta1 / math.sqrt(beta2)
         factor = tail[last.clamp(max=len(tail) - 1)] - ratio ** gap.double() * tail[min(done, len(tail) - 1)]
         m, v = touched["exp_avg"], touched["exp_avg_sq"]
-        shape = (-1,) + (1,) * (m.dim() - 1)
         skipped = m.div(v.sqrt().add_(group["eps"])).mul_((-group["lr"] * factor).to(m.dtype).view(shape))
         m.mul_((beta1 ** gap.double()).to(m.dtype).view(shape))
         v.mul_((beta2 ** gap.double()).to(v.dtype).view(shape))
-        return skipped
+        return skipped, decay_scale
 
     def _update(self, group, state, grad, rows):
         beta1, beta2 = group["betas"]
