@@ -1,6 +1,8 @@
 """Same seed, same answer, at the default thread count of a quiet 2-core machine: two runs, and a run
 killed for real (SIGKILL after its first checkpoint) then resumed, give bit-identical weights and
-predictions, for every model family (autoencoders both ways round, MF / MLP, NCF).
+predictions, for every model family (autoencoders both ways round, MF / MLP, NCF). The row models' sparse
+batches take the row-wise step (row-sparse input and output layers, catch-up of skipped rows at each touch and at
+each epoch's end: its per-row state travels in the checkpoint); the re-feeding case mixes them with dense steps.
 
 The split is sized so that torch's parallel CPU kernels engage (batches of ~3,500 ratings: gathers of
 >= 32K numbers), which is where a run-to-run difference came from (issue 9)."""
@@ -27,6 +29,8 @@ CASES = {
     "autoencoder": ("autoencoder", dict(dropout=0.3, noise=0.1, batch_size=64)),  # sparse in, gathered outputs
     "autoencoder refeed": ("autoencoder", dict(refeed=1, batch_size=64)),          # dense outputs, re-feeding
     "autorec-item": ("autorec-item", dict(batch_size=64)),                         # item vectors in, users out
+    # tied weights: the input and output layers are one row-sparse table, its two gathers' gradients summed
+    "autoencoder tied": ("autoencoder", dict(constrained=True, noise=0.1, batch_size=64)),
     "mf": ("mf", dict(batch_size=2048)),
     "mlp": ("mlp", dict(batch_size=2048)),
     "neumf": ("neumf", dict(batch_size=4096)),
