@@ -88,6 +88,11 @@ class RowOptimizer(torch.optim.Optimizer):
     A dense gradient works on the parameter and its state directly (no gather, no copy back)."""
 
     row_state: tuple[str, ...] = ()
+    _in_place = False  # whether _step_rows steps gathered rows in place (used with catch_up)
+
+    def _step_rows(self, group: dict, state: dict, grad: torch.Tensor, rows: dict[str, torch.Tensor],
+                   table: torch.Tensor) -> None:
+        raise NotImplementedError
 
     def _catch_up(self, group: dict, state: dict, rows: torch.Tensor | None, touched: dict[str, torch.Tensor],
                   flush: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -132,6 +137,19 @@ class RowOptimizer(torch.optim.Optimizer):
                 else:
                     touched = {name: state[name].index_select(0, rows) for name in self.row_state}
                 skipped, decay_scale = self._catch_up(group, state, rows, touched)
+                if group.get("catch_up") and self._in_place:
+                    # the rows gathered, caught up and stepped in place by one kernel, then written back
+                    table = param if rows is None else param.index_select(0, rows)
+                    if skipped is not None:
+                        table.add_(skipped)
+                    if decay:
+                        grad = grad.add(table if decay_scale is None else table * decay_scale, alpha=decay)
+                    self._step_rows(group, state, grad, touched, table)
+                    if rows is not None:
+                        for name, values in touched.items():
+                            state[name].index_copy_(0, rows, values)
+                        param.index_copy_(0, rows, table)
+                    continue
                 if decay:
                     table = param if rows is None else param.index_select(0, rows)
                     if skipped is not None:
@@ -162,6 +180,16 @@ class RowAdam(RowOptimizer):
         state["step"] = torch.zeros((), dtype=torch.float64)
         super()._init_state(state, param)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch casts every state tensor but "step" to its parameter's dtype: the rows' step counts stay int64
+        counts = {index: {key: value[key].clone() for key in ("last", "decayed") if key in value}
+                  for index, value in state_dict.get("state", {}).items()}
+        super().load_state_dict(state_dict)
+        params = [param for group in self.param_groups for param in group["params"]]
+        for index, saved in counts.items():
+            for key, value in saved.items():
+                self.state[params[int(index)]][key] = value.to(params[int(index)].device)
+
     def _catch_up(self, group, state, rows, touched, flush=False):
         if not group.get("catch_up"):
             return None, None
@@ -190,6 +218,17 @@ class RowAdam(RowOptimizer):
         m.mul_((beta1 ** gap.double()).to(m.dtype).view(shape))
         v.mul_((beta2 ** gap.double()).to(v.dtype).view(shape))
         return skipped, decay_scale
+
+    _in_place = True
+
+    def _step_rows(self, group, state, grad, rows, table):
+        """torch's fused Adam kernel on the gathered rows (one pass; the caught-up step of the row models). The
+        op-by-op ``_update`` stays for the embedding models' lazy Adam, whose recorded numbers it made."""
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_([table], [grad.contiguous()], [rows["exp_avg"]], [rows["exp_avg_sq"]], [],
+                           [state["step"].to(torch.float32)], lr=float(group["lr"]), beta1=beta1, beta2=beta2,
+                           weight_decay=0.0, eps=group["eps"], amsgrad=False, maximize=False)
 
     def _update(self, group, state, grad, rows):
         beta1, beta2 = group["betas"]

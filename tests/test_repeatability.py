@@ -73,7 +73,8 @@ def _cli(split, run_dir, model, options, resume=False) -> list[str]:
     if resume:
         return command + ["--resume"]
     for key, value in {**COMMON, **options}.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        command += [flag] if value is True else [flag, str(value)]
     return command + ["--recall-users", str(RUN.recall_users)]
 
 

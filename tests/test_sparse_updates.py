@@ -206,3 +206,20 @@ def test_the_sparse_option_decides_the_row_models_tables(name, options, sparse):
         assert isinstance(rowwise, RowAdam) and all(group["catch_up"] for group in rowwise.param_groups)
         assert {id(p) for group in rowwise.param_groups for p in group["params"]} == {
             id(model.enc_w[0]), id(model.dec_w[0])}
+
+
+def test_a_catching_up_row_adam_resumes_exactly():
+    """The rows' step counts (int64) come back as they were saved, and the run goes on bit for bit."""
+    torch.manual_seed(0)
+    table = nn.Embedding(12, 3, sparse=True)
+    optimizer = RowAdam(table.parameters(), lr=0.05, weight_decay=0.1, catch_up=True)
+    batches = [torch.randint(0, 12, (4,)) for _ in range(20)]
+    targets = [torch.randn(4, 3) for _ in range(20)]
+    _train(table, optimizer, batches[:10], targets[:10])
+    saved_weights, saved = table.weight.detach().clone(), copy.deepcopy(optimizer.state_dict())
+    expected = _train(table, optimizer, batches[10:], targets[10:])
+    table.weight.data.copy_(saved_weights)
+    again = RowAdam(table.parameters(), lr=0.05, weight_decay=0.1, catch_up=True)
+    again.load_state_dict(saved)
+    assert again.state[table.weight]["last"].dtype == torch.int64
+    assert torch.equal(_train(table, again, batches[10:], targets[10:]), expected)
