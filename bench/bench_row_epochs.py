@@ -38,7 +38,8 @@ def main() -> int:
             for sparse in (False, True):
                 cpu = time.process_time()
                 metrics = train(args.split, Path(tmp) / f"{name}-{sparse}", name,
-                                {"sparse": sparse, "epochs": args.epochs, "patience": 0}, settings)
+                                {"sparse": sparse, "sparse_min_rows": 0, "epochs": args.epochs, "patience": 0},
+                                settings)
                 assert metrics is not None
                 seconds, cpu = metrics["training"]["seconds_per_epoch"], round(time.process_time() - cpu, 1)
                 print(json.dumps({"model": name, "sparse": sparse, "epochs": args.epochs, "threads": args.threads,

@@ -24,13 +24,14 @@ from recsys_core.train import train
 
 THREADS = 2  # the default on the project's machine; the parallel kernels need > 1
 EPOCHS = 3
+ROWS = dict(sparse_min_rows=0)  # the row models take their row-sparse step on these small tables too
 # case -> (model, options); every random path of each family is on (dropout, input noise, negative sampling).
 CASES = {
-    "autoencoder": ("autoencoder", dict(dropout=0.3, noise=0.1, batch_size=64)),  # sparse in, gathered outputs
-    "autoencoder refeed": ("autoencoder", dict(refeed=1, batch_size=64)),          # dense outputs, re-feeding
-    "autorec-item": ("autorec-item", dict(batch_size=64)),                         # item vectors in, users out
+    "autoencoder": ("autoencoder", dict(dropout=0.3, noise=0.1, batch_size=64, **ROWS)),  # sparse in, gathered outputs
+    "autoencoder refeed": ("autoencoder", dict(refeed=1, batch_size=64, **ROWS)),          # dense outputs, re-feeding
+    "autorec-item": ("autorec-item", dict(batch_size=64, **ROWS)),                         # item vectors in, users out
     # tied weights: the input and output layers are one row-sparse table, its two gathers' gradients summed
-    "autoencoder tied": ("autoencoder", dict(constrained=True, noise=0.1, batch_size=64)),
+    "autoencoder tied": ("autoencoder", dict(constrained=True, noise=0.1, batch_size=64, **ROWS)),
     "mf": ("mf", dict(batch_size=2048)),
     "mlp": ("mlp", dict(batch_size=2048)),
     "neumf": ("neumf", dict(batch_size=4096)),

@@ -194,8 +194,11 @@ def test_the_row_models_wide_layers_take_row_sparse_gradients_equal_to_the_dense
 
 
 @pytest.mark.parametrize("name, options, sparse", [
-    ("autoencoder", {}, True), ("autorec-item", {}, True), ("autorec-user", {"sparse": False}, False),
-    ("autoencoder", {"optimizer": "sgd"}, False), ("autoencoder", {"preset": "N3M"}, False)])
+    ("autoencoder", {"sparse_min_rows": 0}, True), ("autorec-item", {"sparse_min_rows": 40}, True),
+    ("autorec-item", {}, False),  # 40 rows: under the default's 100,000
+    ("autorec-user", {"sparse": False, "sparse_min_rows": 0}, False),
+    ("autoencoder", {"optimizer": "sgd", "sparse_min_rows": 0}, False),
+    ("autoencoder", {"preset": "N3M", "sparse_min_rows": 0}, False)])
 def test_the_sparse_option_decides_the_row_models_tables(name, options, sparse):
     estimator = models.create(name, **options)
     model = estimator.build({"n_users": 40, "n_items": 30})

@@ -252,6 +252,11 @@ class RowsOptions(LoopOptions):
                                 "only the rows of the input and output layers at the batch's columns: row-sparse "
                                 "gradients and a row-wise (lazy) step with adam or adagrad; sgd and rmsprop, and "
                                 "dense batches, update every row")
+    # Measured (BENCHMARKS.md, "Row-sparse updates of the row models"): the row-wise step pays where the tables
+    # are much larger than what a batch touches (I-AutoRec at Netflix's 294K users: 2.9x less CPU per step);
+    # at 5-18K rows (the autoencoder, U-AutoRec; every table of the 10% sample) dense Adam was as fast or faster.
+    sparse_min_rows: int = option(100_000, "with sparse: only when the input and output layers have at least this "
+                                           "many rows (0 = always); below it they stay dense", low=0)
     weight_decay: float = 0.005
     epochs: int = 60
     patience: int = 8
@@ -295,7 +300,7 @@ class RowsEstimator(TorchEstimator):
         c = self.options
         n = dims["n_items"] if self.orientation == "user" else dims["n_users"]
         return DeepAutoencoder(n, list(c.layers), c.activation, c.dropout, c.constrained, c.last_layer_activation,
-                               sparse_rows=uses_sparse_rows(c))
+                               sparse_rows=uses_sparse_rows(c) and n >= c.sparse_min_rows)
 
     def prepare(self, data: SplitMatrices) -> None:
         options = self.options
