@@ -226,9 +226,9 @@ class RowAdam(RowOptimizer):
         op-by-op ``_update`` stays for the embedding models' lazy Adam, whose recorded numbers it made."""
         state["step"] += 1
         beta1, beta2 = group["betas"]
-        torch._fused_adam_([table], [grad.contiguous()], [rows["exp_avg"]], [rows["exp_avg_sq"]], [],
-                           [state["step"].to(torch.float32)], lr=float(group["lr"]), beta1=beta1, beta2=beta2,
-                           weight_decay=0.0, eps=group["eps"], amsgrad=False, maximize=False)
+        torch.ops.aten._fused_adam_([table], [grad.contiguous()], [rows["exp_avg"]], [rows["exp_avg_sq"]], [],
+                                    [state["step"].to(torch.float32)], lr=float(group["lr"]), beta1=beta1,
+                                    beta2=beta2, weight_decay=0.0, eps=group["eps"], amsgrad=False, maximize=False)
 
     def _update(self, group, state, grad, rows):
         beta1, beta2 = group["betas"]
