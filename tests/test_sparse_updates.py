@@ -226,3 +226,16 @@ def test_a_catching_up_row_adam_resumes_exactly():
     again.load_state_dict(saved)
     assert again.state[table.weight]["last"].dtype == torch.int64
     assert torch.equal(_train(table, again, batches[10:], targets[10:]), expected)
+
+
+def test_several_processes_keep_the_row_models_tables_dense(monkeypatch):
+    """DistributedDataParallel takes sparse gradients only from sparse embedding modules: with several
+    processes the row models' gathered tables stay dense (a 2-process I-AutoRec run failed in backward)."""
+    from types import SimpleNamespace
+
+    from recsys_core import distributed
+
+    estimator = models.create("autorec-item", sparse_min_rows=0)
+    assert estimator.build({"n_users": 40, "n_items": 30}).row_sparse_parameters()
+    monkeypatch.setattr(distributed, "current", lambda: SimpleNamespace(enabled=True))
+    assert estimator.build({"n_users": 40, "n_items": 30}).row_sparse_parameters() == []

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_core import distributed
 from recsys_core.baselines import UserItemBias
 from recsys_core.distributed import local_part
 from recsys_core.errors import RecsysError
@@ -299,8 +300,14 @@ class RowsEstimator(TorchEstimator):
     def build(self, dims: dict) -> DeepAutoencoder:
         c = self.options
         n = dims["n_items"] if self.orientation == "user" else dims["n_users"]
+        sparse_rows = uses_sparse_rows(c) and n >= c.sparse_min_rows
+        if sparse_rows and distributed.current().enabled:
+            # DistributedDataParallel takes sparse gradients only from sparse nn.Embedding modules; these tables
+            # are parameters gathered by the network ("Cannot access storage of SparseTensorImpl" in backward)
+            log.info("%s: several processes: the input and output layers stay dense (no row-wise step)", self.name)
+            sparse_rows = False
         return DeepAutoencoder(n, list(c.layers), c.activation, c.dropout, c.constrained, c.last_layer_activation,
-                               sparse_rows=uses_sparse_rows(c) and n >= c.sparse_min_rows)
+                               sparse_rows=sparse_rows)
 
     def prepare(self, data: SplitMatrices) -> None:
         options = self.options
