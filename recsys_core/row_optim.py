@@ -12,9 +12,13 @@ grows with users x items x batches instead of with the ratings.
   Adam would have done to it in the steps it was not touched (zero gradient there): its moments decay by
   beta ** skipped and it moves by the momentum it carried, in closed form (``_momentum_tail``), so that
   without weight decay the step is dense Adam's at the cost of the touched rows (up to eps and lr changes
-  in between). Plain lazy Adam moves a row touched once every many steps by a tenth of what dense Adam does
-  (the rest of its momentum waits for its next touch); for AutoRec's item tables that was worth 0.009 RMSE
-  on MovieLens valid (BENCHMARKS.md).
+  in between, and the gradient being taken at the row's old place); ``flush`` does the same for every row
+  (the loop, at the end of each epoch); its L2 gradient is multiplied by the steps since the row's last
+  decay (the decay of the skipped steps, added at the touch); the gathered rows are stepped by torch's fused
+  Adam kernel. Plain lazy Adam moves a row touched once every many steps by a tenth of what dense Adam does
+  (the rest of its momentum waits for its next touch) and decays it only when touched: for U-AutoRec's item
+  tables that was worth 0.009 RMSE on MovieLens valid (BENCHMARKS.md). The row models use ``catch_up``; the
+  embedding models keep plain lazy Adam.
 - ``RowAdagrad``: Adagrad on the touched rows; without weight decay the same numbers as dense Adagrad (an
   untouched row's gradient is zero, so dense Adagrad leaves it as it is too).
 
