@@ -90,7 +90,9 @@ def make_optimizer(model: torch.nn.Module, config: LoopOptions):
     decay = float(config.weight_decay)
     groups = [{"params": [p for p in sparse if p.dim() >= 2], "weight_decay": decay},
               {"params": [p for p in sparse if p.dim() < 2], "weight_decay": 0.0}]
-    rowwise = ROW_OPTIMIZERS[config.optimizer]([g for g in groups if g["params"]], lr=float(config.lr))
+    # a network that names row_catch_up gets the row-wise step that catches up skipped rows (row_optim.RowAdam)
+    rowwise = ROW_OPTIMIZERS[config.optimizer]([g for g in groups if g["params"]], lr=float(config.lr),
+                                               catch_up=bool(getattr(model, "row_catch_up", False)))
     return SplitOptimizer(_dense_optimizer(dense, config) if dense else None, rowwise)
 
 
@@ -217,6 +219,8 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
                     _drain(pending, totals, state, epoch, config, lr, ctx)
                     bar.update(loss=totals["total"] / max(totals["count"], 1))
             _drain(pending, totals, state, epoch, config, lr, ctx)
+        if isinstance(optimizer, SplitOptimizer):  # rows a row-wise step skipped are brought up to date
+            optimizer.flush()
         total, count = ctx.sum([totals["total"], totals["count"]])
         train_loss = total / max(count, 1)
         valid = _validate_once(estimator, state, higher, epoch, model, int(config.patience), ctx)

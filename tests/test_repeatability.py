@@ -1,6 +1,8 @@
 """Same seed, same answer, at the default thread count of a quiet 2-core machine: two runs, and a run
 killed for real (SIGKILL after its first checkpoint) then resumed, give bit-identical weights and
-predictions, for every model family (autoencoders both ways round, MF / MLP, NCF).
+predictions, for every model family (autoencoders both ways round, MF / MLP, NCF). The row models' sparse
+batches take the row-wise step (row-sparse input and output layers, catch-up of skipped rows at each touch and at
+each epoch's end: its per-row state travels in the checkpoint); the re-feeding case mixes them with dense steps.
 
 The split is sized so that torch's parallel CPU kernels engage (batches of ~3,500 ratings: gathers of
 >= 32K numbers), which is where a run-to-run difference came from (issue 9)."""
@@ -22,11 +24,14 @@ from recsys_core.train import train
 
 THREADS = 2  # the default on the project's machine; the parallel kernels need > 1
 EPOCHS = 3
+ROWS = dict(sparse_min_rows=0)  # the row models take their row-sparse step on these small tables too
 # case -> (model, options); every random path of each family is on (dropout, input noise, negative sampling).
 CASES = {
-    "autoencoder": ("autoencoder", dict(dropout=0.3, noise=0.1, batch_size=64)),  # sparse in, gathered outputs
-    "autoencoder refeed": ("autoencoder", dict(refeed=1, batch_size=64)),          # dense outputs, re-feeding
-    "autorec-item": ("autorec-item", dict(batch_size=64)),                         # item vectors in, users out
+    "autoencoder": ("autoencoder", dict(dropout=0.3, noise=0.1, batch_size=64, **ROWS)),  # sparse in, gathered outputs
+    "autoencoder refeed": ("autoencoder", dict(refeed=1, batch_size=64, **ROWS)),          # dense outputs, re-feeding
+    "autorec-item": ("autorec-item", dict(batch_size=64, **ROWS)),                         # item vectors in, users out
+    # tied weights: the input and output layers are one row-sparse table, its two gathers' gradients summed
+    "autoencoder tied": ("autoencoder", dict(constrained=True, noise=0.1, batch_size=64, **ROWS)),
     "mf": ("mf", dict(batch_size=2048)),
     "mlp": ("mlp", dict(batch_size=2048)),
     "neumf": ("neumf", dict(batch_size=4096)),
@@ -69,7 +74,8 @@ def _cli(split, run_dir, model, options, resume=False) -> list[str]:
     if resume:
         return command + ["--resume"]
     for key, value in {**COMMON, **options}.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        command += [flag] if value is True else [flag, str(value)]
     return command + ["--recall-users", str(RUN.recall_users)]
 
 

@@ -11,6 +11,7 @@ evaluation ever needs the dense input, and evaluation never needs the dense outp
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_core import distributed
 from recsys_core.baselines import UserItemBias
 from recsys_core.distributed import local_part
 from recsys_core.errors import RecsysError
@@ -28,7 +30,7 @@ from recsys_core.losses import observed_mse
 from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import option, options
-from recsys_core.training_loop import LoopOptions
+from recsys_core.training_loop import LoopOptions, uses_sparse_rows
 
 log = logging.getLogger("recsys_core")
 
@@ -73,6 +75,16 @@ def take_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return F.embedding(index, table)
 
 
+@dataclass(frozen=True)
+class TouchedRows:
+    """The rows of the input (``first``) and output (``last``) tables at a batch's distinct columns, gathered
+    with row-sparse gradients, and each batch entry's index among them (``local``)."""
+
+    first: torch.Tensor
+    last: torch.Tensor  # (``first`` itself when tied, or when the batch's outputs are dense)
+    local: torch.Tensor
+
+
 class DeepAutoencoder(nn.Module):
     """Encoder ``n -> layers[0] -> ... -> layers[-1]`` (code), decoder mirrored back to ``n``.
 
@@ -81,8 +93,10 @@ class DeepAutoencoder(nn.Module):
     """
 
     def __init__(self, n_inputs: int, layers: list[int], activation: str = "selu", dropout: float = 0.0,
-                 constrained: bool = False, last_layer_activation: bool = True):
+                 constrained: bool = False, last_layer_activation: bool = True, sparse_rows: bool = False):
         super().__init__()
+        # the wide item-facing tables (input layer, output layer) take row-sparse gradients on the sparse paths
+        self.sparse_rows = sparse_rows
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         sizes = [n_inputs, *layers]
@@ -104,6 +118,30 @@ class DeepAutoencoder(nn.Module):
     def _dec_weight(self, k: int) -> torch.Tensor:
         return self.enc_w[k] if self.constrained else self.dec_w[k]
 
+    # The row-wise step catches a row up on the steps it was skipped (row_optim.RowAdam): plain lazy Adam left
+    # U-AutoRec 0.009 RMSE behind dense Adam on MovieLens chrono valid (0.8984 vs 0.8898, BENCHMARKS.md).
+    row_catch_up = True
+
+    def row_sparse_parameters(self) -> list[nn.Parameter]:
+        """The tables stepped row by row (``recsys_core.training_loop.sparse_parameters``): the input layer and
+        the output layer (one table when tied), when ``sparse_rows``."""
+        if not self.sparse_rows:
+            return []
+        return [self.enc_w[0]] + ([] if self.constrained else [self.dec_w[0]])
+
+    def touched_rows(self, cols: torch.Tensor, output: bool = True) -> "TouchedRows | None":
+        """For a training batch on the sparse paths (columns ``cols``): the input and output tables' rows at the
+        batch's distinct columns, gathered so that their gradients are row-sparse (one row per distinct column,
+        so nothing is summed when the gradient is coalesced), and each column's place among them (the output
+        table's only with ``output``: the gathered outputs read them). None when the tables are dense or no
+        gradient is taken."""
+        if not (self.sparse_rows and torch.is_grad_enabled()):
+            return None
+        unique, local = torch.unique(cols, return_inverse=True)
+        first = F.embedding(unique, self.enc_w[0], sparse=True)
+        last = first if self.constrained or not output else F.embedding(unique, self.dec_w[0], sparse=True)
+        return TouchedRows(first, last, local)
+
     def _encode_rest(self, x: torch.Tensor) -> torch.Tensor:
         for w, b in zip(list(self.enc_w)[1:], list(self.enc_b)[1:]):
             x = self.activation(x @ w + b)
@@ -112,9 +150,12 @@ class DeepAutoencoder(nn.Module):
     def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
         return self._encode_rest(self.activation(x @ self.enc_w[0] + self.enc_b[0]))
 
-    def encode_sparse(self, cols: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Encode a batch given as a sparse bag (column ids, values, row offsets)."""
-        first = F.embedding_bag(cols, self.enc_w[0], offsets, mode="sum", per_sample_weights=values)
+    def encode_sparse(self, cols: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                      touched: "TouchedRows | None" = None) -> torch.Tensor:
+        """Encode a batch given as a sparse bag (column ids, values, row offsets); with ``touched`` (of these
+        ``cols``), the bag reads the gathered rows."""
+        table, index = (self.enc_w[0], cols) if touched is None else (touched.first, touched.local)
+        first = F.embedding_bag(index, table, offsets, mode="sum", per_sample_weights=values)
         return self._encode_rest(self.activation(first + self.enc_b[0]))
 
     def decode_hidden(self, code: torch.Tensor) -> torch.Tensor:
@@ -137,10 +178,13 @@ class DeepAutoencoder(nn.Module):
         out += self.dec_b[0]
         return self._out_act(out)
 
-    def output_at(self, hidden: torch.Tensor, owner: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Outputs only at (row ``owner[k]``, column ``cols[k]``): gathers output-weight rows, no dense output."""
+    def output_at(self, hidden: torch.Tensor, owner: torch.Tensor, cols: torch.Tensor,
+                  touched: "TouchedRows | None" = None) -> torch.Tensor:
+        """Outputs only at (row ``owner[k]``, column ``cols[k]``): gathers output-weight rows, no dense output;
+        with ``touched`` (of these ``cols``), from the gathered rows."""
         # in float32 even under autocast: these few products are the predictions the loss/metrics see
-        w = take_rows(self._dec_weight(0), cols).float()
+        table, index = (self._dec_weight(0), cols) if touched is None else (touched.last, touched.local)
+        w = take_rows(table, index).float()
         bias = take_rows(self.dec_b[0].unsqueeze(1), cols).squeeze(1)
         return self._out_act((take_rows(hidden, owner).float() * w).sum(-1) + bias)
 
@@ -205,6 +249,15 @@ class RowsOptions(LoopOptions):
         True, "after training, choose bias_shrink on the valid part among 0 (the network alone) to 1e5 (in effect "
               "the biases alone), so that users with short rows fall back on the biases as far as valid says; "
               "without a valid part bias_shrink stays")
+    sparse: bool = option(True, "on batches that take the sparse path (embedding_bag in, gathered outputs), update "
+                                "only the rows of the input and output layers at the batch's columns: row-sparse "
+                                "gradients and a row-wise (lazy) step with adam or adagrad; sgd and rmsprop, and "
+                                "dense batches, update every row")
+    # Measured (BENCHMARKS.md, "Row-sparse updates of the row models"): the row-wise step pays where the tables
+    # are much larger than what a batch touches (I-AutoRec at Netflix's 294K users: 2.9x less CPU per step);
+    # at 5-18K rows (the autoencoder, U-AutoRec; every table of the 10% sample) dense Adam was as fast or faster.
+    sparse_min_rows: int = option(100_000, "with sparse: only when the input and output layers have at least this "
+                                           "many rows (0 = always); below it they stay dense", low=0)
     weight_decay: float = 0.005
     epochs: int = 60
     patience: int = 8
@@ -247,7 +300,14 @@ class RowsEstimator(TorchEstimator):
     def build(self, dims: dict) -> DeepAutoencoder:
         c = self.options
         n = dims["n_items"] if self.orientation == "user" else dims["n_users"]
-        return DeepAutoencoder(n, list(c.layers), c.activation, c.dropout, c.constrained, c.last_layer_activation)
+        sparse_rows = uses_sparse_rows(c) and n >= c.sparse_min_rows
+        if sparse_rows and distributed.current().enabled:
+            # DistributedDataParallel takes sparse gradients only from sparse nn.Embedding modules; these tables
+            # are parameters gathered by the network ("Cannot access storage of SparseTensorImpl" in backward)
+            log.info("%s: several processes: the input and output layers stay dense (no row-wise step)", self.name)
+            sparse_rows = False
+        return DeepAutoencoder(n, list(c.layers), c.activation, c.dropout, c.constrained, c.last_layer_activation,
+                               sparse_rows=sparse_rows)
 
     def prepare(self, data: SplitMatrices) -> None:
         options = self.options
@@ -407,17 +467,19 @@ class RowsEstimator(TorchEstimator):
         # than the scatter-adds of the gathered path; without re-feeding, sparse batches gather.
         full_output = dense or self.refeed > 0
         values, kept = self._noisy(batch.values)
+        # sparse paths: the input and output rows at the batch's columns, gathered with row-sparse gradients
+        touched = None if dense else model.touched_rows(batch.cols, output=not full_output)
         with self.autocast():
             if dense:
                 code = model.encode_dense(batch.dense(self.matrix.shape[1], values))
             else:
-                code = model.encode_sparse(batch.cols, values, batch.offsets)
+                code = model.encode_sparse(batch.cols, values, batch.offsets, touched)
             hidden = model.decode_hidden(code)
             if full_output:
                 full = model.output_full(hidden)
                 observed = full[batch.owner, batch.cols]
             else:
-                observed = model.output_at(hidden, batch.owner, batch.cols)
+                observed = model.output_at(hidden, batch.owner, batch.cols, touched)
         if kept is not None and self.noise_loss == "dropped":
             # only the ratings hidden from the input count: copying the input earns nothing
             dropped = ~kept
