@@ -10,9 +10,11 @@ there, in a child process, on the same training ratings written to a temporary f
     RECSYS_PROGRESS=0 nice -n 5 .venv/bin/python bench/bench_epochs.py data/matrices-10/N3M \\
         --baseline-python /tmp/benchenv/bin/python --epochs 10 --dim 16 --threads 2
 
-Same factors and epochs on both sides: MF ``dim`` = SVD ``n_factors``, MF ``epochs`` (patience 0) = SVD
-``n_epochs``; every other option at each library's defaults (the project's MF: Adam lr 0.002, batch 1,024,
-per-example L2 0.02; Surprise: SGD lr 0.005, reg 0.02, one rating at a time). Test RMSE of both on the
+Same factors, epochs and update rule on both sides: MF ``dim`` = SVD ``n_factors``, MF ``epochs`` (patience 0)
+= SVD ``n_epochs``; the project's MF with its hand-written SGD solver (``solver sgd``: Surprise's rule over
+blocks of ``--block`` ratings) at Surprise's lr 0.005 and reg 0.02 (``--sgd-lr``, ``--sgd-reg``); Surprise at
+its defaults (one rating at a time). ``--autograd-mf`` adds the project's MF at its autograd defaults (Adam lr
+0.002, batch 1,024, per-example L2 0.02, the row-wise sparse step). Test RMSE of both on the
 split's test part, clipped to the rating range (Surprise clips in ``predict``). ALS: same factors, reg,
 alpha, sweeps and conjugate-gradient steps (``implicit``'s CG solver, the one the project's ALS follows),
 same threads. ``--dense-mf`` adds the project's MF with dense embeddings and Adam (``--no-sparse``: every
@@ -111,6 +113,10 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads = implicit's num_threads")
     p.add_argument("--als-factors", type=int, default=32)
     p.add_argument("--als-iterations", type=int, default=5, help="ALS sweeps on both sides")
+    p.add_argument("--sgd-lr", type=float, default=0.005, help="the sgd solver's lr (Surprise's default)")
+    p.add_argument("--sgd-reg", type=float, default=0.02, help="the sgd solver's l2 (Surprise's reg default)")
+    p.add_argument("--block", type=int, default=16384, help="ratings per block of the sgd solver")
+    p.add_argument("--autograd-mf", action="store_true", help="also the project's MF at its autograd defaults")
     p.add_argument("--dense-mf", action="store_true", help="also the project's MF with dense updates")
     p.add_argument("--skip", nargs="*", default=[], choices=["mf", "als", "surprise", "implicit"])
     p.add_argument("--seed", type=int, default=0)
@@ -126,18 +132,22 @@ def main() -> int:
     als_options = {"factors": args.als_factors, "reg": 10.0, "alpha": 1.0, "iterations": args.als_iterations,
                    "cg_steps": 3}
 
-    def mf(sparse: bool) -> dict:
-        estimator = models.create("mf", dim=args.dim, epochs=args.epochs, patience=0, seed=args.seed, sparse=sparse)
+    def mf(**options) -> dict:
+        estimator = models.create("mf", dim=args.dim, epochs=args.epochs, patience=0, seed=args.seed, **options)
         started = time.perf_counter()
         summary = estimator.fit(data)
         seconds = time.perf_counter() - started
         pred = np.clip(estimator.predict_pairs(t_rows, t_cols), low, high)
+        # seconds_per_epoch: the whole fit (setup, and a valid pass per epoch that Surprise does not make) / epochs
         return {"seconds": seconds, "seconds_per_epoch": seconds / args.epochs,
                 "epoch_seconds": [round(s, 2) for s in summary["history"]["seconds"]],
                 "test_rmse": float(np.sqrt(np.mean((pred - t_values) ** 2))), "load": _load()}
 
     if "mf" not in args.skip:
-        result["project_mf"] = mf(sparse=True)
+        result["project_mf"] = {"solver": "sgd", "lr": args.sgd_lr, "l2": args.sgd_reg, "block": args.block,
+                                **mf(solver="sgd", lr=args.sgd_lr, l2=args.sgd_reg, batch_size=args.block)}
+        if args.autograd_mf:
+            result["project_mf_autograd"] = mf(sparse=True)
         if args.dense_mf:
             result["project_mf_dense"] = mf(sparse=False)
     if "als" not in args.skip:
