@@ -19,13 +19,12 @@ from recsys_core.train import train
 
 pytestmark = pytest.mark.usefixtures("two_torch_threads")  # the runs below are compared bit for bit
 
-SGD = dict(solver="sgd", lr=0.01, l2=0.05, batch_size=2048, patience=0)
+SGD = dict(solver="sgd", lr=0.01, l2=0.05, patience=0)
 RUN = RunSettings(recall_users=0)
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    # 40 ratings per user; blocks of 2,048 ratings: 5 loop steps per epoch
     return make_rating_split(tmp_path_factory.mktemp("mfsgd") / "N3M", n_users=300, n_items=60, n_ratings=12_000)
 
 
@@ -41,7 +40,7 @@ def _tiny(squash: bool = False) -> BiasedMF:
 
 def _solver(users, items, ratings) -> SequentialSGD:
     """A solver that visits exactly these ratings in this order (one chunk)."""
-    solver = SequentialSGD(torch.tensor(users), torch.tensor(items), torch.tensor(ratings), block=256, seed=0)
+    solver = SequentialSGD(torch.tensor(users), torch.tensor(items), torch.tensor(ratings), seed=0)
     solver.users, solver.items = np.array(users, np.int64), np.array(items, np.int64)
     solver.ratings = np.array(ratings, np.float32)
     return solver

@@ -74,6 +74,10 @@ class BiasedMF(nn.Module):
 # order, not the ratings one by one in a fresh order (that permutation and its gathers cost ~0.14 s at 1.4M
 # ratings, as much as the epoch's updates; and chunks keep the reads of the ratings sequential).
 CHUNK = 256
+# Chunks per call of the compiled loop (one "batch" of the training loop: its progress bar and divergence check
+# see one per call). Results do not depend on it; at 1,024 ratings a call the loop's own work per batch (~70 us)
+# cost ~0.1 s per epoch at 1.4M ratings, at 65,536 nothing measurable.
+CHUNKS_PER_CALL = 256
 
 
 @functools.cache
@@ -130,16 +134,15 @@ class SequentialSGD:
     thread count.
 
     Order: the ratings are shuffled once (from the seed); each epoch visits their chunks of ``CHUNK`` in a
-    permutation drawn from the epoch's generator, ``block // CHUNK`` chunks per call (a "batch" of the loop:
-    the progress bar and the divergence check see one per call; the result does not depend on ``block``)."""
+    permutation drawn from the epoch's generator, ``CHUNKS_PER_CALL`` chunks per call."""
 
-    def __init__(self, users: torch.Tensor, items: torch.Tensor, values: torch.Tensor, block: int, seed: int):
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, values: torch.Tensor, seed: int):
         order = np.random.default_rng([seed, 0]).permutation(len(values))
         self.users = users.numpy()[order].astype(np.int64)
         self.items = items.numpy()[order].astype(np.int64)
         self.ratings = values.numpy()[order].astype(np.float32)
         self.n_chunks = -(-len(order) // CHUNK)
-        self.per_call = max(1, block // CHUNK)
+        self.per_call = CHUNKS_PER_CALL
         # compile (or load from numba's cache) now, with the argument types of step(), not in the first epoch
         none, one, row = np.zeros(0, np.int64), np.zeros(1, np.float32), np.zeros((1, 1), np.float32)
         _sgd_kernel()(none, none, one, none, CHUNK, row, row, one, one, *(np.float32(0),) * 3, False,
@@ -174,9 +177,8 @@ class MFOptions(PairsOptions):
     squash: bool = option(False, "squash the output into the rating range with a scaled sigmoid")
     solver: str = option("autograd", "autograd: the loop's optimizer (adam) on mini-batch gradients; sgd: "
                                      "Surprise's SGD rule one rating at a time in a compiled loop (lr and l2 per "
-                                     "rating; factors start at std 0.1; batch_size = ratings per progress step; "
-                                     "CPU, one process; optimizer, momentum, weight_decay and sparse are the "
-                                     "autograd solver's)", choices=SOLVERS)
+                                     "rating; factors start at std 0.1; CPU, one process; batch_size, optimizer, "
+                                     "momentum, weight_decay and sparse are the autograd solver's)", choices=SOLVERS)
     lr: float = 0.002
     batch_size: int = 1024
     patience: int = 4
@@ -226,7 +228,7 @@ class MF(PairsEstimator):
         super().prepare(data)
         self._sgd = None
         if self.options.solver == "sgd":
-            self._sgd = SequentialSGD(self.users, self.items, self.values, self.batch_size, int(self.options.seed))
+            self._sgd = SequentialSGD(self.users, self.items, self.values, int(self.options.seed))
 
     def n_batches(self) -> int:
         return self._sgd.n_blocks() if self._sgd is not None else super().n_batches()
