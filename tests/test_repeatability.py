@@ -28,6 +28,7 @@ CASES = {
     "autoencoder refeed": ("autoencoder", dict(refeed=1, batch_size=64)),          # dense outputs, re-feeding
     "autorec-item": ("autorec-item", dict(batch_size=64)),                         # item vectors in, users out
     "mf": ("mf", dict(batch_size=2048)),
+    "mf sgd": ("mf", dict(solver="sgd")),  # the hand-written solver: no optimizer state, its own order
     "mlp": ("mlp", dict(batch_size=2048)),
     "neumf": ("neumf", dict(batch_size=4096)),
 }
