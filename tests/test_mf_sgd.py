@@ -68,11 +68,10 @@ def test_the_sgd_solver_is_surprises_rule_one_rating_after_another():
         q[i] += lr * (e * pu - reg * qi)
     mse = _solver(USERS, ITEMS, RATINGS).step(model, np.array([0]), lr=lr, reg=reg)
     assert float(mse) == pytest.approx(np.mean(np.square(errors)), rel=1e-5)
-    close = dict(rtol=0, atol=1e-6)
-    np.testing.assert_allclose(model.user_factors.weight.detach().numpy(), p, **close)
-    np.testing.assert_allclose(model.item_factors.weight.detach().numpy(), q, **close)
-    np.testing.assert_allclose(model.user_bias.weight.detach().numpy()[:, 0], bu, **close)
-    np.testing.assert_allclose(model.item_bias.weight.detach().numpy()[:, 0], bi, **close)
+    np.testing.assert_allclose(model.user_factors.weight.detach().numpy(), p, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.item_factors.weight.detach().numpy(), q, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.user_bias.weight.detach().numpy()[:, 0], bu, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.item_bias.weight.detach().numpy()[:, 0], bi, rtol=0, atol=1e-6)
     assert torch.equal(model.item_factors.weight[2], torch.tensor([0.2, 0.2]))  # unrated: untouched
     assert float(model.global_mean.detach()) == 3.5  # mu stays the training mean, as in Surprise
 
@@ -110,10 +109,12 @@ def _assert_same_weights(a, b):
 def test_two_runs_are_bit_identical_and_a_resumed_run_continues_exactly(split, tmp_path):
     straight = train(split.path, tmp_path / "straight", "mf", {**SGD, "epochs": 4}, RUN)
     again = train(split.path, tmp_path / "again", "mf", {**SGD, "epochs": 4}, RUN)
+    assert straight is not None and again is not None  # (one process: the metrics)
     _assert_same_weights(tmp_path / "straight", tmp_path / "again")
     assert straight["test"] == again["test"]
     train(split.path, tmp_path / "resumed", "mf", {**SGD, "epochs": 2}, RUN)
     resumed = train(split.path, tmp_path / "resumed", "mf", {"epochs": 4}, RunSettings(resume=True))
+    assert resumed is not None
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
     assert resumed["test"] == straight["test"]
     history = json.loads((tmp_path / "resumed" / "history.json").read_text())
@@ -123,6 +124,7 @@ def test_two_runs_are_bit_identical_and_a_resumed_run_continues_exactly(split, t
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert straight["valid"]["rmse"] < straight["baselines"]["global_mean"]["valid"]["rmse"]
     other = train(split.path, tmp_path / "seed1", "mf", {**SGD, "epochs": 4, "seed": 1}, RUN)
+    assert other is not None
     assert other["test"]["rmse"] != straight["test"]["rmse"]
 
 

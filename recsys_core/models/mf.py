@@ -145,8 +145,8 @@ class SequentialSGD:
         self.per_call = CHUNKS_PER_CALL
         # compile (or load from numba's cache) now, with the argument types of step(), not in the first epoch
         none, one, row = np.zeros(0, np.int64), np.zeros(1, np.float32), np.zeros((1, 1), np.float32)
-        _sgd_kernel()(none, none, one, none, CHUNK, row, row, one, one, *(np.float32(0),) * 3, False,
-                      *(np.float32(1),) * 2)
+        zero, unit = np.float32(0), np.float32(1)
+        _sgd_kernel()(none, none, one, none, CHUNK, row, row, one, one, zero, zero, zero, False, unit, unit)
 
     def n_blocks(self) -> int:
         return -(-self.n_chunks // self.per_call)
