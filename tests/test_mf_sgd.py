@@ -41,7 +41,7 @@ def _tiny(squash: bool = False) -> BiasedMF:
 def _solver(users, items, ratings) -> SequentialSGD:
     """A solver that visits exactly these ratings in this order (one chunk)."""
     solver = SequentialSGD(torch.tensor(users), torch.tensor(items), torch.tensor(ratings), seed=0)
-    solver.users, solver.items = np.array(users, np.int64), np.array(items, np.int64)
+    solver.users, solver.items = np.array(users, np.int32), np.array(items, np.int32)
     solver.ratings = np.array(ratings, np.float32)
     return solver
 

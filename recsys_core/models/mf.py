@@ -138,15 +138,17 @@ class SequentialSGD:
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, values: torch.Tensor, seed: int):
         order = np.random.default_rng([seed, 0]).permutation(len(values))
-        self.users = users.numpy()[order].astype(np.int64)
-        self.items = items.numpy()[order].astype(np.int64)
+        # int32 ids: the loop reads them every epoch, int64 ids made it ~20% slower (1.4M ratings)
+        self.users = users.numpy()[order].astype(np.int32)
+        self.items = items.numpy()[order].astype(np.int32)
         self.ratings = values.numpy()[order].astype(np.float32)
         self.n_chunks = -(-len(order) // CHUNK)
         self.per_call = CHUNKS_PER_CALL
         # compile (or load from numba's cache) now, with the argument types of step(), not in the first epoch
-        none, one, row = np.zeros(0, np.int64), np.zeros(1, np.float32), np.zeros((1, 1), np.float32)
+        ids, none, one, row = (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(1, np.float32),
+                               np.zeros((1, 1), np.float32))
         zero, unit = np.float32(0), np.float32(1)
-        _sgd_kernel()(none, none, one, none, CHUNK, row, row, one, one, zero, zero, zero, False, unit, unit)
+        _sgd_kernel()(ids, ids, one, none, CHUNK, row, row, one, one, zero, zero, zero, False, unit, unit)
 
     def n_blocks(self) -> int:
         return -(-self.n_chunks // self.per_call)
