@@ -111,6 +111,25 @@ def _dense_optimizer(params: list, config: LoopOptions) -> torch.optim.Optimizer
         return optimizer_class(groups, lr=float(config.lr), foreach=True, **extra)
 
 
+class OwnStep:
+    """The optimizer of an estimator that updates its weights itself inside ``losses()`` (MF's
+    ``solver: sgd``): no gradients and no state. The loop sets each epoch's lr in ``param_groups`` (the
+    estimator reads it there), checks and reports the yielded losses, and takes no backward or step."""
+
+    def __init__(self, lr: float):
+        self.param_groups = [{"lr": float(lr)}]
+
+    @property
+    def lr(self) -> float:
+        return float(self.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def uses_sparse_rows(config) -> bool:
     """Whether an embedding model's tables take sparse gradients and the row-wise step: option ``sparse``
     on and an optimizer that has a row-wise step (adam, adagrad)."""
@@ -173,7 +192,9 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
     holds the best weights by the valid metric (the last ones when there is no valid part).
     """
     model = estimator.model
-    optimizer = make_optimizer(model, config)
+    # an estimator that steps itself (``own_step()`` gives an OwnStep) gets no torch optimizer
+    own = getattr(estimator, "own_step", lambda: None)()
+    optimizer = own if own is not None else make_optimizer(model, config)
     seed = int(config.seed)
     checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     if resume and checkpoint_path is None:
@@ -210,9 +231,10 @@ def fit(estimator, config: LoopOptions, run_dir: Path | None = None, resume: boo
         with progress_bar(f"epoch {epoch}/{config.epochs}", estimator.n_batches(), "batches") as bar:
             for b, batch in enumerate(estimator.batches(rng), start=1):
                 for step, (loss, reported) in enumerate(_steps(estimator.losses(batch), run_step)):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    if own is None:
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
                     pending.append((b, loss.detach(), reported.detach() if step == 0 else None))
                 bar.advance()
                 if b % SYNC_EVERY == 0:
@@ -300,7 +322,8 @@ def _check_loss(value: float, state: dict, epoch: int, batch: int, config: LoopO
         first = "not finite either" if reference is None else f"{reference:.4g}"
         raise RecsysError(
             f"training diverged in epoch {epoch}, batch {batch}: the loss became {value:.4g} "
-            f"(first loss {first}) with optimizer {config.optimizer} at lr {lr:g}; "
+            f"(first loss {first}) with {getattr(config, 'step_name', None) or 'optimizer ' + config.optimizer} "
+            f"at lr {lr:g}; "
             f"lower --lr (the checkpoint of epoch {epoch - 1} is intact)")
 
 

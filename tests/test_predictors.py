@@ -26,6 +26,10 @@ class TestMF(ModelContract):
     model, options = "mf", FAST
 
 
+class TestMFSGD(ModelContract):
+    model, options = "mf", {**FAST, "solver": "sgd"}
+
+
 class TestMLP(ModelContract):
     model, options = "mlp", FAST
 

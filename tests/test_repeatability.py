@@ -33,6 +33,7 @@ CASES = {
     # tied weights: the input and output layers are one row-sparse table, its two gathers' gradients summed
     "autoencoder tied": ("autoencoder", dict(constrained=True, noise=0.1, batch_size=64, **ROWS)),
     "mf": ("mf", dict(batch_size=2048)),
+    "mf sgd": ("mf", dict(solver="sgd")),  # the hand-written solver: no optimizer state, its own order
     "mlp": ("mlp", dict(batch_size=2048)),
     "neumf": ("neumf", dict(batch_size=4096)),
 }

@@ -54,7 +54,8 @@ def test_same_seed_gives_identical_weights_and_metrics(split, tmp_path):
 
 
 @pytest.mark.slow  # three trainings each, 17 s of CPU for the autoencoder at load ~25
-@pytest.mark.parametrize("model,options", [("autoencoder", AE), ("neumf", dict(patience=0))])
+@pytest.mark.parametrize("model,options", [("autoencoder", AE), ("neumf", dict(patience=0)),
+                                           ("mf", dict(solver="sgd", patience=0))])
 def test_resume_continues_exactly(split, tmp_path, model, options):
     straight = train(split.path, tmp_path / "straight", model, {"epochs": 4, **options}, RUN)
     train(split.path, tmp_path / "resumed", model, {"epochs": 2, **options}, RUN)
