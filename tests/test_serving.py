@@ -10,10 +10,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import polars as pl
 import pytest
 
 from recsys_core.matrices import load_split
 from recsys_core.registry import Registry
+from recsys_core.serving.model_access import ServableModel
 from tests.loop_fixtures import serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +74,40 @@ def test_user_recommendations_exclude_what_the_user_rated(service, loop_runs):
     assert scores == sorted(scores, reverse=True)
     assert all(entry["title"] == f"Movie {entry['item_id']}" for entry in body["items"])
     assert len(client.get(f"/users/{user}/recommendations").json()["items"]) == 10   # default k
+
+
+def test_a_known_users_answer_is_the_runs_own_top_list_and_deeper_ones_are_computed(service, loop_runs):
+    client = service["client"]
+    listed = pl.read_parquet(loop_runs["ae_old"] / "recommendations.parquet")
+    depth = int(listed["rank"].max())
+    old = load_split(loop_runs["old"])
+    known = (old.train + old.valid + old.test).tocsr()
+    for user in listed["user_id"].unique().sort().to_list()[:5]:
+        mine = listed.filter(pl.col("user_id") == user).sort("rank")
+        body = client.get(f"/users/{user}/recommendations", params={"k": depth}).json()
+        assert [e["item_id"] for e in body["items"]] == mine["item_id"].to_list()
+        assert np.allclose([e["score"] for e in body["items"]], mine["score"].to_numpy())
+        deeper = client.get(f"/users/{user}/recommendations", params={"k": depth + 5}).json()["items"]
+        row = int(np.searchsorted(old.user_ids, user))
+        rated = set(old.item_ids[known.indices[known.indptr[row]:known.indptr[row + 1]]].tolist())
+        assert len(deeper) == depth + 5 and not rated & {e["item_id"] for e in deeper}
+        assert [e["rank"] for e in deeper] == list(range(1, depth + 6))
+
+
+def test_the_top_lists_are_read_from_the_run_and_answer_only_as_deep_as_they_go(loop_runs):
+    model = ServableModel(loop_runs["ae_old"])
+    listed = pl.read_parquet(loop_runs["ae_old"] / "recommendations.parquet")
+    depth = model.load_top_lists()
+    assert depth == int(listed["rank"].max()) > 0
+    user = int(listed["user_id"][0])
+    row = model.row_of(user)
+    cols, scores = model.top_list(row, depth)
+    mine = listed.filter(pl.col("user_id") == user).sort("rank")
+    assert model.item_ids[cols].tolist() == mine["item_id"].to_list()
+    assert model.top_list(row, depth + 1) is None  # deeper than the run's lists: computed
+    unlisted = np.setdiff1d(np.arange(model.n_users), model.rows_of(listed["user_id"].unique().to_numpy()))
+    if len(unlisted):
+        assert model.top_list(int(unlisted[0]), 1) is None
 
 
 def test_new_user_and_similar_items(service, loop_runs):

@@ -14,12 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from recsys_core.errors import RecsysError
 from recsys_core.estimators import TorchEstimator
 from recsys_core.interactions import rating_range
 from recsys_core.predictor import ItemSimilarities, ItemVectors, LinearScores, folds_in
-from recsys_core.runs import RunConfig
+from recsys_core.runs import RECOMMENDATIONS, RunConfig
 from recsys_core.serving.remote import load_in_child
 from recsys_core.train import load_run
 
@@ -153,6 +154,41 @@ class ServableModel:
         users, weight, bias, offset = (np.ascontiguousarray(part, np.float32) for part in linear)
         self._linear = (users, weight, bias, offset)
         return True
+
+    def load_top_lists(self) -> int:
+        """Every known user's top list as the run wrote it (``recommendations.parquet``: the run's ``k`` best
+        items among those the user never rated, by the ranking module's tie rule), so that a known user's
+        answer for up to that many items is a lookup: no model math on the request path, and the same items
+        as the run's own recommendations. Returns the depth (0: no lists; every answer is computed)."""
+        self._top_cols, self._top_scores, self._top_depth = None, None, 0
+        path = self.run_dir / RECOMMENDATIONS
+        if not path.is_file() or self.n_users == 0:
+            return 0
+        table = pl.read_parquet(path, columns=["user_id", "rank", "item_id", "score"])
+        ranks = table["rank"].to_numpy().astype(np.int64) - 1
+        depth = int(ranks.max()) + 1 if len(ranks) else 0
+        rows = self.rows_of(table["user_id"].to_numpy())
+        cols = self.cols_of(table["item_id"].to_numpy())
+        if depth == 0 or (rows < 0).any() or (cols < 0).any() or (ranks < 0).any():
+            return 0  # not this run's index: answer by computing
+        top_cols = np.full((self.n_users, depth), -1, np.int32)
+        top_scores = np.full((self.n_users, depth), -np.inf, np.float32)
+        top_cols[rows, ranks] = cols
+        top_scores[rows, ranks] = table["score"].to_numpy()
+        listed = np.zeros(self.n_users, bool)
+        listed[rows] = True
+        self._top_cols, self._top_scores, self._top_listed, self._top_depth = top_cols, top_scores, listed, depth
+        return depth
+
+    def top_list(self, row: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(columns, scores) of a known user's ``k`` best unrated items from the run's lists, best first;
+        None where the lists do not hold them (k deeper than the run's, or a user without a list)."""
+        if k > getattr(self, "_top_depth", 0) or not self._top_listed[row]:
+            return None
+        assert self._top_cols is not None and self._top_scores is not None
+        cols = self._top_cols[row, :k]
+        keep = cols >= 0  # fewer than k unrated items: the run listed fewer
+        return cols[keep].astype(np.int64), self._top_scores[row, :k][keep]
 
     def predict_pairs(self, rows, cols) -> np.ndarray:
         return np.asarray(self.estimator.predict_pairs(np.asarray(rows, np.int64), np.asarray(cols, np.int64)),

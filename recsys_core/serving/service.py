@@ -201,6 +201,9 @@ class Champion:
         if row < 0:
             raise NotFound(f"user {user_id} is not known to {self.name} version {self.version}; "
                            "POST their ratings to /recommendations instead")
+        listed = self.model.top_list(row, k)
+        if listed is not None:  # the run's own top list: a lookup (ServableModel.load_top_lists)
+            return {**self._head(), "user_id": user_id, "items": self._items(*listed)}
         scores = self.model.score_row(row)
         scores[self.model.seen_cols(row)] = -np.inf
         return {**self._head(), "user_id": user_id, "items": self._top(scores, k)}
@@ -265,6 +268,7 @@ def load_champion(registry: Registry, name: str, pointer: ChampionPointer, devic
         raise RecsysError(f"{run}/model.pt changed since version {pointer.version} of {name} was promoted")
     model = ServableModel.for_serving(run_dir, device, in_child)
     model.prepare_fast_scoring()
+    model.load_top_lists()
     if model.has_item_vectors:
         model.item_vectors()
     if model.n_users:
