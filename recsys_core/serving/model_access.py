@@ -42,6 +42,11 @@ class ServableModel:
     """A trained run loaded once: its index (raw ids <-> rows/columns, titles), what each user rated, and
     the model answering scores for known users, folded-in users and items."""
 
+    # the run's own top lists (load_top_lists); none until read, so every answer is computed
+    _top_cols: np.ndarray | None = None
+    _top_scores: np.ndarray | None = None
+    _top_depth: int = 0
+
     def __init__(self, run_dir: str | Path, device: str = "cpu"):
         self.run_dir = Path(run_dir).resolve()
         config, self.data, self.estimator = load_run(self.run_dir, device)
@@ -175,18 +180,17 @@ class ServableModel:
         top_scores = np.full((self.n_users, depth), -np.inf, np.float32)
         top_cols[rows, ranks] = cols
         top_scores[rows, ranks] = table["score"].to_numpy()
-        listed = np.zeros(self.n_users, bool)
-        listed[rows] = True
-        self._top_cols, self._top_scores, self._top_listed, self._top_depth = top_cols, top_scores, listed, depth
+        self._top_cols, self._top_scores, self._top_depth = top_cols, top_scores, depth
         return depth
 
     def top_list(self, row: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(columns, scores) of a known user's ``k`` best unrated items from the run's lists, best first;
         None where the lists do not hold them (k deeper than the run's, or a user without a list)."""
-        if k > getattr(self, "_top_depth", 0) or not self._top_listed[row]:
+        if k > self._top_depth or self._top_cols is None or self._top_scores is None:
             return None
-        assert self._top_cols is not None and self._top_scores is not None
         cols = self._top_cols[row, :k]
+        if cols[0] < 0:  # no list: the run listed no item for this user (no training ratings)
+            return None
         keep = cols >= 0  # fewer than k unrated items: the run listed fewer
         return cols[keep].astype(np.int64), self._top_scores[row, :k][keep]
 
