@@ -30,6 +30,7 @@ from recsys_core.interactions import csr_triplets, rating_range
 from recsys_core.losses import observed_mse
 from recsys_core.matrices import SplitMatrices
 from recsys_core.options import ModelOptions, option, options
+from recsys_core.ranking import ScoreBounds
 from recsys_core.settings import DEFAULTS as RUN_DEFAULTS
 from recsys_core.settings import RunSettings
 from recsys_core.training_loop import LoopOptions, uses_sparse_rows
@@ -192,6 +193,14 @@ class ScoresAll(Protocol):
     def score_all(self, users: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class BoundsAll(Protocol):
+    """A network that bounds whole rows cheaply (``recsys_core.models.mlp.TowerBounds``): (lower, upper) of
+    ``score_all(users)`` and ``exact(rows, cols)``, the scores of chosen pairs; None where it cannot."""
+
+    def score_bounds(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any] | None: ...
+
+
 class PairsEstimator(TorchEstimator):
     """One (user, item, rating) per example (biased MF, the embedding MLP): the network maps
     ``(users, items)`` to ratings and has ``penalty(users, items)``; loss = MSE + penalty_weight() * penalty.
@@ -248,6 +257,23 @@ class PairsEstimator(TorchEstimator):
 
     def predict_pairs(self, rows, cols):
         return self._pairs_in_chunks(rows, cols)
+
+    def score_bounds(self, rows: np.ndarray) -> ScoreBounds | None:
+        """``recsys_core.ranking.BoundedScores``: bounds of the rows' scores for exact pruned top-K where the
+        network gives them (the tower models), else None."""
+        if not isinstance(self.model, BoundsAll):
+            return None
+        with self._eval_mode():
+            found = self.model.score_bounds(torch.from_numpy(np.asarray(rows, np.int64)).to(self.device))
+        if found is None:
+            return None
+        lower, upper, exact = found
+
+        def exact_scores(positions: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            with self._eval_mode():
+                return exact(positions, cols).float()
+
+        return ScoreBounds(lower.float(), upper.float(), exact_scores)
 
     def score_rows_tensor(self, rows):
         rows = np.asarray(rows, np.int64)

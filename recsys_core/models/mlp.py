@@ -3,7 +3,7 @@ layers. ``mlp_tower`` is also NCF's tower."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,31 @@ def mlp_tower(sizes: list[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# The exact scores of chosen (row, item) pairs of a block of users: ``exact(rows, cols)``.
+PairScores = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 GRID_FLOATS = 1 << 23  # activations of one block of (user, item) pairs in ``tower_grid``: 32 MB of float32
+
+
+def _split_first(tower: nn.Sequential, users_x: torch.Tensor, items_x: torch.Tensor):
+    """(user halves ``W_u u + b``, item halves ``W_i i``, the layers after the first) of a tower over
+    ``[u, i]`` with at least one hidden layer."""
+    dim = users_x.shape[1]
+    first = next(m for m in tower if isinstance(m, nn.Linear))
+    return (torch.addmm(first.bias, users_x, first.weight[:, :dim].T), items_x @ first.weight[:, dim:].T,
+            tower[1:])
+
+
+def _rest_grid(rest: nn.Module, user_half: torch.Tensor, item_half: torch.Tensor,
+               head_weight: torch.Tensor, widest: int) -> torch.Tensor:
+    """``head_weight . rest(u + i)`` for every row u of ``user_half`` and i of ``item_half``, on blocks of
+    users x every item, one batched GEMM per layer, never more than ``GRID_FLOATS`` activations held."""
+    step = max(1, GRID_FLOATS // max(len(item_half) * widest, 1))
+    out = torch.empty((len(user_half), len(item_half)), dtype=user_half.dtype, device=user_half.device)
+    for lo in range(0, len(user_half), step):
+        hidden = rest(user_half[lo:lo + step, None, :] + item_half[None, :, :])
+        out[lo:lo + step] = hidden @ head_weight
+    return out
 
 
 def tower_grid(tower: nn.Sequential, users_x: torch.Tensor, items_x: torch.Tensor,
@@ -37,17 +61,126 @@ def tower_grid(tower: nn.Sequential, users_x: torch.Tensor, items_x: torch.Tenso
     linears = [m for m in tower if isinstance(m, nn.Linear)]
     if not linears:  # no hidden layer: the head is linear in [u, i]
         return (users_x @ head_weight[:dim]).unsqueeze(1) + (items_x @ head_weight[dim:]).unsqueeze(0)
-    first = linears[0]
-    user_half = torch.addmm(first.bias, users_x, first.weight[:, :dim].T)
-    item_half = items_x @ first.weight[:, dim:].T
-    rest = tower[1:]
-    widest = max(m.out_features for m in linears)
-    step = max(1, GRID_FLOATS // max(len(items_x) * widest, 1))
-    out = torch.empty((len(users_x), len(items_x)), dtype=user_half.dtype, device=user_half.device)
-    for lo in range(0, len(users_x), step):
-        hidden = rest(user_half[lo:lo + step, None, :] + item_half[None, :, :])
-        out[lo:lo + step] = hidden @ head_weight
+    user_half, item_half, rest = _split_first(tower, users_x, items_x)
+    return _rest_grid(rest, user_half, item_half, head_weight, max(m.out_features for m in linears))
+
+
+# Items per cluster of ``TowerBounds`` (at least 16 clusters, at most 1,024): a user's scores of the centres cost
+# 1/32 of the whole catalogue's. Measured on a trained MLP at generated 10% N3M (5,412 items), the candidates
+# left were 5.8 / 4.6 / 3.5% of the items with 128 / 256 / 512 clusters before the threshold is refined.
+ITEMS_PER_CLUSTER = 32
+
+
+class TowerBounds:
+    """Bounds on ``head . tower([u, i])`` for every item at a fraction of the cost of the scores themselves,
+    for exact pruned top-K (``recsys_core.ranking.ScoreBounds``). With ``b_i`` the item half of the first
+    layer and ``a_u`` the user half, the score is ``g(relu(a_u + b_i))`` with g made of ReLUs and linear layers.
+    Since ReLU is 1-Lipschitz elementwise, ``|g(h) - g(h')| <= v . |h - h'|`` with ``v = |head| |W_L| ... |W_2|``
+    (elementwise absolute values), and ``|relu(a + b_i) - relu(a + b_c)| <= |b_i - b_c|``, which is 0 in a unit
+    where both are negative. The items are clustered (k-means on ``v * b``, seeded) and each is bounded by its
+    cluster centre ``c``: ``score(u, c) +- sum_k v_k |b_ik - b_ck| [a_uk + max_{j in c} b_jk > 0]``, so a user
+    pays the tower on the centres only, and a product over the item halves for the slack. Built once for a
+    set of weights (eval mode), it holds the item halves, their clusters and their distances to the centres."""
+
+    def __init__(self, tower: nn.Sequential, items_x: torch.Tensor, head_weight: torch.Tensor, *, seed: int = 0):
+        linears = [m for m in tower if isinstance(m, nn.Linear)]
+        self.tower, self.head_weight = tower, head_weight
+        self.dim = items_x.shape[1]
+        self.widest = max(m.out_features for m in linears)
+        first = linears[0]
+        self.user_weight, self.user_bias = first.weight[:, :self.dim], first.bias
+        self.item_half = items_x @ first.weight[:, self.dim:].T  # [n_items, h1]
+        self.rest = tower[1:]
+        lipschitz = head_weight.abs()
+        for layer in reversed(linears[1:]):
+            lipschitz = lipschitz @ layer.weight.abs()
+        self.lipschitz = lipschitz  # [h1]
+        n_items = len(self.item_half)
+        n_clusters = int(min(1024, max(16, n_items // ITEMS_PER_CLUSTER), n_items))
+        assign, centres = _kmeans(self.item_half * lipschitz, n_clusters, seed)
+        self.assign = assign
+        # centres back in item-half space; a unit's box top over each cluster includes its centre
+        self.centres = centres / lipschitz.clamp_min(torch.finfo(lipschitz.dtype).tiny)
+        top = torch.full_like(self.centres, float("-inf")).scatter_reduce_(
+            0, assign[:, None].expand_as(self.item_half), self.item_half, "amax")
+        self.top = torch.maximum(top, self.centres)
+        self.order = torch.argsort(assign, stable=True)  # items grouped by cluster
+        self.inverse = torch.argsort(self.order)
+        counts = torch.bincount(assign, minlength=n_clusters).tolist()
+        self.spans = [(c, lo, lo + n) for c, (lo, n) in enumerate(zip(_offsets(counts), counts)) if n]
+        self.distance = (self.item_half - self.centres[assign]).abs()[self.order]  # [n_items, h1], grouped
+
+    def user_half(self, users_x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.user_bias, users_x, self.user_weight.T)
+
+    def bounds(self, user_half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower, upper) of the tower's score of every item for each row of ``user_half``, ``[rows, n_items]``,
+        widened by a margin that covers float32 rounding."""
+        centre = _rest_grid(self.rest, user_half, self.centres, self.head_weight, self.widest)  # [rows, clusters]
+        slack = torch.empty((len(user_half), len(self.order)), dtype=user_half.dtype, device=user_half.device)
+        for c, lo, hi in self.spans:
+            live = (user_half + self.top[c]) > 0  # units where some item of the cluster is active
+            slack[:, lo:hi] = (live * self.lipschitz) @ self.distance[lo:hi].T
+        slack = slack[:, self.inverse]
+        centre = centre[:, self.assign]
+        slack.add_(centre.abs(), alpha=1e-4).add_(1e-4)
+        return centre - slack, centre.add_(slack)
+
+    def pairs(self, user_half: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The tower's score of each (row ``rows`` of ``user_half``, item ``cols``) pair, as ``tower_grid``
+        computes it, in chunks of at most ``GRID_FLOATS`` activations."""
+        out = torch.empty(len(cols), dtype=user_half.dtype, device=user_half.device)
+        step = max(1, GRID_FLOATS // self.widest)
+        for lo in range(0, len(cols), step):
+            hidden = self.rest(user_half[rows[lo:lo + step]] + self.item_half[cols[lo:lo + step]])
+            out[lo:lo + step] = hidden @ self.head_weight
+        return out
+
+
+def cached_tower_bounds(owner: nn.Module, tower: nn.Sequential, items_x: torch.Tensor,
+                        head_weight: torch.Tensor) -> TowerBounds | None:
+    """``owner``'s ``TowerBounds``, built the first time and again whenever one of its parameters changed
+    (training steps and loads write them in place, which moves their version counters); None where the tower
+    does not support bounds."""
+    if not tower_supports_bounds(tower):
+        return None
+    key = tuple((p._version, p.data_ptr()) for p in owner.parameters())
+    cached = owner.__dict__.get("_tower_bounds")
+    if cached is None or cached[0] != key:
+        cached = (key, TowerBounds(tower, items_x, head_weight))
+        owner.__dict__["_tower_bounds"] = cached
+    return cached[1]
+
+
+def _offsets(counts: list[int]) -> list[int]:
+    out, at = [], 0
+    for n in counts:
+        out.append(at)
+        at += n
     return out
+
+
+def _kmeans(points: torch.Tensor, n_clusters: int, seed: int, iterations: int = 15
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster of each point, centres) by Lloyd's iterations from ``n_clusters`` points drawn with ``seed``;
+    an emptied cluster keeps its centre. Any clustering keeps the bounds exact; a good one keeps them tight."""
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randperm(len(points), generator=generator)[:n_clusters].to(points.device)
+    centres = points[start].clone()
+    assign = torch.zeros(len(points), dtype=torch.int64, device=points.device)
+    for _ in range(iterations):
+        assign = torch.cdist(points, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=n_clusters).to(points.dtype)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+    return torch.cdist(points, centres).argmin(1), centres
+
+
+def tower_supports_bounds(tower: nn.Sequential) -> bool:
+    """Whether ``TowerBounds`` applies: at least one hidden layer, and only Linear, ReLU and Dropout (eval mode)."""
+    return (any(isinstance(m, nn.Linear) for m in tower)
+            and all(isinstance(m, (nn.Linear, nn.ReLU, nn.Dropout)) for m in tower))
 
 
 class EmbeddingMLP(nn.Module):
@@ -79,6 +212,22 @@ class EmbeddingMLP(nn.Module):
         """Predictions for every item, ``[len(users), n_items]`` (``tower_grid``; eval mode)."""
         grid = tower_grid(self.tower, self.user_emb(users), self.item_emb.weight, self.head.weight[0])
         return grid.add_(self.global_mean + self.head.bias + self.user_bias(users)).add_(self.item_bias.weight.T)
+
+    def score_bounds(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PairScores] | None:
+        """(lower, upper) of every item's prediction for ``users`` and the exact predictions of chosen
+        (row, item) pairs, as ``score_all`` computes them (``TowerBounds``; eval mode)."""
+        index = cached_tower_bounds(self, self.tower, self.item_emb.weight, self.head.weight[0])
+        if index is None:
+            return None
+        user_half = index.user_half(self.user_emb(users))
+        base = self.global_mean + self.head.bias + self.user_bias(users)  # [rows, 1]
+        item_bias = self.item_bias.weight
+        lower, upper = index.bounds(user_half)
+
+        def exact(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            return index.pairs(user_half, rows, cols).add_(base[rows, 0]).add_(item_bias[cols, 0])
+
+        return lower.add_(base).add_(item_bias.T), upper.add_(base).add_(item_bias.T), exact
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return ((self.user_emb(users) ** 2).sum(-1) + (self.item_emb(items) ** 2).sum(-1)

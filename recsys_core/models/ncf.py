@@ -18,8 +18,9 @@ from recsys_core.interactions import csr_triplets
 from recsys_core.losses import binary_cross_entropy
 from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
-from recsys_core.models.mlp import mlp_tower, tower_grid
+from recsys_core.models.mlp import PairScores, cached_tower_bounds, mlp_tower, tower_grid
 from recsys_core.options import option, options
+from recsys_core.ranking import ScoreBounds
 from recsys_core.sampling import sample_negatives
 
 VALID_NEGATIVES = 99  # validation: the held-out item ranked among this many sampled non-interactions
@@ -72,6 +73,33 @@ class NCF(nn.Module):
             out = grid if out is None else out.add_(grid)
         assert out is not None  # every kind has a GMF or a tower part
         return out.add_(self.head.bias)
+
+    def score_bounds(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PairScores] | None:
+        """(lower, upper) of every item's logit for ``users`` and the exact logits of chosen (row, item)
+        pairs, as ``score_all`` computes them: the tower's part bounded (``TowerBounds``), GMF's exact; None for
+        GMF alone, which ``score_all`` scores in one product."""
+        if self.kind == "gmf":
+            return None
+        weight = self.head.weight[0]
+        gmf = None
+        if self.kind == "neumf":
+            dim = self.gmf_user.embedding_dim
+            gmf = (self.gmf_user(users) * weight[:dim]) @ self.gmf_item.weight.T
+            weight = weight[dim:]
+        index = cached_tower_bounds(self, self.tower, self.mlp_item.weight, weight)
+        if index is None:
+            return None
+        user_half = index.user_half(self.mlp_user(users))
+        lower, upper = index.bounds(user_half)
+        if gmf is not None:
+            lower, upper = gmf + lower, upper.add_(gmf)
+        bias = self.head.bias
+
+        def exact(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            tower = index.pairs(user_half, rows, cols)
+            return (tower if gmf is None else gmf[rows, cols].add_(tower)).add_(bias)
+
+        return lower.add_(bias), upper.add_(bias), exact
 
 
 @options
@@ -178,6 +206,15 @@ class NCFEstimator(PairsEstimator):
 
     def score_rows_tensor(self, rows):
         return torch.sigmoid_(super().score_rows_tensor(rows))
+
+    def score_bounds(self, rows: np.ndarray) -> ScoreBounds | None:
+        """The logits' bounds through the sigmoid, which keeps their order (probabilities, as ``score_rows``)."""
+        found = super().score_bounds(rows)
+        if found is None:
+            return None
+        exact = found.exact
+        return ScoreBounds(found.lower.sigmoid_(), found.upper.sigmoid_(),
+                           lambda positions, cols: torch.sigmoid_(exact(positions, cols)))
 
     def item_vectors(self) -> np.ndarray:
         """The item embeddings of the parts the model has (GMF's and the MLP tower's side by side in NeuMF)."""
