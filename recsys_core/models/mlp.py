@@ -69,6 +69,7 @@ def tower_grid(tower: nn.Sequential, users_x: torch.Tensor, items_x: torch.Tenso
 # 1/32 of the whole catalogue's. Measured on a trained MLP at generated 10% N3M (5,412 items), the candidates
 # left were 5.8 / 4.6 / 3.5% of the items with 128 / 256 / 512 clusters before the threshold is refined.
 ITEMS_PER_CLUSTER = 32
+GROUP = 32  # items per group of a cluster in the slack's batched product (a cluster's last group is padded)
 
 
 class TowerBounds:
@@ -99,16 +100,36 @@ class TowerBounds:
         n_clusters = int(min(1024, max(16, n_items // ITEMS_PER_CLUSTER), n_items))
         assign, centres = _kmeans(self.item_half * lipschitz, n_clusters, seed)
         self.assign = assign
-        # centres back in item-half space; a unit's box top over each cluster includes its centre
+        # centres back in item-half space
         self.centres = centres / lipschitz.clamp_min(torch.finfo(lipschitz.dtype).tiny)
-        top = torch.full_like(self.centres, float("-inf")).scatter_reduce_(
-            0, assign[:, None].expand_as(self.item_half), self.item_half, "amax")
-        self.top = torch.maximum(top, self.centres)
-        self.order = torch.argsort(assign, stable=True)  # items grouped by cluster
-        self.inverse = torch.argsort(self.order)
-        counts = torch.bincount(assign, minlength=n_clusters).tolist()
-        self.spans = [(c, lo, lo + n) for c, (lo, n) in enumerate(zip(_offsets(counts), counts)) if n]
-        self.distance = (self.item_half - self.centres[assign]).abs()[self.order]  # [n_items, h1], grouped
+        # Each cluster's items in groups of at most GROUP, every group padded to GROUP: the slack of a block of
+        # users is then one batched product over the groups (a loop over clusters, one small product each,
+        # stalled on a loaded machine where every small op waits for its OpenMP threads).
+        order = torch.argsort(assign, stable=True)
+        sorted_assign = assign[order]
+        starts = torch.ones(n_items, dtype=torch.bool, device=assign.device)
+        starts[1:] = sorted_assign[1:] != sorted_assign[:-1]
+        first_of_cluster = torch.cummax(torch.where(starts, torch.arange(n_items, device=assign.device), 0), 0).values
+        rank = torch.arange(n_items, device=assign.device) - first_of_cluster  # place within its cluster
+        new_group = starts | (rank % GROUP == 0)
+        group = torch.cumsum(new_group.long(), 0) - 1  # group of each item in the sorted order
+        n_groups = int(group[-1]) + 1 if n_items else 0
+        slot = rank % GROUP
+        self.place = torch.empty(n_items, dtype=torch.int64, device=assign.device)
+        self.place[order] = group * GROUP + slot  # each item's place in a [groups x GROUP] layout
+        distance = torch.zeros((n_groups * GROUP, self.item_half.shape[1]), dtype=self.item_half.dtype,
+                               device=self.item_half.device)
+        distance[self.place] = (self.item_half - self.centres[assign]).abs()
+        self.distance = distance.view(n_groups, GROUP, -1)  # [groups, GROUP, h1], 0 where padded
+        # a unit's top over a group's items, and over its centre: where it is <= -a_u, the unit is off for them all
+        group_of_item = torch.empty_like(self.place)
+        group_of_item[order] = group
+        top = torch.full((n_groups, self.item_half.shape[1]), float("-inf"), dtype=self.item_half.dtype,
+                         device=self.item_half.device)
+        top.scatter_reduce_(0, group_of_item[:, None].expand_as(self.item_half), self.item_half, "amax")
+        group_cluster = torch.empty(n_groups, dtype=torch.int64, device=assign.device)
+        group_cluster[group_of_item] = assign
+        self.top = torch.maximum(top, self.centres[group_cluster])
 
     def user_half(self, users_x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.user_bias, users_x, self.user_weight.T)
@@ -117,11 +138,10 @@ class TowerBounds:
         """(lower, upper) of the tower's score of every item for each row of ``user_half``, ``[rows, n_items]``,
         widened by a margin that covers float32 rounding."""
         centre = _rest_grid(self.rest, user_half, self.centres, self.head_weight, self.widest)  # [rows, clusters]
-        slack = torch.empty((len(user_half), len(self.order)), dtype=user_half.dtype, device=user_half.device)
-        for c, lo, hi in self.spans:
-            live = (user_half + self.top[c]) > 0  # units where some item of the cluster is active
-            slack[:, lo:hi] = (live * self.lipschitz) @ self.distance[lo:hi].T
-        slack = slack[:, self.inverse]
+        live = (user_half[:, None, :] + self.top[None]) > 0  # [rows, groups, h1]: units on for some item
+        weights = (live * self.lipschitz).transpose(0, 1)  # [groups, rows, h1]
+        slack = torch.bmm(weights, self.distance.transpose(1, 2))  # [groups, rows, GROUP]
+        slack = slack.transpose(0, 1).reshape(len(user_half), -1)[:, self.place]
         centre = centre[:, self.assign]
         slack.add_(centre.abs(), alpha=1e-4).add_(1e-4)
         return centre - slack, centre.add_(slack)
@@ -150,14 +170,6 @@ def cached_tower_bounds(owner: nn.Module, tower: nn.Sequential, items_x: torch.T
         cached = (key, TowerBounds(tower, items_x, head_weight))
         owner.__dict__["_tower_bounds"] = cached
     return cached[1]
-
-
-def _offsets(counts: list[int]) -> list[int]:
-    out, at = [], 0
-    for n in counts:
-        out.append(at)
-        at += n
-    return out
 
 
 def _kmeans(points: torch.Tensor, n_clusters: int, seed: int, iterations: int = 15
