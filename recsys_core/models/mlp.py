@@ -114,16 +114,18 @@ class TowerBounds:
         new_group = starts | (rank % GROUP == 0)
         group = torch.cumsum(new_group.long(), 0) - 1  # group of each item in the sorted order
         n_groups = int(group[-1]) + 1 if n_items else 0
-        slot = rank % GROUP
-        self.place = torch.empty(n_items, dtype=torch.int64, device=assign.device)
-        self.place[order] = group * GROUP + slot  # each item's place in a [groups x GROUP] layout
-        distance = torch.zeros((n_groups * GROUP, self.item_half.shape[1]), dtype=self.item_half.dtype,
+        # each item's group and slot in a [groups x GROUP] layout
+        self.group_of_item = torch.empty(n_items, dtype=torch.int64, device=assign.device)
+        self.group_of_item[order] = group
+        slot = torch.empty(n_items, dtype=torch.int64, device=assign.device)
+        slot[order] = rank % GROUP
+        self.place = self.group_of_item * GROUP + slot
+        distance = torch.zeros((n_groups, GROUP, self.item_half.shape[1]), dtype=self.item_half.dtype,
                                device=self.item_half.device)
-        distance[self.place] = (self.item_half - self.centres[assign]).abs()
-        self.distance = distance.view(n_groups, GROUP, -1)  # [groups, GROUP, h1], 0 where padded
+        distance[self.group_of_item, slot] = (self.item_half - self.centres[assign]).abs()
+        self.distance = distance  # [groups, GROUP, h1], 0 where padded
         # a unit's top over a group's items, and over its centre: where it is <= -a_u, the unit is off for them all
-        group_of_item = torch.empty_like(self.place)
-        group_of_item[order] = group
+        group_of_item = self.group_of_item
         top = torch.full((n_groups, self.item_half.shape[1]), float("-inf"), dtype=self.item_half.dtype,
                          device=self.item_half.device)
         top.scatter_reduce_(0, group_of_item[:, None].expand_as(self.item_half), self.item_half, "amax")
@@ -138,12 +140,14 @@ class TowerBounds:
         """(lower, upper) of the tower's score of every item for each row of ``user_half``, ``[rows, n_items]``,
         widened by a margin that covers float32 rounding."""
         centre = _rest_grid(self.rest, user_half, self.centres, self.head_weight, self.widest)  # [rows, clusters]
-        live = (user_half[:, None, :] + self.top[None]) > 0  # [rows, groups, h1]: units on for some item
-        weights = (live * self.lipschitz).transpose(0, 1)  # [groups, rows, h1]
+        # [groups, rows, h1]: v_k where unit k is on for some item of the group, else 0 (in place: a third of the
+        # time of a boolean mask times v)
+        weights = (user_half[None, :, :] + self.top[:, None, :]).gt_(0).mul_(self.lipschitz)
         slack = torch.bmm(weights, self.distance.transpose(1, 2))  # [groups, rows, GROUP]
-        slack = slack.transpose(0, 1).reshape(len(user_half), -1)[:, self.place]
-        centre = centre[:, self.assign]
-        slack.add_(centre.abs(), alpha=1e-4).add_(1e-4)
+        # index_select: a third of the time of advanced indexing on the grouped layout
+        slack = slack.transpose(0, 1).reshape(len(user_half), -1).index_select(1, self.place)  # [rows, n_items]
+        slack.add_(centre.abs().amax(1, keepdim=True).mul_(1e-4).add_(1e-4))  # the margin, per row
+        centre = centre.index_select(1, self.assign)
         return centre - slack, centre.add_(slack)
 
     def pairs(self, user_half: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -152,7 +156,8 @@ class TowerBounds:
         out = torch.empty(len(cols), dtype=user_half.dtype, device=user_half.device)
         step = max(1, GRID_FLOATS // self.widest)
         for lo in range(0, len(cols), step):
-            hidden = self.rest(user_half[rows[lo:lo + step]] + self.item_half[cols[lo:lo + step]])
+            hidden = self.rest(user_half.index_select(0, rows[lo:lo + step])
+                               + self.item_half.index_select(0, cols[lo:lo + step]))
             out[lo:lo + step] = hidden @ self.head_weight
         return out
 
