@@ -180,11 +180,11 @@ def _kernels():
         return above_w + rest * tied_e / n_tied, above_t + rest
 
     @numba.njit(cache=True, nogil=True)
-    def top_k_columns(buf, crowded, m, n, k, resid, packed, keys, cand, thr, ge, kth, sums, counts, weighted,
-                      total):
-        """For each column q = ``crowded[r]`` of ``buf[:n]`` (a user's n similarities, positive or 0, to a block
-        of columns; more than k positive), ``weighted[q]``, ``total[q]``: sum w e and sum w over the k largest w,
-        those tied at the k-th place sharing its remaining places equally.
+    def top_k_columns(sim, rated, c0, crowded, m, n, k, resid, packed, keys, cand, thr, ge, kth, sums, counts,
+                      weighted, total):
+        """For each column c0 + q, q = ``crowded[r]``, of ``sim`` with more than k positive similarities to the
+        ``rated`` items (residuals ``resid``), ``weighted[q]``, ``total[q]``: sum w e and sum w over the k largest
+        positive w, those tied at the k-th place sharing its remaining places equally.
 
         Selecting column by column stalls on every comparison; here every column's k-th largest is found at
         once and branch-free. Positive float32 values order as their bit patterns do, so 15 counting passes over
@@ -192,9 +192,11 @@ def _kernels():
         column then picks it among the few values that share them, and one more pass sums."""
         width = m + 24  # rows a power-of-two bytes apart would share cache sets when read down a column
         values = packed[:n * width].reshape((n, width))
-        for t in range(n):
+        zero = np.float32(0.0)
+        for t in range(n):  # the rows were just read for the sums: still in cache
+            row = sim[rated[t], c0:]
             for r in range(m):
-                values[t, r] = buf[t, crowded[r]]
+                values[t, r] = max(row[crowded[r]], zero)
         bits = packed[:n * width].view(np.int32)
         flat = keys[:n * width]
         for i in range(n * width):
@@ -230,7 +232,6 @@ def _kernels():
             kth[r] = cand[need - 1]
         sums[:, :m] = 0
         counts[:, :m] = 0
-        zero = np.float32(0.0)
         for t in range(n):
             e = resid[t]
             for r in range(m):
@@ -255,8 +256,7 @@ def _kernels():
         longest = 1
         for p in range(len(rows)):
             longest = max(longest, indptr[rows[p] + 1] - indptr[rows[p]])
-        buf = np.empty((longest, block), np.float32)  # a user's similarities to a block of columns
-        packed = np.empty(longest * (block + 24), np.float32)  # the same, crowded columns only
+        packed = np.empty(longest * (block + 24), np.float32)  # a user's similarities to crowded columns
         keys = np.empty(longest * (block + 24), np.int16)
         cand = np.empty(longest, np.float32)
         crowded = np.empty(block, np.int64)
@@ -283,14 +283,7 @@ def _kernels():
                 for t in range(n):
                     e = resid[lo + t]
                     row = sim[indices[lo + t], c0:c0 + b]
-                    if crowding:
-                        for q in range(b):
-                            s = max(row[q], zero)
-                            weighted[q] += s * e
-                            total[q] += s
-                            count[q] += s > 0
-                            buf[t, q] = s
-                    elif counting:
+                    if counting:
                         for q in range(b):
                             s = max(row[q], zero)
                             weighted[q] += s * e
@@ -308,8 +301,8 @@ def _kernels():
                             crowded[m] = q
                             m += 1
                     if m > 0:
-                        top_k_columns(buf, crowded, m, n, k, resid[lo:hi], packed, keys, cand, thr, ge, kth, sums,
-                                      counts, weighted, total)
+                        top_k_columns(sim, indices[lo:hi], c0, crowded, m, n, k, resid[lo:hi], packed, keys, cand,
+                                      thr, ge, kth, sums, counts, weighted, total)
                         for r in range(m):
                             count[crowded[r]] = k
                 for q in range(b):
