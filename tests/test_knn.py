@@ -177,18 +177,24 @@ def test_compiled_scores_keep_the_reference_top_k():
     assert ranked_same.mean() > 0.9
 
 
-def test_compiled_scores_are_the_same_at_any_thread_count_and_counter_width():
+def test_compiled_scores_are_the_same_at_any_thread_count_and_counter_width(monkeypatch):
+    from recsys_core.models import knn
+
     estimator, train, sim = _tied_problem(5)
     rows = np.arange(train.shape[0])
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         one = estimator.score_rows_tensor(rows).numpy()
+        pairs = estimator.predict_pairs(np.repeat(rows, 9), np.tile(np.arange(0, 90, 10), len(rows)))
+        monkeypatch.setattr(knn, "ROW_CHUNK", 7)  # several chunks of users and of pairs, spread over 2 threads
+        monkeypatch.setattr(knn, "PAIR_CHUNK", 13)
         torch.set_num_threads(2)
         two = estimator.score_rows_tensor(rows).numpy()
+        pairs_two = estimator.predict_pairs(np.repeat(rows, 9), np.tile(np.arange(0, 90, 10), len(rows)))
     finally:
         torch.set_num_threads(previous)
-    assert np.array_equal(one, two)
+    assert np.array_equal(one, two) and np.array_equal(pairs, pairs_two)
     # the int32 counters of users with 32,768 ratings or more give the int16 counters' numbers
     from recsys_core.models.knn import COLUMN_BLOCK, _kernels
     c = estimator.options
