@@ -25,15 +25,24 @@ Similarities are computed in blocks of item rows, each block four sparse product
 over threads as EASE's Gram matrix is (scipy's products release the GIL); never pair by pair. The dense
 n_items^2 float32 matrix is the model (Surprise keeps the same): 295 MB at ml-latest-small's 8,589 items,
 1.26 GB at Netflix's 17,770 (BENCHMARKS.md); its saved state keeps one triangle (half of that).
+
+Scoring (evaluation's pairs and full-catalogue Recall, the top-K of every user) is exact KNNBaseline in compiled
+loops (numba, ``_kernels``), users spread over the threads: a user's scores of every item read the rows of the
+items they rated once, in blocks of columns, summing the positive similarities and their weighted residuals;
+only a user who rated more than k items can have a column with more than k positive neighbours, and only those
+columns select their k largest, all of a block at once (``top_k_columns``). At full-scale N3M (17,412 items,
+319,556 users) that is ~0.3 ms per user who rated at most 40 items and ~4-15 ms per heavier one on one core,
+where the numpy gather-and-partition it replaced took 5-130 ms (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,7 +50,6 @@ import torch
 
 from recsys_core.baselines import UserItemBias
 from recsys_core.estimators import Estimator
-from recsys_core.interactions import group_pairs_by_row
 from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import ModelOptions, option, options
@@ -49,7 +57,9 @@ from recsys_core.options import ModelOptions, option, options
 log = logging.getLogger("recsys_core")
 
 SIM_BLOCK = 512         # item rows of the similarity matrix per block (4 dense 512 x n_items float32 arrays)
-GATHER = 1 << 23        # gathered similarities per step of scoring (32 MB of float32)
+COLUMN_BLOCK = 2048     # target columns per pass of whole-row scoring (a user's similarities to them stay in L2)
+ROW_CHUNK = 256         # users per task of whole-row scoring, pairs per task: PAIR_CHUNK
+PAIR_CHUNK = 1 << 16
 
 
 @options
@@ -113,6 +123,222 @@ def pearson_baseline(train: sp.csr_matrix, baseline: UserItemBias, shrinkage: fl
     return sim
 
 
+@functools.cache
+def _kernels():
+    """The compiled neighbourhood loops (numba, compiled on first use and cached on disk; imported lazily so
+    that importing the models does not import numba): ``(rows, pairs)``, see ``ItemKNN._adjust_rows`` and
+    ``ItemKNN._adjust_pairs``."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def kth_smallest(a, n, m):
+        """The value of order ``m`` (0-based) of ``a[:n]``, reordering ``a[:n]`` (Hoare's quickselect)."""
+        lo, hi = 0, n - 1
+        while lo < hi:
+            x, y, z = a[lo], a[(lo + hi) // 2], a[hi]
+            pivot = max(min(x, y), min(max(x, y), z))  # the median of three
+            i, j = lo, hi
+            while i <= j:
+                while a[i] < pivot:
+                    i += 1
+                while a[j] > pivot:
+                    j -= 1
+                if i <= j:
+                    a[i], a[j] = a[j], a[i]
+                    i += 1
+                    j -= 1
+            if m <= j:
+                hi = j
+            elif m >= i:
+                lo = i
+            else:
+                break
+        return a[m]
+
+    @numba.njit(cache=True, nogil=True)
+    def top_k_sums(values, resid, n, k, tmp):
+        """(sum w e, sum w) over the k largest of the positive ``values[:n]`` (residuals ``resid``), which
+        number more than k, those tied at the k-th place sharing its remaining places equally."""
+        c = 0
+        for t in range(n):
+            if values[t] > 0:
+                tmp[c] = values[t]
+                c += 1
+        kth = kth_smallest(tmp, c, c - k)
+        above_w, above_t, tied_e = 0.0, 0.0, 0.0
+        n_above, n_tied = 0, 0
+        for t in range(n):
+            v = values[t]
+            if v > kth:
+                above_w += v * resid[t]
+                above_t += v
+                n_above += 1
+            elif v == kth:
+                tied_e += resid[t]
+                n_tied += 1
+        rest = (k - n_above) * kth
+        return above_w + rest * tied_e / n_tied, above_t + rest
+
+    @numba.njit(cache=True, nogil=True)
+    def top_k_columns(sim, rated, c0, crowded, m, n, k, resid, packed, keys, cand, thr, ge, kth, sums, counts,
+                      weighted, total):
+        """For each column c0 + q, q = ``crowded[r]``, of ``sim`` with more than k positive similarities to the
+        ``rated`` items (residuals ``resid``), ``weighted[q]``, ``total[q]``: sum w e and sum w over the k largest
+        positive w, those tied at the k-th place sharing its remaining places equally.
+
+        Selecting column by column stalls on every comparison; here every column's k-th largest is found at
+        once and branch-free. Positive float32 values order as their bit patterns do, so 15 counting passes over
+        the top 16 bits (int16: exponent and 7 mantissa bits) find the k-th largest's top bits; one pass per
+        column then picks it among the few values that share them, and one more pass sums."""
+        width = m + 24  # rows a power-of-two bytes apart would share cache sets when read down a column
+        values = packed[:n * width].reshape((n, width))
+        zero = np.float32(0.0)
+        for t in range(n):  # the rows were just read for the sums: still in cache
+            row = sim[rated[t], c0:]
+            for r in range(m):
+                values[t, r] = max(row[crowded[r]], zero)
+        bits = packed[:n * width].view(np.int32)
+        flat = keys[:n * width]
+        for i in range(n * width):
+            flat[i] = bits[i] >> 16
+        top = flat.reshape((n, width))
+        key = thr[1, :m]
+        key[:] = 0
+        for bit in range(14, -1, -1):  # the largest key x with at least k keys >= x: the k-th largest's
+            step = np.int16(1 << bit)
+            for r in range(m):
+                thr[0, r] = key[r] | step
+            ge[:m] = 0
+            for t in range(n):
+                for r in range(m):
+                    ge[r] += top[t, r] >= thr[0, r]
+            for r in range(m):
+                if ge[r] >= k:
+                    key[r] = thr[0, r]
+        for r in range(m):  # the k-th largest: of the values with its key, the (k - keys above)-th largest
+            above, c = 0, 0
+            for t in range(n):
+                x = top[t, r]
+                above += x > key[r]
+                cand[c] = values[t, r]
+                c += x == key[r]
+            need = k - above
+            for i in range(need):  # the few candidates, by selection
+                best = i
+                for j in range(i + 1, c):
+                    if cand[j] > cand[best]:
+                        best = j
+                cand[i], cand[best] = cand[best], cand[i]
+            kth[r] = cand[need - 1]
+        sums[:, :m] = 0
+        counts[:, :m] = 0
+        for t in range(n):
+            e = resid[t]
+            for r in range(m):
+                v = values[t, r]
+                over = v > kth[r]
+                at = v == kth[r]
+                sums[0, r] += v * e if over else zero
+                sums[1, r] += v if over else zero
+                sums[2, r] += e if at else zero
+                counts[0, r] += over
+                counts[1, r] += at
+        for r in range(m):
+            rest = np.float32(k - counts[0, r]) * kth[r]
+            weighted[crowded[r]] = sums[0, r] + rest * sums[2, r] / np.float32(counts[1, r])
+            total[crowded[r]] = sums[1, r] + rest
+
+    @numba.njit(cache=True, nogil=True)
+    def rows_kernel(indptr, indices, resid, rows, sim, k, min_k, damping, block, ge, out):
+        """Adds the adjustment of every item for each user ``rows[p]`` to ``out[p]``; ``ge``: ``block`` counters
+        of an integer type that holds the longest user's number of ratings (int16 is the fastest)."""
+        n_items = sim.shape[1]
+        longest = 1
+        for p in range(len(rows)):
+            longest = max(longest, indptr[rows[p] + 1] - indptr[rows[p]])
+        packed = np.empty(longest * (block + 24), np.float32)  # a user's similarities to crowded columns
+        keys = np.empty(longest * (block + 24), np.int16)
+        cand = np.empty(longest, np.float32)
+        crowded = np.empty(block, np.int64)
+        thr = np.empty((2, block), np.int16)
+        kth = np.empty(block, np.float32)
+        sums = np.empty((3, block), np.float32)
+        counts = np.empty((2, block), np.int32)
+        weighted = np.empty(block, np.float32)
+        total = np.empty(block, np.float32)
+        count = np.empty(block, np.int32)
+        zero = np.float32(0.0)
+        for p in range(len(rows)):
+            lo, hi = indptr[rows[p]], indptr[rows[p] + 1]
+            n = hi - lo
+            if n == 0 or n < min_k:
+                continue
+            crowding = n > k  # only then can a column have more than k positive neighbours
+            counting = crowding or min_k > 1
+            for c0 in range(0, n_items, block):
+                b = min(block, n_items - c0)
+                weighted[:b] = 0
+                total[:b] = 0
+                count[:b] = 0
+                for t in range(n):
+                    e = resid[lo + t]
+                    row = sim[indices[lo + t], c0:c0 + b]
+                    if counting:
+                        for q in range(b):
+                            s = max(row[q], zero)
+                            weighted[q] += s * e
+                            total[q] += s
+                            count[q] += s > 0
+                    else:
+                        for q in range(b):
+                            s = max(row[q], zero)
+                            weighted[q] += s * e
+                            total[q] += s
+                if crowding:
+                    m = 0
+                    for q in range(b):
+                        if count[q] > k:
+                            crowded[m] = q
+                            m += 1
+                    if m > 0:
+                        top_k_columns(sim, indices[lo:hi], c0, crowded, m, n, k, resid[lo:hi], packed, keys, cand,
+                                      thr, ge, kth, sums, counts, weighted, total)
+                        for r in range(m):
+                            count[crowded[r]] = k
+                for q in range(b):
+                    if total[q] > 0 and (not counting or count[q] >= min_k):
+                        out[p, c0 + q] += weighted[q] / (total[q] + damping)
+
+    @numba.njit(cache=True, nogil=True)
+    def pairs_kernel(indptr, indices, resid, rows, cols, sim, k, min_k, damping, out):
+        """Adds the adjustment of item ``cols[p]`` for user ``rows[p]`` to ``out[p]``."""
+        longest = 1
+        for p in range(len(rows)):
+            longest = max(longest, indptr[rows[p] + 1] - indptr[rows[p]])
+        values = np.empty(longest, np.float32)
+        tmp = np.empty(longest, np.float32)
+        zero = np.float32(0.0)
+        for p in range(len(rows)):
+            lo, hi = indptr[rows[p]], indptr[rows[p] + 1]
+            n = hi - lo
+            i = cols[p]
+            weighted, total = np.float32(0.0), np.float32(0.0)
+            count = 0
+            for t in range(n):
+                s = max(sim[indices[lo + t], i], zero)
+                values[t] = s
+                weighted += s * resid[lo + t]
+                total += s
+                count += s > 0
+            if count > k:
+                w, tt = top_k_sums(values, resid[lo:hi], n, k, tmp)
+                weighted, total, count = np.float32(w), np.float32(tt), k
+            if total > 0 and count >= min_k:
+                out[p] += weighted / (total + damping)
+
+    return rows_kernel, pairs_kernel
+
+
 @register("knn-item", options=KNNOptions,
           help="item-item kNN on the residuals of the user+item bias baseline (Koren 2010; Surprise's "
                "KNNBaseline): shrunk Pearson-baseline similarities, the k most similar items the user rated")
@@ -142,6 +368,7 @@ class ItemKNN(Estimator):
         rows = np.repeat(np.arange(train.shape[0]), np.diff(train.indptr))
         self.residuals = (train.data - self.mean - self.user_bias[rows] - self.item_bias[train.indices]
                           ).astype(np.float32)
+        self.ratings = _Ratings(train.indptr.astype(np.int64), train.indices.astype(np.int32), self.residuals)
 
     def state_dict(self) -> dict:
         """The biases and the upper triangle of the symmetric similarity matrix, row after row."""
@@ -176,46 +403,43 @@ class ItemKNN(Estimator):
         """sum sim(i, j) e_uj / (damping + sum sim(i, j)) over the k most similar of the ``rated`` columns
         (residuals ``residuals``) with positive similarity, ties at the k-th place sharing it, for each target
         column i (all when None); 0 without ``min_k`` such neighbours."""
-        n_targets = self.sim.shape[0] if targets is None else len(targets)
-        out = torch.zeros(n_targets, dtype=torch.float32)
-        if len(rated) == 0 or n_targets == 0:
-            return out
-        k, min_k = int(self.options.neighbours), int(self.options.min_k)
-        damping = np.float32(self.options.damping)
-        rated = np.asarray(rated, np.int64)
-        resid = np.asarray(residuals, np.float32)
-        sums = np.vstack([resid, np.ones_like(resid)])  # one product gives sum w e and sum w
-        sim = self.sim_array
-        step = max(1, GATHER // len(rated))
-        for lo in range(0, n_targets, step):
-            # numpy throughout: torch's advanced indexing took 12 of the 13 s of ml-latest-small's test pairs,
-            # and its multi-threaded reductions stall on a loaded machine (OpenMP threads waiting for cores)
-            block = (sim[rated, lo:lo + step] if targets is None
-                     else sim[np.ix_(rated, np.asarray(targets[lo:lo + step], np.int64))])
-            # Only positive similarities count: a column with at most k of them takes them all (one product);
-            # only columns with more go through the selection of their k largest.
-            positive = np.maximum(block, 0.0, out=block)  # the gather is a copy: clipped in place
-            count = np.count_nonzero(positive, axis=0)
-            weighted, total = sums @ positive
-            crowded = np.flatnonzero(count > k)
-            if len(crowded):
-                # crowded x rated, each row contiguous: partitioning along rows is 5x faster than down columns
-                part = np.ascontiguousarray(positive[:, crowded].T)
-                kth = np.partition(part, len(rated) - k, axis=1)[:, len(rated) - k]  # the k-th largest (> 0)
-                above = part > kth[:, None]
-                n_above = above.sum(1)
-                # the neighbours tied at the k-th place share its remaining slots equally, so a prediction
-                # never depends on the order of the user's ratings
-                tied = part == kth[:, None]
-                tied_resid, n_tied = np.where(tied, resid, 0.0).sum(1), tied.sum(1)
-                kept = np.where(above, part, 0.0)
-                total[crowded] = kept.sum(1) + (k - n_above) * kth
-                weighted[crowded] = kept @ resid + (k - n_above) * kth * tied_resid / n_tied
-                count[crowded] = k
-            enough = (count >= min_k) & (total > 0)
-            out[lo:lo + block.shape[1]] = torch.from_numpy(
-                np.where(enough, weighted / np.where(enough, total + damping, 1.0), 0.0).astype(np.float32))
-        return out
+        one = _Ratings(np.array([0, len(rated)], np.int64), np.asarray(rated, np.int32),
+                       np.asarray(residuals, np.float32))
+        if targets is None:
+            out = np.zeros((1, self.sim_array.shape[0]), np.float32)
+            self._adjust_rows(one, np.zeros(1, np.int64), out)
+            return torch.from_numpy(out[0])
+        targets = np.asarray(targets, np.int64)
+        out = np.zeros(len(targets), np.float32)
+        self._adjust_pairs(one, np.zeros(len(targets), np.int64), targets, out)
+        return torch.from_numpy(out)
+
+    def _settings(self) -> tuple[int, int, np.float32]:
+        return int(self.options.neighbours), int(self.options.min_k), np.float32(self.options.damping)
+
+    def _adjust_rows(self, ratings: "_Ratings", rows: np.ndarray, out: np.ndarray) -> None:
+        """Adds to ``out[p]`` the adjustment of every item for user ``rows[p]`` of ``ratings``, the users split
+        in chunks of ``ROW_CHUNK`` over the threads (each user's numbers are the same at any thread count)."""
+        rows_kernel = _kernels()[0]
+        k, min_k, damping = self._settings()
+
+        def work(lo: int) -> None:
+            part = rows[lo:lo + ROW_CHUNK]
+            longest = int((ratings.indptr[part + 1] - ratings.indptr[part]).max())
+            counters = np.empty(COLUMN_BLOCK, np.int16 if longest < 1 << 15 else np.int32)
+            rows_kernel(ratings.indptr, ratings.indices, ratings.residuals, part, self.sim_array, k, min_k, damping,
+                        COLUMN_BLOCK, counters, out[lo:lo + ROW_CHUNK])
+        _spread(work, range(0, len(rows), ROW_CHUNK))
+
+    def _adjust_pairs(self, ratings: "_Ratings", rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
+        """Adds to ``out[p]`` the adjustment of item ``cols[p]`` for user ``rows[p]`` of ``ratings``."""
+        pairs_kernel = _kernels()[1]
+        k, min_k, damping = self._settings()
+
+        def work(lo: int) -> None:
+            pairs_kernel(ratings.indptr, ratings.indices, ratings.residuals, rows[lo:lo + PAIR_CHUNK],
+                         cols[lo:lo + PAIR_CHUNK], self.sim_array, k, min_k, damping, out[lo:lo + PAIR_CHUNK])
+        _spread(work, range(0, len(rows), PAIR_CHUNK))
 
     def _user(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.data.train.indptr[row], self.data.train.indptr[row + 1]
@@ -225,22 +449,14 @@ class ItemKNN(Estimator):
     def predict_pairs(self, rows, cols) -> np.ndarray:
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         out = (self.mean + self.user_bias[rows] + self.item_bias[cols]).astype(np.float32)
-        if len(rows) == 0:
-            return out
-        order, unique_rows, inverse = group_pairs_by_row(rows, cols)
-        bounds = np.searchsorted(inverse, np.arange(len(unique_rows) + 1))
-        for p, row in enumerate(unique_rows):
-            pairs = order[bounds[p]:bounds[p + 1]]
-            out[pairs] += self._adjustment(*self._user(int(row)), cols[pairs]).numpy()
+        self._adjust_pairs(self.ratings, rows, cols, out)
         return out
 
     def score_rows_tensor(self, rows) -> torch.Tensor:
         rows = np.asarray(rows, np.int64)
-        base = torch.from_numpy((self.mean + self.user_bias[rows][:, None] + self.item_bias[None, :]
-                                 ).astype(np.float32))
-        for p, row in enumerate(rows):
-            base[p] += self._adjustment(*self._user(int(row)), None)
-        return base
+        base = (self.mean + self.user_bias[rows][:, None] + self.item_bias[None, :]).astype(np.float32)
+        self._adjust_rows(self.ratings, rows, base)
+        return torch.from_numpy(base)
 
     def folds_in(self) -> bool:
         """Whether this model folds a new user in."""
@@ -258,3 +474,23 @@ class ItemKNN(Estimator):
     def item_similarities(self, cols: np.ndarray) -> np.ndarray:
         """The similarity of each of ``cols`` to every item: ``[len(cols), n_items]`` (similar items)."""
         return self.sim_array[np.asarray(cols, np.int64)]
+
+
+class _Ratings(NamedTuple):
+    """Users' rated items and residuals, CSR-style: user u's are ``indices[indptr[u]:indptr[u + 1]]``."""
+    indptr: np.ndarray    # int64
+    indices: np.ndarray   # int32
+    residuals: np.ndarray  # float32
+
+
+def _spread(work, starts) -> None:
+    """``work(start)`` for every start, over ``torch.get_num_threads()`` threads (the compiled loops release
+    the GIL); each start's numbers do not depend on which thread runs it."""
+    starts = list(starts)
+    threads = max(1, min(torch.get_num_threads(), len(starts)))
+    if threads == 1:
+        for start in starts:
+            work(start)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, starts))
