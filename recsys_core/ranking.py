@@ -109,20 +109,23 @@ def scored_parts(predictor, rows: np.ndarray, k: int, exclude: sp.csr_matrix | N
                  ) -> Iterator[tuple[int, torch.Tensor]]:
     """(offset in ``rows``, scores of the rows from there with ``exclude`` masked), exact wherever they can
     reach a row's k best: pruned (``pruned_scores``) in parts of ``PRUNE_BLOCK`` rows for a ``BoundedScores``
-    predictor with bounds, else the whole catalogue (``score_block``) of all the rows at once."""
-    if isinstance(predictor, BoundedScores):
-        for lo in range(0, len(rows), PRUNE_BLOCK):
-            part = rows[lo:lo + PRUNE_BLOCK]
-            bounded = predictor.score_bounds(part)
-            pruned = None if bounded is None else pruned_scores(bounded, part, k, exclude)
-            if pruned is None:
-                scores = score_block(predictor, part)
-                yield lo, (scores if exclude is None else mask_items(scores, part, exclude))
-            else:
-                yield lo, pruned[0]
+    predictor whose bounds exist (a part whose bounds prune too little is scored whole), else the whole
+    catalogue (``score_block``) of all the rows at once."""
+    bounded = predictor.score_bounds(rows[:PRUNE_BLOCK]) if isinstance(predictor, BoundedScores) else None
+    if bounded is None:  # no bounds (MF, GMF, ...): the whole catalogue of all the rows at once, as before
+        scores = score_block(predictor, rows)
+        yield 0, (scores if exclude is None else mask_items(scores, rows, exclude))
         return
-    scores = score_block(predictor, rows)
-    yield 0, (scores if exclude is None else mask_items(scores, rows, exclude))
+    for lo in range(0, len(rows), PRUNE_BLOCK):
+        part = rows[lo:lo + PRUNE_BLOCK]
+        if lo:
+            bounded = predictor.score_bounds(part)
+        pruned = None if bounded is None else pruned_scores(bounded, part, k, exclude)
+        if pruned is None:
+            scores = score_block(predictor, part)
+            yield lo, (scores if exclude is None else mask_items(scores, part, exclude))
+        else:
+            yield lo, pruned[0]
 
 
 # A run's evaluation (Recall@K of the test users, and of the valid users for ranking models) and its

@@ -146,3 +146,15 @@ def test_models_without_a_tower_give_no_bounds(split):
     estimator = models.create("mlp", hidden=())
     estimator.bind(split)
     assert estimator.score_bounds(np.arange(5)) is None
+
+
+def test_models_without_bounds_score_a_block_at_once(split, monkeypatch):
+    """A pair model without bounds (MF) keeps scoring each block of best_items whole, not part by part."""
+    monkeypatch.setattr(ranking, "PRUNE_BLOCK", 16)
+    estimator = models.create("mf")
+    estimator.bind(split)
+    calls = []
+    original = estimator.score_rows_tensor
+    monkeypatch.setattr(estimator, "score_rows_tensor", lambda rows: calls.append(len(rows)) or original(rows))
+    best_items(estimator, np.arange(100), 5, exclude=split.train, block=100)
+    assert calls == [100]
