@@ -249,13 +249,19 @@ def _kernels():
             total[crowded[r]] = sums[1, r] + rest
 
     @numba.njit(cache=True, nogil=True)
+    def longest_row(indptr, rows):
+        """The most ratings of any of ``rows`` (at least 1): the size of a kernel's per-user buffers."""
+        longest = 1
+        for p in range(len(rows)):
+            longest = max(longest, indptr[rows[p] + 1] - indptr[rows[p]])
+        return longest
+
+    @numba.njit(cache=True, nogil=True)
     def rows_kernel(indptr, indices, resid, rows, sim, k, min_k, damping, block, ge, out):
         """Adds the adjustment of every item for each user ``rows[p]`` to ``out[p]``; ``ge``: ``block`` counters
         of an integer type that holds the longest user's number of ratings (int16 is the fastest)."""
         n_items = sim.shape[1]
-        longest = 1
-        for p in range(len(rows)):
-            longest = max(longest, indptr[rows[p] + 1] - indptr[rows[p]])
+        longest = longest_row(indptr, rows)
         packed = np.empty(longest * (block + 24), np.float32)  # a user's similarities to crowded columns
         keys = np.empty(longest * (block + 24), np.int16)
         cand = np.empty(longest, np.float32)
@@ -312,9 +318,7 @@ def _kernels():
     @numba.njit(cache=True, nogil=True)
     def pairs_kernel(indptr, indices, resid, rows, cols, sim, k, min_k, damping, out):
         """Adds the adjustment of item ``cols[p]`` for user ``rows[p]`` to ``out[p]``."""
-        longest = 1
-        for p in range(len(rows)):
-            longest = max(longest, indptr[rows[p] + 1] - indptr[rows[p]])
+        longest = longest_row(indptr, rows)
         values = np.empty(longest, np.float32)
         tmp = np.empty(longest, np.float32)
         zero = np.float32(0.0)

@@ -85,7 +85,7 @@ class TowerBounds:
 
     def __init__(self, tower: nn.Sequential, items_x: torch.Tensor, head_weight: torch.Tensor, *, seed: int = 0):
         linears = [m for m in tower if isinstance(m, nn.Linear)]
-        self.tower, self.head_weight = tower, head_weight
+        self.head_weight = head_weight
         self.dim = items_x.shape[1]
         self.widest = max(m.out_features for m in linears)
         first = linears[0]
@@ -125,12 +125,11 @@ class TowerBounds:
         distance[self.group_of_item, slot] = (self.item_half - self.centres[assign]).abs()
         self.distance = distance  # [groups, GROUP, h1], 0 where padded
         # a unit's top over a group's items, and over its centre: where it is <= -a_u, the unit is off for them all
-        group_of_item = self.group_of_item
         top = torch.full((n_groups, self.item_half.shape[1]), float("-inf"), dtype=self.item_half.dtype,
                          device=self.item_half.device)
-        top.scatter_reduce_(0, group_of_item[:, None].expand_as(self.item_half), self.item_half, "amax")
+        top.scatter_reduce_(0, self.group_of_item[:, None].expand_as(self.item_half), self.item_half, "amax")
         group_cluster = torch.empty(n_groups, dtype=torch.int64, device=assign.device)
-        group_cluster[group_of_item] = assign
+        group_cluster[self.group_of_item] = assign
         self.top = torch.maximum(top, self.centres[group_cluster])
 
     def user_half(self, users_x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +183,6 @@ def _kmeans(points: torch.Tensor, n_clusters: int, seed: int, iterations: int = 
     generator = torch.Generator().manual_seed(seed)
     start = torch.randperm(len(points), generator=generator)[:n_clusters].to(points.device)
     centres = points[start].clone()
-    assign = torch.zeros(len(points), dtype=torch.int64, device=points.device)
     for _ in range(iterations):
         assign = torch.cdist(points, centres).argmin(1)
         sums = torch.zeros_like(centres).index_add_(0, assign, points)
