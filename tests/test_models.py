@@ -267,3 +267,29 @@ def test_the_blend_is_chosen_on_valid_and_travels_with_the_weights(rating_split,
     best = min(at, key=lambda k: (at[k], k))
     assert chosen == best and at[best] == pytest.approx(metrics["training"]["bias_blend"]["valid_rmse"], abs=1e-6)
     assert metrics["valid"]["rmse"] == pytest.approx(at[best], abs=1e-6)
+
+
+def test_i_autorec_scores_every_item_from_codes_that_follow_the_weights(rating_split, tmp_path):
+    """I-AutoRec's rows of scores come from every item's code made once (not once per block of users) and
+    made again after the weights change: each row equals predict_pairs before and after a step-like edit."""
+    from recsys_core.train import load_run
+
+    run = tmp_path / "autorec-item"
+    train(rating_split.path, run, "autorec-item", {"epochs": 1, "layers": [16]}, QUICK)
+    _, data, estimator = load_run(run)
+    rows = np.array([0, 7, 31])
+    n_items = data.train.shape[1]
+
+    def check():
+        pairs = estimator.predict_pairs(np.repeat(rows, n_items), np.tile(np.arange(n_items), len(rows)))
+        np.testing.assert_allclose(estimator.score_rows(rows), pairs.reshape(len(rows), n_items),
+                                   rtol=1e-5, atol=1e-5)
+
+    check()
+    first = estimator.score_rows(rows)
+    assert np.array_equal(estimator.score_rows(rows), first)   # the second call reads the same codes
+    with torch.no_grad():
+        for p in estimator.model.parameters():   # an optimizer step writes the weights in place
+            p.mul_(1.5)
+    check()
+    assert not np.allclose(estimator.score_rows(rows), first)

@@ -540,11 +540,25 @@ class RowsEstimator(TorchEstimator):
             n_items = self.matrix.shape[0]
             out = np.empty((len(rows), n_items), np.float32)
             users = torch.from_numpy(rows).to(self.device)
-            for lo in range(0, n_items, self.eval_batch_size):
-                items = np.arange(lo, min(lo + self.eval_batch_size, n_items))
-                out[:, items] = self.model.output_columns(self._hidden_for(items), users).float().cpu().numpy().T
+            for lo, codes in zip(range(0, n_items, self.eval_batch_size), self._item_codes()):
+                out[:, lo:lo + len(codes)] = self.model.output_columns(codes, users).float().cpu().numpy().T
             out += self.row_offset[None, :]
             return torch.from_numpy(out)
+
+    def _item_codes(self) -> list[torch.Tensor]:
+        """Item orientation: the decoder's last hidden layer of every item's rating vector, in chunks of
+        ``eval_batch_size`` items (those of ``_network_rows``), made once and again whenever a step or a load
+        changed the weights (their version counters). Recomputed per block of users, they were most of
+        I-AutoRec's top-K at full-scale N3M: every block re-read all 13.7M training ratings (BENCHMARKS.md)."""
+        key = (tuple((p._version, p.data_ptr()) for p in self.model.parameters()), id(self.matrix))
+        cached = self.__dict__.get("_codes_cache")
+        if cached is None or cached[0] != key:
+            n_items = self.matrix.shape[0]
+            codes = [self._hidden_for(np.arange(lo, min(lo + self.eval_batch_size, n_items)))
+                     for lo in range(0, n_items, self.eval_batch_size)]
+            cached = (key, codes)
+            self.__dict__["_codes_cache"] = cached
+        return cached[1]
 
     def folds_in(self) -> bool:
         """Whether this model folds a new user in (U-AutoRec and the deep autoencoder; I-AutoRec reads item vectors)."""
