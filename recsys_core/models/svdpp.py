@@ -26,13 +26,13 @@ from torch import nn
 
 from recsys_core.baselines import UserItemBias
 from recsys_core.distributed import local_part
-from recsys_core.estimators import TorchEstimator
+from recsys_core.estimators import PairsOptions, TorchEstimator
 from recsys_core.interactions import group_pairs_by_row, row_batch
 from recsys_core.losses import observed_mse
 from recsys_core.matrices import SplitMatrices
 from recsys_core.models import register
 from recsys_core.options import option, options
-from recsys_core.training_loop import LoopOptions
+from recsys_core.training_loop import uses_sparse_rows
 
 PAIR_ROWS = 4096  # users per step when predicting pairs or scoring
 
@@ -40,13 +40,14 @@ PAIR_ROWS = 4096  # users per step when predicting pairs or scoring
 class SVDppNet(nn.Module):
     global_mean: torch.Tensor  # a buffer
 
-    def __init__(self, n_users: int, n_items: int, dim: int, global_mean: float, init_std: float):
+    def __init__(self, n_users: int, n_items: int, dim: int, global_mean: float, init_std: float,
+                 sparse: bool = False):
         super().__init__()
-        self.user_factors = nn.Embedding(n_users, dim)
-        self.item_factors = nn.Embedding(n_items, dim)
-        self.implicit = nn.Embedding(n_items, dim)   # y_j
-        self.user_bias = nn.Embedding(n_users, 1)
-        self.item_bias = nn.Embedding(n_items, 1)
+        self.user_factors = nn.Embedding(n_users, dim, sparse=sparse)
+        self.item_factors = nn.Embedding(n_items, dim, sparse=sparse)
+        self.implicit = nn.Embedding(n_items, dim, sparse=sparse)   # y_j
+        self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
+        self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
         for emb in (self.user_factors, self.item_factors, self.implicit):
             nn.init.normal_(emb.weight, std=init_std)
         for emb in (self.user_bias, self.item_bias):
@@ -56,7 +57,7 @@ class SVDppNet(nn.Module):
     def user_vectors(self, users: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor,
                      counts: torch.Tensor) -> torch.Tensor:
         """p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j for ``users``, their rated ``items`` as a bag."""
-        implicit = F.embedding_bag(items, self.implicit.weight, offsets, mode="sum")
+        implicit = F.embedding_bag(items, self.implicit.weight, offsets, mode="sum", sparse=self.implicit.sparse)
         return self.user_factors(users) + implicit * counts.clamp_min(1).rsqrt()[:, None]
 
     def pairs(self, vectors: torch.Tensor, users: torch.Tensor, owner: torch.Tensor,
@@ -67,7 +68,7 @@ class SVDppNet(nn.Module):
 
 
 @options
-class SVDppOptions(LoopOptions):
+class SVDppOptions(PairsOptions):
     dim: int = option(32, "latent factors of p_u, q_i and y_j", low=1)
     l2: float = option(0.1, "per-rating L2 on the factors, implicit vectors and biases a rating touches", low=0)
     init_std: float = option(0.01, "standard deviation of the initial factors", low=0)
@@ -89,7 +90,8 @@ class SVDpp(TorchEstimator):
 
     def build(self, dims: dict) -> SVDppNet:
         c = self.options
-        return SVDppNet(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.init_std)
+        return SVDppNet(dims["n_users"], dims["n_items"], c.dim, dims["global_mean"], c.init_std,
+                        uses_sparse_rows(c))
 
     def prepare(self, data: SplitMatrices) -> None:
         train = data.train
@@ -133,10 +135,10 @@ class SVDpp(TorchEstimator):
             yield fit, fit.detach()
             return
         per_user = ((model.user_factors(users) ** 2).sum(-1) + model.user_bias(users).squeeze(-1) ** 2)
-        implicit = F.embedding_bag(items, model.implicit.weight ** 2, offsets, mode="sum").sum(-1)
+        implicit = model.implicit(items).pow(2).sum()   # the rows the batch touches, not the whole table
         per_rating = ((model.item_factors(items) ** 2).sum(-1) + model.item_bias(items).squeeze(-1) ** 2)
         # every rating of u carries u's terms once and 1/n_u of u's implicit vectors' squares
-        penalty = (per_rating.sum() + (counts * per_user).sum() + implicit.sum()) / len(items)
+        penalty = (per_rating.sum() + (counts * per_user).sum() + implicit) / len(items)
         yield fit + l2 * penalty, fit.detach()
 
     # --- Predictor --------------------------------------------------------------------------------------
