@@ -269,14 +269,15 @@ def test_the_blend_is_chosen_on_valid_and_travels_with_the_weights(rating_split,
     assert metrics["valid"]["rmse"] == pytest.approx(at[best], abs=1e-6)
 
 
-def test_i_autorec_scores_every_item_from_codes_that_follow_the_weights(rating_split, tmp_path):
+def test_i_autorec_scores_every_item_from_codes_that_follow_the_weights(rating_split):
     """I-AutoRec's rows of scores come from every item's code made once (not once per block of users) and
     made again after the weights change: each row equals predict_pairs before and after a step-like edit."""
-    from recsys_core.train import load_run
+    from recsys_core import models
+    from recsys_core.interactions import load_split_data
 
-    run = tmp_path / "autorec-item"
-    train(rating_split.path, run, "autorec-item", {"epochs": 1, "layers": [16]}, QUICK)
-    _, data, estimator = load_run(run)
+    data = load_split_data(rating_split.path)
+    estimator = models.create("autorec-item", epochs=1, layers=[16])
+    estimator.fit(data)
     rows = np.array([0, 7, 31])
     n_items = data.train.shape[1]
 
