@@ -294,3 +294,29 @@ def test_i_autorec_scores_every_item_from_codes_that_follow_the_weights(rating_s
             p.mul_(1.5)
     check()
     assert not np.allclose(estimator.score_rows(rows), first)
+
+
+@pytest.mark.parametrize("center", ["bias", "row"])
+def test_the_compiled_blend_of_whole_rows_equals_the_torch_one_to_the_bit(center):
+    """Rows of scores are blended toward mu + b_u + b_i in one compiled pass (contiguous float32 on CPU);
+    the torch passes (taken here through a non-contiguous buffer) give the same float32 numbers."""
+    from types import SimpleNamespace
+
+    from recsys_core.models.autoencoder import RowsEstimator
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 50, 70
+    fake = SimpleNamespace(center=center, bias_shrink=20.0, bias_mean=np.float32(3.6123),
+                           bias_user=rng.normal(0, 0.4, n_users).astype(np.float32),
+                           bias_item=rng.normal(0, 0.4, n_items).astype(np.float32),
+                           network_weight=rng.random(n_users).astype(np.float32))
+    fake._biases = lambda users, items: RowsEstimator._biases(fake, users, items)
+    users = np.array([4, 0, 49, 17, 4])
+    scores = torch.from_numpy(rng.normal(0, 1, (len(users), n_items)).astype(np.float32))
+    compiled = RowsEstimator._blend(fake, users, None, scores.clone())
+    strided = torch.empty(n_items, len(users)).t()
+    strided.copy_(scores)
+    assert not strided.is_contiguous()
+    torch_passes = RowsEstimator._blend(fake, users, None, strided)
+    assert torch.equal(compiled, torch_passes)
+    assert not torch.equal(compiled, scores)
