@@ -170,6 +170,13 @@ class TorchEstimator(Estimator):
         return scope()
 
 
+def weights_version(module: torch.nn.Module) -> tuple:
+    """What changes whenever ``module``'s weights do: each parameter's version counter (moved by the in-place
+    writes of optimizer steps and loads) and storage. The key of what is derived from the weights and kept
+    (the tower models' bounds, I-AutoRec's item codes)."""
+    return tuple((p._version, p.data_ptr()) for p in module.parameters())
+
+
 @options
 class PairsOptions(LoopOptions):
     """Options of the embedding models trained on (user, item) pairs (MF, MLP, NCF)."""

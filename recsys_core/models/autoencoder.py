@@ -24,7 +24,7 @@ from recsys_core import distributed
 from recsys_core.baselines import UserItemBias
 from recsys_core.distributed import local_part
 from recsys_core.errors import RecsysError
-from recsys_core.estimators import TorchEstimator
+from recsys_core.estimators import TorchEstimator, weights_version
 from recsys_core.evaluation import rmse
 from recsys_core.interactions import RowBatch, csr_triplets, group_pairs_by_row, row_batch
 from recsys_core.losses import observed_mse
@@ -579,7 +579,7 @@ class RowsEstimator(TorchEstimator):
         ``eval_batch_size`` items (those of ``_network_rows``), made once and again whenever a step or a load
         changed the weights (their version counters). Recomputed per block of users, they were most of
         I-AutoRec's top-K at full-scale N3M: every block re-read all 13.7M training ratings (BENCHMARKS.md)."""
-        key = (tuple((p._version, p.data_ptr()) for p in self.model.parameters()), id(self.matrix))
+        key = (weights_version(self.model), id(self.matrix))
         cached = self.__dict__.get("_codes_cache")
         if cached is None or cached[0] != key:
             n_items = self.matrix.shape[0]
@@ -636,7 +636,7 @@ class RowsEstimator(TorchEstimator):
             if self.orientation == "user":
                 weight = self.model._dec_weight(0)
             else:
-                weight = self._hidden_of_every_row()
+                weight = torch.cat(self._item_codes())  # the codes the rows of scores read
             return weight.detach().float().cpu().numpy()
 
     def linear_scores(self):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys_core.estimators import PairsEstimator, PairsOptions
+from recsys_core.estimators import PairsEstimator, PairsOptions, weights_version
 from recsys_core.models import register
 from recsys_core.options import option, options
 
@@ -168,7 +168,7 @@ def cached_tower_bounds(owner: nn.Module, tower: nn.Sequential, items_x: torch.T
     does not support bounds."""
     if not tower_supports_bounds(tower):
         return None
-    key = tuple((p._version, p.data_ptr()) for p in owner.parameters())
+    key = weights_version(owner)
     cached = owner.__dict__.get("_tower_bounds")
     if cached is None or cached[0] != key:
         cached = (key, TowerBounds(tower, items_x, head_weight))
